@@ -1,0 +1,151 @@
+//! The one error type of this crate: everything a caller cannot rule out in advance.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// What went wrong while reading a machine's topology.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TopologyError {
+    /// The NVIDIA management library could not be loaded or initialised.
+    #[error(
+        "cannot use NVML: {reason} (library `{library}`); is the NVIDIA driver installed? \
+         To work without one, pass --topology sim:NAME (see `gpucluster list --presets`), \
+         file:PATH or smi:PATH"
+    )]
+    BackendUnavailable {
+        /// The library that was looked for.
+        library: String,
+        /// Why it could not be used.
+        reason: String,
+    },
+    /// This build has no NVML backend.
+    #[error(
+        "this gpucluster was built without the `nvml` feature; pass --topology sim:NAME, \
+         file:PATH or smi:PATH, or rebuild with default features"
+    )]
+    NvmlNotCompiled,
+    /// An NVML call failed in a way that leaves the topology unknown.
+    #[error("NVML call {call} failed on {device}: {failure}{}", hint(*.failure))]
+    Nvml {
+        /// The NVML function, e.g. `nvmlDeviceGetMigDeviceHandleByIndex`.
+        call: &'static str,
+        /// Which device it was asked about, e.g. `GPU 0` or `GPU 0 MIG slot 3`.
+        device: String,
+        /// NVML's answer.
+        failure: NvmlFailure,
+    },
+    /// `--topology` names no known source.
+    #[error("unknown topology source `{spec}`: {reason}")]
+    InvalidSource {
+        /// What was given.
+        spec: String,
+        /// What is accepted.
+        reason: String,
+    },
+    /// `sim:NAME` names no preset.
+    #[error("unknown simulated machine `{name}`; the presets are: {}", .available.join(", "))]
+    UnknownPreset {
+        /// What was given.
+        name: String,
+        /// Every preset name.
+        available: Vec<String>,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A fixture or snapshot file is malformed.
+    #[error("{}{}: {message}", .path.display(), location(*.line, *.column))]
+    Fixture {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line, where known.
+        line: Option<usize>,
+        /// 1-based column, where known.
+        column: Option<usize>,
+        /// What was wrong and what was expected.
+        message: String,
+    },
+    /// A line of `nvidia-smi -L` text that does not parse.
+    #[error("{}:{line}: {message}\n    {text}", .path.display())]
+    SmiText {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// The offending line.
+        text: String,
+        /// What was expected.
+        message: String,
+    },
+    /// A snapshot that parses but contradicts itself.
+    #[error("invalid snapshot for host `{host}`: {reason}")]
+    InvalidSnapshot {
+        /// The host it describes.
+        host: String,
+        /// What is inconsistent.
+        reason: String,
+    },
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+fn hint(failure: NvmlFailure) -> &'static str {
+    match failure {
+        NvmlFailure::NoPermission => {
+            "; MIG devices can only be listed with permission: in a container set \
+             NVIDIA_MIG_MONITOR_DEVICES=all, or run as a user allowed to query the GPU"
+        }
+        NvmlFailure::GpuLost => "; the GPU has fallen off the bus or stopped answering: check `nvidia-smi` and the kernel log",
+        _ => "",
+    }
+}
+
+/// NVML return codes that the backends distinguish. NVML's own error type stays inside the
+/// `nvml` module; this is what crosses the boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NvmlFailure {
+    /// `NVML_ERROR_NOT_SUPPORTED`.
+    NotSupported,
+    /// `NVML_ERROR_NO_PERMISSION`.
+    NoPermission,
+    /// `NVML_ERROR_NOT_FOUND` (e.g. an empty MIG slot).
+    NotFound,
+    /// `NVML_ERROR_INVALID_ARGUMENT` (e.g. a MIG slot past the end).
+    InvalidArgument,
+    /// `NVML_ERROR_GPU_IS_LOST`.
+    GpuLost,
+    /// `NVML_ERROR_UNINITIALIZED`.
+    Uninitialized,
+    /// A function missing from an old `libnvidia-ml`.
+    FunctionNotFound,
+    /// Any other code.
+    Unknown,
+}
+
+impl fmt::Display for NvmlFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NvmlFailure::NotSupported => "not supported",
+            NvmlFailure::NoPermission => "no permission",
+            NvmlFailure::NotFound => "not found",
+            NvmlFailure::InvalidArgument => "invalid argument",
+            NvmlFailure::GpuLost => "GPU is lost",
+            NvmlFailure::Uninitialized => "NVML is not initialised",
+            NvmlFailure::FunctionNotFound => "function not found in this driver's libnvidia-ml",
+            NvmlFailure::Unknown => "unknown error",
+        })
+    }
+}

@@ -1,0 +1,442 @@
+//! The TOML fixture format of the simulated backend, parsed and resolved into a [`Machine`].
+//!
+//! The format is documented with examples in `docs/fixtures.md`; the presets in
+//! `presets/*.toml` are written in it. Resolution places every MIG instance the way the
+//! driver would (memory slices aligned to the profile's size, compute slices within the
+//! product's seven or four) and rejects layouts no GPU could hold, pointing at the line.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::products::{self, DeviceProfile, MigGeometry, Product};
+use crate::{DeviceId, TopologyError};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFixture {
+    #[serde(default)]
+    description: Option<String>,
+    hostname: String,
+    #[serde(default = "default_driver")]
+    driver_version: String,
+    #[serde(default = "default_cpus")]
+    cpus: u32,
+    #[serde(default = "default_numa_nodes")]
+    numa_nodes: u32,
+    #[serde(rename = "gpu", default)]
+    gpus: Vec<toml::Spanned<RawGpu>>,
+    #[serde(default)]
+    nvlink: Vec<toml::Spanned<RawNvlink>>,
+    #[serde(default)]
+    pcie: RawPcie,
+    #[serde(default)]
+    faults: Faults,
+}
+
+fn default_driver() -> String {
+    "580.159.04".to_owned()
+}
+fn default_cpus() -> u32 {
+    64
+}
+fn default_numa_nodes() -> u32 {
+    2
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpu {
+    product: String,
+    #[serde(default = "one")]
+    count: u32,
+    #[serde(default)]
+    mig: Option<Vec<String>>,
+    #[serde(default)]
+    mig_enabled: Option<bool>,
+    #[serde(default)]
+    mig_pending: Option<bool>,
+    #[serde(default)]
+    numa_node: Option<u32>,
+    #[serde(default)]
+    cpu_affinity: Option<String>,
+    #[serde(default)]
+    uuid: Option<DeviceId>,
+    #[serde(rename = "instance", default)]
+    instances: Vec<RawInstance>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInstance {
+    profile: String,
+    #[serde(default)]
+    memory_mib: Option<u64>,
+    #[serde(default)]
+    slot: Option<u32>,
+    #[serde(default)]
+    uuid: Option<DeviceId>,
+    #[serde(default)]
+    compute_instance_id: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNvlink {
+    #[serde(default)]
+    gpus: Option<Vec<u32>>,
+    links: u32,
+    #[serde(default)]
+    switch: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPcie {
+    #[serde(default)]
+    p2p: bool,
+}
+
+/// What the simulated NVML gets wrong on purpose.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    /// `libnvidia-ml.so.1` cannot be loaded.
+    #[serde(default)]
+    pub nvml_missing: bool,
+    /// Parent GPUs of MIG instances answer `NoPermission` for their memory, as in a container.
+    #[serde(default)]
+    pub parent_memory_no_permission: bool,
+    /// MIG handles answer `NoPermission`, as without `NVIDIA_MIG_MONITOR_DEVICES=all`.
+    #[serde(default)]
+    pub mig_no_permission: bool,
+    /// GPUs (by index) that answer `GpuIsLost`.
+    #[serde(default)]
+    pub lost_gpus: Vec<u32>,
+}
+
+/// A simulated host, resolved and checked.
+#[derive(Debug, Clone)]
+pub(crate) struct Machine {
+    pub(crate) description: Option<String>,
+    pub(crate) hostname: String,
+    pub(crate) driver_version: String,
+    pub(crate) gpus: Vec<SimGpu>,
+    pub(crate) nvlinks: Vec<NvlinkGroup>,
+    pub(crate) pcie_p2p: bool,
+    pub(crate) faults: Faults,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SimGpu {
+    pub(crate) product: &'static Product,
+    pub(crate) uuid: DeviceId,
+    pub(crate) mig_supported: bool,
+    pub(crate) mig_enabled: bool,
+    pub(crate) mig_pending: bool,
+    pub(crate) numa_node: u32,
+    pub(crate) cpus: Vec<u32>,
+    pub(crate) instances: Vec<SimInstance>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SimInstance {
+    pub(crate) slot: u32,
+    pub(crate) uuid: DeviceId,
+    pub(crate) profile: String,
+    pub(crate) memory_mib: u64,
+    pub(crate) sm_count: u32,
+    pub(crate) gpu_instance_slices: u32,
+    pub(crate) compute_instance_slices: u32,
+    pub(crate) gpu_instance_id: u32,
+    pub(crate) compute_instance_id: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct NvlinkGroup {
+    pub(crate) gpus: Vec<u32>,
+    pub(crate) links: u32,
+    pub(crate) switch: bool,
+}
+
+/// Driver R470 (470.42.01) introduced `MIG-<uuid>` names; before it MIG devices were
+/// `MIG-GPU-<uuid>/<gi>/<ci>`.
+pub(crate) fn uses_legacy_mig_names(driver_version: &str) -> bool {
+    let parts: Vec<u32> = driver_version.split('.').map_while(|p| p.parse().ok()).collect();
+    parts.as_slice() < [470, 42, 1].as_slice()
+}
+
+/// Parses and resolves a fixture. `path` is only used in error messages.
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Machine, TopologyError> {
+    let raw: RawFixture = toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_column(text, s.start)).unzip();
+        TopologyError::Fixture { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
+    })?;
+    resolve(raw, text, path)
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(before.chars().count(), |nl| before[nl + 1..].chars().count()) + 1;
+    (line, column)
+}
+
+fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, TopologyError> {
+    let at = |span: Range<usize>, message: String| {
+        let (line, column) = line_column(text, span.start);
+        TopologyError::Fixture { path: path.to_owned(), line: Some(line), column: Some(column), message }
+    };
+    if raw.numa_nodes == 0 || raw.cpus < raw.numa_nodes {
+        return Err(TopologyError::Fixture {
+            path: path.to_owned(),
+            line: None,
+            column: None,
+            message: format!("`cpus` ({}) must be at least `numa_nodes` ({}), which must be at least 1", raw.cpus, raw.numa_nodes),
+        });
+    }
+    let total: u32 = raw.gpus.iter().map(|g| g.get_ref().count).sum();
+    let legacy = uses_legacy_mig_names(&raw.driver_version);
+    let mut gpus = Vec::new();
+    for spanned in &raw.gpus {
+        let span = spanned.span();
+        let g = spanned.get_ref();
+        let product = products::product(&g.product).ok_or_else(|| {
+            at(span.clone(), format!("unknown product `{}`; known products: {}", g.product, products::product_names().join(", ")))
+        })?;
+        if g.count == 0 {
+            return Err(at(span, "`count` must be at least 1".into()));
+        }
+        if g.uuid.is_some() && g.count > 1 {
+            return Err(at(span, "`uuid` names one GPU; remove it or set `count = 1`".into()));
+        }
+        if let Some(uuid) = &g.uuid
+            && uuid.is_mig()
+        {
+            return Err(at(span, format!("`uuid = \"{uuid}\"` is a MIG name; a GPU is named GPU-<uuid>")));
+        }
+        let profiles = expand_profiles(g.mig.as_deref().unwrap_or_default()).map_err(|m| at(span.clone(), m))?;
+        let wants_mig = !profiles.is_empty() || !g.instances.is_empty();
+        let mig_enabled = g.mig_enabled.unwrap_or(wants_mig || g.mig.is_some());
+        let geometry = match (product.mig, mig_enabled) {
+            (Some(geometry), _) => Some(geometry),
+            (None, false) => None,
+            (None, true) => return Err(at(span, format!("{} does not support MIG", product.name))),
+        };
+        if wants_mig && !mig_enabled {
+            return Err(at(span, "MIG instances are listed but `mig_enabled = false`".into()));
+        }
+        for copy in 0..g.count {
+            let index = gpus.len() as u32;
+            let uuid = g.uuid.clone().unwrap_or_else(|| DeviceId::Gpu(fake_uuid(&raw.hostname, index, None)));
+            let DeviceId::Gpu(gpu_uuid) = &uuid else { unreachable!("checked above that `uuid` is a GPU name") };
+            let numa_node = g.numa_node.unwrap_or(index * raw.numa_nodes / total.max(1));
+            if numa_node >= raw.numa_nodes {
+                return Err(at(span, format!("`numa_node = {numa_node}` but the host has {} NUMA nodes", raw.numa_nodes)));
+            }
+            let cpus = match &g.cpu_affinity {
+                Some(list) => parse_cpulist(list).map_err(|m| at(span.clone(), m))?,
+                None => {
+                    let per_node = raw.cpus / raw.numa_nodes;
+                    (numa_node * per_node..(numa_node + 1) * per_node).collect()
+                }
+            };
+            let instances = match geometry.filter(|_| mig_enabled) {
+                Some(geometry) => place(geometry, &profiles, &g.instances, &raw.hostname, index, gpu_uuid, legacy)
+                    .map_err(|m| at(span.clone(), if g.count > 1 { format!("GPU copy {copy}: {m}") } else { m }))?,
+                None => Vec::new(),
+            };
+            gpus.push(SimGpu {
+                product,
+                uuid,
+                mig_supported: product.mig.is_some(),
+                mig_enabled,
+                mig_pending: g.mig_pending.unwrap_or(mig_enabled),
+                numa_node,
+                cpus,
+                instances,
+            });
+        }
+    }
+    let mut nvlinks = Vec::new();
+    for spanned in &raw.nvlink {
+        let n = spanned.get_ref();
+        let members = n.gpus.clone().unwrap_or_else(|| (0..total).collect());
+        if let Some(bad) = members.iter().find(|&&i| i >= total) {
+            return Err(at(spanned.span(), format!("NVLink group names GPU {bad}, but the fixture has {total} GPUs")));
+        }
+        nvlinks.push(NvlinkGroup { gpus: members, links: n.links, switch: n.switch });
+    }
+    for &lost in &raw.faults.lost_gpus {
+        if lost >= total {
+            return Err(TopologyError::Fixture {
+                path: path.to_owned(),
+                line: None,
+                column: None,
+                message: format!("faults.lost_gpus names GPU {lost}, but the fixture has {total} GPUs"),
+            });
+        }
+    }
+    Ok(Machine {
+        description: raw.description,
+        hostname: raw.hostname,
+        driver_version: raw.driver_version,
+        gpus,
+        nvlinks,
+        pcie_p2p: raw.pcie.p2p,
+        faults: raw.faults,
+    })
+}
+
+/// `["7x1g.5gb", "3g.20gb"]` -> seven `1g.5gb` then one `3g.20gb`.
+fn expand_profiles(entries: &[String]) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let compact: String = entry.split_whitespace().collect();
+        let (count, profile) = match compact.split_once('x') {
+            Some((n, p)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
+                (n.parse::<u32>().map_err(|_| format!("`{entry}`: count too large"))?, p.to_owned())
+            }
+            _ => (1, compact),
+        };
+        if count > 64 {
+            return Err(format!("`{entry}`: no GPU holds {count} MIG instances"));
+        }
+        out.extend(std::iter::repeat_n(profile, count as usize));
+    }
+    Ok(out)
+}
+
+/// Places instances the way the driver does: each GPU instance takes the first free run of
+/// memory slices aligned to its size, and compute slices may not exceed the product's.
+fn place(
+    geometry: &MigGeometry,
+    profiles: &[String],
+    explicit: &[RawInstance],
+    hostname: &str,
+    gpu_index: u32,
+    gpu_uuid: &crate::Uuid,
+    legacy: bool,
+) -> Result<Vec<SimInstance>, String> {
+    let requests: Vec<(&str, Option<&RawInstance>)> =
+        profiles.iter().map(|p| (p.as_str(), None)).chain(explicit.iter().map(|i| (i.profile.as_str(), Some(i)))).collect();
+    if requests.len() as u32 > geometry.max_devices {
+        return Err(format!("{} MIG instances asked for, but a GPU of this product holds at most {}", requests.len(), geometry.max_devices));
+    }
+    let mut used = vec![false; geometry.memory_slices as usize];
+    let mut compute_used = 0;
+    let mut per_profile: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut taken_slots: Vec<u32> = explicit.iter().filter_map(|i| i.slot).collect();
+    taken_slots.sort_unstable();
+    if let Some(w) = taken_slots.windows(2).find(|w| w[0] == w[1]) {
+        return Err(format!("two instances ask for slot {}", w[0]));
+    }
+    if let Some(&s) = taken_slots.iter().find(|&&s| s >= geometry.max_devices) {
+        return Err(format!("slot {s} is past the last MIG slot ({})", geometry.max_devices - 1));
+    }
+    let mut next_slot = 0;
+    let mut out = Vec::new();
+    for (name, explicit) in requests {
+        let profile: DeviceProfile = geometry.device_profile(name).ok_or_else(|| {
+            format!("unknown MIG profile `{name}` for this product; its profiles are: {}", geometry.profile_names().join(", "))
+        })?;
+        let gi = profile.gpu_instance;
+        if profile.compute_slices != gi.compute_slices {
+            return Err(format!(
+                "`{name}` splits a GPU instance into compute instances, which the simulator does not model; \
+                 use the GPU instance profile `{}`",
+                gi.name
+            ));
+        }
+        let count = per_profile.entry(gi.name).or_default();
+        *count += 1;
+        if *count > gi.max_count {
+            return Err(format!("at most {} instance(s) of {} fit on one GPU", gi.max_count, gi.name));
+        }
+        let size = gi.memory_slices as usize;
+        let start = (0..used.len())
+            .step_by(size)
+            .find(|&s| s + size <= used.len() && used[s..s + size].iter().all(|u| !u))
+            .filter(|_| compute_used + gi.compute_slices <= geometry.compute_slices)
+            .ok_or_else(|| {
+                format!(
+                    "{name} does not fit: the instances before it leave too few free memory or compute slices \
+                     (a GPU of this product has {} memory and {} compute slices)",
+                    geometry.memory_slices, geometry.compute_slices
+                )
+            })?;
+        used[start..start + size].iter_mut().for_each(|u| *u = true);
+        compute_used += gi.compute_slices;
+        let slot = match explicit.and_then(|i| i.slot) {
+            Some(s) => s,
+            None => {
+                while taken_slots.contains(&next_slot) {
+                    next_slot += 1;
+                }
+                taken_slots.push(next_slot);
+                next_slot
+            }
+        };
+        let gpu_instance_id = geometry.gpu_instance_id(gi.memory_slices, start as u32);
+        let compute_instance_id = explicit.and_then(|i| i.compute_instance_id).unwrap_or(0);
+        let uuid = match explicit.and_then(|i| i.uuid.clone()) {
+            Some(id) if id.is_mig() => id,
+            Some(id) => return Err(format!("`uuid = \"{id}\"` is a GPU name; a MIG instance is named MIG-<uuid>")),
+            None if legacy => DeviceId::LegacyMig { gpu: gpu_uuid.clone(), gpu_instance: gpu_instance_id, compute_instance: compute_instance_id },
+            None => DeviceId::Mig(fake_uuid(hostname, gpu_index, Some(slot))),
+        };
+        out.push(SimInstance {
+            slot,
+            uuid,
+            profile: name.to_owned(),
+            memory_mib: explicit.and_then(|i| i.memory_mib).unwrap_or(gi.memory_mib),
+            sm_count: profile.sm_count(),
+            gpu_instance_slices: gi.compute_slices,
+            compute_instance_slices: profile.compute_slices,
+            gpu_instance_id,
+            compute_instance_id,
+        });
+    }
+    out.sort_by_key(|i| i.slot);
+    Ok(out)
+}
+
+fn parse_cpulist(list: &str) -> Result<Vec<u32>, String> {
+    let bad = || format!("`cpu_affinity = \"{list}\"` is not a CPU list like \"0-15,32-47\"");
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b - a > 65_536 {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(cpus)
+}
+
+/// A stable, UUID-shaped name for a simulated device: the same fixture always yields the
+/// same names, and different hosts yield different ones.
+fn fake_uuid(hostname: &str, gpu: u32, slot: Option<u32>) -> crate::Uuid {
+    let key = format!("{hostname}/{gpu}/{}", slot.map_or("gpu".to_owned(), |s| s.to_string()));
+    let a = fnv1a(key.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let b = fnv1a(key.as_bytes(), a ^ 0x9e37_79b9_7f4a_7c15);
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_be_bytes());
+    bytes[8..].copy_from_slice(&b.to_be_bytes());
+    crate::Uuid::from_bytes(bytes)
+}
+
+fn fnv1a(data: &[u8], seed: u64) -> u64 {
+    data.iter().fold(seed, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}

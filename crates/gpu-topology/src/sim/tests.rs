@@ -1,0 +1,151 @@
+//! The simulator against the facts it must reproduce.
+
+use super::*;
+use crate::DeviceId;
+
+fn snapshot_of(source: &SimSource) -> Result<crate::HostTopology, TopologyError> {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(source.snapshot()).map(|mut s| s.hosts.remove(0))
+}
+
+fn preset(name: &str) -> crate::HostTopology {
+    snapshot_of(&SimSource::preset(name).expect("preset")).expect("snapshot")
+}
+
+fn fixture(text: &str) -> Result<crate::HostTopology, TopologyError> {
+    snapshot_of(&SimSource::from_fixture(text, Path::new("test.toml"))?)
+}
+
+#[test]
+fn every_preset_loads_validates_and_describes_itself() {
+    for p in PRESETS {
+        let host = preset(p.name);
+        host.validate().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        assert!(!p.description().is_empty(), "{} has no description", p.name);
+    }
+}
+
+#[test]
+fn dgx_a100_has_56_instances_with_nvml_gi_ids() {
+    let host = preset("dgx-a100");
+    assert_eq!(host.gpus.len(), 8);
+    for gpu in &host.gpus {
+        assert!(gpu.mig_enabled);
+        let gis: Vec<_> = gpu.mig_instances.iter().map(|m| m.gpu_instance_id).collect();
+        assert_eq!(gis, (7..14).map(Some).collect::<Vec<_>>());
+        for m in &gpu.mig_instances {
+            assert_eq!(m.profile, "1g.5gb");
+            assert_eq!(m.memory_bytes, 4864 << 20);
+            assert_eq!(m.sm_count, Some(14));
+        }
+    }
+    let link = host.peer(0, 7).expect("link");
+    assert!(link.nvlink && link.p2p.is_ok());
+    assert_eq!(link.nvlink_count, Some(0), "through NVSwitch, no direct links");
+}
+
+#[test]
+fn uuids_are_stable_and_distinct_across_hosts() {
+    let a = preset("a100-80gb-2x7");
+    let b = preset("a100-80gb-2x7");
+    assert_eq!(a, b);
+    let other = preset("a100-80gb-mixed");
+    assert_ne!(a.gpus[0].uuid, other.gpus[0].uuid);
+}
+
+#[test]
+fn legacy_driver_gives_legacy_names() {
+    let host = preset("legacy-r460");
+    let m = &host.gpus[0].mig_instances[1];
+    assert_eq!(m.gpu_instance_id, Some(2));
+    match &m.uuid {
+        DeviceId::LegacyMig { gpu, gpu_instance: 2, compute_instance: 0 } => {
+            assert_eq!(&DeviceId::Gpu(gpu.clone()), &host.gpus[0].uuid);
+        }
+        other => panic!("expected a legacy name, got {other}"),
+    }
+    assert!(!host.gpus[1].mig_enabled);
+    assert!(fixture::uses_legacy_mig_names("460.73.01"));
+    assert!(fixture::uses_legacy_mig_names("470.42.00"));
+    assert!(!fixture::uses_legacy_mig_names("470.42.01"));
+    assert!(!fixture::uses_legacy_mig_names("580.159.04"));
+}
+
+#[test]
+fn mig_enabled_without_instances() {
+    let host = preset("h100-mig-empty");
+    assert!(host.gpus[0].mig_enabled && host.gpus[0].mig_instances.is_empty());
+    assert_eq!(host.gpus[1].mig_instances.len(), 3);
+}
+
+#[test]
+fn mixed_layout_reports_each_profile_with_its_memory() {
+    let host = preset("a100-80gb-mixed");
+    assert_eq!(host.gpus[0].mig_instances.len(), 7);
+    assert_eq!(host.gpus[1].mig_instances.len(), 3);
+    assert_eq!(host.gpus[1].mig_instances[0].memory_bytes, 19968 << 20);
+    assert_eq!(host.gpus[1].mig_instances[0].sm_count, Some(28));
+}
+
+const BASE: &str = "hostname = \"t\"\n";
+
+#[test]
+fn explicit_instances_set_slots_memory_and_make_gaps() {
+    let host = fixture(&format!(
+        "{BASE}[[gpu]]\nproduct = \"A100-40GB\"\n\
+         [[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20224\nslot = 0\n\
+         [[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20096\nslot = 4\n"
+    ))
+    .expect("fixture");
+    let m = &host.gpus[0].mig_instances;
+    assert_eq!(m.iter().map(|i| (i.slot, i.gpu_instance_id, i.memory_bytes >> 20)).collect::<Vec<_>>(),
+               vec![(Some(0), Some(1), 20224), (Some(4), Some(2), 20096)]);
+}
+
+#[test]
+fn faults_reproduce_nvml_failures() {
+    let text = format!("{BASE}[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"2x3g.40gb\"]\n");
+    let no_perm = fixture(&format!("{text}[faults]\nparent_memory_no_permission = true\n")).expect("ok");
+    assert_eq!(no_perm.gpus[0].memory_bytes, None);
+    assert_eq!(no_perm.gpus[0].mig_instances[0].memory_bytes, 40448 << 20);
+
+    let err = fixture(&format!("{text}[faults]\nmig_no_permission = true\n")).expect_err("fails");
+    assert!(err.to_string().contains("NVIDIA_MIG_MONITOR_DEVICES"), "{err}");
+
+    let err = fixture(&format!("{text}[faults]\nlost_gpus = [0]\n")).expect_err("fails");
+    assert!(err.to_string().contains("GPU is lost"), "{err}");
+
+    let err = fixture(&format!("{text}[faults]\nnvml_missing = true\n")).expect_err("fails");
+    assert!(err.to_string().contains("libnvidia-ml.so.1"), "{err}");
+    assert!(err.to_string().contains("sim:NAME"), "{err}");
+}
+
+#[test]
+fn bad_fixtures_point_at_the_line() {
+    for (body, line, expected) in [
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"8x1g.5gb\"]\n", 2, "at most 7"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"3x3g.20gb\"]\n", 2, "at most 2 instance(s) of 3g.20gb"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"4g.20gb\", \"2x2g.10gb\"]\n", 2, "2g.10gb does not fit"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"1g.20gb\"]\n", 2, "unknown MIG profile `1g.20gb`"),
+        ("[[gpu]]\nproduct = \"Voodoo2\"\n", 2, "unknown product `Voodoo2`"),
+        ("[[gpu]]\nproduct = \"V100-32GB\"\nmig = [\"1g.5gb\"]\n", 2, "does not support MIG"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncolour = \"green\"\n", 4, "unknown field `colour`"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nuuid = \"MIG-x\"\n", 4, "not a device name"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncount = 2\n[[nvlink]]\ngpus = [0, 5]\nlinks = 12\n", 5, "names GPU 5"),
+        ("[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"1c.3g.40gb\"]\n", 2, "compute instances"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncpu_affinity = \"0-x\"\n", 2, "not a CPU list"),
+        ("[[gpu]\n", 2, "invalid table header"),
+    ] {
+        let err = fixture(&format!("{BASE}{body}")).expect_err(body);
+        let text = err.to_string();
+        assert!(text.contains(&format!("test.toml:{line}:")), "{body}: {text}");
+        assert!(text.contains(expected), "{body}: {text}");
+    }
+}
+
+#[test]
+fn unknown_preset_lists_the_valid_ones() {
+    let err = SimSource::preset("dgx-z100").expect_err("unknown");
+    let text = err.to_string();
+    assert!(text.contains("dgx-z100") && text.contains("dgx-a100") && text.contains("h200"), "{text}");
+}

@@ -1,0 +1,248 @@
+//! The `smi:PATH` backend: reads the text `nvidia-smi -L` printed on some host.
+//!
+//! This is for planning offline from what a user can paste; NVML is the source of truth on a
+//! live machine. The text gives names, UUIDs and MIG profiles only, so memory and SM counts come
+//! from the product and profile tables (`products`), GPU/compute instance ids only from legacy
+//! names, and a GPU without MIG lines is taken as MIG disabled. The host is named after the file.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+
+use crate::products;
+use crate::snapshot::{HostTopology, MigInstance, PhysicalGpu, Snapshot};
+use crate::{DeviceId, TopologyError, TopologySource};
+
+/// A topology read from `nvidia-smi -L` text.
+#[derive(Debug, Clone)]
+pub struct SmiSource {
+    path: PathBuf,
+}
+
+impl SmiSource {
+    /// Reads the file at `path` when a snapshot is asked for.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+}
+
+#[async_trait]
+impl TopologySource for SmiSource {
+    fn describe(&self) -> String {
+        format!("smi:{}", self.path.display())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, TopologyError> {
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|source| TopologyError::Io { path: self.path.clone(), source })?;
+        let hostname = self.path.file_stem().map_or("smi".into(), |s| s.to_string_lossy().into_owned());
+        let host = parse(&text, &self.path, &hostname)?;
+        host.validate()?;
+        Ok(Snapshot { hosts: vec![host] })
+    }
+}
+
+/// Parses `nvidia-smi -L` output into one host.
+pub fn parse(text: &str, path: &Path, hostname: &str) -> Result<HostTopology, TopologyError> {
+    let mut gpus: Vec<PhysicalGpu> = Vec::new();
+    for (number, raw) in text.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        let err = |message: &str| TopologyError::SmiText {
+            path: path.to_owned(),
+            line: number + 1,
+            text: line.to_owned(),
+            message: message.to_owned(),
+        };
+        let trimmed = line.trim();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix("GPU ") {
+            gpus.push(parse_gpu(rest).map_err(|m| err(&m))?);
+        } else if let Some(rest) = trimmed.strip_prefix("MIG ") {
+            let gpu = gpus.last_mut().ok_or_else(|| err("a MIG line must follow the line of its GPU"))?;
+            let instance = parse_mig(rest, gpu).map_err(|m| err(&m))?;
+            gpu.mig_enabled = true;
+            gpu.mig_instances.push(instance);
+        } else {
+            return Err(err(
+                "expected `GPU <index>: <name> (UUID: GPU-...)` or `  MIG <profile> Device <n>: (UUID: MIG-...)`",
+            ));
+        }
+    }
+    if gpus.is_empty() {
+        return Err(TopologyError::SmiText {
+            path: path.to_owned(),
+            line: text.lines().count().max(1),
+            text: String::new(),
+            message: "no `GPU <index>: ...` line found; is this the output of `nvidia-smi -L`?".into(),
+        });
+    }
+    Ok(HostTopology { hostname: hostname.to_owned(), driver_version: None, gpus, peers: Vec::new() })
+}
+
+/// `(UUID: X)` at the end of a line -> (what comes before, X).
+fn split_uuid(text: &str) -> Result<(&str, DeviceId), String> {
+    let (head, tail) = text
+        .rsplit_once("(UUID:")
+        .ok_or_else(|| "expected the device's `(UUID: ...)` at the end of the line".to_owned())?;
+    let uuid = tail.trim().strip_suffix(')').ok_or_else(|| "expected `)` after the UUID".to_owned())?;
+    Ok((head.trim(), uuid.trim().parse().map_err(|e: crate::ids::IdError| e.to_string())?))
+}
+
+fn parse_gpu(rest: &str) -> Result<PhysicalGpu, String> {
+    let (index, rest) = rest.split_once(':').ok_or("expected `GPU <index>: <name> (UUID: GPU-...)`")?;
+    let index: u32 = index.trim().parse().map_err(|_| format!("`{}` is not a GPU index", index.trim()))?;
+    let (name, uuid) = split_uuid(rest)?;
+    if uuid.is_mig() {
+        return Err(format!("a GPU line must carry a GPU-<uuid>, not `{uuid}`"));
+    }
+    if name.is_empty() {
+        return Err("the GPU's name is missing".into());
+    }
+    let product = products::product(name);
+    Ok(PhysicalGpu {
+        index,
+        uuid,
+        name: name.to_owned(),
+        memory_bytes: product.map(|p| p.memory_mib << 20),
+        sm_count: product.map(|p| p.sm_count),
+        pci_bus_id: None,
+        numa_node: None,
+        cpu_affinity: None,
+        mig_supported: product.is_some_and(|p| p.mig.is_some()),
+        mig_enabled: false,
+        mig_pending: None,
+        mig_instances: Vec::new(),
+    })
+}
+
+fn parse_mig(rest: &str, gpu: &PhysicalGpu) -> Result<MigInstance, String> {
+    let (profile, rest) =
+        rest.split_once(" Device ").ok_or("expected `MIG <profile> Device <n>: (UUID: MIG-...)`")?;
+    let profile = profile.trim();
+    let (slot, rest) = rest.split_once(':').ok_or("expected `Device <n>:`")?;
+    let slot: u32 = slot.trim().parse().map_err(|_| format!("`{}` is not a MIG device number", slot.trim()))?;
+    let (before, uuid) = split_uuid(rest)?;
+    if !before.is_empty() {
+        return Err(format!("unexpected `{before}` before the UUID"));
+    }
+    if !uuid.is_mig() {
+        return Err(format!("a MIG line must carry a MIG-<uuid>, not `{uuid}`"));
+    }
+    let product = products::product(&gpu.name).ok_or_else(|| {
+        format!(
+            "`{}` is not a product gpucluster knows, so the memory of its {profile} instances is unknown; \
+             known products: {} (or describe the host in a file: fixture)",
+            gpu.name,
+            products::product_names().join(", ")
+        )
+    })?;
+    let geometry = product.mig.ok_or_else(|| format!("{} does not support MIG", product.name))?;
+    let device = geometry.device_profile(profile).ok_or_else(|| {
+        format!("{} has no MIG profile `{profile}`; its profiles are: {}", product.name, geometry.profile_names().join(", "))
+    })?;
+    let (gpu_instance_id, compute_instance_id) = match &uuid {
+        DeviceId::LegacyMig { gpu_instance, compute_instance, .. } => (Some(*gpu_instance), Some(*compute_instance)),
+        _ => (None, None),
+    };
+    Ok(MigInstance {
+        uuid,
+        profile: profile.to_owned(),
+        memory_bytes: device.gpu_instance.memory_mib << 20,
+        sm_count: Some(device.sm_count()),
+        gpu_instance_id,
+        compute_instance_id,
+        slot: Some(slot),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(text: &str) -> Result<HostTopology, TopologyError> {
+        parse(text, Path::new("node.txt"), "node")
+    }
+
+    #[test]
+    fn rapids_guide_example() {
+        let text = "GPU 0: NVIDIA A100-PCIE-40GB (UUID: GPU-84fd49f2-48ad-50e8-9f2e-3bf0dfd47ccb)\n  \
+                    MIG 2g.10gb     Device  0: (UUID: MIG-41b3359c-e721-56e5-8009-12e5797ed514)\n  \
+                    MIG 2g.10gb     Device  1: (UUID: MIG-65b79fff-6d3c-5490-a288-b31ec705f310)\n  \
+                    MIG 2g.10gb     Device  2: (UUID: MIG-c6e2bae8-46d4-5a7e-9a68-c6cf1f680ba0)\n";
+        let h = host(text).expect("parse");
+        assert_eq!(h.gpus.len(), 1);
+        let g = &h.gpus[0];
+        assert!(g.mig_enabled);
+        assert_eq!(g.memory_bytes, Some(40960 << 20));
+        assert_eq!(g.mig_instances.len(), 3);
+        assert_eq!(g.mig_instances[2].slot, Some(2));
+        assert_eq!(g.mig_instances[2].memory_bytes, 9856 << 20);
+        assert_eq!(g.mig_instances[2].sm_count, Some(28));
+        assert_eq!(g.mig_instances[2].gpu_instance_id, None);
+    }
+
+    #[test]
+    fn h100_h200_legacy_and_mixed_gpus() {
+        let text = "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-11111111-2222-3333-4444-555555555555)\r\n\
+                    \x20 MIG 1c.3g.40gb  Device  0: (UUID: MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\r\n\
+                    \x20 MIG 3g.40gb     Device  1: (UUID: MIG-d788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\r\n\
+                    GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-66666666-7777-8888-9999-000000000000)\r\n\
+                    GPU 2: NVIDIA H200 (UUID: GPU-76666666-7777-8888-9999-000000000000)\n\
+                    \x20 MIG 1g.18gb Device 0: (UUID: MIG-e788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\n\
+                    \n\
+                    GPU 3: A100-SXM4-40GB (UUID: GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2)\n\
+                    \x20 MIG 3g.20gb Device 0: (UUID: MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0)\n";
+        let h = host(text).expect("parse");
+        assert_eq!(h.gpus.len(), 4);
+        assert_eq!(h.gpus[0].mig_instances[0].sm_count, Some(20), "1c of a 3g gets a third of its SMs");
+        assert_eq!(h.gpus[0].mig_instances[0].memory_bytes, 40448 << 20);
+        assert!(!h.gpus[1].mig_enabled && h.gpus[1].is_compute_device());
+        assert_eq!(h.gpus[2].mig_instances[0].memory_bytes, 16384 << 20);
+        let legacy = &h.gpus[3].mig_instances[0];
+        assert_eq!((legacy.gpu_instance_id, legacy.compute_instance_id), (Some(1), Some(0)));
+        h.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_product_without_mig_is_fine_with_it_is_not() {
+        let ok = host("GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n")
+            .expect("parse");
+        assert_eq!(ok.gpus[0].memory_bytes, None);
+        let err = host(
+            "GPU 0: NVIDIA B300 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n  \
+             MIG 1g.23gb Device 0: (UUID: MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\n",
+        )
+        .expect_err("unknown product");
+        assert!(err.to_string().contains("node.txt:2:"), "{err}");
+        assert!(err.to_string().contains("not a product gpucluster knows"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_line_and_what_was_expected() {
+        for (text, line, expected) in [
+            ("hello\n", 1, "expected `GPU <index>"),
+            ("  MIG 1g.5gb Device 0: (UUID: MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\n", 1, "must follow"),
+            ("GPU x: A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)\n", 1, "not a GPU index"),
+            ("GPU 0: A100-SXM4-40GB (UUID: GPU-1111)\n", 1, "8-4-4-4-12"),
+            ("GPU 0: A100-SXM4-40GB\n", 1, "(UUID: ...)"),
+            (
+                "GPU 0: A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)\n  MIG 9g.99gb Device 0: (UUID: MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\n",
+                2,
+                "no MIG profile `9g.99gb`",
+            ),
+            (
+                "GPU 0: A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)\n  MIG 1g.5gb Device 0: (UUID: GPU-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1)\n",
+                2,
+                "must carry a MIG-<uuid>",
+            ),
+            ("\n\n", 2, "no `GPU <index>: ...` line"),
+        ] {
+            let err = host(text).expect_err(text);
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("node.txt:{line}:")), "{text}: {msg}");
+            assert!(msg.contains(expected), "{text}: {msg}");
+        }
+    }
+}
