@@ -9,7 +9,7 @@ use std::path::PathBuf;
 pub enum TopologyError {
     /// The NVIDIA management library could not be loaded or initialised.
     #[error(
-        "cannot use NVML: {reason} (library `{library}`); is the NVIDIA driver installed? \
+        "cannot use NVML ({library}): {reason}; is the NVIDIA driver installed? \
          To work without one, pass --topology sim:NAME (see `gpucluster list --presets`), \
          file:PATH or smi:PATH"
     )]

@@ -62,6 +62,7 @@ impl NvmlSource {
                         reason: "the library loaded but the NVIDIA kernel driver is not running".into(),
                     });
                 }
+                Err(NvmlError::LibloadingError(e)) => reasons.push(e.to_string()),
                 Err(e) => reasons.push(format!("{}: {e}", candidate.display())),
             }
             if self.library.is_some() {
@@ -70,7 +71,7 @@ impl NvmlSource {
         }
         Err(TopologyError::BackendUnavailable {
             library: self.library.as_ref().map_or(LIBRARY.to_owned(), |p| p.display().to_string()),
-            reason: format!("could not load it ({})", reasons.join("; ")),
+            reason: reasons.join("; "),
         })
     }
 }
@@ -196,7 +197,7 @@ impl NvmlApi for RealNvml<'_> {
             .iter()
             .enumerate()
             .flat_map(|(w, &word)| {
-                let word = word as u64;
+                let word = u64::from(word);
                 (0..bits).filter(move |b| word >> b & 1 == 1).map(move |b| w as u32 * bits + b)
             })
             .collect())

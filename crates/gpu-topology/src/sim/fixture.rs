@@ -438,5 +438,10 @@ fn fake_uuid(hostname: &str, gpu: u32, slot: Option<u32>) -> crate::Uuid {
 }
 
 fn fnv1a(data: &[u8], seed: u64) -> u64 {
-    data.iter().fold(seed, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let h = data.iter().fold(seed, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    // FNV alone leaves similar keys with similar prefixes; the splitmix64 finaliser spreads
+    // them, so simulated UUIDs differ early, as real ones do (prefixes stay unique).
+    let h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }

@@ -1,0 +1,51 @@
+//! The `gpucluster` command line: parses arguments, calls the library crates, formats output.
+//!
+//! This crate owns the user-facing text and JSON, exit statuses and the glue between the
+//! libraries (it is the one place that puts a plan and its transport paths together). It holds
+//! no policy and touches no device itself. [`run`] is the whole program, so tests can drive it
+//! in process; `main.rs` only hands it the real arguments and streams.
+
+mod cli;
+mod list;
+mod table;
+
+use std::ffi::OsString;
+use std::io::Write;
+
+use clap::Parser;
+
+pub use cli::Cli;
+
+/// Runs the program with `args` (the first is the program name), writing to `out` and `err`.
+/// Returns the exit status.
+pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap renders help and version as "errors" that go to stdout with status 0.
+            let text = e.render().to_string();
+            let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(cli::execute(cli, out)) {
+        Ok(status) => status,
+        // The reader went away (`gpucluster list | head`): nothing left to say to anyone.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => 0,
+        Err(e) => {
+            let _ = writeln!(err, "error: {e:#}");
+            1
+        }
+    }
+}

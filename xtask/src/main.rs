@@ -1,0 +1,114 @@
+//! Project automation, run as `cargo xtask <task>`; the one place for scripts.
+//!
+//! - `simulate [--bless] [NAME...]`: runs the `gpucluster` binary over every scenario in
+//!   `tests/scenarios/` and diffs its output against the golden `expected.txt`; `--bless`
+//!   rewrites the golden files instead.
+//! - `ci`: exactly what CI runs: fmt, clippy (warnings as errors, with and without default
+//!   features), tests, simulate, docs.
+//! - `gpu-bundle`: release binaries for the GPU machine, copied into `.gpu-bundle/` (git-ignored)
+//!   so the device tool can carry them.
+//!
+//! It needs nothing but cargo: no Makefile, no shell scripts.
+
+// xtask is a command-line tool: printing is its job.
+#![allow(clippy::print_stdout)]
+
+mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = args.split_first().map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
+    match task {
+        "simulate" => {
+            let bless = rest.iter().any(|a| a == "--bless");
+            let only: Vec<&str> = rest.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
+            simulate(bless, &only)
+        }
+        "ci" => ci(),
+        "gpu-bundle" => gpu_bundle(),
+        _ => {
+            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | gpu-bundle>");
+            if task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn step(name: &str, mut command: Command) -> anyhow::Result<()> {
+    println!("==> {name}");
+    let status = command.status().with_context(|| format!("starting {name}"))?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_binary() -> anyhow::Result<PathBuf> {
+    step("build gpucluster", {
+        let mut c = cargo();
+        c.args(["build", "--quiet", "--package", "gpucluster"]);
+        c
+    })?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    Ok(target.join("debug").join("gpucluster"))
+}
+
+fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
+    let binary = build_binary()?;
+    scenarios::run_all(&binary, &root().join("tests").join("scenarios"), bless, only)
+}
+
+fn ci() -> anyhow::Result<()> {
+    let run = |name: &str, args: &[&str], env: &[(&str, &str)]| {
+        let mut c = cargo();
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        step(name, c)
+    };
+    let deny = [("RUSTFLAGS", "-D warnings")];
+    run("fmt", &["fmt", "--all", "--", "--check"], &[])?;
+    run("clippy", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &deny)?;
+    run(
+        "clippy (no default features)",
+        &["clippy", "--workspace", "--all-targets", "--no-default-features", "--", "-D", "warnings"],
+        &deny,
+    )?;
+    run("test", &["test", "--workspace"], &deny)?;
+    simulate(false, &[])?;
+    run("doc", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings"), deny[0]])?;
+    println!("==> ci passed");
+    Ok(())
+}
+
+fn gpu_bundle() -> anyhow::Result<()> {
+    step("build release binaries", {
+        let mut c = cargo();
+        c.args(["build", "--release", "--package", "gpucluster"]);
+        c
+    })?;
+    let bundle = root().join(".gpu-bundle");
+    std::fs::create_dir_all(&bundle)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    for name in ["gpucluster"] {
+        std::fs::copy(target.join("release").join(name), bundle.join(name))
+            .with_context(|| format!("copying {name} into .gpu-bundle"))?;
+    }
+    println!("==> .gpu-bundle/ is ready: name it in the device tool's `carry`");
+    Ok(())
+}
