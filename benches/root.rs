@@ -6,7 +6,11 @@ use gpu_topology::{Snapshot, TopologySpec};
 fn snapshot(name: &str) -> Snapshot {
     let spec: TopologySpec = format!("sim:{name}").parse().expect("preset name");
     let source = spec.open().expect("preset");
-    tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(source.snapshot()).expect("snapshot")
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(source.snapshot())
+        .expect("snapshot")
 }
 
 /// Discovery through the simulated NVML: the cost `list` adds before any policy runs.

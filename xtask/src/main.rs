@@ -105,7 +105,9 @@ fn gpu_bundle() -> anyhow::Result<()> {
     let bundle = root().join(".gpu-bundle");
     std::fs::create_dir_all(&bundle)?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    for name in ["gpucluster"] {
+    // Later issues add the transport's GPU test binaries here.
+    let binaries = ["gpucluster"];
+    for name in binaries {
         std::fs::copy(target.join("release").join(name), bundle.join(name))
             .with_context(|| format!("copying {name} into .gpu-bundle"))?;
     }

@@ -11,7 +11,8 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// Variables that change gpucluster's behaviour; removed unless a scenario sets them.
-const CONTROLLED_ENV: &[&str] = &["CUDA_VISIBLE_DEVICES", "GPUCLUSTER_TOPOLOGY", "UCX_TLS", "NCCL_MULTI_RANK_GPU_ENABLE"];
+const CONTROLLED_ENV: &[&str] =
+    &["CUDA_VISIBLE_DEVICES", "GPUCLUSTER_TOPOLOGY", "UCX_TLS", "NCCL_MULTI_RANK_GPU_ENABLE"];
 
 pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> anyhow::Result<()> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -44,7 +45,10 @@ pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> 
     }
     println!("{} passed, {} failed", names.len() - failed.len(), failed.len());
     if !failed.is_empty() {
-        bail!("scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)", failed.join(", "));
+        bail!(
+            "scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)",
+            failed.join(", ")
+        );
     }
     Ok(())
 }
@@ -54,7 +58,11 @@ fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
     let mut transcript = String::new();
     for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let words: Vec<&str> = line.split_whitespace().collect();
-        let settings: Vec<(&str, &str)> = words.iter().map_while(|w| w.split_once('=')).filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_')).collect();
+        let settings: Vec<(&str, &str)> = words
+            .iter()
+            .map_while(|w| w.split_once('='))
+            .filter(|(k, _)| k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .collect();
         let args = &words[settings.len()..];
         let Some((&"gpucluster", args)) = args.split_first() else {
             bail!("{}: each line of cmd must run `gpucluster ...`: {line}", folder.display());
@@ -75,7 +83,8 @@ fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
             transcript.push_str("--- stderr\n");
             transcript.push_str(&String::from_utf8_lossy(&output.stderr));
         }
-        transcript.push_str(&format!("--- exit {}\n\n", output.status.code().map_or("signal".into(), |c| c.to_string())));
+        transcript
+            .push_str(&format!("--- exit {}\n\n", output.status.code().map_or("signal".into(), |c| c.to_string())));
     }
     Ok(transcript)
 }

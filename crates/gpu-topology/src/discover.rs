@@ -110,11 +110,16 @@ fn parse_id(text: &str, call: &'static str, device: Handle) -> Result<crate::Dev
 
 /// Reads one host's topology through `api`.
 pub(crate) fn discover(api: &dyn NvmlApi) -> Result<HostTopology, TopologyError> {
-    let driver_version = optional(api.driver_version())
-        .map_err(|f| TopologyError::Nvml { call: "nvmlSystemGetDriverVersion", device: "the system".into(), failure: f })?;
-    let count = api
-        .device_count()
-        .map_err(|f| TopologyError::Nvml { call: "nvmlDeviceGetCount", device: "the system".into(), failure: f })?;
+    let driver_version = optional(api.driver_version()).map_err(|f| TopologyError::Nvml {
+        call: "nvmlSystemGetDriverVersion",
+        device: "the system".into(),
+        failure: f,
+    })?;
+    let count = api.device_count().map_err(|f| TopologyError::Nvml {
+        call: "nvmlDeviceGetCount",
+        device: "the system".into(),
+        failure: f,
+    })?;
     let gpus = (0..count).map(|i| discover_gpu(api, i)).collect::<Result<Vec<_>, _>>()?;
     let peers = discover_peers(api, count)?;
     Ok(HostTopology { hostname: api.hostname(), driver_version, gpus, peers })
@@ -126,9 +131,8 @@ fn discover_gpu(api: &dyn NvmlApi, index: u32) -> Result<PhysicalGpu, TopologyEr
     let uuid = api.uuid(h).map_err(failed("nvmlDeviceGetUUID", h))?;
     let uuid = parse_id(&uuid, "nvmlDeviceGetUUID", h)?;
     let memory_bytes = optional(api.memory_total(h)).map_err(failed("nvmlDeviceGetMemoryInfo", h))?;
-    let pci_bus_id = optional(api.pci_bus_id(index))
-        .map_err(failed("nvmlDeviceGetPciInfo", h))?
-        .map(|b| normalise_bus_id(&b));
+    let pci_bus_id =
+        optional(api.pci_bus_id(index)).map_err(failed("nvmlDeviceGetPciInfo", h))?.map(|b| normalise_bus_id(&b));
     let numa_node = optional(api.numa_node(index)).map_err(failed("nvmlDeviceGetNumaNodeId", h))?;
     let cpu_affinity = optional(api.cpu_affinity(index))
         .map_err(failed("nvmlDeviceGetCpuAffinity", h))?
@@ -202,9 +206,10 @@ fn discover_peers(api: &dyn NvmlApi, count: u32) -> Result<Vec<PeerLink>, Topolo
             let nvlink = optional(api.p2p_nvlink(from, to))
                 .map_err(failed("nvmlDeviceGetP2PStatus", h))?
                 .is_some_and(P2pStatus::is_ok);
-            let nvlink_count = optional(api.direct_nvlinks(from, to)).map_err(failed("nvmlDeviceGetNvLinkRemotePciInfo", h))?;
-            let pcie = optional(api.common_ancestor(from, to))
-                .map_err(failed("nvmlDeviceGetTopologyCommonAncestor", h))?;
+            let nvlink_count =
+                optional(api.direct_nvlinks(from, to)).map_err(failed("nvmlDeviceGetNvLinkRemotePciInfo", h))?;
+            let pcie =
+                optional(api.common_ancestor(from, to)).map_err(failed("nvmlDeviceGetTopologyCommonAncestor", h))?;
             peers.push(PeerLink { from, to, p2p, nvlink, nvlink_count, pcie });
         }
     }

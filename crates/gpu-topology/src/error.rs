@@ -107,7 +107,9 @@ fn hint(failure: NvmlFailure) -> &'static str {
             "; MIG devices can only be listed with permission: in a container set \
              NVIDIA_MIG_MONITOR_DEVICES=all, or run as a user allowed to query the GPU"
         }
-        NvmlFailure::GpuLost => "; the GPU has fallen off the bus or stopped answering: check `nvidia-smi` and the kernel log",
+        NvmlFailure::GpuLost => {
+            "; the GPU has fallen off the bus or stopped answering: check `nvidia-smi` and the kernel log"
+        }
         _ => "",
     }
 }

@@ -115,8 +115,7 @@ impl FromStr for DeviceId {
         let with_context = |e: IdError| IdError::new(s, e.reason);
         if let Some(rest) = s.strip_prefix("MIG-GPU-") {
             let mut parts = rest.split('/');
-            let (Some(uuid), Some(gi), Some(ci), None) =
-                (parts.next(), parts.next(), parts.next(), parts.next())
+            let (Some(uuid), Some(gi), Some(ci), None) = (parts.next(), parts.next(), parts.next(), parts.next())
             else {
                 return Err(IdError::new(
                     s,
@@ -124,8 +123,7 @@ impl FromStr for DeviceId {
                 ));
             };
             let id = |t: &str, what: &str| {
-                t.parse::<u32>()
-                    .map_err(|_| IdError::new(s, format!("the {what} id `{t}` is not a number")))
+                t.parse::<u32>().map_err(|_| IdError::new(s, format!("the {what} id `{t}` is not a number")))
             };
             return Ok(DeviceId::LegacyMig {
                 gpu: uuid.parse().map_err(with_context)?,
@@ -139,10 +137,7 @@ impl FromStr for DeviceId {
         if let Some(rest) = s.strip_prefix("GPU-") {
             return Ok(DeviceId::Gpu(rest.parse().map_err(with_context)?));
         }
-        Err(IdError::new(
-            s,
-            "a device name starts with GPU-, MIG- or MIG-GPU- (as `nvidia-smi -L` prints it)",
-        ))
+        Err(IdError::new(s, "a device name starts with GPU-, MIG- or MIG-GPU- (as `nvidia-smi -L` prints it)"))
     }
 }
 
@@ -191,8 +186,7 @@ mod tests {
         let mig: DeviceId = "MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1".parse().expect("mig name");
         assert!(matches!(mig, DeviceId::Mig(_)));
 
-        let legacy: DeviceId =
-            "MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0".parse().expect("legacy name");
+        let legacy: DeviceId = "MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0".parse().expect("legacy name");
         assert_eq!(
             legacy,
             DeviceId::LegacyMig {

@@ -231,21 +231,13 @@ pub static PRODUCTS: &[Product] = &[
         sm_count: 80,
         mig: None,
     },
-    Product {
-        name: "NVIDIA L4",
-        aliases: &["L4"],
-        memory_mib: 23034,
-        sm_count: 58,
-        mig: None,
-    },
+    Product { name: "NVIDIA L4", aliases: &["L4"], memory_mib: 23034, sm_count: 58, mig: None },
 ];
 
 /// Finds a product by its NVML name or an alias, ignoring case and a leading `NVIDIA `.
 pub fn product(name: &str) -> Option<&'static Product> {
     let wanted = normalise(name);
-    PRODUCTS.iter().find(|p| {
-        normalise(p.name) == wanted || p.aliases.iter().any(|a| normalise(a) == wanted)
-    })
+    PRODUCTS.iter().find(|p| normalise(p.name) == wanted || p.aliases.iter().any(|a| normalise(a) == wanted))
 }
 
 /// The names a user may give, for error messages.

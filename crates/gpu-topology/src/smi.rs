@@ -118,8 +118,7 @@ fn parse_gpu(rest: &str) -> Result<PhysicalGpu, String> {
 }
 
 fn parse_mig(rest: &str, gpu: &PhysicalGpu) -> Result<MigInstance, String> {
-    let (profile, rest) =
-        rest.split_once(" Device ").ok_or("expected `MIG <profile> Device <n>: (UUID: MIG-...)`")?;
+    let (profile, rest) = rest.split_once(" Device ").ok_or("expected `MIG <profile> Device <n>: (UUID: MIG-...)`")?;
     let profile = profile.trim();
     let (slot, rest) = rest.split_once(':').ok_or("expected `Device <n>:`")?;
     let slot: u32 = slot.trim().parse().map_err(|_| format!("`{}` is not a MIG device number", slot.trim()))?;
@@ -140,7 +139,11 @@ fn parse_mig(rest: &str, gpu: &PhysicalGpu) -> Result<MigInstance, String> {
     })?;
     let geometry = product.mig.ok_or_else(|| format!("{} does not support MIG", product.name))?;
     let device = geometry.device_profile(profile).ok_or_else(|| {
-        format!("{} has no MIG profile `{profile}`; its profiles are: {}", product.name, geometry.profile_names().join(", "))
+        format!(
+            "{} has no MIG profile `{profile}`; its profiles are: {}",
+            product.name,
+            geometry.profile_names().join(", ")
+        )
     })?;
     let (gpu_instance_id, compute_instance_id) = match &uuid {
         DeviceId::LegacyMig { gpu_instance, compute_instance, .. } => (Some(*gpu_instance), Some(*compute_instance)),
@@ -207,8 +210,8 @@ mod tests {
 
     #[test]
     fn unknown_product_without_mig_is_fine_with_it_is_not() {
-        let ok = host("GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n")
-            .expect("parse");
+        let ok =
+            host("GPU 0: NVIDIA GeForce RTX 4090 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n").expect("parse");
         assert_eq!(ok.gpus[0].memory_bytes, None);
         let err = host(
             "GPU 0: NVIDIA B300 (UUID: GPU-11111111-2222-3333-4444-555555555555)\n  \

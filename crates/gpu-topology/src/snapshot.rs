@@ -189,10 +189,7 @@ impl HostTopology {
     /// # Errors
     /// [`TopologyError::InvalidSnapshot`] naming the first offending GPU or instance.
     pub fn validate(&self) -> Result<(), TopologyError> {
-        let bad = |reason: String| TopologyError::InvalidSnapshot {
-            host: self.hostname.clone(),
-            reason,
-        };
+        let bad = |reason: String| TopologyError::InvalidSnapshot { host: self.hostname.clone(), reason };
         let mut names = HashSet::new();
         let mut indices = HashSet::new();
         for gpu in &self.gpus {
@@ -229,9 +226,7 @@ impl HostTopology {
         for link in &self.peers {
             for end in [link.from, link.to] {
                 if !indices.contains(&end) {
-                    return Err(bad(format!(
-                        "a peer link names GPU {end}, which is not among this host's GPUs"
-                    )));
+                    return Err(bad(format!("a peer link names GPU {end}, which is not among this host's GPUs")));
                 }
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! This module is the only place that touches nvml-wrapper. It answers the calls of
 //! `discover::NvmlApi` and maps NVML's error codes to [`NvmlFailure`] in one explicit match
-//! ([`from_nvml`]), so no NVML type leaves the module. Three calls nvml-wrapper 0.13 does not
+//! (`from_nvml`), so no NVML type leaves the module. Two calls nvml-wrapper 0.13 does not
 //! wrap (GPU and compute instance ids) go through its raw function table.
 
 use std::ffi::OsStr;
@@ -197,6 +197,7 @@ impl NvmlApi for RealNvml<'_> {
             .iter()
             .enumerate()
             .flat_map(|(w, &word)| {
+                #[allow(clippy::useless_conversion, reason = "c_ulong is 32 bits on some platforms")]
                 let word = u64::from(word);
                 (0..bits).filter(move |b| word >> b & 1 == 1).map(move |b| w as u32 * bits + b)
             })

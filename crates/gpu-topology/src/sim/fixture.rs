@@ -198,7 +198,10 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
             path: path.to_owned(),
             line: None,
             column: None,
-            message: format!("`cpus` ({}) must be at least `numa_nodes` ({}), which must be at least 1", raw.cpus, raw.numa_nodes),
+            message: format!(
+                "`cpus` ({}) must be at least `numa_nodes` ({}), which must be at least 1",
+                raw.cpus, raw.numa_nodes
+            ),
         });
     }
     let total: u32 = raw.gpus.iter().map(|g| g.get_ref().count).sum();
@@ -208,7 +211,10 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
         let span = spanned.span();
         let g = spanned.get_ref();
         let product = products::product(&g.product).ok_or_else(|| {
-            at(span.clone(), format!("unknown product `{}`; known products: {}", g.product, products::product_names().join(", ")))
+            at(
+                span.clone(),
+                format!("unknown product `{}`; known products: {}", g.product, products::product_names().join(", ")),
+            )
         })?;
         if g.count == 0 {
             return Err(at(span, "`count` must be at least 1".into()));
@@ -238,7 +244,10 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
             let DeviceId::Gpu(gpu_uuid) = &uuid else { unreachable!("checked above that `uuid` is a GPU name") };
             let numa_node = g.numa_node.unwrap_or(index * raw.numa_nodes / total.max(1));
             if numa_node >= raw.numa_nodes {
-                return Err(at(span, format!("`numa_node = {numa_node}` but the host has {} NUMA nodes", raw.numa_nodes)));
+                return Err(at(
+                    span,
+                    format!("`numa_node = {numa_node}` but the host has {} NUMA nodes", raw.numa_nodes),
+                ));
             }
             let cpus = match &g.cpu_affinity {
                 Some(list) => parse_cpulist(list).map_err(|m| at(span.clone(), m))?,
@@ -324,10 +333,17 @@ fn place(
     gpu_uuid: &crate::Uuid,
     legacy: bool,
 ) -> Result<Vec<SimInstance>, String> {
-    let requests: Vec<(&str, Option<&RawInstance>)> =
-        profiles.iter().map(|p| (p.as_str(), None)).chain(explicit.iter().map(|i| (i.profile.as_str(), Some(i)))).collect();
+    let requests: Vec<(&str, Option<&RawInstance>)> = profiles
+        .iter()
+        .map(|p| (p.as_str(), None))
+        .chain(explicit.iter().map(|i| (i.profile.as_str(), Some(i))))
+        .collect();
     if requests.len() as u32 > geometry.max_devices {
-        return Err(format!("{} MIG instances asked for, but a GPU of this product holds at most {}", requests.len(), geometry.max_devices));
+        return Err(format!(
+            "{} MIG instances asked for, but a GPU of this product holds at most {}",
+            requests.len(),
+            geometry.max_devices
+        ));
     }
     let mut used = vec![false; geometry.memory_slices as usize];
     let mut compute_used = 0;
@@ -344,7 +360,10 @@ fn place(
     let mut out = Vec::new();
     for (name, explicit) in requests {
         let profile: DeviceProfile = geometry.device_profile(name).ok_or_else(|| {
-            format!("unknown MIG profile `{name}` for this product; its profiles are: {}", geometry.profile_names().join(", "))
+            format!(
+                "unknown MIG profile `{name}` for this product; its profiles are: {}",
+                geometry.profile_names().join(", ")
+            )
         })?;
         let gi = profile.gpu_instance;
         if profile.compute_slices != gi.compute_slices {
@@ -388,7 +407,11 @@ fn place(
         let uuid = match explicit.and_then(|i| i.uuid.clone()) {
             Some(id) if id.is_mig() => id,
             Some(id) => return Err(format!("`uuid = \"{id}\"` is a GPU name; a MIG instance is named MIG-<uuid>")),
-            None if legacy => DeviceId::LegacyMig { gpu: gpu_uuid.clone(), gpu_instance: gpu_instance_id, compute_instance: compute_instance_id },
+            None if legacy => DeviceId::LegacyMig {
+                gpu: gpu_uuid.clone(),
+                gpu_instance: gpu_instance_id,
+                compute_instance: compute_instance_id,
+            },
             None => DeviceId::Mig(fake_uuid(hostname, gpu_index, Some(slot))),
         };
         out.push(SimInstance {

@@ -64,10 +64,7 @@ impl Preset {
 
     /// The one-line description from the fixture.
     pub fn description(&self) -> String {
-        fixture::parse(self.fixture, Path::new(self.name))
-            .ok()
-            .and_then(|m| m.description)
-            .unwrap_or_default()
+        fixture::parse(self.fixture, Path::new(self.name)).ok().and_then(|m| m.description).unwrap_or_default()
     }
 }
 

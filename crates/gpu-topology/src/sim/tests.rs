@@ -98,8 +98,10 @@ fn explicit_instances_set_slots_memory_and_make_gaps() {
     ))
     .expect("fixture");
     let m = &host.gpus[0].mig_instances;
-    assert_eq!(m.iter().map(|i| (i.slot, i.gpu_instance_id, i.memory_bytes >> 20)).collect::<Vec<_>>(),
-               vec![(Some(0), Some(1), 20224), (Some(4), Some(2), 20096)]);
+    assert_eq!(
+        m.iter().map(|i| (i.slot, i.gpu_instance_id, i.memory_bytes >> 20)).collect::<Vec<_>>(),
+        vec![(Some(0), Some(1), 20224), (Some(4), Some(2), 20096)]
+    );
 }
 
 #[test]
