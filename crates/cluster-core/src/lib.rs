@@ -2,12 +2,43 @@
 //! multi-host inventories and doctor findings.
 //!
 //! This crate owns every decision about which devices become workers and how each worker is
-//! configured. It takes a `gpu_topology::Snapshot` and the user's request and returns a plan as
-//! plain data.
+//! configured. [`plan`] takes a `gpu_topology::Snapshot` and a [`PlanRequest`] and returns a
+//! [`Plan`] as plain data, or a [`PlanError`] that says what to change; [`doctor`] turns a
+//! snapshot, a request and the relevant environment into [`Finding`]s.
 //!
 //! **Architecture invariant:** everything here is a pure function: no IO, no NVML, no clock, no
-//! environment reads (callers pass `CUDA_VISIBLE_DEVICES` in). It depends on `gpu-topology`
-//! only, never on `transport` or `launcher`. A MIG worker sees exactly one device, and its memory
-//! figures come from its own instance, never from the parent GPU.
+//! environment reads (callers pass `CUDA_VISIBLE_DEVICES` and friends in). It depends on
+//! `gpu-topology` only, never on `transport` or `launcher`.
 //!
-//! The crate is filled by the planning issue (`gpucluster plan` and `gpucluster doctor`).
+//! **Architecture invariant:** a MIG worker sees exactly one device (`CUDA_VISIBLE_DEVICES` is its
+//! own MIG UUID), and its memory figures come from its own instance, never from the parent GPU.
+//!
+//! # Design
+//!
+//! Homogeneity is judged on the memory each device reports (within a tolerance) and its SM
+//! count, never on profile names, which mean different memory on different products. Where
+//! Dask-CUDA has known defects (memory limits from the parent GPU, MIG lists rotated so that a
+//! worker sees every instance, no validation of names), this crate does the opposite, and its
+//! tests include Dask-CUDA's own test cases with the MIG semantics fixed.
+
+mod classes;
+mod devices;
+mod doctor;
+mod finding;
+mod inventory;
+pub mod memory;
+mod plan;
+pub mod spec;
+
+pub use classes::DeviceClass;
+pub use devices::Excluded;
+pub use doctor::{Environment, doctor};
+pub use finding::{Finding, Severity};
+pub use inventory::{InventoryError, merge_inventories};
+pub use plan::{
+    DEFAULT_MEMORY_TOLERANCE_PCT, DeviceKind, Plan, PlanError, PlanRequest, Policy, SpecSource, WorkerPlan, plan,
+};
+pub use spec::{DeviceSpec, SpecEntry, SpecError};
+
+#[cfg(test)]
+mod tests;

@@ -52,12 +52,12 @@ pub enum TopologyError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("cannot read {}: {source}", .path.display())]
+    #[error("cannot read {}: {error}", .path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. (Not a `source`: the message already says it, and error chains would repeat it.)
+        error: std::io::Error,
     },
     /// A fixture or snapshot file is malformed.
     #[error("{}{}: {message}", .path.display(), location(*.line, *.column))]

@@ -31,7 +31,7 @@ impl TopologySource for FileSource {
 
     async fn snapshot(&self) -> Result<Snapshot, TopologyError> {
         let text = std::fs::read_to_string(&self.path)
-            .map_err(|source| TopologyError::Io { path: self.path.clone(), source })?;
+            .map_err(|error| TopologyError::Io { path: self.path.clone(), error })?;
         if text.trim_start().starts_with('{') {
             let snapshot: Snapshot = serde_json::from_str(&text).map_err(|e| TopologyError::Fixture {
                 path: self.path.clone(),

@@ -34,7 +34,7 @@ impl TopologySource for SmiSource {
 
     async fn snapshot(&self) -> Result<Snapshot, TopologyError> {
         let text = std::fs::read_to_string(&self.path)
-            .map_err(|source| TopologyError::Io { path: self.path.clone(), source })?;
+            .map_err(|error| TopologyError::Io { path: self.path.clone(), error })?;
         let hostname = self.path.file_stem().map_or("smi".into(), |s| s.to_string_lossy().into_owned());
         let host = parse(&text, &self.path, &hostname)?;
         host.validate()?;

@@ -1,12 +1,14 @@
 //! Command-line grammar (clap) and dispatch to the commands.
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gpu_topology::{Snapshot, TopologySpec};
+use cluster_core::{DEFAULT_MEMORY_TOLERANCE_PCT, PlanRequest, Policy, SpecSource};
+use gpu_topology::{FileSource, Snapshot, TopologySource, TopologySpec};
 
-use crate::list;
+use crate::{doctor, list, plan};
 
 /// Turns the GPUs and MIG instances of one or many hosts into a correctly configured cluster of
 /// workers, one per compute device.
@@ -32,6 +34,10 @@ struct GlobalArgs {
 enum Command {
     /// List every physical GPU and MIG instance, and how the GPUs reach each other.
     List(ListArgs),
+    /// Show which devices become workers, how each is configured, and the path between each pair.
+    Plan(PlanArgs),
+    /// Check the machine, the environment and the plan; exit 0 if clean, 1 on warnings, 2 on errors.
+    Doctor(SelectionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -42,6 +48,73 @@ struct ListArgs {
     /// List the built-in simulated machines instead.
     #[arg(long)]
     presets: bool,
+}
+
+#[derive(Debug, Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Which devices become workers and how they are configured (shared by plan, doctor, up, dask).
+#[derive(Debug, Args)]
+pub(crate) struct SelectionArgs {
+    /// Devices to use, in the grammar of CUDA_VISIBLE_DEVICES: indices, GPU-<uuid>, MIG-<uuid>,
+    /// MIG-GPU-<uuid>/<gi>/<ci> or unique UUID prefixes, comma-separated. Default: CUDA_VISIBLE_DEVICES
+    /// if set, else every compute device.
+    #[arg(long, value_name = "SPEC")]
+    devices: Option<String>,
+    /// What to do when the devices are not alike in memory and SMs.
+    #[arg(long, default_value = "strict", value_parser = parse_policy, value_name = "POLICY")]
+    policy: Policy,
+    /// Memory within this many percent counts as alike.
+    #[arg(long, default_value_t = DEFAULT_MEMORY_TOLERANCE_PCT, value_name = "PCT")]
+    memory_tolerance: f64,
+    /// Device memory limit per worker: auto, default (80 %), a fraction, bytes or a size such as
+    /// 10GB; computed from each worker's own device.
+    #[arg(long, default_value = "default", value_name = "X")]
+    device_memory_limit: String,
+    /// Plan across hosts: the `gpucluster list --json` of each host (repeatable); replaces --topology.
+    #[arg(long, value_name = "FILE")]
+    inventory: Vec<PathBuf>,
+}
+
+fn parse_policy(s: &str) -> Result<Policy, String> {
+    s.parse()
+}
+
+impl SelectionArgs {
+    pub(crate) fn request(&self) -> PlanRequest {
+        let devices = match &self.devices {
+            Some(d) => Some((d.clone(), SpecSource::Flag)),
+            None => std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|d| (d, SpecSource::Environment)),
+        };
+        PlanRequest {
+            devices,
+            policy: self.policy,
+            memory_tolerance_pct: self.memory_tolerance,
+            device_memory_limit: self.device_memory_limit.clone(),
+        }
+    }
+
+    /// The snapshot to plan on: the inventories if given, else the topology source.
+    pub(crate) async fn snapshot(&self, spec: &TopologySpec) -> anyhow::Result<Snapshot> {
+        if self.inventory.is_empty() {
+            return load(spec).await;
+        }
+        let mut inventories = Vec::new();
+        for path in &self.inventory {
+            let snapshot = FileSource::new(path.clone())
+                .snapshot()
+                .await
+                .with_context(|| format!("reading the inventory {}", path.display()))?;
+            inventories.push(snapshot);
+        }
+        Ok(cluster_core::merge_inventories(inventories)?)
+    }
 }
 
 /// Reads the snapshot the user pointed at.
@@ -67,6 +140,28 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
                 list::table(&snapshot, &spec, out)?;
             }
             Ok(0)
+        }
+        Command::Plan(args) => {
+            let snapshot = args.selection.snapshot(&spec).await?;
+            let request = args.selection.request();
+            let plan = cluster_core::plan(&snapshot, &request)?;
+            let output = plan::PlanOutput::new(&snapshot, &plan);
+            if args.json {
+                serde_json::to_writer_pretty(&mut *out, &output)?;
+                writeln!(out)?;
+            } else {
+                plan::table(&output, &request, out)?;
+            }
+            Ok(0)
+        }
+        Command::Doctor(selection) => {
+            let snapshot = selection.snapshot(&spec).await?;
+            let env = cluster_core::Environment {
+                cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+                ucx_tls: std::env::var("UCX_TLS").ok(),
+            };
+            let findings = cluster_core::doctor(&snapshot, &selection.request(), &env);
+            doctor::report(&findings, out)
         }
     }
 }

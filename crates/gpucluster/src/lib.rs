@@ -6,7 +6,9 @@
 //! in process; `main.rs` only hands it the real arguments and streams.
 
 mod cli;
+mod doctor;
 mod list;
+mod plan;
 mod table;
 
 use std::ffi::OsString;

@@ -64,7 +64,7 @@ fn legacy_driver_gives_legacy_names() {
         }
         other => panic!("expected a legacy name, got {other}"),
     }
-    assert!(!host.gpus[1].mig_enabled);
+    assert_eq!(host.gpus[1].mig_instances.len(), 2);
     assert!(fixture::uses_legacy_mig_names("460.73.01"));
     assert!(fixture::uses_legacy_mig_names("470.42.00"));
     assert!(!fixture::uses_legacy_mig_names("470.42.01"));

@@ -1,0 +1,143 @@
+//! Device memory sizes as Dask-CUDA parses them (`parse_device_memory_limit`), computed from the
+//! worker's own device: for a MIG worker, its instance, never the parent GPU.
+//!
+//! The grammar follows Dask-CUDA exactly (its test cases are `tests/dask_cuda_conformance.rs`):
+//! `"auto"` is the whole device, `"default"` is 80 % of it; `None`, `0`, `"0"`, `0.0` and
+//! `"0 GiB"` mean no limit; an integer is bytes (`1` and `"1"` are one byte); a number with a
+//! fraction part in (0, 1] is a fraction of the device (`1.0` is all of it); anything else is a
+//! size with units as `dask.utils.parse_bytes` reads them (`"10GB"` = 10^10, `"5000M"`,
+//! `"1.5 GiB"`). Results are floored to the alignment (256 bytes for pool sizes).
+
+/// What is wrong with a memory size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MemoryError {
+    /// Not a size.
+    #[error(
+        "`{text}` is not a memory size: use `auto` (the whole device), `default` (80 %), a fraction such as 0.5, \
+         bytes such as 1000000000, or a size with units such as 10GB or 9.5GiB"
+    )]
+    Malformed {
+        /// What was given.
+        text: String,
+    },
+    /// A fraction of a device whose size is unknown.
+    #[error(
+        "`{text}` is a fraction of the device's memory, which {device} does not report; give an absolute size such as 10GB"
+    )]
+    UnknownTotal {
+        /// What was given.
+        text: String,
+        /// The device.
+        device: String,
+    },
+    /// More than the device has.
+    #[error("`{text}` is {bytes} bytes, more than the {total} bytes of {device}; give at most `auto`")]
+    TooLarge {
+        /// What was given.
+        text: String,
+        /// Its value.
+        bytes: u64,
+        /// The device's memory.
+        total: u64,
+        /// The device.
+        device: String,
+    },
+}
+
+enum Parsed {
+    None,
+    Fraction(f64),
+    Bytes(u64),
+}
+
+fn parse(text: &str) -> Result<Parsed, MemoryError> {
+    let malformed = || MemoryError::Malformed { text: text.to_owned() };
+    let t = text.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "auto" => return Ok(Parsed::Fraction(1.0)),
+        "default" => return Ok(Parsed::Fraction(0.8)),
+        "" | "none" => return Ok(Parsed::None),
+        _ => {}
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u64 = t.parse().map_err(|_| malformed())?;
+        return Ok(if n == 0 { Parsed::None } else { Parsed::Bytes(n) });
+    }
+    if let Ok(f) = t.parse::<f64>() {
+        if !f.is_finite() || f < 0.0 {
+            return Err(malformed());
+        }
+        return Ok(if f == 0.0 {
+            Parsed::None
+        } else if f <= 1.0 {
+            Parsed::Fraction(f)
+        } else {
+            Parsed::Bytes(f.floor() as u64)
+        });
+    }
+    let bytes = parse_bytes(t).ok_or_else(malformed)?;
+    Ok(if bytes == 0 { Parsed::None } else { Parsed::Bytes(bytes) })
+}
+
+/// `dask.utils.parse_bytes`: a number and a unit, spaces ignored, case ignored.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+    let split = compact.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(compact.len());
+    let (number, unit) = compact.split_at(split);
+    let number: f64 = if number.is_empty() { 1.0 } else { number.parse().ok()? };
+    let multiplier: f64 = match unit {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "pb" | "p" => 1e15,
+        "kib" | "ki" => 1024.0,
+        "mib" | "mi" => 1024.0 * 1024.0,
+        "gib" | "gi" => 1024.0 * 1024.0 * 1024.0,
+        "tib" | "ti" => 1024.0_f64.powi(4),
+        "pib" | "pi" => 1024.0_f64.powi(5),
+        _ => return None,
+    };
+    let bytes = number * multiplier;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// Parses `text` against a device of `total` bytes (`None` when unknown) named `device` in
+/// errors, floored to `alignment`. `Ok(None)` means no limit.
+///
+/// # Errors
+/// [`MemoryError`] for text that is no size, a fraction of an unknown total, or more than the
+/// device has.
+pub fn parse_device_bytes(
+    text: &str,
+    total: Option<u64>,
+    alignment: u64,
+    device: &str,
+) -> Result<Option<u64>, MemoryError> {
+    let bytes = match parse(text)? {
+        Parsed::None => return Ok(None),
+        Parsed::Bytes(b) => b,
+        Parsed::Fraction(f) => {
+            let total =
+                total.ok_or_else(|| MemoryError::UnknownTotal { text: text.to_owned(), device: device.to_owned() })?;
+            (total as f64 * f) as u64
+        }
+    };
+    if let Some(total) = total
+        && bytes > total
+    {
+        return Err(MemoryError::TooLarge { text: text.to_owned(), bytes, total, device: device.to_owned() });
+    }
+    let alignment = alignment.max(1);
+    Ok(Some(bytes / alignment * alignment))
+}
+
+/// Checks that `text` is a memory size at all, before any device is known.
+///
+/// # Errors
+/// [`MemoryError::Malformed`].
+pub fn validate(text: &str) -> Result<(), MemoryError> {
+    parse(text).map(|_| ())
+}

@@ -1,0 +1,478 @@
+//! The worker plan: which devices become workers, how each is configured, and why the others
+//! are not used.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+
+use gpu_topology::Snapshot;
+use serde::Serialize;
+
+use crate::classes::{DeviceClass, classify};
+use crate::devices::{DeviceRef, Excluded, compute_devices};
+use crate::memory::{self, MemoryError};
+use crate::spec::{self, DeviceSpec, SpecError};
+use crate::{Finding, Severity};
+
+/// What to do when the selected devices are not alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Refuse a mix, explaining each class and the flags that would make it work.
+    #[default]
+    Strict,
+    /// Go on with every device, reporting the mix as a warning.
+    Warn,
+    /// Keep the largest class; ties go to the class with more memory per device, then more SMs,
+    /// then the one selected first.
+    LargestGroup,
+    /// Keep every device; each class gets its own Dask resource so work can be routed by size.
+    Grouped,
+}
+
+impl Policy {
+    /// Every policy's name, for help and errors.
+    pub const NAMES: [&'static str; 4] = ["strict", "warn", "largest-group", "grouped"];
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Strict => "strict",
+            Policy::Warn => "warn",
+            Policy::LargestGroup => "largest-group",
+            Policy::Grouped => "grouped",
+        })
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "strict" => Ok(Policy::Strict),
+            "warn" => Ok(Policy::Warn),
+            "largest-group" => Ok(Policy::LargestGroup),
+            "grouped" => Ok(Policy::Grouped),
+            _ => Err(format!("unknown policy `{s}`; the policies are {}", Policy::NAMES.join(", "))),
+        }
+    }
+}
+
+/// Where the device spec came from, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpecSource {
+    /// `--devices`.
+    Flag,
+    /// `CUDA_VISIBLE_DEVICES` in the environment.
+    Environment,
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone)]
+pub struct PlanRequest {
+    /// Devices to use (`--devices`, else `CUDA_VISIBLE_DEVICES`), with where the text came from;
+    /// `None` selects every compute device.
+    pub devices: Option<(String, SpecSource)>,
+    /// The homogeneity policy.
+    pub policy: Policy,
+    /// Memory within this many percent counts as alike.
+    pub memory_tolerance_pct: f64,
+    /// Device memory limit per worker, in Dask-CUDA's grammar (`default` = 80 %).
+    pub device_memory_limit: String,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        Self {
+            devices: None,
+            policy: Policy::Strict,
+            memory_tolerance_pct: DEFAULT_MEMORY_TOLERANCE_PCT,
+            device_memory_limit: "default".to_owned(),
+        }
+    }
+}
+
+/// The default memory tolerance: two instances of one profile differ by about 0.6 % (20224 vs
+/// 20096 MiB in NVIDIA's guide) and drivers move sizes by about 2 %; a memory slice is 12.5 %.
+pub const DEFAULT_MEMORY_TOLERANCE_PCT: f64 = 2.0;
+
+/// Whether a worker drives a whole GPU or one MIG instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// A whole GPU (MIG disabled).
+    Gpu,
+    /// A MIG instance.
+    Mig,
+}
+
+/// One worker.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerPlan {
+    /// Unique across hosts: `<host>-gpu<index>` or `<host>-gpu<index>-mig<slot>`.
+    pub name: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its device's name (`GPU-...` or `MIG-...`).
+    pub device_uuid: String,
+    /// Whole GPU or MIG instance.
+    pub kind: DeviceKind,
+    /// The parent GPU's NVML index.
+    pub gpu_index: u32,
+    /// The parent GPU's name.
+    pub gpu_uuid: String,
+    /// The MIG profile, for a MIG worker.
+    pub profile: Option<String>,
+    /// Memory of the worker's own device.
+    pub device_memory_bytes: Option<u64>,
+    /// The device memory limit (Dask-CUDA's spilling threshold); `None` for no limit.
+    pub device_memory_limit_bytes: Option<u64>,
+    /// SMs of the worker's own device.
+    pub sm_count: Option<u32>,
+    /// CPUs near the parent GPU (`0-15`).
+    pub cpu_affinity: Option<String>,
+    /// NUMA node of the parent GPU.
+    pub numa_node: Option<u32>,
+    /// Its device class (`A`, `B`, ...).
+    pub class: String,
+    /// Dask resources: `GPU = 1`, and the class resource under `grouped`.
+    pub resources: BTreeMap<String, f64>,
+    /// The environment the worker process needs.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A plan for a cluster.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    /// The policy applied.
+    pub policy: Policy,
+    /// One per selected device, hosts in snapshot order.
+    pub workers: Vec<WorkerPlan>,
+    /// Devices that are not workers, with the reason.
+    pub excluded: Vec<Excluded>,
+    /// The classes of the selected devices (before `largest-group` dropped any).
+    pub classes: Vec<DeviceClass>,
+    /// Warnings and notes about the plan.
+    pub findings: Vec<Finding>,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PlanError {
+    /// The device spec is wrong.
+    #[error("{source} (in {})", match .from { SpecSource::Flag => "--devices", SpecSource::Environment => "CUDA_VISIBLE_DEVICES" })]
+    Spec {
+        /// What is wrong.
+        source: SpecError,
+        /// Where the spec came from.
+        from: SpecSource,
+    },
+    /// Nothing to run on.
+    #[error("no compute device was selected: {reason}")]
+    NoDevices {
+        /// Why.
+        reason: String,
+    },
+    /// `strict` found devices that are not alike.
+    #[error("{}", mixed_message(.classes, *.tolerance_pct))]
+    Mixed {
+        /// The classes found.
+        classes: Vec<DeviceClass>,
+        /// The tolerance used.
+        tolerance_pct: f64,
+    },
+    /// `strict` found MIG instances beside whole GPUs that were not named explicitly.
+    #[error(
+        "the selection mixes {mig} MIG instance(s) with {whole} whole GPU(s), which differ in memory, speed and \
+         transport (no CUDA IPC to or from a MIG instance); name the devices to use with --devices (or \
+         CUDA_VISIBLE_DEVICES), or pass --policy warn to go on with both"
+    )]
+    MixedMigAndWhole {
+        /// MIG instances selected.
+        mig: usize,
+        /// Whole GPUs selected.
+        whole: usize,
+    },
+    /// `--device-memory-limit` cannot be applied.
+    #[error("--device-memory-limit: {0}")]
+    MemoryLimit(MemoryError),
+    /// `--memory-tolerance` out of range.
+    #[error("--memory-tolerance {0} is out of range: give a percentage from 0 to 100")]
+    Tolerance(f64),
+}
+
+fn gib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "unknown memory".to_owned(), |b| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30)))
+}
+
+fn first_few(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    if items.len() <= SHOWN {
+        items.join(", ")
+    } else {
+        format!("{} and {} more", items[..SHOWN].join(", "), items.len() - SHOWN)
+    }
+}
+
+fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
+    use std::fmt::Write;
+    let mut m = format!(
+        "the selected devices are not alike (policy strict, memory tolerance {tolerance_pct}%): {} classes differ in \
+         memory or SMs, and mixing them risks imbalance and out-of-memory errors\n",
+        classes.len()
+    );
+    for c in classes {
+        let _ = writeln!(
+            m,
+            "  class {}: {} device(s), {}, {} SMs, {} on {}: {}",
+            c.name,
+            c.devices.len(),
+            gib(c.memory_bytes),
+            c.sm_count.map_or("unknown".to_owned(), |s| s.to_string()),
+            c.profiles.join("/"),
+            c.hosts.join(", "),
+            first_few(&c.devices)
+        );
+    }
+    let largest = largest_class(classes);
+    let _ = writeln!(m, "to go on, choose one of:");
+    let _ = writeln!(
+        m,
+        "  --policy largest-group   keep class {} ({} devices) and leave the others out",
+        classes[largest].name,
+        classes[largest].devices.len()
+    );
+    let resources: Vec<&str> = classes.iter().map(|c| c.resource.as_str()).collect();
+    let _ = writeln!(
+        m,
+        "  --policy grouped         keep all; each class gets its own Dask resource ({})",
+        resources.join(", ")
+    );
+    let _ = writeln!(m, "  --policy warn            keep all as they are");
+    let _ = writeln!(m, "  --devices {}", classes[largest].devices.join(","));
+    let _ = writeln!(m, "                           use class {} only", classes[largest].name);
+    let same_sms = classes.windows(2).all(|w| w[0].sm_count == w[1].sm_count);
+    let (lo, hi) = (
+        classes.iter().filter_map(|c| c.memory_bytes).min(),
+        classes.iter().filter_map(|c| c.memory_bytes_max).max(),
+    );
+    if let (true, Some(lo), Some(hi)) = (same_sms, lo, hi) {
+        let needed = ((hi - lo) as f64 / hi as f64 * 100.0).ceil();
+        let _ = writeln!(m, "  --memory-tolerance {needed}    count memory within {needed}% as alike");
+    }
+    m.trim_end().to_owned()
+}
+
+/// The class `largest-group` keeps: most devices, then more memory, then more SMs, then first.
+fn largest_class(classes: &[DeviceClass]) -> usize {
+    (0..classes.len())
+        .max_by(|&a, &b| {
+            let key = |c: &DeviceClass| (c.devices.len(), c.memory_bytes, c.sm_count);
+            key(&classes[a]).cmp(&key(&classes[b])).then(b.cmp(&a))
+        })
+        .unwrap_or(0)
+}
+
+/// Makes the plan for `request` on `snapshot`.
+///
+/// # Errors
+/// [`PlanError`] saying what to change: a wrong device spec, no device, a mix refused by
+/// `strict`, or a memory limit that does not fit a device.
+pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanError> {
+    if !(0.0..=100.0).contains(&request.memory_tolerance_pct) {
+        return Err(PlanError::Tolerance(request.memory_tolerance_pct));
+    }
+    memory::validate(&request.device_memory_limit).map_err(PlanError::MemoryLimit)?;
+    let (defaults, mut excluded) = compute_devices(snapshot);
+    let (selected, explicit) = match &request.devices {
+        None => (defaults, false),
+        Some((text, from)) => {
+            let err = |source| PlanError::Spec { source, from: *from };
+            let spec: DeviceSpec = text.parse().map_err(err)?;
+            let chosen = spec::resolve(&spec, snapshot).map_err(err)?;
+            let reason = match from {
+                SpecSource::Flag => "not named in --devices",
+                SpecSource::Environment => "not named in CUDA_VISIBLE_DEVICES",
+            };
+            for d in defaults.iter().filter(|d| !chosen.contains(d)) {
+                excluded.push(Excluded {
+                    uuid: d.ids(snapshot).0.to_string(),
+                    host: snapshot.hosts[d.host].hostname.clone(),
+                    reason: reason.to_owned(),
+                });
+            }
+            (chosen, true)
+        }
+    };
+    if selected.is_empty() {
+        let reason = if snapshot.hosts.iter().all(|h| h.gpus.is_empty()) {
+            "the machine has no GPU".to_owned()
+        } else {
+            "every GPU has MIG enabled without instances; see the excluded devices".to_owned()
+        };
+        return Err(PlanError::NoDevices { reason });
+    }
+
+    let (classes, class_of) = classify(snapshot, &selected, request.memory_tolerance_pct);
+    let mig = selected.iter().filter(|d| d.mig.is_some()).count();
+    let whole = selected.len() - mig;
+    let mut findings = Vec::new();
+    if mig > 0 && whole > 0 {
+        if request.policy == Policy::Strict && !explicit {
+            return Err(PlanError::MixedMigAndWhole { mig, whole });
+        }
+        findings.push(Finding::new(
+            Severity::Warning,
+            "mig-and-whole-gpus",
+            format!("the workers mix {mig} MIG instance(s) with {whole} whole GPU(s)"),
+            "MIG instances and whole GPUs differ in memory and speed, and data between them goes through host memory",
+            "name only one kind with --devices, unless the mix is intended",
+        ));
+    }
+    let mut keep: Vec<bool> = vec![true; selected.len()];
+    if classes.len() > 1 {
+        match request.policy {
+            Policy::Strict => {
+                return Err(PlanError::Mixed { classes, tolerance_pct: request.memory_tolerance_pct });
+            }
+            Policy::Warn => findings.push(Finding::new(
+                Severity::Warning,
+                "mixed-classes",
+                format!("the workers fall into {} classes of memory and SMs (policy warn)", classes.len()),
+                "Dask balances work as if every worker were alike; the smaller devices run out of memory first",
+                "use --policy grouped to route work by size, or --policy largest-group to keep one class",
+            )),
+            Policy::LargestGroup => {
+                let kept = largest_class(&classes);
+                for (i, d) in selected.iter().enumerate() {
+                    if class_of[i] != kept {
+                        keep[i] = false;
+                        excluded.push(Excluded {
+                            uuid: d.ids(snapshot).0.to_string(),
+                            host: snapshot.hosts[d.host].hostname.clone(),
+                            reason: format!(
+                                "policy largest-group keeps class {} ({} devices); this device is in class {}",
+                                classes[kept].name,
+                                classes[kept].devices.len(),
+                                classes[class_of[i]].name
+                            ),
+                        });
+                    }
+                }
+                findings.push(Finding::new(
+                    Severity::Info,
+                    "largest-group",
+                    format!(
+                        "policy largest-group kept class {} and left out {} device(s)",
+                        classes[kept].name,
+                        keep.iter().filter(|k| !**k).count()
+                    ),
+                    "the classes differ in memory or SMs; see `classes` and `excluded`",
+                    "use --policy grouped to keep them all",
+                ));
+            }
+            Policy::Grouped => {}
+        }
+    }
+
+    let kept: Vec<(DeviceRef, usize)> =
+        selected.iter().zip(&class_of).zip(&keep).filter(|(_, k)| **k).map(|((d, c), _)| (*d, *c)).collect();
+    let mut neighbours = Neighbours::default();
+    for &(d, _) in &kept {
+        *neighbours.workers_per_gpu.entry((d.host, d.gpu)).or_default() += 1;
+        if d.mig.is_none() {
+            neighbours.whole_gpus.entry(d.host).or_default().push(d.ids(snapshot).0.to_string());
+        }
+    }
+    let workers = kept
+        .iter()
+        .map(|&(d, class)| worker(snapshot, d, &neighbours, &classes[class], request))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Plan { policy: request.policy, workers, excluded, classes, findings })
+}
+
+/// What a worker needs to know of the others, indexed once (plans reach 10^5 workers).
+#[derive(Default)]
+struct Neighbours {
+    workers_per_gpu: HashMap<(usize, usize), usize>,
+    whole_gpus: HashMap<usize, Vec<String>>,
+}
+
+fn worker(
+    snapshot: &Snapshot,
+    d: DeviceRef,
+    neighbours: &Neighbours,
+    class: &DeviceClass,
+    request: &PlanRequest,
+) -> Result<WorkerPlan, PlanError> {
+    let host = &snapshot.hosts[d.host];
+    let gpu = d.gpu(snapshot);
+    let instance = d.instance(snapshot);
+    let device_uuid = d.ids(snapshot).0.to_string();
+    let memory = d.memory_bytes(snapshot);
+    let limit = memory::parse_device_bytes(&request.device_memory_limit, memory, 1, &device_uuid)
+        .map_err(PlanError::MemoryLimit)?;
+    let name = match instance {
+        Some(m) => format!(
+            "{}-gpu{}-mig{}",
+            host.hostname,
+            gpu.index,
+            m.slot.unwrap_or(d.mig.unwrap_or_default() as u32)
+        ),
+        None => format!("{}-gpu{}", host.hostname, gpu.index),
+    };
+    let mut env = BTreeMap::new();
+    let visible = match instance {
+        // A MIG worker sees exactly its own instance: before R570 CUDA enumerates only one MIG
+        // device per process anyway, and from R570 on it would see others it must not use.
+        Some(_) => device_uuid.clone(),
+        None => {
+            // Its own GPU first, then the other whole GPUs of this host (Dask-CUDA's rotation),
+            // so peers stay visible for CUDA IPC. UUIDs, not indices: CUDA orders devices
+            // fastest-first unless CUDA_DEVICE_ORDER says otherwise, NVML by PCI bus.
+            let peers = neighbours.whole_gpus.get(&d.host).map_or(&[][..], Vec::as_slice);
+            let me = peers.iter().position(|p| *p == device_uuid).unwrap_or(0);
+            let mut rotated = peers[me..].to_vec();
+            rotated.extend_from_slice(&peers[..me]);
+            rotated.join(",")
+        }
+    };
+    env.insert("CUDA_VISIBLE_DEVICES".to_owned(), visible);
+    env.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
+    env.insert("GPUCLUSTER_WORKER_NAME".to_owned(), name.clone());
+    env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), device_uuid.clone());
+    if instance.is_some() {
+        // CUDA IPC does not cross MIG instances: keep UCX from probing it.
+        env.insert("UCX_TLS".to_owned(), "^cuda_ipc".to_owned());
+        if neighbours.workers_per_gpu.get(&(d.host, d.gpu)).copied().unwrap_or(0) > 1 {
+            // NCCL (2.32+, experimental MIG support) identifies ranks by the parent GPU and
+            // refuses two ranks on one GPU without this.
+            env.insert("NCCL_MULTI_RANK_GPU_ENABLE".to_owned(), "1".to_owned());
+        }
+    }
+    let mut resources = BTreeMap::from([("GPU".to_owned(), 1.0)]);
+    if request.policy == Policy::Grouped {
+        resources.insert(class.resource.clone(), 1.0);
+    }
+    Ok(WorkerPlan {
+        name,
+        host: host.hostname.clone(),
+        device_uuid,
+        kind: if instance.is_some() { DeviceKind::Mig } else { DeviceKind::Gpu },
+        gpu_index: gpu.index,
+        gpu_uuid: gpu.uuid.to_string(),
+        profile: instance.map(|m| m.profile.clone()),
+        device_memory_bytes: memory,
+        device_memory_limit_bytes: limit,
+        sm_count: d.sm_count(snapshot),
+        cpu_affinity: gpu.cpu_affinity.clone(),
+        numa_node: gpu.numa_node,
+        class: class.name.clone(),
+        resources,
+        env,
+    })
+}

@@ -1,0 +1,358 @@
+//! Plans and findings on simulated machines, and Dask-CUDA's own test cases
+//! (`dask-cuda.md` §4) with the MIG semantics fixed.
+
+use gpu_topology::{Snapshot, TopologySpec};
+
+use crate::memory::parse_device_bytes;
+use crate::*;
+
+fn machine(preset: &str) -> Snapshot {
+    let source = TopologySpec::Sim(preset.into()).open().expect("preset");
+    tokio::runtime::Builder::new_current_thread().build().expect("rt").block_on(source.snapshot()).expect("snapshot")
+}
+
+fn request(devices: Option<&str>, policy: Policy) -> PlanRequest {
+    PlanRequest { devices: devices.map(|d| (d.to_owned(), SpecSource::Flag)), policy, ..PlanRequest::default() }
+}
+
+fn visible(w: &WorkerPlan) -> &str {
+    &w.env["CUDA_VISIBLE_DEVICES"]
+}
+
+const GIB: u64 = 1 << 30;
+
+mod dask_cuda_conformance {
+    use super::*;
+
+    /// `test_get_n_gpus`: "0,1,2" gives three workers.
+    #[test]
+    fn n_gpus_from_visible_devices() {
+        let mut r = request(None, Policy::Strict);
+        r.devices = Some(("0,1,2".into(), SpecSource::Environment));
+        assert_eq!(plan(&machine("hgx-h100"), &r).expect("plan").workers.len(), 3);
+    }
+
+    /// `test_parse_visible_devices` and `test_cuda_visible_devices`: each whole-GPU worker sees
+    /// its own device first and every other worker's after it (the rotation), for indices and UUIDs.
+    #[test]
+    fn rotation_puts_each_workers_device_first() {
+        let m = machine("hgx-h100");
+        for spec in ["0,3,6,7", &m.hosts[0].gpus.iter().map(|g| g.uuid.to_string()).collect::<Vec<_>>().join(",")] {
+            let p = plan(&m, &request(Some(spec), Policy::Strict)).expect("plan");
+            let all: Vec<&str> = p.workers.iter().map(|w| w.device_uuid.as_str()).collect();
+            for (i, w) in p.workers.iter().enumerate() {
+                let list: Vec<&str> = visible(w).split(',').collect();
+                assert_eq!(list[0], w.device_uuid);
+                let mut expected = all[i..].to_vec();
+                expected.extend_from_slice(&all[..i]);
+                assert_eq!(list, expected, "{spec}");
+            }
+        }
+        let err = plan(&m, &request(Some("Foo"), Policy::Strict)).expect_err("Foo");
+        assert!(err.to_string().contains("`Foo` is not a device"), "{err}");
+    }
+
+    /// `test_with_subset_of_cuda_visible_devices` (0,3,6,8 there; this machine has 8 GPUs).
+    #[test]
+    fn subset_of_visible_devices() {
+        let p = plan(&machine("hgx-h100"), &request(Some("0,3,6,7"), Policy::Strict)).expect("plan");
+        let firsts: Vec<u32> = p.workers.iter().map(|w| w.gpu_index).collect();
+        assert_eq!(firsts, vec![0, 3, 6, 7]);
+        assert_eq!(p.excluded.len(), 4);
+        assert!(p.excluded.iter().all(|e| e.reason == "not named in --devices"));
+    }
+
+    /// `test_available_mig_workers`, fixed: one worker per MIG instance, and each sees exactly
+    /// its own instance (Dask-CUDA rotates the whole MIG list into every worker).
+    #[test]
+    fn one_worker_per_mig_instance_seeing_only_itself() {
+        let m = machine("dgx-a100");
+        let uuids: Vec<String> = m.hosts[0].gpus[0].mig_instances.iter().map(|i| i.uuid.to_string()).collect();
+        let p = plan(&m, &request(Some(&uuids.join(",")), Policy::Strict)).expect("plan");
+        assert_eq!(p.workers.len(), 7);
+        for (w, u) in p.workers.iter().zip(&uuids) {
+            assert_eq!(visible(w), u);
+            assert_eq!(w.device_uuid, *u);
+        }
+    }
+
+    /// `test_gpu_uuid`: one `GPU-` UUID reaches its worker.
+    #[test]
+    fn single_gpu_uuid() {
+        let m = machine("h100");
+        let uuid = m.hosts[0].gpus[0].uuid.to_string();
+        let p = plan(&m, &request(Some(&uuid), Policy::Strict)).expect("plan");
+        assert_eq!(p.workers.len(), 1);
+        assert_eq!(visible(&p.workers[0]), uuid);
+    }
+
+    /// `test_cpu_affinity_and_cuda_visible_devices`, and the CUDAWorker index bug (workers got
+    /// GPUs 0,2,0,2's affinity): each worker's affinity is its own (parent) GPU's.
+    #[test]
+    fn cpu_affinity_is_the_workers_own_gpus() {
+        for preset in ["hgx-h100", "dgx-a100"] {
+            let m = machine(preset);
+            let p = plan(&m, &request(None, Policy::Strict)).expect("plan");
+            for w in &p.workers {
+                let gpu = &m.hosts[0].gpus[w.gpu_index as usize];
+                assert_eq!(w.cpu_affinity, gpu.cpu_affinity, "{}", w.name);
+                assert_eq!(w.numa_node, gpu.numa_node);
+            }
+            let nodes: std::collections::BTreeSet<_> = p.workers.iter().map(|w| w.numa_node).collect();
+            assert_eq!(nodes.len(), 2, "{preset}: GPUs spread over both NUMA nodes");
+        }
+    }
+
+    /// `test_parse_device_bytes` / `test_parse_device_memory_limit`.
+    #[test]
+    fn device_bytes_grammar() {
+        let total = 80 * GIB;
+        let t = Some(total);
+        for none in ["0", "0.0", "0 GiB", "none", ""] {
+            assert_eq!(parse_device_bytes(none, t, 1, "d").expect(none), None, "{none}");
+        }
+        assert_eq!(parse_device_bytes("1", t, 1, "d").expect("1"), Some(1));
+        assert_eq!(parse_device_bytes("1e9", t, 1, "d").expect("1e9"), Some(1_000_000_000));
+        assert_eq!(parse_device_bytes("1GB", t, 1, "d").expect("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_device_bytes("1.0", t, 1, "d").expect("1.0"), Some(total));
+        assert_eq!(parse_device_bytes("0.8", t, 1, "d").expect("0.8"), Some((total as f64 * 0.8) as u64));
+        assert_eq!(parse_device_bytes("auto", t, 1, "d").expect("auto"), Some(total));
+        assert_eq!(parse_device_bytes("default", t, 1, "d"), parse_device_bytes("0.8", t, 1, "d"));
+        assert_eq!(parse_device_bytes("5000M", t, 1, "d").expect("5000M"), Some(5_000_000_000));
+        let aligned = parse_device_bytes("0.3", Some(10_000_000_001), 256, "d").expect("aligned").expect("some");
+        assert_eq!(aligned % 256, 0);
+        assert_eq!(aligned, 3_000_000_000 / 256 * 256);
+        assert!(parse_device_bytes("lots", t, 1, "d").is_err());
+        assert!(parse_device_bytes("-1", t, 1, "d").is_err());
+        assert!(parse_device_bytes("100GB", t, 1, "MIG-x").expect_err("too large").to_string().contains("MIG-x"));
+        assert!(parse_device_bytes("0.5", None, 1, "GPU-y").expect_err("unknown").to_string().contains("absolute"));
+    }
+
+    /// `test_worker_fraction_limits`, fixed for MIG: fractions of the worker's own instance.
+    #[test]
+    fn fraction_limits_come_from_the_instance_not_the_parent() {
+        let m = machine("a100-80gb-2x7");
+        for fraction in ["0.1", "0.2", "0.3"] {
+            let mut r = request(None, Policy::Strict);
+            r.device_memory_limit = fraction.into();
+            let p = plan(&m, &r).expect("plan");
+            let f: f64 = fraction.parse().expect("fraction");
+            for w in &p.workers {
+                let own = 9856u64 << 20;
+                assert_eq!(w.device_memory_bytes, Some(own));
+                assert_eq!(w.device_memory_limit_bytes, Some((own as f64 * f) as u64), "{fraction}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_gpus_of_seven_instances_make_fourteen_workers() {
+    let p = plan(&machine("a100-80gb-2x7"), &PlanRequest::default()).expect("plan");
+    assert_eq!(p.workers.len(), 14);
+    assert_eq!(p.classes.len(), 1);
+    assert_eq!(p.excluded.len(), 2, "the two parents");
+    let names: std::collections::BTreeSet<_> = p.workers.iter().map(|w| w.name.as_str()).collect();
+    assert_eq!(names.len(), 14);
+    assert_eq!(p.workers[8].name, "a100-2x7-gpu1-mig1");
+    let w = &p.workers[0];
+    assert_eq!(w.env["UCX_TLS"], "^cuda_ipc");
+    assert_eq!(w.env["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+    assert_eq!(w.device_memory_limit_bytes, Some(((9856u64 << 20) as f64 * 0.8) as u64));
+    assert_eq!(w.resources.get("GPU"), Some(&1.0));
+}
+
+#[test]
+fn strict_refuses_a_mix_and_says_how_to_go_on() {
+    let m = machine("a100-80gb-mixed");
+    let err = plan(&m, &PlanRequest::default()).expect_err("mixed");
+    let text = err.to_string();
+    for expected in [
+        "2 classes",
+        "class A: 7 device(s), 9.62 GiB, 14 SMs, 1g.10gb",
+        "class B: 3 device(s), 19.50 GiB, 28 SMs, 2g.20gb",
+        "--policy largest-group   keep class A (7 devices)",
+        "--policy grouped",
+        "9.62GiB-14SM, 19.5GiB-28SM",
+        "--policy warn",
+        "--devices MIG-",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("--memory-tolerance"), "SMs differ, so tolerance alone cannot help:\n{text}");
+}
+
+#[test]
+fn the_other_policies_on_a_mix() {
+    let m = machine("a100-80gb-mixed");
+    let largest = plan(&m, &request(None, Policy::LargestGroup)).expect("largest");
+    assert_eq!(largest.workers.len(), 7);
+    assert!(largest.workers.iter().all(|w| w.profile.as_deref() == Some("1g.10gb")));
+    assert_eq!(largest.excluded.iter().filter(|e| e.reason.contains("largest-group")).count(), 3);
+
+    let grouped = plan(&m, &request(None, Policy::Grouped)).expect("grouped");
+    assert_eq!(grouped.workers.len(), 10);
+    assert_eq!(grouped.workers[0].resources.get("9.62GiB-14SM"), Some(&1.0));
+    assert_eq!(grouped.workers[9].resources.get("19.5GiB-28SM"), Some(&1.0));
+
+    let warn = plan(&m, &request(None, Policy::Warn)).expect("warn");
+    assert_eq!(warn.workers.len(), 10);
+    assert!(warn.findings.iter().any(|f| f.code == "mixed-classes" && f.severity == Severity::Warning));
+}
+
+fn fixture(text: &str) -> Snapshot {
+    let source = gpu_topology::sim::SimSource::from_fixture(text, std::path::Path::new("t.toml")).expect("fixture");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("rt")
+        .block_on(gpu_topology::TopologySource::snapshot(&source))
+        .expect("snapshot")
+}
+
+#[test]
+fn largest_group_ties_go_to_more_memory() {
+    let s = fixture(
+        "hostname = \"tie\"\n[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"3x1g.10gb\"]\n\
+         [[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"3x2g.20gb\"]\n",
+    );
+    let p = plan(&s, &request(None, Policy::LargestGroup)).expect("plan");
+    assert_eq!(p.workers.len(), 3);
+    assert!(p.workers.iter().all(|w| w.gpu_index == 1), "the class with more memory wins a tie");
+}
+
+#[test]
+fn mig_beside_whole_gpus_needs_explicit_devices_under_strict() {
+    let m = machine("h100-mixed");
+    let err = plan(&m, &PlanRequest::default()).expect_err("mixed kinds");
+    assert!(err.to_string().contains("mixes 14 MIG instance(s) with 2 whole GPU(s)"), "{err}");
+    let mig = m.hosts[0].gpus[0].mig_instances[0].uuid.to_string();
+    let p = plan(&m, &request(Some(&format!("{mig},2")), Policy::Warn)).expect("explicit, warn");
+    assert_eq!(p.workers.len(), 2);
+    assert!(p.findings.iter().any(|f| f.code == "mig-and-whole-gpus"));
+    // Explicitly named, strict still refuses the memory mix (10 GB beside 80 GB) and says so.
+    let err = plan(&m, &request(Some(&format!("{mig},2")), Policy::Strict)).expect_err("memory mix");
+    assert!(matches!(err, PlanError::Mixed { .. }), "{err}");
+}
+
+#[test]
+fn spec_errors_each_say_what_to_change() {
+    let dgx = machine("dgx-a100");
+    let first = dgx.hosts[0].gpus[0].mig_instances[0].uuid.to_string();
+    let cases = [
+        ("0", "has MIG enabled and so is not a compute device; name its instances instead: MIG-"),
+        ("9", "GPU index 9 is out of range on host `dgx-a100`, which has 8 GPU(s)"),
+        ("MIG-00000000", "no device is named `MIG-00000000`"),
+        (&format!("{first},{first}"), "already in the list"),
+        ("0,", "entry 2 of the device list is empty"),
+        ("GPU-", "comes a UUID"),
+    ];
+    for (spec, expected) in cases {
+        let err = plan(&dgx, &request(Some(spec), Policy::Strict)).expect_err(spec);
+        assert!(err.to_string().contains(expected), "{spec}: {err}");
+        assert!(err.to_string().contains("(in --devices)"), "{spec}: {err}");
+    }
+    let empty = machine("h100-mig-empty");
+    let err = plan(&empty, &request(Some("0"), Policy::Strict)).expect_err("empty MIG");
+    assert!(err.to_string().contains("MIG enabled but no MIG instances"), "{err}");
+}
+
+#[test]
+fn prefixes_resolve_when_unique_and_list_candidates_when_not() {
+    let m = machine("dgx-a100");
+    let uuids: Vec<String> = m.hosts[0].gpus.iter().flat_map(|g| &g.mig_instances).map(|i| i.uuid.to_string()).collect();
+    let target = &uuids[10];
+    let unique = (5..36).map(|n| &target[..n]).find(|p| uuids.iter().filter(|u| u.starts_with(p)).count() == 1).expect("prefix");
+    let p = plan(&m, &request(Some(unique), Policy::Strict)).expect("prefix plan");
+    assert_eq!(p.workers[0].device_uuid, *target);
+    let shared = "MIG-";
+    let err = plan(&m, &request(Some(shared), Policy::Strict)).expect_err("ambiguous");
+    assert!(err.to_string().contains("comes a UUID"), "{err}");
+    // A one-digit prefix matches several of 56 instances.
+    let digit = &target[..5];
+    if uuids.iter().filter(|u| u.starts_with(digit)).count() > 1 {
+        let err = plan(&m, &request(Some(digit), Policy::Strict)).expect_err("ambiguous");
+        assert!(err.to_string().contains("is ambiguous"), "{err}");
+        assert!(err.to_string().contains(target.as_str()), "{err}");
+    }
+}
+
+#[test]
+fn legacy_names_name_the_same_device_and_duplicates_are_caught() {
+    let m = machine("legacy-r460");
+    let legacy = m.hosts[0].gpus[0].mig_instances[0].uuid.to_string();
+    assert!(legacy.starts_with("MIG-GPU-"));
+    let p = plan(&m, &request(Some(&legacy), Policy::Strict)).expect("legacy");
+    assert_eq!(p.workers[0].device_uuid, legacy);
+    assert_eq!(visible(&p.workers[0]), legacy);
+}
+
+#[test]
+fn memory_tolerance_decides_whether_uneven_instances_are_alike() {
+    let s = fixture("hostname = \"u\"\n[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20224\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20096\n");
+    assert_eq!(plan(&s, &PlanRequest::default()).expect("within 2%").workers.len(), 2);
+    let mut tight = PlanRequest::default();
+    tight.memory_tolerance_pct = 0.1;
+    let err = plan(&s, &tight).expect_err("0.1% is too tight");
+    assert!(err.to_string().contains("--memory-tolerance 1 "), "{err}");
+    tight.memory_tolerance_pct = 150.0;
+    assert!(matches!(plan(&s, &tight), Err(PlanError::Tolerance(_))));
+}
+
+#[test]
+fn parent_memory_hidden_still_plans_from_instances() {
+    let mut m = machine("h200");
+    m.hosts[0].gpus[0].memory_bytes = None;
+    let p = plan(&m, &PlanRequest::default()).expect("plan");
+    assert_eq!(p.workers.len(), 7);
+    assert_eq!(p.workers[0].device_memory_bytes, Some(16384 << 20));
+}
+
+#[test]
+fn inventories_join_with_unique_hosts() {
+    let a = machine("a100-80gb-2x7");
+    let b = machine("dgx-a100");
+    let joined = merge_inventories(vec![a.clone(), b]).expect("join");
+    assert_eq!(joined.hosts.len(), 2);
+    let err = merge_inventories(vec![a.clone(), a]).expect_err("duplicate");
+    assert!(err.to_string().contains("appears in inventories 1 and 2"), "{err}");
+    // Different MIG layouts across hosts are judged together.
+    let mixed = merge_inventories(vec![machine("a100-80gb-2x7"), machine("dgx-a100")]).expect("join");
+    let err = plan(&mixed, &PlanRequest::default()).expect_err("5 GB beside 10 GB");
+    assert!(err.to_string().contains("a100-2x7") && err.to_string().contains("dgx-a100"), "{err}");
+    let p = plan(&mixed, &request(None, Policy::Grouped)).expect("grouped");
+    assert_eq!(p.workers.len(), 14 + 56);
+}
+
+#[test]
+fn doctor_finds_what_is_wrong() {
+    let env = Environment { cuda_visible_devices: None, ucx_tls: Some("tcp,cuda_copy,cuda_ipc".into()) };
+    let f = doctor(&machine("h100-mig-empty"), &PlanRequest::default(), &env);
+    let codes: Vec<&str> = f.iter().map(|f| f.code.as_str()).collect();
+    assert!(codes.contains(&"mig-enabled-without-instances"), "{codes:?}");
+    assert!(codes.contains(&"ucx-cuda-ipc-on-mig"), "{codes:?}");
+    assert!(codes.contains(&"nccl-on-mig"), "{codes:?}");
+    assert!(f.windows(2).all(|w| w[0].severity >= w[1].severity), "most serious first");
+
+    let legacy = doctor(&machine("legacy-r460"), &PlanRequest::default(), &Environment::default());
+    assert!(legacy.iter().any(|f| f.code == "legacy-mig-names"));
+    assert!(!legacy.iter().any(|f| f.severity == Severity::Error), "{legacy:?}");
+
+    let dgx = machine("dgx-a100");
+    let two: Vec<String> = dgx.hosts[0].gpus[0].mig_instances[..2].iter().map(|i| i.uuid.to_string()).collect();
+    let env = Environment { cuda_visible_devices: Some(two.join(",")), ucx_tls: None };
+    let mut r = PlanRequest::default();
+    r.devices = Some((two.join(","), SpecSource::Environment));
+    let f = doctor(&dgx, &r, &env);
+    assert!(f.iter().any(|f| f.code == "several-mig-visible"), "{f:?}");
+
+    let env = Environment { cuda_visible_devices: Some("0".into()), ucx_tls: None };
+    let mut r = PlanRequest::default();
+    r.devices = Some(("0".into(), SpecSource::Environment));
+    let f = doctor(&dgx, &r, &env);
+    let plan_error = f.iter().find(|f| f.code == "plan").expect("plan error");
+    assert!(plan_error.explanation.contains("CUDA_VISIBLE_DEVICES"), "{plan_error:?}");
+    assert!(plan_error.explanation.contains("name its instances instead"), "{plan_error:?}");
+
+    let clean = doctor(&machine("hgx-h100"), &PlanRequest::default(), &Environment::default());
+    assert!(clean.is_empty(), "{clean:?}");
+}
