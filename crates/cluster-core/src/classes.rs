@@ -33,13 +33,17 @@ pub struct DeviceClass {
 }
 
 /// Groups `devices` into classes. Returns the classes and, for each device, its class index.
-pub(crate) fn classify(snapshot: &Snapshot, devices: &[DeviceRef], tolerance_pct: f64) -> (Vec<DeviceClass>, Vec<usize>) {
+pub(crate) fn classify(
+    snapshot: &Snapshot,
+    devices: &[DeviceRef],
+    tolerance_pct: f64,
+) -> (Vec<DeviceClass>, Vec<usize>) {
     let tolerance = tolerance_pct / 100.0;
     // Sort by (SMs, memory) so that alike devices are adjacent; each class is anchored at its
     // smallest member, so a chain of small steps cannot stretch one class beyond the tolerance.
     let mut order: Vec<usize> = (0..devices.len()).collect();
     let key = |i: usize| (devices[i].sm_count(snapshot), devices[i].memory_bytes(snapshot));
-    order.sort_by_key(|&i| key(i));
+    order.sort_by_cached_key(|&i| key(i));
     let mut class_of = vec![usize::MAX; devices.len()];
     let mut anchors: Vec<(Option<u32>, Option<u64>)> = Vec::new();
     for &i in &order {
@@ -81,6 +85,7 @@ pub(crate) fn classify(snapshot: &Snapshot, devices: &[DeviceRef], tolerance_pct
             hosts: Vec::new(),
         })
         .collect();
+    let mut hosts_seen: Vec<std::collections::HashSet<usize>> = vec![Default::default(); classes.len()];
     for (d, &c) in devices.iter().zip(&class_of) {
         let class = &mut classes[c];
         let mem = d.memory_bytes(snapshot);
@@ -105,9 +110,8 @@ pub(crate) fn classify(snapshot: &Snapshot, devices: &[DeviceRef], tolerance_pct
         if !class.profiles.contains(&profile) {
             class.profiles.push(profile);
         }
-        let host = &snapshot.hosts[d.host].hostname;
-        if !class.hosts.contains(host) {
-            class.hosts.push(host.clone());
+        if hosts_seen[c].insert(d.host) {
+            class.hosts.push(snapshot.hosts[d.host].hostname.clone());
         }
         class.devices.push(d.ids(snapshot).0.to_string());
     }

@@ -69,7 +69,10 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
                             findings.push(Finding::new(
                                 Severity::Info,
                                 "no-p2p",
-                                format!("GPUs {a} and {b} of host {} cannot reach each other peer-to-peer", host.hostname),
+                                format!(
+                                    "GPUs {a} and {b} of host {} cannot reach each other peer-to-peer",
+                                    host.hostname
+                                ),
                                 "CUDA IPC between them is unavailable, so their workers exchange data through pinned \
                                  host memory",
                                 "nothing to do unless P2P is expected (check `nvidia-smi topo -p2p r`)",
@@ -117,7 +120,10 @@ fn machine_findings(snapshot: &Snapshot, findings: &mut Vec<Finding>) {
                         if pending { "enabled" } else { "disabled" }
                     ),
                     "the devices planned now disappear when the GPU is reset (or the machine reboots)",
-                    format!("reset the GPU when it is idle (`nvidia-smi -i {} -r`) before planning a cluster", gpu.index),
+                    format!(
+                        "reset the GPU when it is idle (`nvidia-smi -i {} -r`) before planning a cluster",
+                        gpu.index
+                    ),
                 ));
             }
             if gpu.mig_enabled && gpu.memory_bytes.is_none() {
@@ -130,7 +136,8 @@ fn machine_findings(snapshot: &Snapshot, findings: &mut Vec<Finding>) {
                 ));
             }
         }
-        let legacy = host.gpus.iter().flat_map(|g| &g.mig_instances).any(|m| matches!(m.uuid, DeviceId::LegacyMig { .. }));
+        let legacy =
+            host.gpus.iter().flat_map(|g| &g.mig_instances).any(|m| matches!(m.uuid, DeviceId::LegacyMig { .. }));
         let old_driver = host.driver_version.as_deref().is_some_and(|v| driver_before(v, [470, 42, 1]));
         if legacy || old_driver {
             findings.push(Finding::new(

@@ -110,7 +110,11 @@ pub enum DeviceKind {
 }
 
 /// One worker.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// Its environment and Dask resources are derived from these fields ([`WorkerPlan::env`],
+/// [`WorkerPlan::resources`]) rather than stored: plans reach 10^5 workers, and a map per worker
+/// would dominate their cost. The JSON form carries both as `env` and `resources`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerPlan {
     /// Unique across hosts: `<host>-gpu<index>` or `<host>-gpu<index>-mig<slot>`.
     pub name: String,
@@ -138,10 +142,85 @@ pub struct WorkerPlan {
     pub numa_node: Option<u32>,
     /// Its device class (`A`, `B`, ...).
     pub class: String,
-    /// Dask resources: `GPU = 1`, and the class resource under `grouped`.
-    pub resources: BTreeMap<String, f64>,
+    /// `CUDA_VISIBLE_DEVICES`: its own MIG UUID, or its own GPU first and the host's other
+    /// whole-GPU workers' after.
+    pub cuda_visible_devices: String,
+    /// Whether another worker uses the same parent GPU.
+    pub shares_gpu: bool,
+    /// The class resource, under the `grouped` policy.
+    pub class_resource: Option<String>,
+}
+
+impl WorkerPlan {
     /// The environment the worker process needs.
-    pub env: BTreeMap<String, String>,
+    pub fn env(&self) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert("CUDA_VISIBLE_DEVICES".to_owned(), self.cuda_visible_devices.clone());
+        // NVML numbers GPUs by PCI bus; CUDA fastest-first unless told otherwise.
+        env.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
+        env.insert("GPUCLUSTER_WORKER_NAME".to_owned(), self.name.clone());
+        env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), self.device_uuid.clone());
+        if self.kind == DeviceKind::Mig {
+            // CUDA IPC does not cross MIG instances: keep UCX from probing it.
+            env.insert("UCX_TLS".to_owned(), "^cuda_ipc".to_owned());
+            if self.shares_gpu {
+                // NCCL (2.32+, experimental MIG support) identifies ranks by the parent GPU and
+                // refuses two ranks on one GPU without this.
+                env.insert("NCCL_MULTI_RANK_GPU_ENABLE".to_owned(), "1".to_owned());
+            }
+        }
+        env
+    }
+
+    /// Dask resources: `GPU = 1`, and the class resource under `grouped`.
+    pub fn resources(&self) -> BTreeMap<String, f64> {
+        let mut resources = BTreeMap::from([("GPU".to_owned(), 1.0)]);
+        if let Some(class) = &self.class_resource {
+            resources.insert(class.clone(), 1.0);
+        }
+        resources
+    }
+}
+
+impl Serialize for WorkerPlan {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'w> {
+            name: &'w str,
+            host: &'w str,
+            device_uuid: &'w str,
+            kind: DeviceKind,
+            gpu_index: u32,
+            gpu_uuid: &'w str,
+            profile: &'w Option<String>,
+            device_memory_bytes: Option<u64>,
+            device_memory_limit_bytes: Option<u64>,
+            sm_count: Option<u32>,
+            cpu_affinity: &'w Option<String>,
+            numa_node: Option<u32>,
+            class: &'w str,
+            resources: BTreeMap<String, f64>,
+            env: BTreeMap<String, String>,
+        }
+        Json {
+            name: &self.name,
+            host: &self.host,
+            device_uuid: &self.device_uuid,
+            kind: self.kind,
+            gpu_index: self.gpu_index,
+            gpu_uuid: &self.gpu_uuid,
+            profile: &self.profile,
+            device_memory_bytes: self.device_memory_bytes,
+            device_memory_limit_bytes: self.device_memory_limit_bytes,
+            sm_count: self.sm_count,
+            cpu_affinity: &self.cpu_affinity,
+            numa_node: self.numa_node,
+            class: &self.class,
+            resources: self.resources(),
+            env: self.env(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// A plan for a cluster.
@@ -256,10 +335,8 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
     let _ = writeln!(m, "  --devices {}", classes[largest].devices.join(","));
     let _ = writeln!(m, "                           use class {} only", classes[largest].name);
     let same_sms = classes.windows(2).all(|w| w[0].sm_count == w[1].sm_count);
-    let (lo, hi) = (
-        classes.iter().filter_map(|c| c.memory_bytes).min(),
-        classes.iter().filter_map(|c| c.memory_bytes_max).max(),
-    );
+    let (lo, hi) =
+        (classes.iter().filter_map(|c| c.memory_bytes).min(), classes.iter().filter_map(|c| c.memory_bytes_max).max());
     if let (true, Some(lo), Some(hi)) = (same_sms, lo, hi) {
         let needed = ((hi - lo) as f64 / hi as f64 * 100.0).ceil();
         let _ = writeln!(m, "  --memory-tolerance {needed}    count memory within {needed}% as alike");
@@ -417,16 +494,12 @@ fn worker(
     let limit = memory::parse_device_bytes(&request.device_memory_limit, memory, 1, &device_uuid)
         .map_err(PlanError::MemoryLimit)?;
     let name = match instance {
-        Some(m) => format!(
-            "{}-gpu{}-mig{}",
-            host.hostname,
-            gpu.index,
-            m.slot.unwrap_or(d.mig.unwrap_or_default() as u32)
-        ),
+        Some(m) => {
+            format!("{}-gpu{}-mig{}", host.hostname, gpu.index, m.slot.unwrap_or(d.mig.unwrap_or_default() as u32))
+        }
         None => format!("{}-gpu{}", host.hostname, gpu.index),
     };
-    let mut env = BTreeMap::new();
-    let visible = match instance {
+    let cuda_visible_devices = match instance {
         // A MIG worker sees exactly its own instance: before R570 CUDA enumerates only one MIG
         // device per process anyway, and from R570 on it would see others it must not use.
         Some(_) => device_uuid.clone(),
@@ -441,23 +514,6 @@ fn worker(
             rotated.join(",")
         }
     };
-    env.insert("CUDA_VISIBLE_DEVICES".to_owned(), visible);
-    env.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
-    env.insert("GPUCLUSTER_WORKER_NAME".to_owned(), name.clone());
-    env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), device_uuid.clone());
-    if instance.is_some() {
-        // CUDA IPC does not cross MIG instances: keep UCX from probing it.
-        env.insert("UCX_TLS".to_owned(), "^cuda_ipc".to_owned());
-        if neighbours.workers_per_gpu.get(&(d.host, d.gpu)).copied().unwrap_or(0) > 1 {
-            // NCCL (2.32+, experimental MIG support) identifies ranks by the parent GPU and
-            // refuses two ranks on one GPU without this.
-            env.insert("NCCL_MULTI_RANK_GPU_ENABLE".to_owned(), "1".to_owned());
-        }
-    }
-    let mut resources = BTreeMap::from([("GPU".to_owned(), 1.0)]);
-    if request.policy == Policy::Grouped {
-        resources.insert(class.resource.clone(), 1.0);
-    }
     Ok(WorkerPlan {
         name,
         host: host.hostname.clone(),
@@ -472,7 +528,8 @@ fn worker(
         cpu_affinity: gpu.cpu_affinity.clone(),
         numa_node: gpu.numa_node,
         class: class.name.clone(),
-        resources,
-        env,
+        cuda_visible_devices,
+        shares_gpu: neighbours.workers_per_gpu.get(&(d.host, d.gpu)).copied().unwrap_or(0) > 1,
+        class_resource: (request.policy == Policy::Grouped).then(|| class.resource.clone()),
     })
 }

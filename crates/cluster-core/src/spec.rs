@@ -62,7 +62,9 @@ impl fmt::Display for DeviceSpec {
 #[non_exhaustive]
 pub enum SpecError {
     /// `0,,1`, a leading or trailing comma, or an empty spec.
-    #[error("entry {position} of the device list is empty; separate devices with single commas, like `0,1` or `MIG-<uuid>,MIG-<uuid>`")]
+    #[error(
+        "entry {position} of the device list is empty; separate devices with single commas, like `0,1` or `MIG-<uuid>,MIG-<uuid>`"
+    )]
     EmptyEntry {
         /// 1-based position.
         position: usize,
@@ -171,7 +173,10 @@ fn parse_entry(text: &str) -> Result<SpecEntry, SpecError> {
     }
     let shaped = !rest.is_empty()
         && rest.len() < 36
-        && rest.chars().enumerate().all(|(i, c)| if UUID_DASHES.contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
+        && rest
+            .chars()
+            .enumerate()
+            .all(|(i, c)| if UUID_DASHES.contains(&i) { c == '-' } else { c.is_ascii_hexdigit() });
     if !shaped {
         return Err(malformed(
             "after GPU- or MIG- comes a UUID (8-4-4-4-12 hexadecimal digits) or the start of one, like GPU-8932f937",
@@ -219,9 +224,12 @@ pub(crate) fn resolve(spec: &DeviceSpec, snapshot: &Snapshot) -> Result<Vec<Devi
             SpecEntry::Index(index) => {
                 let mut refs = Vec::new();
                 for (h, host) in snapshot.hosts.iter().enumerate() {
-                    let g = host.gpus.iter().position(|g| g.index == *index).ok_or_else(|| {
-                        SpecError::IndexOutOfRange { index: *index, host: host.hostname.clone(), count: host.gpus.len() }
-                    })?;
+                    let g =
+                        host.gpus.iter().position(|g| g.index == *index).ok_or_else(|| SpecError::IndexOutOfRange {
+                            index: *index,
+                            host: host.hostname.clone(),
+                            count: host.gpus.len(),
+                        })?;
                     refs.push(DeviceRef { host: h, gpu: g, mig: None });
                 }
                 refs
@@ -302,9 +310,8 @@ mod tests {
 
     #[test]
     fn parses_each_kind_of_entry() {
-        let spec: DeviceSpec = " 0, GPU-8932f937 ,MIG-C788,MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0"
-            .parse()
-            .expect("spec");
+        let spec: DeviceSpec =
+            " 0, GPU-8932f937 ,MIG-C788,MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0".parse().expect("spec");
         assert_eq!(spec.entries[0], SpecEntry::Index(0));
         assert_eq!(spec.entries[1], SpecEntry::Prefix { mig: false, text: "8932f937".into() });
         assert_eq!(spec.entries[2], SpecEntry::Prefix { mig: true, text: "c788".into() });

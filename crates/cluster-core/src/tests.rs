@@ -15,8 +15,8 @@ fn request(devices: Option<&str>, policy: Policy) -> PlanRequest {
     PlanRequest { devices: devices.map(|d| (d.to_owned(), SpecSource::Flag)), policy, ..PlanRequest::default() }
 }
 
-fn visible(w: &WorkerPlan) -> &str {
-    &w.env["CUDA_VISIBLE_DEVICES"]
+fn visible(w: &WorkerPlan) -> String {
+    w.env()["CUDA_VISIBLE_DEVICES"].clone()
 }
 
 const GIB: u64 = 1 << 30;
@@ -41,7 +41,8 @@ mod dask_cuda_conformance {
             let p = plan(&m, &request(Some(spec), Policy::Strict)).expect("plan");
             let all: Vec<&str> = p.workers.iter().map(|w| w.device_uuid.as_str()).collect();
             for (i, w) in p.workers.iter().enumerate() {
-                let list: Vec<&str> = visible(w).split(',').collect();
+                let visible = visible(w);
+                let list: Vec<&str> = visible.split(',').collect();
                 assert_eq!(list[0], w.device_uuid);
                 let mut expected = all[i..].to_vec();
                 expected.extend_from_slice(&all[..i]);
@@ -71,7 +72,7 @@ mod dask_cuda_conformance {
         let p = plan(&m, &request(Some(&uuids.join(",")), Policy::Strict)).expect("plan");
         assert_eq!(p.workers.len(), 7);
         for (w, u) in p.workers.iter().zip(&uuids) {
-            assert_eq!(visible(w), u);
+            assert_eq!(visible(w), *u);
             assert_eq!(w.device_uuid, *u);
         }
     }
@@ -156,10 +157,10 @@ fn two_gpus_of_seven_instances_make_fourteen_workers() {
     assert_eq!(names.len(), 14);
     assert_eq!(p.workers[8].name, "a100-2x7-gpu1-mig1");
     let w = &p.workers[0];
-    assert_eq!(w.env["UCX_TLS"], "^cuda_ipc");
-    assert_eq!(w.env["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
+    assert_eq!(w.env()["UCX_TLS"], "^cuda_ipc");
+    assert_eq!(w.env()["NCCL_MULTI_RANK_GPU_ENABLE"], "1");
     assert_eq!(w.device_memory_limit_bytes, Some(((9856u64 << 20) as f64 * 0.8) as u64));
-    assert_eq!(w.resources.get("GPU"), Some(&1.0));
+    assert_eq!(w.resources().get("GPU"), Some(&1.0));
 }
 
 #[test]
@@ -192,8 +193,8 @@ fn the_other_policies_on_a_mix() {
 
     let grouped = plan(&m, &request(None, Policy::Grouped)).expect("grouped");
     assert_eq!(grouped.workers.len(), 10);
-    assert_eq!(grouped.workers[0].resources.get("9.62GiB-14SM"), Some(&1.0));
-    assert_eq!(grouped.workers[9].resources.get("19.5GiB-28SM"), Some(&1.0));
+    assert_eq!(grouped.workers[0].resources().get("9.62GiB-14SM"), Some(&1.0));
+    assert_eq!(grouped.workers[9].resources().get("19.5GiB-28SM"), Some(&1.0));
 
     let warn = plan(&m, &request(None, Policy::Warn)).expect("warn");
     assert_eq!(warn.workers.len(), 10);
@@ -259,9 +260,11 @@ fn spec_errors_each_say_what_to_change() {
 #[test]
 fn prefixes_resolve_when_unique_and_list_candidates_when_not() {
     let m = machine("dgx-a100");
-    let uuids: Vec<String> = m.hosts[0].gpus.iter().flat_map(|g| &g.mig_instances).map(|i| i.uuid.to_string()).collect();
+    let uuids: Vec<String> =
+        m.hosts[0].gpus.iter().flat_map(|g| &g.mig_instances).map(|i| i.uuid.to_string()).collect();
     let target = &uuids[10];
-    let unique = (5..36).map(|n| &target[..n]).find(|p| uuids.iter().filter(|u| u.starts_with(p)).count() == 1).expect("prefix");
+    let unique =
+        (5..36).map(|n| &target[..n]).find(|p| uuids.iter().filter(|u| u.starts_with(p)).count() == 1).expect("prefix");
     let p = plan(&m, &request(Some(unique), Policy::Strict)).expect("prefix plan");
     assert_eq!(p.workers[0].device_uuid, *target);
     let shared = "MIG-";
@@ -288,7 +291,9 @@ fn legacy_names_name_the_same_device_and_duplicates_are_caught() {
 
 #[test]
 fn memory_tolerance_decides_whether_uneven_instances_are_alike() {
-    let s = fixture("hostname = \"u\"\n[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20224\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20096\n");
+    let s = fixture(
+        "hostname = \"u\"\n[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20224\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20096\n",
+    );
     assert_eq!(plan(&s, &PlanRequest::default()).expect("within 2%").workers.len(), 2);
     let mut tight = PlanRequest::default();
     tight.memory_tolerance_pct = 0.1;

@@ -59,14 +59,26 @@ impl<'p> PlanOutput<'p> {
             for (i, (a, ea)) in workers.iter().enumerate() {
                 for (b, eb) in &workers[i + 1..] {
                     let c = choose_path(*ea, *eb);
-                    paths.push(PathEntry { from: a.name.clone(), to: b.name.clone(), path: c.path, rule: c.rule, reason: c.reason });
+                    paths.push(PathEntry {
+                        from: a.name.clone(),
+                        to: b.name.clone(),
+                        path: c.path,
+                        rule: c.rule,
+                        reason: c.reason,
+                    });
                 }
             }
         }
         for (i, (ha, wa)) in by_host.iter().enumerate() {
             for (hb, wb) in &by_host[i + 1..] {
                 let c = choose_path(wa[0].1, wb[0].1);
-                paths.push(PathEntry { from: format!("{ha}/*"), to: format!("{hb}/*"), path: c.path, rule: c.rule, reason: c.reason });
+                paths.push(PathEntry {
+                    from: format!("{ha}/*"),
+                    to: format!("{hb}/*"),
+                    path: c.path,
+                    rule: c.rule,
+                    reason: c.reason,
+                });
             }
         }
         Self { plan, paths }
@@ -146,10 +158,10 @@ pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dy
 
     if let Some(first) = plan.workers.first() {
         writeln!(out, "\nenvironment of {} (every worker's is in --json):", first.name)?;
-        for (k, v) in &first.env {
+        for (k, v) in &first.env() {
             writeln!(out, "  {k}={v}")?;
         }
-        let resources: Vec<String> = first.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let resources: Vec<String> = first.resources().iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(out, "  resources: {}", resources.join(" "))?;
     }
     if !plan.findings.is_empty() {
