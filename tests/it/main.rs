@@ -2,6 +2,7 @@
 //! One binary, one module per area (see `docs/ARCHITECTURE.md`, testing).
 
 mod list;
+mod plan;
 
 /// Runs gpucluster with `args` and returns (status, stdout, stderr).
 pub(crate) fn gpucluster(args: &[&str]) -> (u8, String, String) {

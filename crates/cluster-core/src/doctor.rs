@@ -89,7 +89,7 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
     {
         visible_devices_findings(snapshot, text, &mut findings);
     }
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     findings
 }
 

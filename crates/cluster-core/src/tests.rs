@@ -295,8 +295,7 @@ fn memory_tolerance_decides_whether_uneven_instances_are_alike() {
         "hostname = \"u\"\n[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20224\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 20096\n",
     );
     assert_eq!(plan(&s, &PlanRequest::default()).expect("within 2%").workers.len(), 2);
-    let mut tight = PlanRequest::default();
-    tight.memory_tolerance_pct = 0.1;
+    let mut tight = PlanRequest { memory_tolerance_pct: 0.1, ..PlanRequest::default() };
     let err = plan(&s, &tight).expect_err("0.1% is too tight");
     assert!(err.to_string().contains("--memory-tolerance 1 "), "{err}");
     tight.memory_tolerance_pct = 150.0;
@@ -345,14 +344,12 @@ fn doctor_finds_what_is_wrong() {
     let dgx = machine("dgx-a100");
     let two: Vec<String> = dgx.hosts[0].gpus[0].mig_instances[..2].iter().map(|i| i.uuid.to_string()).collect();
     let env = Environment { cuda_visible_devices: Some(two.join(",")), ucx_tls: None };
-    let mut r = PlanRequest::default();
-    r.devices = Some((two.join(","), SpecSource::Environment));
+    let r = PlanRequest { devices: Some((two.join(","), SpecSource::Environment)), ..PlanRequest::default() };
     let f = doctor(&dgx, &r, &env);
     assert!(f.iter().any(|f| f.code == "several-mig-visible"), "{f:?}");
 
     let env = Environment { cuda_visible_devices: Some("0".into()), ucx_tls: None };
-    let mut r = PlanRequest::default();
-    r.devices = Some(("0".into(), SpecSource::Environment));
+    let r = PlanRequest { devices: Some(("0".into(), SpecSource::Environment)), ..PlanRequest::default() };
     let f = doctor(&dgx, &r, &env);
     let plan_error = f.iter().find(|f| f.code == "plan").expect("plan error");
     assert!(plan_error.explanation.contains("CUDA_VISIBLE_DEVICES"), "{plan_error:?}");
