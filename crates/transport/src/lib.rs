@@ -7,6 +7,17 @@
 //! the binary (or the launcher) puts plans and paths together. CUDA is loaded at run time, so the
 //! crate builds and its protocol tests run on simulated device memory without a driver.
 
+mod conn;
+pub mod device;
+mod error;
 mod path;
+pub mod peer;
+mod ring;
+pub mod shm;
+mod tcp;
 
+pub use conn::{Address, Connection, Listener, Options, connect, connect_blocking};
+pub use error::TransportError;
 pub use path::{Endpoint, Path, PathChoice, PathRule, choose_path};
+pub use ring::Received;
+pub use tcp::Secret;

@@ -1,0 +1,23 @@
+//! `transport-peer`: the scripted peer process of the transport's tests and benchmarks
+//! (see `transport::peer`). Exit status 0 when its role completed, 1 on a transport error,
+//! 2 on bad arguments.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parsed = match transport::peer::PeerArgs::parse(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("transport-peer: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match transport::peer::run(&parsed) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("transport-peer: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The one error type of the transport.
+
+/// What went wrong moving data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// CUDA was asked for but cannot be used here.
+    #[error("cannot use CUDA: {reason}; to run without a GPU, use a simulated topology (--topology sim:NAME)")]
+    CudaUnavailable {
+        /// Why.
+        reason: String,
+    },
+    /// A device call failed.
+    #[error("{call} failed: {reason}")]
+    Device {
+        /// The driver function.
+        call: &'static str,
+        /// The driver's error, or what was wrong.
+        reason: String,
+    },
+    /// A system call failed.
+    #[error("{call} failed: {error}")]
+    Io {
+        /// The system call.
+        call: &'static str,
+        /// The OS error. (Not a `source`: the message already says it.)
+        error: std::io::Error,
+    },
+    /// The peer closed the connection or died.
+    #[error("the peer went away: {0}")]
+    PeerGone(String),
+    /// The peer did not answer in time.
+    #[error("the peer did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The peer does not hold the cluster's secret (or we do not hold theirs).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// A message does not fit the receive buffer.
+    #[error("a message of {needed} bytes does not fit a buffer of {capacity} bytes")]
+    BufferTooSmall {
+        /// The message's size.
+        needed: u64,
+        /// The buffer's size.
+        capacity: u64,
+    },
+}
+
+impl TransportError {
+    pub(crate) fn poisoned() -> Self {
+        TransportError::Protocol("an earlier failure left the connection unusable".into())
+    }
+}

@@ -1,0 +1,189 @@
+//! A scripted peer process for tests and benchmarks: it connects to an address and then echoes,
+//! streams or misbehaves on purpose. `transport-peer` (this crate's binary) and `gpucluster bench`
+//! run it; it is also a compact example of the public API.
+
+use std::sync::Arc;
+
+use crate::device::{self, Device, DeviceBuffer, DeviceKind};
+use crate::{Address, Connection, Options, Path, Secret, TransportError, connect_blocking};
+
+/// What the peer does once connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Receives messages of up to `max` bytes and sends each straight back with its tag, until the
+    /// other side closes.
+    Echo {
+        /// Largest message expected.
+        max: usize,
+    },
+    /// Sends `count` messages of `size` bytes (pattern seeded 2) while receiving `count` messages
+    /// and checking they carry pattern seed 1: both directions at once.
+    Duplex {
+        /// Messages each way.
+        count: usize,
+        /// Bytes per message.
+        size: usize,
+    },
+    /// Starts sending `size` bytes, then kills itself while the transfer is under way.
+    DieMidSend {
+        /// Bytes of the message it never finishes.
+        size: usize,
+    },
+}
+
+/// Everything the peer needs.
+#[derive(Debug, Clone)]
+pub struct PeerArgs {
+    /// Which device memory to use.
+    pub device: DeviceKind,
+    /// Simulate a MIG instance (IPC handles do not open), with simulated memory.
+    pub mig: bool,
+    /// Where the other side listens.
+    pub address: Address,
+    /// Connection options.
+    pub options: Options,
+    /// What to do.
+    pub role: Role,
+}
+
+impl PeerArgs {
+    /// Parses `--device sim|sim-mig|cuda --address A --path P --slots N --chunk B [--secret HEX] ROLE ARGS`.
+    ///
+    /// # Errors
+    /// A message naming the bad argument.
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut device = DeviceKind::Simulated;
+        let mut mig = false;
+        let mut address = None;
+        let mut options = Options::default();
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+            match a.as_str() {
+                "--device" => match value("--device")?.as_str() {
+                    "sim" => device = DeviceKind::Simulated,
+                    "sim-mig" => (device, mig) = (DeviceKind::Simulated, true),
+                    "cuda" => device = DeviceKind::Cuda,
+                    other => return Err(format!("unknown device `{other}`: sim, sim-mig or cuda")),
+                },
+                "--address" => address = Some(value("--address")?.parse::<Address>().map_err(|e| e.to_string())?),
+                "--path" => {
+                    options.path = match value("--path")?.as_str() {
+                        "cuda-ipc" => Path::CudaIpc,
+                        "host-staged" => Path::HostStaged,
+                        "tcp" => Path::Tcp,
+                        other => return Err(format!("unknown path `{other}`")),
+                    }
+                }
+                "--slots" => options.slots = value("--slots")?.parse().map_err(|_| "--slots takes a number")?,
+                "--chunk" => options.chunk = value("--chunk")?.parse().map_err(|_| "--chunk takes bytes")?,
+                "--secret" => options.secret = Some(Secret::from_hex(&value("--secret")?).map_err(|e| e.to_string())?),
+                _ => rest.push(a.clone()),
+            }
+        }
+        let number = |i: usize| -> Result<usize, String> {
+            rest.get(i).and_then(|s| s.parse().ok()).ok_or_else(|| format!("expected a number after `{}`", rest[0]))
+        };
+        let role = match rest.first().map(String::as_str) {
+            Some("echo") => Role::Echo { max: number(1)? },
+            Some("duplex") => Role::Duplex { count: number(1)?, size: number(2)? },
+            Some("die-mid-send") => Role::DieMidSend { size: number(1)? },
+            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE".into()),
+        };
+        let address = address.ok_or("--address is required")?;
+        Ok(Self { device, mig, address, options, role })
+    }
+}
+
+/// Fills `out` with the pattern for (`seed`, `index`): cheap, and different for every message.
+pub fn pattern(seed: u64, index: u64, out: &mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ index.wrapping_add(1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn open(args: &PeerArgs) -> Result<Arc<dyn Device>, TransportError> {
+    if args.mig {
+        return Ok(Arc::new(device::sim::SimDevice::mig()));
+    }
+    device::open(args.device)
+}
+
+/// Runs the peer; returns when its role is done or the other side closed.
+///
+/// # Errors
+/// Setup failed, data did not match, or the connection broke unexpectedly.
+pub fn run(args: &PeerArgs) -> Result<(), TransportError> {
+    let device = open(args)?;
+    let conn = connect_blocking(&args.address, device.clone(), &args.options)?;
+    match args.role {
+        Role::Echo { max } => echo(&conn, &device, max),
+        Role::Duplex { count, size } => duplex(&conn, &device, count, size, 2, 1),
+        Role::DieMidSend { size } => {
+            let buf = DeviceBuffer::new(&device, size)?;
+            std::thread::spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                // SAFETY: killing our own process on purpose: this role simulates a crash.
+                unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+            });
+            loop {
+                conn.send_blocking(0, &buf, size)?;
+            }
+        }
+    }
+}
+
+fn echo(conn: &Connection, device: &Arc<dyn Device>, max: usize) -> Result<(), TransportError> {
+    let buf = DeviceBuffer::new(device, max)?;
+    loop {
+        match conn.recv_blocking(&buf) {
+            Ok(r) => conn.send_blocking(r.tag, &buf, r.len)?,
+            Err(TransportError::PeerGone(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Sends `count` messages with pattern `send_seed` while receiving `count` with `recv_seed`,
+/// checking each; both directions at once.
+///
+/// # Errors
+/// A transfer failed or a message did not match.
+pub fn duplex(
+    conn: &Connection,
+    device: &Arc<dyn Device>,
+    count: usize,
+    size: usize,
+    send_seed: u64,
+    recv_seed: u64,
+) -> Result<(), TransportError> {
+    let sender = {
+        let (conn, device) = (conn.clone(), device.clone());
+        std::thread::spawn(move || -> Result<(), TransportError> {
+            let buf = DeviceBuffer::new(&device, size)?;
+            let mut host = vec![0u8; size];
+            for i in 0..count {
+                pattern(send_seed, i as u64, &mut host);
+                buf.write(&host)?;
+                conn.send_blocking(i as u64, &buf, size)?;
+            }
+            Ok(())
+        })
+    };
+    let buf = DeviceBuffer::new(device, size)?;
+    let (mut got, mut want) = (vec![0u8; size], vec![0u8; size]);
+    for i in 0..count {
+        let r = conn.recv_blocking(&buf)?;
+        buf.read(&mut got[..r.len])?;
+        pattern(recv_seed, i as u64, &mut want);
+        if r.tag != i as u64 || r.len != size || got != want {
+            return Err(TransportError::Protocol(format!("message {i} arrived wrong (tag {}, {} bytes)", r.tag, r.len)));
+        }
+    }
+    sender.join().map_err(|_| TransportError::Protocol("the sending thread panicked".into()))?
+}

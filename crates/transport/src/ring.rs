@@ -1,0 +1,450 @@
+//! The shared ring between two processes on one host, and the two protocols that use it.
+//!
+//! One anonymous shared segment holds two rings, one per direction. Each ring has a header
+//! (`produced` and `consumed` counters on their own cache lines), a descriptor per slot, and a
+//! data area of `slots x chunk` bytes that both processes pin (`cuMemHostRegister`, portable).
+//!
+//! - **host-staged**: the sender copies chunk *k* of its buffer device-to-host into slot
+//!   *k mod slots* and publishes it once the copy's event completes; the receiver copies each
+//!   published slot host-to-device into the destination and releases the slot once that copy's
+//!   event completes. Several slots are in flight on each side, so the sender's device-to-host
+//!   copies overlap the receiver's host-to-device copies: no CPU copy is ever on the path.
+//! - **cuda-ipc**: the sender publishes a descriptor with its buffer's IPC handle and offset;
+//!   the receiver opens the handle (once per allocation and connection), copies device to device,
+//!   waits for that copy's event, and releases the slot, which is the sender's acknowledgement.
+//!
+//! Waiting spins briefly (latency is microseconds), then yields, then sleeps; while waiting it
+//! watches the connection's Unix socket, so a peer that dies is noticed within milliseconds.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::TransportError;
+use crate::device::{Device, DevicePtr, Event, IpcHandle, Stream};
+use crate::shm::Segment;
+
+/// Bytes of each direction's control area: header and descriptors.
+const CONTROL_BYTES: usize = 16 * 1024;
+/// Most slots a ring may have (descriptors must fit the control area).
+pub(crate) const MAX_SLOTS: usize = 64;
+const DESC_BYTES: usize = 192;
+const HEADER_BYTES: usize = 256;
+
+const KIND_CHUNK: u32 = 1;
+const KIND_IPC: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Descriptor {
+    kind: u32,
+    first: u32,
+    tag: u64,
+    message_len: u64,
+    offset: u64,
+    len: u64,
+    handle: [u8; 64],
+}
+
+/// Geometry of a ring pair, agreed at setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub(crate) slots: usize,
+    pub(crate) chunk: usize,
+}
+
+impl Geometry {
+    pub(crate) fn segment_bytes(self) -> usize {
+        2 * CONTROL_BYTES + 2 * self.slots * self.chunk
+    }
+
+    fn control(self, direction: usize) -> usize {
+        direction * CONTROL_BYTES
+    }
+
+    fn data(self, direction: usize) -> usize {
+        2 * CONTROL_BYTES + direction * self.slots * self.chunk
+    }
+}
+
+/// One direction of the shared segment, seen from one side.
+#[derive(Debug, Clone)]
+struct Ring {
+    segment: Arc<Segment>,
+    geometry: Geometry,
+    direction: usize,
+}
+
+impl Ring {
+    fn base(&self) -> *mut u8 {
+        self.segment.as_ptr()
+    }
+
+    fn counter(&self, which: usize) -> &AtomicU64 {
+        // SAFETY: the control area starts page-aligned and holds two counters 64 bytes apart;
+        // AtomicU64 has the alignment of u64 and the segment outlives `self`.
+        unsafe { &*(self.base().add(self.geometry.control(self.direction) + which * 64).cast::<AtomicU64>()) }
+    }
+
+    fn produced(&self) -> &AtomicU64 {
+        self.counter(0)
+    }
+
+    fn consumed(&self) -> &AtomicU64 {
+        self.counter(1)
+    }
+
+    fn descriptor_ptr(&self, seq: u64) -> *mut Descriptor {
+        let slot = (seq % self.geometry.slots as u64) as usize;
+        // SAFETY: within the control area (checked at setup: slots <= MAX_SLOTS).
+        unsafe { self.base().add(self.geometry.control(self.direction) + HEADER_BYTES + slot * DESC_BYTES).cast() }
+    }
+
+    fn write_descriptor(&self, seq: u64, d: Descriptor) {
+        // SAFETY: the slot is ours until published (the consumer has released it).
+        unsafe { std::ptr::write_volatile(self.descriptor_ptr(seq), d) }
+    }
+
+    fn read_descriptor(&self, seq: u64) -> Descriptor {
+        // SAFETY: the slot was published with Release before we observed it with Acquire.
+        unsafe { std::ptr::read_volatile(self.descriptor_ptr(seq)) }
+    }
+
+    fn slot_data(&self, seq: u64) -> *mut u8 {
+        let slot = (seq % self.geometry.slots as u64) as usize;
+        // SAFETY: within the data area of this direction.
+        unsafe { self.base().add(self.geometry.data(self.direction) + slot * self.geometry.chunk) }
+    }
+}
+
+const _: () = assert!(HEADER_BYTES + MAX_SLOTS * DESC_BYTES <= CONTROL_BYTES);
+const _: () = assert!(std::mem::size_of::<Descriptor>() <= DESC_BYTES);
+
+/// Watches the control socket: once set up, the peer never writes to it, so any readiness
+/// means it closed or died.
+#[derive(Debug, Clone)]
+pub(crate) struct Liveness {
+    socket: Arc<UnixStream>,
+}
+
+impl Liveness {
+    pub(crate) fn new(socket: Arc<UnixStream>) -> Self {
+        Self { socket }
+    }
+
+    pub(crate) fn check(&self) -> Result<(), TransportError> {
+        let mut fds = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut fds, 1, 0) };
+        if n > 0 && fds.revents != 0 {
+            return Err(TransportError::PeerGone("the peer closed the connection or its process ended".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Spins, then yields, then sleeps, checking the peer between rounds.
+pub(crate) struct Backoff {
+    started: Instant,
+    last_check: Instant,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        let now = Instant::now();
+        Self { started: now, last_check: now }
+    }
+
+    /// Waits a little. If the peer has gone, that is an error only while `ready` still says the
+    /// awaited thing has not happened: a peer may publish its last message and exit at once.
+    pub(crate) fn wait(&mut self, live: &Liveness, ready: impl Fn() -> bool) -> Result<(), TransportError> {
+        let waited = self.started.elapsed();
+        if waited < Duration::from_micros(50) {
+            std::hint::spin_loop();
+        } else if waited < Duration::from_millis(2) {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+        if self.last_check.elapsed() > Duration::from_micros(200) {
+            self.last_check = Instant::now();
+            if let Err(e) = live.check()
+                && !ready()
+            {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The sending side of one direction.
+#[derive(Debug)]
+pub(crate) struct Sender {
+    ring: Ring,
+    device: Arc<dyn Device>,
+    stream: Box<dyn Stream>,
+    events: Vec<Box<dyn Event>>,
+    produced: u64,
+    live: Liveness,
+}
+
+/// The receiving side of one direction.
+#[derive(Debug)]
+pub(crate) struct Receiver {
+    ring: Ring,
+    device: Arc<dyn Device>,
+    stream: Box<dyn Stream>,
+    events: Vec<Box<dyn Event>>,
+    consumed: u64,
+    live: Liveness,
+    opened: HashMap<IpcHandle, DevicePtr>,
+}
+
+/// Both halves of a ring pair for one side; `direction` is the one this side sends on.
+pub(crate) fn halves(
+    segment: Arc<Segment>,
+    geometry: Geometry,
+    send_direction: usize,
+    device: &Arc<dyn Device>,
+    live: &Liveness,
+) -> Result<(Sender, Receiver), TransportError> {
+    let ring = |direction| Ring { segment: segment.clone(), geometry, direction };
+    let events = |stream: &dyn Stream| (0..geometry.slots).map(|_| stream.event()).collect::<Result<Vec<_>, _>>();
+    let send_stream = device.stream()?;
+    let recv_stream = device.stream()?;
+    Ok((
+        Sender {
+            ring: ring(send_direction),
+            device: device.clone(),
+            events: events(&*send_stream)?,
+            stream: send_stream,
+            produced: 0,
+            live: live.clone(),
+        },
+        Receiver {
+            ring: ring(1 - send_direction),
+            device: device.clone(),
+            events: events(&*recv_stream)?,
+            stream: recv_stream,
+            consumed: 0,
+            live: live.clone(),
+            opened: HashMap::new(),
+        },
+    ))
+}
+
+impl Sender {
+    fn free_slots(&self) -> u64 {
+        let consumed = self.ring.consumed().load(Ordering::Acquire);
+        self.ring.geometry.slots as u64 - (self.produced - consumed)
+    }
+
+    /// Sends `len` bytes at `src` through host memory.
+    pub(crate) fn send_staged(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        let chunk = self.ring.geometry.chunk;
+        let chunks = len.div_ceil(chunk).max(1) as u64;
+        let start = self.produced;
+        let mut issued = 0u64;
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        let mut backoff = Backoff::new();
+        while self.produced < start + chunks {
+            let mut progressed = false;
+            // Queue device-to-host copies into every free slot.
+            while issued < chunks && (start + issued) - self.ring.consumed().load(Ordering::Acquire) < self.ring.geometry.slots as u64 {
+                let seq = start + issued;
+                let offset = issued as usize * chunk;
+                let this = chunk.min(len - offset.min(len));
+                if this > 0 {
+                    // SAFETY: the slot is free (released by the receiver) and `this <= chunk`.
+                    unsafe { self.stream.d2h(self.ring.slot_data(seq), src + offset as u64, this)? };
+                }
+                let slot = (seq % self.ring.geometry.slots as u64) as usize;
+                self.stream.record(&*self.events[slot])?;
+                in_flight.push_back(seq);
+                issued += 1;
+                progressed = true;
+            }
+            // Publish finished copies in order.
+            while let Some(&seq) = in_flight.front() {
+                let slot = (seq % self.ring.geometry.slots as u64) as usize;
+                if !self.events[slot].done()? {
+                    break;
+                }
+                let k = seq - start;
+                let offset = k * chunk as u64;
+                self.ring.write_descriptor(
+                    seq,
+                    Descriptor {
+                        kind: KIND_CHUNK,
+                        first: u32::from(k == 0),
+                        tag,
+                        message_len: len as u64,
+                        offset,
+                        len: (chunk as u64).min(len as u64 - offset.min(len as u64)),
+                        handle: [0; 64],
+                    },
+                );
+                self.produced = seq + 1;
+                self.ring.produced().store(self.produced, Ordering::Release);
+                in_flight.pop_front();
+                progressed = true;
+            }
+            if progressed {
+                backoff = Backoff::new();
+            } else {
+                // Waiting on our own copies needs nothing from the peer.
+                let waiting_on_copies = !in_flight.is_empty();
+                let consumed = self.ring.consumed();
+                let next = start + issued;
+                let slots = self.ring.geometry.slots as u64;
+                backoff.wait(&self.live, || {
+                    waiting_on_copies || next - consumed.load(Ordering::Acquire) < slots
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes at `src` by handing the peer an IPC handle; returns once the peer has
+    /// copied them.
+    pub(crate) fn send_ipc(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        let (handle, offset) = self.device.ipc_export(src)?;
+        let mut backoff = Backoff::new();
+        while self.free_slots() == 0 {
+            let (consumed, produced, slots) = (self.ring.consumed(), self.produced, self.ring.geometry.slots as u64);
+            backoff.wait(&self.live, || produced - consumed.load(Ordering::Acquire) < slots)?;
+        }
+        let seq = self.produced;
+        self.ring.write_descriptor(
+            seq,
+            Descriptor { kind: KIND_IPC, first: 1, tag, message_len: len as u64, offset, len: len as u64, handle: handle.0 },
+        );
+        self.produced += 1;
+        self.ring.produced().store(self.produced, Ordering::Release);
+        let mut backoff = Backoff::new();
+        let (consumed, produced) = (self.ring.consumed(), self.produced);
+        while consumed.load(Ordering::Acquire) < produced {
+            backoff.wait(&self.live, || consumed.load(Ordering::Acquire) >= produced)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a receive delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// The sender's tag.
+    pub tag: u64,
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+}
+
+impl Receiver {
+    fn wait_published(&mut self, seq: u64) -> Result<(), TransportError> {
+        let mut backoff = Backoff::new();
+        let produced = self.ring.produced();
+        while produced.load(Ordering::Acquire) <= seq {
+            backoff.wait(&self.live, || produced.load(Ordering::Acquire) > seq)?;
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, seq: u64) {
+        self.consumed = seq + 1;
+        self.ring.consumed().store(self.consumed, Ordering::Release);
+    }
+
+    /// Receives the next message into `dst` (of `capacity` bytes), whichever protocol sent it.
+    pub(crate) fn recv(&mut self, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
+        let start = self.consumed;
+        self.wait_published(start)?;
+        let first = self.ring.read_descriptor(start);
+        if first.first != 1 {
+            return Err(TransportError::Protocol("a message did not start with its first chunk".into()));
+        }
+        let len = usize::try_from(first.message_len).map_err(|_| TransportError::Protocol("message too large".into()))?;
+        if len > capacity {
+            return Err(TransportError::BufferTooSmall { needed: first.message_len, capacity: capacity as u64 });
+        }
+        match first.kind {
+            KIND_IPC => self.recv_ipc(start, &first, dst),
+            KIND_CHUNK => self.recv_staged(start, first.tag, len, dst),
+            other => Err(TransportError::Protocol(format!("unknown descriptor kind {other}"))),
+        }
+    }
+
+    fn recv_ipc(&mut self, seq: u64, d: &Descriptor, dst: DevicePtr) -> Result<Received, TransportError> {
+        let handle = IpcHandle(d.handle);
+        let base = match self.opened.get(&handle) {
+            Some(&base) => base,
+            None => {
+                let base = self.device.ipc_open(&handle)?;
+                self.opened.insert(handle, base);
+                base
+            }
+        };
+        if d.len > 0 {
+            self.stream.d2d(dst, base + d.offset, d.len as usize)?;
+            self.stream.record(&*self.events[0])?;
+            self.events[0].synchronize()?;
+        }
+        self.release(seq);
+        Ok(Received { tag: d.tag, len: d.len as usize })
+    }
+
+    fn recv_staged(&mut self, start: u64, tag: u64, len: usize, dst: DevicePtr) -> Result<Received, TransportError> {
+        let chunks = len.div_ceil(self.ring.geometry.chunk).max(1) as u64;
+        let slots = self.ring.geometry.slots as u64;
+        let mut issued = 0u64;
+        let mut in_flight: VecDeque<u64> = VecDeque::new();
+        let mut backoff = Backoff::new();
+        while self.consumed < start + chunks {
+            let mut progressed = false;
+            let produced = self.ring.produced().load(Ordering::Acquire);
+            while issued < chunks && start + issued < produced {
+                let seq = start + issued;
+                let d = self.ring.read_descriptor(seq);
+                if d.kind != KIND_CHUNK || d.tag != tag || d.offset + d.len > len as u64 {
+                    return Err(TransportError::Protocol("a chunk does not belong to the message being received".into()));
+                }
+                if d.len > 0 {
+                    // SAFETY: the slot was published and stays ours until released below.
+                    unsafe { self.stream.h2d(dst + d.offset, self.ring.slot_data(seq), d.len as usize)? };
+                }
+                self.stream.record(&*self.events[(seq % slots) as usize])?;
+                in_flight.push_back(seq);
+                issued += 1;
+                progressed = true;
+            }
+            while let Some(&seq) = in_flight.front() {
+                if !self.events[(seq % slots) as usize].done()? {
+                    break;
+                }
+                self.release(seq);
+                in_flight.pop_front();
+                progressed = true;
+            }
+            if progressed {
+                backoff = Backoff::new();
+            } else {
+                let all_published = issued == chunks;
+                let produced = self.ring.produced();
+                let next = start + issued;
+                backoff.wait(&self.live, || all_published || produced.load(Ordering::Acquire) > next)?;
+            }
+        }
+        Ok(Received { tag, len })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        for (_, base) in self.opened.drain() {
+            self.device.ipc_close(base);
+        }
+    }
+}
