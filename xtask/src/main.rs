@@ -96,20 +96,54 @@ fn ci() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Release binaries for a GPU machine (which has no cargo): the gpucluster binary, the
+/// transport's peer and example, its cross-process test binary (run there with `GPU_TESTS=1` and
+/// `TRANSPORT_PEER=.gpu-bundle/transport-peer`), and the anchor scripts from `../shared`.
 fn gpu_bundle() -> anyhow::Result<()> {
     step("build release binaries", {
         let mut c = cargo();
-        c.args(["build", "--release", "--package", "gpucluster"]);
+        c.args(["build", "--release", "--package", "gpucluster", "--package", "transport", "--bins", "--examples"]);
         c
     })?;
     let bundle = root().join(".gpu-bundle");
     std::fs::create_dir_all(&bundle)?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
-    // Later issues add the transport's GPU test binaries here.
-    let binaries = ["gpucluster"];
-    for name in binaries {
-        std::fs::copy(target.join("release").join(name), bundle.join(name))
+    for name in ["gpucluster", "transport-peer", "examples/exchange"] {
+        let file = Path::new(name).file_name().unwrap_or_default();
+        std::fs::copy(target.join("release").join(name), bundle.join(file))
             .with_context(|| format!("copying {name} into .gpu-bundle"))?;
+    }
+    println!("==> build the transport's test binary");
+    let output = cargo()
+        .args([
+            "test",
+            "--release",
+            "--package",
+            "transport",
+            "--test",
+            "protocols",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .context("building the transport tests")?;
+    if !output.status.success() {
+        bail!("building the transport tests failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let executable = stdout
+        .lines()
+        .filter(|l| l.contains("\"name\":\"protocols\""))
+        .find_map(|l| l.split("\"executable\":\"").nth(1).and_then(|rest| rest.split('"').next()))
+        .context("cargo did not report the test binary")?;
+    std::fs::copy(executable, bundle.join("transport-protocols")).context("copying the test binary")?;
+    let anchors = root().join("..").join("shared").join("tools").join("anchors");
+    if anchors.is_dir() {
+        std::fs::create_dir_all(bundle.join("anchors"))?;
+        for entry in std::fs::read_dir(&anchors)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), bundle.join("anchors").join(entry.file_name()))?;
+        }
     }
     println!("==> .gpu-bundle/ is ready: name it in the device tool's `carry`");
     Ok(())

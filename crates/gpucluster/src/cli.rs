@@ -38,6 +38,65 @@ enum Command {
     Plan(PlanArgs),
     /// Check the machine, the environment and the plan; exit 0 if clean, 1 on warnings, 2 on errors.
     Doctor(SelectionArgs),
+    /// Measure the transport.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// The peer worker of `bench transport` (started by gpucluster itself).
+    #[command(hide = true)]
+    TransportPeer {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Bandwidth and latency of every path between two worker processes, against ceilings measured
+    /// in the same run. Real GPU memory with --topology nvml, simulated memory otherwise.
+    Transport(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Message sizes, comma-separated, with K, M, G (binary) units. Default: 8 B to 1 GiB on a GPU,
+    /// 8 B to 16 MiB on simulated memory.
+    #[arg(long, value_parser = parse_size_list, value_name = "SIZES")]
+    sizes: Option<SizeList>,
+    /// Timed round trips per size from 2 MiB up (20 times as many below); the median counts.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    repeats: usize,
+    /// Paths to measure, comma-separated (default: every path this machine allows).
+    #[arg(long, value_delimiter = ',', value_name = "PATHS")]
+    paths: Vec<String>,
+    /// Slots of the shared ring.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    slots: usize,
+    /// Bytes per slot (K, M units).
+    #[arg(long, default_value = "4M", value_parser = parse_one_size, value_name = "BYTES")]
+    chunk: usize,
+    /// Run the peer worker as a thread of this process instead of a second process (a diagnostic:
+    /// one CUDA context, so no switching between processes on the GPU).
+    #[arg(long)]
+    peer_thread: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the results as an SVG plot.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+/// A list of sizes as one argument (clap would otherwise take `Vec` as repeated values).
+#[derive(Debug, Clone)]
+struct SizeList(Vec<usize>);
+
+fn parse_size_list(s: &str) -> Result<SizeList, String> {
+    crate::bench::parse_sizes(s).map(SizeList)
+}
+
+fn parse_one_size(s: &str) -> Result<usize, String> {
+    let sizes = crate::bench::parse_sizes(s)?;
+    sizes.first().copied().filter(|_| sizes.len() == 1).ok_or_else(|| format!("`{s}` is not one size"))
 }
 
 #[derive(Debug, Args)]
@@ -163,5 +222,70 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             let findings = cluster_core::doctor(&snapshot, &selection.request(), &env);
             doctor::report(&findings, out)
         }
+        Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
+        Command::TransportPeer { args } => {
+            let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
+            tokio::task::spawn_blocking(move || transport::peer::run(&parsed)).await??;
+            Ok(0)
+        }
     }
+}
+
+async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    use transport::Path;
+    use transport::device::DeviceKind;
+    let snapshot = load(spec).await?;
+    let first_mig = snapshot
+        .hosts
+        .first()
+        .and_then(|h| h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty()))
+        .is_some_and(|g| g.mig_enabled);
+    let device = if spec.is_real() { DeviceKind::Cuda } else { DeviceKind::Simulated };
+    let paths = if args.paths.is_empty() {
+        if first_mig { vec![Path::HostStaged, Path::Tcp] } else { vec![Path::CudaIpc, Path::HostStaged, Path::Tcp] }
+    } else {
+        args.paths
+            .iter()
+            .map(|p| match p.as_str() {
+                "cuda-ipc" => Ok(Path::CudaIpc),
+                "host-staged" => Ok(Path::HostStaged),
+                "tcp" => Ok(Path::Tcp),
+                other => Err(anyhow::anyhow!("unknown path `{other}`: cuda-ipc, host-staged or tcp")),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let sizes = args.sizes.map(|s| s.0).unwrap_or_else(|| match device {
+        DeviceKind::Cuda => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30],
+        DeviceKind::Simulated => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20],
+    });
+    let config = crate::bench::BenchConfig {
+        device,
+        mig: first_mig && device == DeviceKind::Simulated,
+        sizes,
+        repeats: args.repeats,
+        paths,
+        slots: args.slots,
+        chunk: args.chunk,
+        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        peer_thread: args.peer_thread,
+    };
+    let mut report = tokio::task::spawn_blocking(move || crate::bench::run(&config)).await??;
+    if first_mig {
+        report
+            .notes
+            .push("cuda-ipc is not measured: the devices are MIG instances, and CUDA IPC does not cross them".into());
+    }
+    if let Some(file) = &args.plot {
+        crate::bench::plot(&report, file)?;
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        crate::bench::table(&report, out)?;
+        if let Some(file) = &args.plot {
+            writeln!(out, "plot: {}", file.display())?;
+        }
+    }
+    Ok(0)
 }

@@ -89,7 +89,13 @@ fn same_user(stream: &UnixStream) -> Result<(), TransportError> {
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
     // SAFETY: out-pointer of the right size for SO_PEERCRED.
     let r = unsafe {
-        libc::getsockopt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     };
     if r != 0 {
         return Err(io("getsockopt SO_PEERCRED")(std::io::Error::last_os_error()));
@@ -210,7 +216,9 @@ impl Connection {
                     _ => s.send_staged(tag, buf.ptr(), len),
                 }
             }
-            Halves::Tcp { sender, .. } => sender.lock().map_err(|_| TransportError::poisoned())?.send(tag, buf.ptr(), len),
+            Halves::Tcp { sender, .. } => {
+                sender.lock().map_err(|_| TransportError::poisoned())?.send(tag, buf.ptr(), len)
+            }
         }
     }
 
@@ -324,13 +332,15 @@ impl Listener {
                 }
                 let geometry = Geometry { slots: self.options.slots, chunk: self.options.chunk };
                 let segment = Segment::create("gpucluster-ring", geometry.segment_bytes())?;
-                let header: Vec<u8> = [geometry.slots as u64, geometry.chunk as u64].iter().flat_map(|w| w.to_le_bytes()).collect();
+                let header: Vec<u8> =
+                    [geometry.slots as u64, geometry.chunk as u64].iter().flat_map(|w| w.to_le_bytes()).collect();
                 shm::send_fd(&stream, segment.fd(), &header)?;
                 local_connection(stream, Arc::new(segment), geometry, 0, &self.device, path_from_wire(requested))
             }
             Either::Tcp(listener) => {
                 let (mut stream, _) = listener.accept().map_err(io("accept"))?;
-                let secret = self.options.secret.as_ref().ok_or_else(|| TransportError::Authentication("no secret".into()))?;
+                let secret =
+                    self.options.secret.as_ref().ok_or_else(|| TransportError::Authentication("no secret".into()))?;
                 tcp::authenticate_server(&mut stream, secret)?;
                 tcp_connection(stream, &self.device)
             }
@@ -409,7 +419,11 @@ fn tcp_connection(stream: TcpStream, device: &Arc<dyn Device>) -> Result<Connect
 ///
 /// # Errors
 /// Nobody listens there, the peer is another user or lacks the secret, or setup failed.
-pub fn connect_blocking(address: &Address, device: Arc<dyn Device>, options: &Options) -> Result<Connection, TransportError> {
+pub fn connect_blocking(
+    address: &Address,
+    device: Arc<dyn Device>,
+    options: &Options,
+) -> Result<Connection, TransportError> {
     check_options(options)?;
     match address {
         Address::Local(name) => {
@@ -429,10 +443,9 @@ pub fn connect_blocking(address: &Address, device: Arc<dyn Device>, options: &Op
             local_connection(stream, Arc::new(segment), geometry, 1, &device, options.path)
         }
         Address::Tcp(addr) => {
-            let secret = options
-                .secret
-                .as_ref()
-                .ok_or_else(|| TransportError::Authentication("connecting over TCP needs the cluster's secret".into()))?;
+            let secret = options.secret.as_ref().ok_or_else(|| {
+                TransportError::Authentication("connecting over TCP needs the cluster's secret".into())
+            })?;
             let target = addr
                 .to_socket_addrs()
                 .map_err(io("resolve"))?
@@ -449,7 +462,11 @@ pub fn connect_blocking(address: &Address, device: Arc<dyn Device>, options: &Op
 ///
 /// # Errors
 /// As [`connect_blocking`].
-pub async fn connect(address: Address, device: Arc<dyn Device>, options: Options) -> Result<Connection, TransportError> {
+pub async fn connect(
+    address: Address,
+    device: Arc<dyn Device>,
+    options: Options,
+) -> Result<Connection, TransportError> {
     tokio::task::spawn_blocking(move || connect_blocking(&address, device, &options))
         .await
         .map_err(|e| TransportError::Protocol(format!("the connect task failed: {e}")))?

@@ -11,7 +11,8 @@ use crate::{Address, Connection, Options, Path, Secret, TransportError, connect_
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     /// Receives messages of up to `max` bytes and sends each straight back with its tag, until the
-    /// other side closes.
+    /// other side closes; a tag with [`NO_REPLY`] gets no answer, one with [`ACK`] an empty one
+    /// (so one-way streams can be timed).
     Echo {
         /// Largest message expected.
         max: usize,
@@ -30,6 +31,11 @@ pub enum Role {
         size: usize,
     },
 }
+
+/// Tag bit: the echo peer does not answer this message.
+pub const NO_REPLY: u64 = 1 << 63;
+/// Tag bit: the echo peer answers this message with an empty one.
+pub const ACK: u64 = 1 << 62;
 
 /// Everything the peer needs.
 #[derive(Debug, Clone)]
@@ -119,7 +125,14 @@ fn open(args: &PeerArgs) -> Result<Arc<dyn Device>, TransportError> {
 /// # Errors
 /// Setup failed, data did not match, or the connection broke unexpectedly.
 pub fn run(args: &PeerArgs) -> Result<(), TransportError> {
-    let device = open(args)?;
+    run_on(open(args)?, args)
+}
+
+/// Runs the peer on a device this process already opened (a peer thread shares the context).
+///
+/// # Errors
+/// As [`run`].
+pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportError> {
     let conn = connect_blocking(&args.address, device.clone(), &args.options)?;
     match args.role {
         Role::Echo { max } => echo(&conn, &device, max),
@@ -142,6 +155,8 @@ fn echo(conn: &Connection, device: &Arc<dyn Device>, max: usize) -> Result<(), T
     let buf = DeviceBuffer::new(device, max)?;
     loop {
         match conn.recv_blocking(&buf) {
+            Ok(r) if r.tag & NO_REPLY != 0 => {}
+            Ok(r) if r.tag & ACK != 0 => conn.send_blocking(r.tag, &buf, 0)?,
             Ok(r) => conn.send_blocking(r.tag, &buf, r.len)?,
             Err(TransportError::PeerGone(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -182,7 +197,10 @@ pub fn duplex(
         buf.read(&mut got[..r.len])?;
         pattern(recv_seed, i as u64, &mut want);
         if r.tag != i as u64 || r.len != size || got != want {
-            return Err(TransportError::Protocol(format!("message {i} arrived wrong (tag {}, {} bytes)", r.tag, r.len)));
+            return Err(TransportError::Protocol(format!(
+                "message {i} arrived wrong (tag {}, {} bytes)",
+                r.tag, r.len
+            )));
         }
     }
     sender.join().map_err(|_| TransportError::Protocol("the sending thread panicked".into()))?

@@ -254,7 +254,9 @@ impl Sender {
         while self.produced < start + chunks {
             let mut progressed = false;
             // Queue device-to-host copies into every free slot.
-            while issued < chunks && (start + issued) - self.ring.consumed().load(Ordering::Acquire) < self.ring.geometry.slots as u64 {
+            while issued < chunks
+                && (start + issued) - self.ring.consumed().load(Ordering::Acquire) < self.ring.geometry.slots as u64
+            {
                 let seq = start + issued;
                 let offset = issued as usize * chunk;
                 let this = chunk.min(len - offset.min(len));
@@ -301,9 +303,7 @@ impl Sender {
                 let consumed = self.ring.consumed();
                 let next = start + issued;
                 let slots = self.ring.geometry.slots as u64;
-                backoff.wait(&self.live, || {
-                    waiting_on_copies || next - consumed.load(Ordering::Acquire) < slots
-                })?;
+                backoff.wait(&self.live, || waiting_on_copies || next - consumed.load(Ordering::Acquire) < slots)?;
             }
         }
         Ok(())
@@ -321,7 +321,15 @@ impl Sender {
         let seq = self.produced;
         self.ring.write_descriptor(
             seq,
-            Descriptor { kind: KIND_IPC, first: 1, tag, message_len: len as u64, offset, len: len as u64, handle: handle.0 },
+            Descriptor {
+                kind: KIND_IPC,
+                first: 1,
+                tag,
+                message_len: len as u64,
+                offset,
+                len: len as u64,
+                handle: handle.0,
+            },
         );
         self.produced += 1;
         self.ring.produced().store(self.produced, Ordering::Release);
@@ -366,7 +374,8 @@ impl Receiver {
         if first.first != 1 {
             return Err(TransportError::Protocol("a message did not start with its first chunk".into()));
         }
-        let len = usize::try_from(first.message_len).map_err(|_| TransportError::Protocol("message too large".into()))?;
+        let len =
+            usize::try_from(first.message_len).map_err(|_| TransportError::Protocol("message too large".into()))?;
         if len > capacity {
             return Err(TransportError::BufferTooSmall { needed: first.message_len, capacity: capacity as u64 });
         }
@@ -409,7 +418,9 @@ impl Receiver {
                 let seq = start + issued;
                 let d = self.ring.read_descriptor(seq);
                 if d.kind != KIND_CHUNK || d.tag != tag || d.offset + d.len > len as u64 {
-                    return Err(TransportError::Protocol("a chunk does not belong to the message being received".into()));
+                    return Err(TransportError::Protocol(
+                        "a chunk does not belong to the message being received".into(),
+                    ));
                 }
                 if d.len > 0 {
                     // SAFETY: the slot was published and stays ours until released below.

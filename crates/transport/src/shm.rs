@@ -179,7 +179,9 @@ pub fn recv_fd(stream: &UnixStream, len: usize) -> Result<(RawFd, Vec<u8>), Tran
         return Err(os_error("recvmsg"));
     }
     if got as usize != len {
-        return Err(TransportError::Protocol(format!("the peer closed the connection during setup ({got} of {len} bytes)")));
+        return Err(TransportError::Protocol(format!(
+            "the peer closed the connection during setup ({got} of {len} bytes)"
+        )));
     }
     // SAFETY: walking the control buffer the kernel filled, within `msg_controllen`.
     unsafe {

@@ -81,7 +81,8 @@ impl Secret {
 
     fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
         mac.update(label);
         mac.update(a);
         mac.update(b);

@@ -54,7 +54,9 @@ fn path_arg(path: Path) -> &'static str {
 }
 
 fn spawn_peer(address: &Address, device: &str, path: Path, secret: Option<&Secret>, role: &[&str]) -> Peer {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_transport-peer"));
+    // TRANSPORT_PEER points at the peer binary where the tests run away from the build (GPU machine).
+    let peer = std::env::var("TRANSPORT_PEER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_transport-peer").to_owned());
+    let mut cmd = Command::new(peer);
     cmd.args(["--device", device, "--address", &address.to_string(), "--path", path_arg(path)]);
     cmd.args(["--slots", &SLOTS.to_string(), "--chunk", &CHUNK.to_string()]);
     if let Some(s) = secret {
@@ -174,7 +176,11 @@ fn a_peer_that_dies_mid_transfer_is_an_error_within_a_second() {
             let died = peer.0.wait().expect("wait");
             assert!(!died.success());
             assert!(matches!(err, TransportError::PeerGone(_)), "{kind:?} {path:?}: {err}");
-            assert!(started.elapsed() < Duration::from_millis(300 + 1000), "{kind:?} {path:?}: took {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_millis(300 + 1000),
+                "{kind:?} {path:?}: took {:?}",
+                started.elapsed()
+            );
         }
     }
 }

@@ -126,7 +126,11 @@ impl Device for CudaDevice {
     fn write(&self, dst: DevicePtr, src: &[u8]) -> Result<(), TransportError> {
         self.bind()?;
         // SAFETY: as in `read`.
-        check("cuMemcpyHtoD", unsafe { sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()) })
+        check("cuMemcpyHtoD", unsafe { sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()) })?;
+        // From pageable memory cuMemcpyHtoD returns once the data is staged, before it reaches
+        // the device; a copy out on another stream could then read stale bytes.
+        // SAFETY: a plain synchronisation of the current context.
+        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
     }
 
     fn ipc_export(&self, ptr: DevicePtr) -> Result<(IpcHandle, u64), TransportError> {
@@ -167,7 +171,8 @@ impl Device for CudaDevice {
 
     fn ipc_event(&self) -> Result<(Box<dyn Event>, IpcHandle), TransportError> {
         self.bind()?;
-        let flags = sys::CUevent_flags::CU_EVENT_INTERPROCESS as u32 | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
+        let flags =
+            sys::CUevent_flags::CU_EVENT_INTERPROCESS as u32 | sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as u32;
         let event = CudaEvent::create(self.context, flags)?;
         let mut h = MaybeUninit::<sys::CUipcEventHandle>::uninit();
         // SAFETY: out-pointer; the event was created with CU_EVENT_INTERPROCESS.

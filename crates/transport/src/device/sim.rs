@@ -89,9 +89,10 @@ impl Device for SimDevice {
     }
 
     fn ipc_export(&self, ptr: DevicePtr) -> Result<(IpcHandle, u64), TransportError> {
-        let (_, offset, fd, len) = self
-            .segment_of(ptr)
-            .ok_or_else(|| TransportError::Device { call: "ipc_export", reason: "not an allocation of this device".into() })?;
+        let (_, offset, fd, len) = self.segment_of(ptr).ok_or_else(|| TransportError::Device {
+            call: "ipc_export",
+            reason: "not an allocation of this device".into(),
+        })?;
         let mut h = [0u8; 64];
         h[..8].copy_from_slice(MEMORY_MAGIC);
         h[8..12].copy_from_slice(&std::process::id().to_le_bytes());
@@ -109,7 +110,10 @@ impl Device for SimDevice {
         }
         let h = &handle.0;
         if &h[..8] != MEMORY_MAGIC {
-            return Err(TransportError::Device { call: "cuIpcOpenMemHandle", reason: "not a simulated memory handle".into() });
+            return Err(TransportError::Device {
+                call: "cuIpcOpenMemHandle",
+                reason: "not a simulated memory handle".into(),
+            });
         }
         let word = |r: std::ops::Range<usize>| h[r].iter().rev().fold(0u64, |acc, &b| acc << 8 | u64::from(b));
         let (pid, fd, len) = (word(8..12), word(12..16), word(16..24) as usize);
@@ -133,7 +137,10 @@ impl Device for SimDevice {
 
     fn ipc_open_event(&self, handle: &IpcHandle) -> Result<Box<dyn Event>, TransportError> {
         if &handle.0[..8] != EVENT_MAGIC {
-            return Err(TransportError::Device { call: "cuIpcOpenEventHandle", reason: "not a simulated event handle".into() });
+            return Err(TransportError::Device {
+                call: "cuIpcOpenEventHandle",
+                reason: "not a simulated event handle".into(),
+            });
         }
         Ok(Box::new(SimEvent))
     }

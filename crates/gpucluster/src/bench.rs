@@ -1,0 +1,472 @@
+//! `gpucluster bench transport`: bandwidth and latency of every path between two worker
+//! processes, against ceilings measured in the same run.
+//!
+//! This process is worker A; it starts worker B (this binary, hidden subcommand
+//! `transport-peer`) as an echo peer for each path. Bandwidth is one-way, as `ucx_perftest
+//! tag_bw` measures it: A streams messages of S bytes to B (at least 256 MiB per repeat, at least
+//! four messages), B acknowledges the last, and the median repeat counts. Latency is half the
+//! median round trip of one message echoed back. The ceilings are copies inside one process on
+//! the same device: device-to-device, and the pipelined device-to-host-to-device copy through
+//! pinned memory that the host-staged path does across two processes.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use transport::device::{self, Device, DeviceBuffer, DeviceKind, Event};
+use transport::{Address, Listener, Options, Path, Secret};
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchConfig {
+    pub(crate) device: DeviceKind,
+    pub(crate) mig: bool,
+    pub(crate) sizes: Vec<usize>,
+    pub(crate) repeats: usize,
+    pub(crate) paths: Vec<Path>,
+    pub(crate) slots: usize,
+    pub(crate) chunk: usize,
+    pub(crate) progress: bool,
+    /// Run the peer as a thread of this process (one CUDA context) instead of a second process:
+    /// a diagnostic that separates the transport's own cost from the GPU's switching between
+    /// two processes' contexts.
+    pub(crate) peer_thread: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Measurement {
+    pub(crate) path: Path,
+    pub(crate) bytes: usize,
+    pub(crate) gbps: f64,
+    pub(crate) latency_us: f64,
+    pub(crate) repeats: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Ceiling {
+    pub(crate) name: &'static str,
+    pub(crate) bytes: usize,
+    pub(crate) gbps: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct BenchReport {
+    pub(crate) device: String,
+    pub(crate) peer_thread: bool,
+    pub(crate) slots: usize,
+    pub(crate) chunk_bytes: usize,
+    pub(crate) notes: Vec<String>,
+    pub(crate) results: Vec<Measurement>,
+    pub(crate) ceilings: Vec<Ceiling>,
+}
+
+enum Peer {
+    Process(Child),
+    Thread(Option<std::thread::JoinHandle<()>>),
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        match self {
+            Peer::Process(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            // The thread ends when the connection it serves closes.
+            Peer::Thread(handle) => drop(handle.take()),
+        }
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn repeats_for(bytes: usize, base: usize) -> usize {
+    if bytes <= 1 << 20 { base.max(1) * 20 } else { base.max(1) }
+}
+
+fn path_name(p: Path) -> &'static str {
+    p.name()
+}
+
+/// Runs the benchmark.
+pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
+    let device: Arc<dyn Device> = if config.mig {
+        Arc::new(device::sim::SimDevice::mig())
+    } else {
+        device::open(config.device).context("opening the device")?
+    };
+    let max = config.sizes.iter().copied().max().unwrap_or(0);
+    let work = (config.paths.len() + 2) * config.sizes.len();
+    let bar = if config.progress { ProgressBar::new(work as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {pos}/{len}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut report = BenchReport {
+        device: device.describe(),
+        peer_thread: config.peer_thread,
+        slots: config.slots,
+        chunk_bytes: config.chunk,
+        notes: Vec::new(),
+        results: Vec::new(),
+        ceilings: Vec::new(),
+    };
+    let a = DeviceBuffer::new(&device, max).context("allocating the send buffer")?;
+    let b = DeviceBuffer::new(&device, max).context("allocating the receive buffer")?;
+    let mut pattern = vec![0u8; max];
+    transport::peer::pattern(11, 0, &mut pattern);
+    a.write(&pattern).context("filling the send buffer")?;
+
+    for &bytes in &config.sizes {
+        bar.set_message(format!("ceiling d2d {bytes} B"));
+        let gbps = ceiling_d2d(&*device, &a, &b, bytes, repeats_for(bytes, config.repeats))?;
+        report.ceilings.push(Ceiling { name: "device-to-device copy", bytes, gbps });
+        bar.inc(1);
+        bar.set_message(format!("ceiling staged {bytes} B"));
+        let gbps = ceiling_staged(&*device, &a, &b, bytes, config, repeats_for(bytes, config.repeats))?;
+        report.ceilings.push(Ceiling { name: "pipelined host-staged copy, one process", bytes, gbps });
+        bar.inc(1);
+    }
+
+    for &path in &config.paths {
+        let secret = Secret::random()?;
+        let (address, secret) = match path {
+            Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
+            _ => (Address::Local(format!("gpucluster-bench-{}-{}", std::process::id(), path_name(path))), None),
+        };
+        let options = Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() };
+        let listener = Listener::bind(&address, device.clone(), options)?;
+        let _peer = if config.peer_thread {
+            let args = transport::peer::PeerArgs {
+                device: config.device,
+                mig: config.mig,
+                address: listener.address().clone(),
+                options: Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() },
+                role: transport::peer::Role::Echo { max: max.max(1) },
+            };
+            let device = device.clone();
+            Peer::Thread(Some(std::thread::spawn(move || {
+                let _ = transport::peer::run_on(device, &args);
+            })))
+        } else {
+            spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
+        };
+        let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path_name(path)))?;
+        if let Some(why) = conn.fallback() {
+            report.notes.push(format!("{}: {why}", path_name(path)));
+        }
+        for &bytes in &config.sizes {
+            bar.set_message(format!("{} {bytes} B", path_name(conn.path())));
+            let repeats = repeats_for(bytes, config.repeats);
+            let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
+            let mut rates = Vec::with_capacity(config.repeats);
+            for i in 0..config.repeats.max(1) + 1 {
+                let t = Instant::now();
+                for m in 0..messages {
+                    let tag = if m + 1 == messages { transport::peer::ACK } else { transport::peer::NO_REPLY };
+                    conn.send_blocking(tag | m as u64, &a, bytes)?;
+                }
+                let r = conn.recv_blocking(&b)?;
+                let seconds = t.elapsed().as_secs_f64();
+                if r.len != 0 {
+                    bail!("{}: the acknowledgement carried {} bytes", path_name(path), r.len);
+                }
+                if i >= 1 {
+                    rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
+                }
+            }
+            let gbps = median(&mut rates);
+            let mut rtts = Vec::with_capacity(repeats);
+            for i in 0..repeats + 2 {
+                let t = Instant::now();
+                conn.send_blocking(i as u64, &a, bytes)?;
+                let r = conn.recv_blocking(&b)?;
+                let rtt = t.elapsed().as_secs_f64();
+                if r.len != bytes || r.tag != i as u64 {
+                    bail!("{}: message {i} came back as {} bytes with tag {}", path_name(path), r.len, r.tag);
+                }
+                if i >= 2 {
+                    rtts.push(rtt);
+                }
+            }
+            let rtt = median(&mut rtts);
+            report.results.push(Measurement { path: conn.path(), bytes, gbps, latency_us: rtt / 2.0 * 1e6, repeats });
+            bar.inc(1);
+        }
+        // Verify the last round trip carried the data intact.
+        let mut back = vec![0u8; max];
+        b.read(&mut back)?;
+        let last = *config.sizes.last().unwrap_or(&0);
+        if back[..last] != pattern[..last] {
+            bail!("{}: data came back different", path_name(path));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn spawn_peer(
+    address: &Address,
+    config: &BenchConfig,
+    path: Path,
+    secret: Option<&Secret>,
+    max: usize,
+) -> anyhow::Result<Peer> {
+    let exe = std::env::current_exe().context("finding this program to start the peer worker")?;
+    let device = match (config.device, config.mig) {
+        (_, true) => "sim-mig",
+        (DeviceKind::Simulated, false) => "sim",
+        (DeviceKind::Cuda, false) => "cuda",
+    };
+    let mut cmd = Command::new(exe);
+    cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path_name(path)]);
+    cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);
+    if let Some(s) = secret {
+        cmd.args(["--secret", &s.to_hex()]);
+    }
+    cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
+    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
+}
+
+fn timed(repeats: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..2 {
+        op()?;
+    }
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        op()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(&mut times))
+}
+
+fn ceiling_d2d(
+    device: &dyn Device,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    bytes: usize,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let stream = device.stream()?;
+    let t = timed(repeats, || {
+        stream.d2d(b.ptr(), a.ptr(), bytes)?;
+        stream.synchronize()?;
+        Ok(())
+    })?;
+    Ok(bytes as f64 / t / 1e9)
+}
+
+/// Device to pinned host to device in one process, two streams, the transport's chunk and slot
+/// count: the chunk k+1 copy out overlaps the chunk k copy in.
+fn ceiling_staged(
+    device: &dyn Device,
+    a: &DeviceBuffer,
+    b: &DeviceBuffer,
+    bytes: usize,
+    config: &BenchConfig,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let bounce = transport::shm::Segment::create("gpucluster-bench-bounce", config.slots * config.chunk)?;
+    // SAFETY: `bounce` outlives the registration, undone below.
+    unsafe { device.register_host(bounce.as_ptr(), bounce.len())? };
+    let out_stream = device.stream()?;
+    let in_stream = device.stream()?;
+    let copied: Vec<Box<dyn Event>> = (0..config.slots).map(|_| out_stream.event()).collect::<Result<_, _>>()?;
+    let drained: Vec<Box<dyn Event>> = (0..config.slots).map(|_| in_stream.event()).collect::<Result<_, _>>()?;
+    let result = timed(repeats, || {
+        let chunks = bytes.div_ceil(config.chunk).max(1);
+        for k in 0..chunks {
+            let slot = k % config.slots;
+            let offset = k * config.chunk;
+            let len = config.chunk.min(bytes - offset.min(bytes));
+            // SAFETY: slot memory lies inside `bounce`, which is pinned and mapped.
+            let host = unsafe { bounce.as_ptr().add(slot * config.chunk) };
+            if k >= config.slots {
+                out_stream.wait(&*drained[slot])?;
+            }
+            // SAFETY: as above; the slot's previous copy in has finished (waited on).
+            unsafe { out_stream.d2h(host, a.ptr() + offset as u64, len)? };
+            out_stream.record(&*copied[slot])?;
+            in_stream.wait(&*copied[slot])?;
+            // SAFETY: as above; the copy out into this slot has finished (waited on).
+            unsafe { in_stream.h2d(b.ptr() + offset as u64, host, len)? };
+            in_stream.record(&*drained[slot])?;
+        }
+        in_stream.synchronize()?;
+        Ok(())
+    });
+    device.unregister_host(bounce.as_ptr());
+    Ok(bytes as f64 / result? / 1e9)
+}
+
+fn human(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+/// The report as a table, with the ratios the quality bars name.
+pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "bench transport: {}, {}, ring of {} x {}",
+        report.device,
+        if report.peer_thread { "peer in a thread of this process (one CUDA context)" } else { "two processes" },
+        report.slots,
+        human(report.chunk_bytes)
+    )?;
+    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
+    paths.dedup();
+    let mut header = vec!["SIZE".to_owned()];
+    for p in &paths {
+        header.push(format!("{} GB/s", p.name()));
+        header.push("LAT us".to_owned());
+    }
+    header.push("D2D CEILING".into());
+    header.push("STAGED CEILING".into());
+    let mut t = crate::table::Table::default();
+    t.row(header);
+    let mut sizes: Vec<usize> = report.results.iter().map(|m| m.bytes).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for &bytes in &sizes {
+        let mut row = vec![human(bytes)];
+        for &p in &paths {
+            match report.results.iter().find(|m| m.path == p && m.bytes == bytes) {
+                Some(m) => {
+                    row.push(format!("{:.2}", m.gbps));
+                    row.push(format!("{:.1}", m.latency_us));
+                }
+                None => row.extend(["-".to_owned(), "-".to_owned()]),
+            }
+        }
+        for name in ["device-to-device copy", "pipelined host-staged copy, one process"] {
+            let c = report.ceilings.iter().find(|c| c.name == name && c.bytes == bytes);
+            row.push(c.map_or("-".into(), |c| format!("{:.2}", c.gbps)));
+        }
+        t.row(row);
+    }
+    t.write(out, "")?;
+    for note in &report.notes {
+        writeln!(out, "note: {note}")?;
+    }
+    writeln!(out, "ratios (16 MiB and up): path GB/s over the same size's ceiling")?;
+    for &p in &paths {
+        let ceiling =
+            if p == Path::CudaIpc { "device-to-device copy" } else { "pipelined host-staged copy, one process" };
+        let ratios: Vec<String> = report
+            .results
+            .iter()
+            .filter(|m| m.path == p && m.bytes >= 16 << 20)
+            .filter_map(|m| {
+                let c = report.ceilings.iter().find(|c| c.name == ceiling && c.bytes == m.bytes)?;
+                Some(format!("{} {:.0}%", human(m.bytes), 100.0 * m.gbps / c.gbps))
+            })
+            .collect();
+        if !ratios.is_empty() {
+            writeln!(out, "  {:12} vs {ceiling}: {}", p.name(), ratios.join(", "))?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes an SVG plot: GB/s against message size, one line per path and per ceiling.
+pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(file, (900, 560)).into_drawing_area();
+    let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", file.display());
+    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    let all: Vec<f64> = report.results.iter().map(|m| m.gbps).chain(report.ceilings.iter().map(|c| c.gbps)).collect();
+    let top = all.iter().copied().fold(1e-3, f64::max) * 2.0;
+    let bottom = all.iter().copied().filter(|v| *v > 0.0).fold(top, f64::min).max(1e-6) / 2.0;
+    let sizes: Vec<usize> = report.results.iter().map(|m| m.bytes.max(1)).collect();
+    let (lo, hi) =
+        (sizes.iter().copied().min().unwrap_or(1) as f64, sizes.iter().copied().max().unwrap_or(2) as f64 * 1.5);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(format!("gpucluster transport: {}", report.device), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi).log_scale(), (bottom..top).log_scale())
+        .map_err(|e| draw(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("message size (bytes)")
+        .y_desc("GB/s")
+        .x_label_formatter(&|v| human(*v as usize))
+        .draw()
+        .map_err(|e| draw(&e))?;
+    let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
+    // (label, points, is a ceiling)
+    type Series = (String, Vec<(f64, f64)>, bool);
+    let mut series: Vec<Series> = Vec::new();
+    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
+    paths.dedup();
+    for p in paths {
+        let points = report
+            .results
+            .iter()
+            .filter(|m| m.path == p)
+            .map(|m| (m.bytes.max(1) as f64, m.gbps.max(bottom)))
+            .collect();
+        series.push((p.name().to_owned(), points, false));
+    }
+    for name in ["device-to-device copy", "pipelined host-staged copy, one process"] {
+        let points = report
+            .ceilings
+            .iter()
+            .filter(|c| c.name == name)
+            .map(|c| (c.bytes.max(1) as f64, c.gbps.max(bottom)))
+            .collect();
+        series.push((format!("ceiling: {name}"), points, true));
+    }
+    for (i, (label, points, dashed)) in series.into_iter().enumerate() {
+        let colour = colours[i % colours.len()];
+        let style = if dashed { colour.stroke_width(1) } else { colour.stroke_width(3) };
+        chart
+            .draw_series(LineSeries::new(points.clone(), style))
+            .map_err(|e| draw(&e))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(|e| draw(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| draw(&e))?;
+    root.present().map_err(|e| draw(&e))?;
+    Ok(())
+}
+
+/// Parses `8,64,1K,16M,1G` (binary units).
+pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: usize = number.parse().map_err(|_| format!("`{s}` is not a size like 8, 64K, 16M or 1G"))?;
+            let shift = match unit.to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+                "" => 0,
+                "K" => 10,
+                "M" => 20,
+                "G" => 30,
+                _ => return Err(format!("`{s}` has an unknown unit; use K, M or G")),
+            };
+            n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+        })
+        .collect()
+}
