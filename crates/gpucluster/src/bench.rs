@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use transport::device::{self, Device, DeviceBuffer, DeviceKind, Event};
 use transport::{Address, Listener, Options, Path, Secret};
 
@@ -37,7 +37,10 @@ pub(crate) struct BenchConfig {
     pub(crate) peer_thread: bool,
 }
 
-#[derive(Debug, Serialize)]
+const D2D: &str = "device-to-device copy";
+const STAGED: &str = "pipelined host-staged copy, one process";
+
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Measurement {
     pub(crate) path: Path,
     pub(crate) bytes: usize,
@@ -46,14 +49,14 @@ pub(crate) struct Measurement {
     pub(crate) repeats: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Ceiling {
-    pub(crate) name: &'static str,
+    pub(crate) name: String,
     pub(crate) bytes: usize,
     pub(crate) gbps: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct BenchReport {
     pub(crate) device: String,
     pub(crate) peer_thread: bool,
@@ -127,11 +130,11 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     for &bytes in &config.sizes {
         bar.set_message(format!("ceiling d2d {bytes} B"));
         let gbps = ceiling_d2d(&*device, &a, &b, bytes, repeats_for(bytes, config.repeats))?;
-        report.ceilings.push(Ceiling { name: "device-to-device copy", bytes, gbps });
+        report.ceilings.push(Ceiling { name: D2D.into(), bytes, gbps });
         bar.inc(1);
         bar.set_message(format!("ceiling staged {bytes} B"));
         let gbps = ceiling_staged(&*device, &a, &b, bytes, config, repeats_for(bytes, config.repeats))?;
-        report.ceilings.push(Ceiling { name: "pipelined host-staged copy, one process", bytes, gbps });
+        report.ceilings.push(Ceiling { name: STAGED.into(), bytes, gbps });
         bar.inc(1);
     }
 
@@ -307,6 +310,15 @@ fn ceiling_staged(
     Ok(bytes as f64 / result? / 1e9)
 }
 
+/// Axis labels at powers of ten: `1 kB`, `10 MB`.
+fn decimal(v: f64) -> String {
+    let (scale, unit) = [(1e9, "GB"), (1e6, "MB"), (1e3, "kB"), (1.0, "B")]
+        .into_iter()
+        .find(|(s, _)| v >= *s * 0.999)
+        .unwrap_or((1.0, "B"));
+    format!("{:.0} {unit}", v / scale)
+}
+
 fn human(bytes: usize) -> String {
     match bytes {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
@@ -351,7 +363,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
                 None => row.extend(["-".to_owned(), "-".to_owned()]),
             }
         }
-        for name in ["device-to-device copy", "pipelined host-staged copy, one process"] {
+        for name in [D2D, STAGED] {
             let c = report.ceilings.iter().find(|c| c.name == name && c.bytes == bytes);
             row.push(c.map_or("-".into(), |c| format!("{:.2}", c.gbps)));
         }
@@ -404,7 +416,7 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
         .configure_mesh()
         .x_desc("message size (bytes)")
         .y_desc("GB/s")
-        .x_label_formatter(&|v| human(*v as usize))
+        .x_label_formatter(&|v| decimal(*v))
         .draw()
         .map_err(|e| draw(&e))?;
     let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
@@ -422,7 +434,7 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
             .collect();
         series.push((p.name().to_owned(), points, false));
     }
-    for name in ["device-to-device copy", "pipelined host-staged copy, one process"] {
+    for name in [D2D, STAGED] {
         let points = report
             .ceilings
             .iter()

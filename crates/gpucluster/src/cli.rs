@@ -84,6 +84,9 @@ struct BenchArgs {
     /// Also draw the results as an SVG plot.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Print (and plot) a report saved earlier with --json instead of measuring.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// A list of sizes as one argument (clap would otherwise take `Vec` as repeated values).
@@ -269,8 +272,14 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         peer_thread: args.peer_thread,
     };
-    let mut report = tokio::task::spawn_blocking(move || crate::bench::run(&config)).await??;
-    if first_mig {
+    let mut report = match &args.report {
+        Some(file) => {
+            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("{} is not a saved bench report", file.display()))?
+        }
+        None => tokio::task::spawn_blocking(move || crate::bench::run(&config)).await??,
+    };
+    if first_mig && args.report.is_none() {
         report
             .notes
             .push("cuda-ipc is not measured: the devices are MIG instances, and CUDA IPC does not cross them".into());

@@ -9,10 +9,10 @@
 //! | whole GPUs without P2P | `host-staged` | the peer copy would be staged by the driver anyway |
 
 use gpu_topology::{HostTopology, MigInstance, PhysicalGpu};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A transport path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Path {
     /// CUDA IPC handles opened by the peer; copies device to device (NVLink/P2P where two GPUs).
