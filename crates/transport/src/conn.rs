@@ -75,15 +75,6 @@ impl Default for Options {
 
 const HELLO: u32 = 0x4743_4c31; // "GCL1"
 
-fn io(call: &'static str) -> impl Fn(std::io::Error) -> TransportError {
-    move |error| match error.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe => {
-            TransportError::PeerGone(format!("during setup ({call}): {error}"))
-        }
-        _ => TransportError::Io { call, error },
-    }
-}
-
 fn same_user(stream: &UnixStream) -> Result<(), TransportError> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -98,7 +89,7 @@ fn same_user(stream: &UnixStream) -> Result<(), TransportError> {
         )
     };
     if r != 0 {
-        return Err(io("getsockopt SO_PEERCRED")(std::io::Error::last_os_error()));
+        return Err(TransportError::io("getsockopt SO_PEERCRED")(std::io::Error::last_os_error()));
     }
     // SAFETY: getuid cannot fail.
     let me = unsafe { libc::getuid() };
@@ -110,12 +101,12 @@ fn same_user(stream: &UnixStream) -> Result<(), TransportError> {
 
 fn put_u64s(stream: &mut UnixStream, words: &[u64]) -> Result<(), TransportError> {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    stream.write_all(&bytes).map_err(io("write setup"))
+    stream.write_all(&bytes).map_err(TransportError::io("write setup"))
 }
 
 fn get_u64s<const N: usize>(stream: &mut UnixStream) -> Result<[u64; N], TransportError> {
     let mut bytes = vec![0u8; N * 8];
-    stream.read_exact(&mut bytes).map_err(io("read setup"))?;
+    stream.read_exact(&mut bytes).map_err(TransportError::io("read setup"))?;
     let mut out = [0u64; N];
     for (i, w) in out.iter_mut().enumerate() {
         *w = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or_default());
@@ -128,9 +119,9 @@ fn get_u64s<const N: usize>(stream: &mut UnixStream) -> Result<[u64; N], Transpo
 fn probe_ipc(stream: &mut UnixStream, device: &Arc<dyn Device>) -> Result<Option<String>, TransportError> {
     let probe = DeviceBuffer::new(device, 4096)?;
     let (handle, _) = device.ipc_export(probe.ptr())?;
-    stream.write_all(&handle.0).map_err(io("send probe handle"))?;
+    stream.write_all(&handle.0).map_err(TransportError::io("send probe handle"))?;
     let mut theirs = [0u8; 64];
-    stream.read_exact(&mut theirs).map_err(io("read probe handle"))?;
+    stream.read_exact(&mut theirs).map_err(TransportError::io("read probe handle"))?;
     let mine = match device.ipc_open(&crate::device::IpcHandle(theirs)) {
         Ok(ptr) => {
             device.ipc_close(ptr);
@@ -140,10 +131,10 @@ fn probe_ipc(stream: &mut UnixStream, device: &Arc<dyn Device>) -> Result<Option
     };
     let report = mine.clone().unwrap_or_default();
     put_u64s(stream, &[u64::from(mine.is_none()), report.len() as u64])?;
-    stream.write_all(report.as_bytes()).map_err(io("send probe result"))?;
+    stream.write_all(report.as_bytes()).map_err(TransportError::io("send probe result"))?;
     let [ok, len] = get_u64s::<2>(stream)?;
     let mut text = vec![0u8; len.min(4096) as usize];
-    stream.read_exact(&mut text).map_err(io("read probe result"))?;
+    stream.read_exact(&mut text).map_err(TransportError::io("read probe result"))?;
     Ok(match (mine, ok == 1) {
         (None, true) => None,
         (Some(e), _) => Some(format!("opening the peer's IPC handle failed here ({e})")),
@@ -297,15 +288,16 @@ impl Listener {
         check_options(&options)?;
         let (socket, address) = match address {
             Address::Local(name) => {
-                let addr = UnixAddr::from_abstract_name(name.as_bytes()).map_err(io("abstract socket name"))?;
-                (Either::Local(UnixListener::bind_addr(&addr).map_err(io("bind"))?), address.clone())
+                let addr = UnixAddr::from_abstract_name(name.as_bytes())
+                    .map_err(TransportError::io("abstract socket name"))?;
+                (Either::Local(UnixListener::bind_addr(&addr).map_err(TransportError::io("bind"))?), address.clone())
             }
             Address::Tcp(addr) => {
                 if options.secret.is_none() {
                     return Err(TransportError::Authentication("a TCP listener needs the cluster's secret".into()));
                 }
-                let listener = TcpListener::bind(addr.as_str()).map_err(io("bind"))?;
-                let local: SocketAddr = listener.local_addr().map_err(io("getsockname"))?;
+                let listener = TcpListener::bind(addr.as_str()).map_err(TransportError::io("bind"))?;
+                let local: SocketAddr = listener.local_addr().map_err(TransportError::io("getsockname"))?;
                 (Either::Tcp(listener), Address::Tcp(local.to_string()))
             }
         };
@@ -324,7 +316,7 @@ impl Listener {
     pub fn accept_blocking(&self) -> Result<Connection, TransportError> {
         match &self.socket {
             Either::Local(listener) => {
-                let (mut stream, _) = listener.accept().map_err(io("accept"))?;
+                let (mut stream, _) = listener.accept().map_err(TransportError::io("accept"))?;
                 same_user(&stream)?;
                 let [magic, requested] = get_u64s::<2>(&mut stream)?;
                 if magic != u64::from(HELLO) {
@@ -338,7 +330,7 @@ impl Listener {
                 local_connection(stream, Arc::new(segment), geometry, 0, &self.device, path_from_wire(requested))
             }
             Either::Tcp(listener) => {
-                let (mut stream, _) = listener.accept().map_err(io("accept"))?;
+                let (mut stream, _) = listener.accept().map_err(TransportError::io("accept"))?;
                 let secret =
                     self.options.secret.as_ref().ok_or_else(|| TransportError::Authentication("no secret".into()))?;
                 tcp::authenticate_server(&mut stream, secret)?;
@@ -427,8 +419,9 @@ pub fn connect_blocking(
     check_options(options)?;
     match address {
         Address::Local(name) => {
-            let addr = UnixAddr::from_abstract_name(name.as_bytes()).map_err(io("abstract socket name"))?;
-            let mut stream = UnixStream::connect_addr(&addr).map_err(io("connect"))?;
+            let addr =
+                UnixAddr::from_abstract_name(name.as_bytes()).map_err(TransportError::io("abstract socket name"))?;
+            let mut stream = UnixStream::connect_addr(&addr).map_err(TransportError::io("connect"))?;
             same_user(&stream)?;
             put_u64s(&mut stream, &[u64::from(HELLO), path_to_wire(options.path)])?;
             let (fd, header) = shm::recv_fd(&stream, 16)?;
@@ -448,10 +441,10 @@ pub fn connect_blocking(
             })?;
             let target = addr
                 .to_socket_addrs()
-                .map_err(io("resolve"))?
+                .map_err(TransportError::io("resolve"))?
                 .next()
                 .ok_or_else(|| TransportError::Protocol(format!("`{addr}` resolves to no address")))?;
-            let mut stream = TcpStream::connect(target).map_err(io("connect"))?;
+            let mut stream = TcpStream::connect(target).map_err(TransportError::io("connect"))?;
             tcp::authenticate_client(&mut stream, secret)?;
             tcp_connection(stream, &device)
         }

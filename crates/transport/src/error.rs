@@ -49,6 +49,17 @@ pub enum TransportError {
 }
 
 impl TransportError {
+    /// Maps a socket error of `call`: the peer hanging up is [`TransportError::PeerGone`].
+    pub(crate) fn io(call: &'static str) -> impl Fn(std::io::Error) -> TransportError {
+        move |error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionAborted => TransportError::PeerGone(format!("{call}: {error}")),
+            _ => TransportError::Io { call, error },
+        }
+    }
+
     pub(crate) fn poisoned() -> Self {
         TransportError::Protocol("an earlier failure left the connection unusable".into())
     }

@@ -104,48 +104,38 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], TransportError> 
     Ok(out)
 }
 
-fn io(call: &'static str) -> impl Fn(std::io::Error) -> TransportError {
-    move |error| match error.kind() {
-        std::io::ErrorKind::UnexpectedEof
-        | std::io::ErrorKind::ConnectionReset
-        | std::io::ErrorKind::BrokenPipe
-        | std::io::ErrorKind::ConnectionAborted => TransportError::PeerGone(format!("{call}: {error}")),
-        _ => TransportError::Io { call, error },
-    }
-}
-
 /// The listener's half of the handshake.
 pub(crate) fn authenticate_server(stream: &mut TcpStream, secret: &Secret) -> Result<(), TransportError> {
     let ours = random_bytes::<NONCE>()?;
-    stream.write_all(&ours).map_err(io("send challenge"))?;
+    stream.write_all(&ours).map_err(TransportError::io("send challenge"))?;
     let mut answer = [0u8; NONCE + TAG_BYTES];
-    stream.read_exact(&mut answer).map_err(io("read challenge answer"))?;
+    stream.read_exact(&mut answer).map_err(TransportError::io("read challenge answer"))?;
     let (theirs, tag) = answer.split_at(NONCE);
     secret
         .mac(b"gpucluster client", &ours, theirs)
         .verify_slice(tag)
         .map_err(|_| TransportError::Authentication("the peer does not hold the cluster's secret".into()))?;
     let proof = secret.mac(b"gpucluster server", theirs, &ours).finalize().into_bytes();
-    stream.write_all(&proof).map_err(io("send proof"))?;
+    stream.write_all(&proof).map_err(TransportError::io("send proof"))?;
     Ok(())
 }
 
 /// The connector's half of the handshake.
 pub(crate) fn authenticate_client(stream: &mut TcpStream, secret: &Secret) -> Result<(), TransportError> {
     let mut challenge = [0u8; NONCE];
-    stream.read_exact(&mut challenge).map_err(io("read challenge"))?;
+    stream.read_exact(&mut challenge).map_err(TransportError::io("read challenge"))?;
     let ours = random_bytes::<NONCE>()?;
     let tag = secret.mac(b"gpucluster client", &challenge, &ours).finalize().into_bytes();
     let mut answer = Vec::with_capacity(NONCE + TAG_BYTES);
     answer.extend_from_slice(&ours);
     answer.extend_from_slice(&tag);
-    stream.write_all(&answer).map_err(io("answer challenge"))?;
+    stream.write_all(&answer).map_err(TransportError::io("answer challenge"))?;
     let mut proof = [0u8; TAG_BYTES];
     stream.read_exact(&mut proof).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
             TransportError::Authentication("the peer refused our proof: we do not hold its cluster secret".into())
         }
-        _ => io("read proof")(e),
+        _ => TransportError::io("read proof")(e),
     })?;
     secret
         .mac(b"gpucluster server", &ours, &challenge)
@@ -210,8 +200,8 @@ pub(crate) struct TcpReceiver {
 }
 
 pub(crate) fn halves(socket: TcpStream, device: &Arc<dyn Device>) -> Result<(TcpSender, TcpReceiver), TransportError> {
-    socket.set_nodelay(true).map_err(io("setsockopt TCP_NODELAY"))?;
-    let reader = socket.try_clone().map_err(io("dup socket"))?;
+    socket.set_nodelay(true).map_err(TransportError::io("setsockopt TCP_NODELAY"))?;
+    let reader = socket.try_clone().map_err(TransportError::io("dup socket"))?;
     Ok((
         TcpSender { socket, staging: Staging::new(device)? },
         TcpReceiver { socket: reader, staging: Staging::new(device)? },
@@ -224,7 +214,7 @@ impl TcpSender {
         header[..4].copy_from_slice(&MAGIC.to_le_bytes());
         header[8..16].copy_from_slice(&tag.to_le_bytes());
         header[16..24].copy_from_slice(&(len as u64).to_le_bytes());
-        self.socket.write_all(&header).map_err(io("send header"))?;
+        self.socket.write_all(&header).map_err(TransportError::io("send header"))?;
         let chunks = len.div_ceil(CHUNK);
         let size = |k: usize| CHUNK.min(len - k * CHUNK);
         let st = &mut self.staging;
@@ -246,7 +236,7 @@ impl TcpSender {
             st.settle(k)?;
             // SAFETY: the copy into slot `k` has finished; `size(k)` bytes are valid.
             let bytes = unsafe { std::slice::from_raw_parts(st.slot(k), size(k)) };
-            self.socket.write_all(bytes).map_err(io("send data"))?;
+            self.socket.write_all(bytes).map_err(TransportError::io("send data"))?;
         }
         Ok(())
     }
@@ -255,7 +245,7 @@ impl TcpSender {
 impl TcpReceiver {
     pub(crate) fn recv(&mut self, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
         let mut header = [0u8; 24];
-        self.socket.read_exact(&mut header).map_err(io("read header"))?;
+        self.socket.read_exact(&mut header).map_err(TransportError::io("read header"))?;
         let word = |r: std::ops::Range<usize>| header[r].iter().rev().fold(0u64, |a, &b| a << 8 | u64::from(b));
         if word(0..4) as u32 != MAGIC {
             return Err(TransportError::Protocol("a TCP frame does not start with gpucluster's magic".into()));
@@ -271,7 +261,7 @@ impl TcpReceiver {
             st.settle(k)?;
             // SAFETY: the slot's last copy has finished, so it is ours to fill.
             let slot = unsafe { std::slice::from_raw_parts_mut(st.slot(k), size) };
-            self.socket.read_exact(slot).map_err(io("read data"))?;
+            self.socket.read_exact(slot).map_err(TransportError::io("read data"))?;
             // SAFETY: the slot stays untouched until `settle` sees this copy finish.
             unsafe { st.stream.h2d(dst + (k * CHUNK) as u64, st.slot(k), size)? };
             st.stream.record(&*st.events[k % SLOTS])?;
