@@ -82,6 +82,9 @@ pub struct PlanRequest {
     pub memory_tolerance_pct: f64,
     /// Device memory limit per worker, in Dask-CUDA's grammar (`default` = 80 %).
     pub device_memory_limit: String,
+    /// Workers sharing each device (a whole GPU or a MIG instance); the memory limit is split
+    /// between them.
+    pub workers_per_device: u32,
 }
 
 impl Default for PlanRequest {
@@ -91,6 +94,7 @@ impl Default for PlanRequest {
             policy: Policy::Strict,
             memory_tolerance_pct: DEFAULT_MEMORY_TOLERANCE_PCT,
             device_memory_limit: "default".to_owned(),
+            workers_per_device: 1,
         }
     }
 }
@@ -116,7 +120,8 @@ pub enum DeviceKind {
 /// would dominate their cost. The JSON form carries both as `env` and `resources`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerPlan {
-    /// Unique across hosts: `<host>-gpu<index>` or `<host>-gpu<index>-mig<slot>`.
+    /// Unique across hosts: `<host>-gpu<index>` or `<host>-gpu<index>-mig<slot>`, with `-w<k>`
+    /// when several workers share a device.
     pub name: String,
     /// The host it runs on.
     pub host: String,
@@ -132,7 +137,8 @@ pub struct WorkerPlan {
     pub profile: Option<String>,
     /// Memory of the worker's own device.
     pub device_memory_bytes: Option<u64>,
-    /// The device memory limit (Dask-CUDA's spilling threshold); `None` for no limit.
+    /// The device memory limit (Dask-CUDA's spilling threshold), this worker's share of its
+    /// device; `None` for no limit.
     pub device_memory_limit_bytes: Option<u64>,
     /// SMs of the worker's own device.
     pub sm_count: Option<u32>,
@@ -279,6 +285,9 @@ pub enum PlanError {
     /// `--device-memory-limit` cannot be applied.
     #[error("--device-memory-limit: {0}")]
     MemoryLimit(MemoryError),
+    /// `--workers-per-device` out of range.
+    #[error("--workers-per-device {0} is out of range: give 1 to 64")]
+    WorkersPerDevice(u32),
     /// `--memory-tolerance` out of range.
     #[error("--memory-tolerance {0} is out of range: give a percentage from 0 to 100")]
     Tolerance(f64),
@@ -364,6 +373,9 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
         return Err(PlanError::Tolerance(request.memory_tolerance_pct));
     }
     memory::validate(&request.device_memory_limit).map_err(PlanError::MemoryLimit)?;
+    if !(1..=64).contains(&request.workers_per_device) {
+        return Err(PlanError::WorkersPerDevice(request.workers_per_device));
+    }
     let (defaults, mut excluded) = compute_devices(snapshot);
     let (selected, explicit) = match &request.devices {
         None => (defaults, false),
@@ -465,10 +477,23 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
             neighbours.whole_gpus.entry(d.host).or_default().push(d.ids(snapshot).0.to_string());
         }
     }
-    let workers = kept
-        .iter()
-        .map(|&(d, class)| worker(snapshot, d, &neighbours, &classes[class], request))
-        .collect::<Result<Vec<_>, _>>()?;
+    let per_device = request.workers_per_device as usize;
+    let mut workers = Vec::with_capacity(kept.len() * per_device);
+    for &(d, class) in &kept {
+        let w = worker(snapshot, d, &neighbours, &classes[class], request)?;
+        if per_device == 1 {
+            workers.push(w);
+            continue;
+        }
+        for k in 0..per_device {
+            workers.push(WorkerPlan {
+                name: format!("{}-w{k}", w.name),
+                device_memory_limit_bytes: w.device_memory_limit_bytes.map(|l| l / per_device as u64),
+                shares_gpu: true,
+                ..w.clone()
+            });
+        }
+    }
     Ok(Plan { policy: request.policy, workers, excluded, classes, findings })
 }
 

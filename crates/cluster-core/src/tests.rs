@@ -358,3 +358,16 @@ fn doctor_finds_what_is_wrong() {
     let clean = doctor(&machine("hgx-h100"), &PlanRequest::default(), &Environment::default());
     assert!(clean.is_empty(), "{clean:?}");
 }
+
+#[test]
+fn several_workers_share_a_device_and_its_memory_limit() {
+    let m = machine("h100");
+    let r = PlanRequest { workers_per_device: 2, device_memory_limit: "auto".into(), ..PlanRequest::default() };
+    let p = plan(&m, &r).expect("plan");
+    assert_eq!(p.workers.iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), vec!["h100-gpu0-w0", "h100-gpu0-w1"]);
+    let total = 81559u64 << 20;
+    assert!(p.workers.iter().all(|w| w.device_memory_limit_bytes == Some(total / 2)));
+    assert_eq!(p.workers[0].device_uuid, p.workers[1].device_uuid);
+    let err = plan(&m, &PlanRequest { workers_per_device: 0, ..PlanRequest::default() }).expect_err("zero");
+    assert!(err.to_string().contains("1 to 64"), "{err}");
+}

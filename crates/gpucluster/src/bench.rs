@@ -319,7 +319,7 @@ fn decimal(v: f64) -> String {
     format!("{:.0} {unit}", v / scale)
 }
 
-fn human(bytes: usize) -> String {
+pub(crate) fn human(bytes: usize) -> String {
     match bytes {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
         b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),

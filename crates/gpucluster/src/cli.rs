@@ -38,15 +38,39 @@ enum Command {
     Plan(PlanArgs),
     /// Check the machine, the environment and the plan; exit 0 if clean, 1 on warnings, 2 on errors.
     Doctor(SelectionArgs),
+    /// Launch one worker per planned device and supervise them; without a command, run the
+    /// built-in worker (device check, transfers to its peers) and print the cluster's matrix.
+    Up(UpArgs),
     /// Measure the transport.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The built-in worker of `up` (started by gpucluster itself).
+    #[command(hide = true)]
+    Worker,
     /// The peer worker of `bench transport` (started by gpucluster itself).
     #[command(hide = true)]
     TransportPeer {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Restart workers that fail (never, on-failure).
+    #[arg(long, default_value = "never", value_parser = ["never", "on-failure"], value_name = "WHEN")]
+    restart: String,
+    /// Most restarts per worker with --restart on-failure.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    max_restarts: u32,
+    /// Seconds workers get to stop after SIGINT or SIGTERM before they are killed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    grace: f64,
+    /// The command to run per worker instead of the built-in worker (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +163,9 @@ pub(crate) struct SelectionArgs {
     /// 10GB; computed from each worker's own device.
     #[arg(long, default_value = "default", value_name = "X")]
     device_memory_limit: String,
+    /// Workers per device (a whole GPU or a MIG instance); they split its memory limit.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    workers_per_device: u32,
     /// Plan across hosts: the `gpucluster list --json` of each host (repeatable); replaces --topology.
     #[arg(long, value_name = "FILE")]
     inventory: Vec<PathBuf>,
@@ -159,6 +186,7 @@ impl SelectionArgs {
             policy: self.policy,
             memory_tolerance_pct: self.memory_tolerance,
             device_memory_limit: self.device_memory_limit.clone(),
+            workers_per_device: self.workers_per_device,
         }
     }
 
@@ -226,6 +254,22 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             doctor::report(&findings, out)
         }
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
+        Command::Up(args) => {
+            crate::up::run(
+                &spec,
+                args.selection.snapshot(&spec).await?,
+                &args.selection,
+                crate::up::Options {
+                    restart: args.restart == "on-failure",
+                    max_restarts: args.max_restarts,
+                    grace: args.grace,
+                    command: args.command,
+                },
+                out,
+            )
+            .await
+        }
+        Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
             tokio::task::spawn_blocking(move || transport::peer::run(&parsed)).await??;

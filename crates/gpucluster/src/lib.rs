@@ -11,6 +11,7 @@ mod doctor;
 mod list;
 mod plan;
 mod table;
+mod up;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mut out = std::io::stdout().lock();
+    // Not locked for the whole run: `up` forwards workers' output to stdout from its tasks.
+    let mut out = std::io::stdout();
     let mut err = std::io::stderr().lock();
     let status = gpucluster::run(std::env::args_os(), &mut out, &mut err);
     // A closed pipe (`gpucluster list | head`) is not worth a second error.

@@ -15,9 +15,9 @@ use crate::table::Table;
 /// The path between two workers (or, across hosts, between all workers of two hosts).
 #[derive(Debug, Serialize)]
 pub(crate) struct PathEntry {
-    from: String,
-    to: String,
-    path: Path,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) path: Path,
     rule: PathRule,
     reason: String,
 }
@@ -41,6 +41,10 @@ fn endpoint<'s>(hosts: &HashMap<&str, &'s HostTopology>, w: &WorkerPlan) -> Opti
 }
 
 impl<'p> PlanOutput<'p> {
+    pub(crate) fn paths(&self) -> &[PathEntry] {
+        &self.paths
+    }
+
     /// Paths for every pair of workers on one host, and one entry per pair of hosts (every
     /// pair of workers on two hosts takes the same path, and listing each would be quadratic in
     /// the cluster's size).

@@ -2,7 +2,26 @@
 //!
 //! This crate owns process lifetimes: starting workers with their plan's environment, prefixing
 //! and collecting their output, forwarding signals, restarting on failure, and making sure no
-//! worker outlives the launcher. It decides nothing about devices (that is `cluster-core`'s plan)
-//! and moves no data itself (workers use `transport`).
-//!
-//! The crate is filled by the launcher issue (`gpucluster up`, `gpucluster dask ...`).
+//! worker outlives the launcher ([`supervise`]). It turns a `cluster_core::Plan` into processes
+//! (the built-in acceptance-test worker, a user's command, or Dask workers) and hosts the
+//! rendezvous through which workers find their peers. It decides nothing about devices (that is
+//! `cluster-core`'s plan) and moves no data itself (workers use `transport`).
+
+pub mod builtin;
+mod supervise;
+mod up;
+
+pub use supervise::{Exit, Outcome, ProcessSpec, Restart, Sink, Supervision, supervise};
+pub use up::{Job, Memory, UpReport, pairs_to_measure, up};
+
+/// What can go wrong launching workers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LauncherError {
+    /// Signal handlers could not be installed.
+    #[error("cannot watch for SIGINT and SIGTERM: {0}")]
+    Signals(std::io::Error),
+    /// The rendezvous or a secret could not be set up.
+    #[error("{0}")]
+    Transport(transport::TransportError),
+}

@@ -12,6 +12,7 @@ pub mod device;
 mod error;
 mod path;
 pub mod peer;
+pub mod rendezvous;
 mod ring;
 pub mod shm;
 mod tcp;

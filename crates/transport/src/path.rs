@@ -44,7 +44,7 @@ pub enum PathRule {
     MigSameGpu,
     /// At least one end is a MIG instance, and they are on different GPUs.
     Mig,
-    /// Both ends share one whole GPU.
+    /// Both ends share one device: a whole GPU, or one MIG instance.
     SameGpu,
     /// Two whole GPUs with peer access over NVLink.
     NvLink,
@@ -97,6 +97,11 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
     }
     let same_gpu = a.gpu.uuid == b.gpu.uuid;
     match (a.mig, b.mig) {
+        (Some(x), Some(y)) if x.uuid == y.uuid => choice(
+            Path::CudaIpc,
+            PathRule::SameGpu,
+            format!("both use MIG instance {}: CUDA IPC works within one instance", x.uuid),
+        ),
         (Some(_), Some(_)) if same_gpu => choice(
             Path::HostStaged,
             PathRule::MigSameGpu,
@@ -212,6 +217,8 @@ mod tests {
     #[test]
     fn mig_instances_are_host_staged_even_on_one_gpu_or_nvlinked_gpus() {
         let h = host("dgx-a100");
+        let shared = choose_path(mig(&h, 0, 0), mig(&h, 0, 0));
+        assert_eq!((shared.path, shared.rule), (Path::CudaIpc, PathRule::SameGpu));
         let same = choose_path(mig(&h, 0, 0), mig(&h, 0, 1));
         assert_eq!((same.path, same.rule), (Path::HostStaged, PathRule::MigSameGpu));
         let across = choose_path(mig(&h, 0, 0), mig(&h, 3, 2));

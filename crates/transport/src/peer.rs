@@ -151,7 +151,11 @@ pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportE
     }
 }
 
-fn echo(conn: &Connection, device: &Arc<dyn Device>, max: usize) -> Result<(), TransportError> {
+/// Echoes messages on `conn` (see [`Role::Echo`]) until the other side closes.
+///
+/// # Errors
+/// A transfer failed for another reason than the peer closing.
+pub fn echo(conn: &Connection, device: &Arc<dyn Device>, max: usize) -> Result<(), TransportError> {
     let buf = DeviceBuffer::new(device, max)?;
     loop {
         match conn.recv_blocking(&buf) {

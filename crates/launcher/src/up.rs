@@ -1,0 +1,188 @@
+//! `up`: one process per planned worker, with its plan's environment and the cluster's
+//! rendezvous, running either the built-in worker or the user's command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::time::{Duration, Instant};
+
+use cluster_core::{DeviceKind as WorkerKind, WorkerPlan};
+use transport::Path;
+use transport::rendezvous::RendezvousServer;
+
+use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
+use crate::{LauncherError, Outcome, ProcessSpec, Sink, Supervision, supervise};
+
+/// Which device memory the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// Real GPUs through CUDA.
+    Cuda,
+    /// Simulated memory (MIG workers get simulated MIG instances, where IPC does not open).
+    Simulated,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The planned workers, in rank order.
+    pub workers: Vec<WorkerPlan>,
+    /// The planned path between two workers, by name (either order).
+    pub paths: HashMap<(String, String), Path>,
+    /// Device memory for the built-in worker.
+    pub memory: Memory,
+    /// The user's command and arguments; `None` runs the built-in worker.
+    pub command: Option<Vec<OsString>>,
+    /// The program that runs the built-in worker (`gpucluster`, with `worker` as argument).
+    pub program: OsString,
+    /// Supervision.
+    pub supervision: Supervision,
+}
+
+/// How a job went.
+#[derive(Debug)]
+pub struct UpReport {
+    /// Worker names by rank.
+    pub names: Vec<String>,
+    /// How each process ended.
+    pub outcomes: Vec<Outcome>,
+    /// Device checks of the built-in workers.
+    pub checks: Vec<DeviceCheck>,
+    /// Measured pairs.
+    pub pairs: Vec<PairResult>,
+    /// Failures the built-in workers reported.
+    pub failures: Vec<String>,
+    /// From the start until every worker had joined the rendezvous (built-in workers join).
+    pub ready_after: Option<Duration>,
+    /// From the start until every process had ended.
+    pub total: Duration,
+}
+
+impl UpReport {
+    /// Whether every process ended well and every planned pair was measured.
+    pub fn success(&self, expected_pairs: usize) -> bool {
+        self.outcomes.iter().all(|o| o.exit.success()) && self.failures.is_empty() && self.pairs.len() >= expected_pairs
+    }
+}
+
+/// The pairs the built-in workers measure: all of them for up to 8 workers, else a ring.
+pub fn pairs_to_measure(world: usize) -> Vec<(usize, usize)> {
+    if world <= 8 {
+        (0..world).flat_map(|a| (a + 1..world).map(move |b| (a, b))).collect()
+    } else {
+        (0..world).map(|a| (a, (a + 1) % world)).collect()
+    }
+}
+
+/// Starts the workers and supervises them to the end.
+///
+/// # Errors
+/// The rendezvous or the signal handlers cannot be set up.
+pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
+    let started = Instant::now();
+    let world = job.workers.len();
+    let names: Vec<String> = job.workers.iter().map(|w| w.name.clone()).collect();
+    let simulated = job.memory == Memory::Simulated;
+    let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(world)
+        .into_iter()
+        .map(|(a, b)| {
+            let path = job
+                .paths
+                .get(&(names[a].clone(), names[b].clone()))
+                .or_else(|| job.paths.get(&(names[b].clone(), names[a].clone())))
+                .copied()
+                .unwrap_or(Path::HostStaged);
+            (a, b, path)
+        })
+        .collect();
+    let expected_pairs = if job.command.is_none() { pairs.len() } else { 0 };
+    let assignment = Assignment {
+        names: names.clone(),
+        pairs,
+        bytes: if simulated { 1 << 20 } else { 64 << 20 },
+        messages: if simulated { 4 } else { 16 },
+        round_trips: if simulated { 20 } else { 200 },
+    };
+    let secret = transport::Secret::random().map_err(LauncherError::Transport)?;
+    let extra = serde_json::to_value(&assignment).unwrap_or_default();
+    let server =
+        RendezvousServer::start("127.0.0.1:0", secret.clone(), world, extra).map_err(LauncherError::Transport)?;
+    let job_id = format!("{}-{}", std::process::id(), started.elapsed().as_nanos() % 1_000_000);
+
+    let specs: Vec<ProcessSpec> = job
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(rank, w)| {
+            let mut env: BTreeMap<String, String> = w.env();
+            env.insert("GPUCLUSTER_RANK".into(), rank.to_string());
+            env.insert("GPUCLUSTER_WORLD_SIZE".into(), world.to_string());
+            env.insert("GPUCLUSTER_RENDEZVOUS".into(), server.address().to_owned());
+            env.insert("GPUCLUSTER_SECRET".into(), secret.to_hex());
+            env.insert("GPUCLUSTER_JOB".into(), job_id.clone());
+            env.insert(
+                "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
+                w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
+            );
+            let device = match (job.memory, w.kind) {
+                (Memory::Cuda, _) => "cuda",
+                (Memory::Simulated, WorkerKind::Mig) => "sim-mig",
+                (Memory::Simulated, WorkerKind::Gpu) => "sim",
+            };
+            env.insert("GPUCLUSTER_DEVICE".into(), device.into());
+            let (program, args) = match &job.command {
+                Some(cmd) => (cmd[0].clone(), cmd[1..].to_vec()),
+                None => (job.program.clone(), vec![OsString::from("worker")]),
+            };
+            ProcessSpec { name: w.name.clone(), program, args, env, cpu_affinity: w.cpu_affinity.clone() }
+        })
+        .collect();
+
+    let ready = {
+        let joined = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let flag = joined.clone();
+        let probe = std::sync::Arc::new(server);
+        let watcher = probe.clone();
+        let task = tokio::spawn(async move {
+            while watcher.joined() < world {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            flag.store(started.elapsed().as_micros() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+        });
+        (joined, probe, task)
+    };
+    let outcomes = supervise(specs, &job.supervision, sink).await?;
+    let (joined, server, task) = ready;
+    task.abort();
+    // Reports travel on their own connections; give the last ones a moment to land.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    let wanted =
+        |s: &RendezvousServer| s.reports().len() >= if job.command.is_none() { world + expected_pairs } else { 0 };
+    while !wanted(&server) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut checks = Vec::new();
+    let mut measured = Vec::new();
+    let mut failures: Vec<String> = server.errors();
+    for r in server.reports() {
+        match serde_json::from_value::<Report>(r) {
+            Ok(Report::Device(c)) => checks.push(c),
+            Ok(Report::Pair(p)) => measured.push(p),
+            Ok(Report::Failed { rank, error }) => {
+                failures.push(format!("{}: {error}", names.get(rank).cloned().unwrap_or_default()))
+            }
+            Err(e) => failures.push(format!("an unreadable report: {e}")),
+        }
+    }
+    checks.sort_by_key(|c| c.rank);
+    measured.sort_by_key(|p| (p.from, p.to));
+    let micros = joined.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(UpReport {
+        names,
+        outcomes,
+        checks,
+        pairs: measured,
+        failures,
+        ready_after: (micros > 0).then(|| Duration::from_micros(micros - 1)),
+        total: started.elapsed(),
+    })
+}
