@@ -4,7 +4,9 @@
 //!   `tests/scenarios/` and diffs its output against the golden `expected.txt`; `--bless`
 //!   rewrites the golden files instead.
 //! - `ci`: exactly what CI runs: fmt, clippy (warnings as errors, with and without default
-//!   features), tests, simulate, docs.
+//!   features), tests (with the Dask environment, required), simulate, docs.
+//! - `dask-env`: a Python virtual environment with the pinned Dask of
+//!   `tests/dask-requirements.txt` in `target/dask-venv`, for the Dask end-to-end tests.
 //! - `gpu-bundle`: release binaries for the GPU machine, copied into `.gpu-bundle/` (git-ignored)
 //!   so the device tool can carry them.
 //!
@@ -30,9 +32,10 @@ fn main() -> anyhow::Result<()> {
             simulate(bless, &only)
         }
         "ci" => ci(),
+        "dask-env" => dask_env().map(|_| ()),
         "gpu-bundle" => gpu_bundle(),
         _ => {
-            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | gpu-bundle>");
+            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | dask-env | gpu-bundle>");
             if task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
         }
     }
@@ -72,6 +75,31 @@ fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
     scenarios::run_all(&binary, &root().join("tests").join("scenarios"), bless, only)
 }
 
+/// A Python virtual environment with the pinned Dask of `tests/dask-requirements.txt`, in
+/// `target/dask-venv`, made once; returns its interpreter.
+fn dask_env() -> anyhow::Result<PathBuf> {
+    let venv = root().join("target").join("dask-venv");
+    let python = venv.join("bin").join("python");
+    let requirements = root().join("tests").join("dask-requirements.txt");
+    let stamp = venv.join("requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements).context("reading tests/dask-requirements.txt")?;
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(python);
+    }
+    step("create the Dask environment", {
+        let mut c = Command::new("python3");
+        c.args(["-m", "venv", "--clear"]).arg(&venv);
+        c
+    })?;
+    step("install Dask", {
+        let mut c = Command::new(&python);
+        c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
+        c
+    })?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(python)
+}
+
 fn ci() -> anyhow::Result<()> {
     let run = |name: &str, args: &[&str], env: &[(&str, &str)]| {
         let mut c = cargo();
@@ -89,7 +117,13 @@ fn ci() -> anyhow::Result<()> {
         &["clippy", "--workspace", "--all-targets", "--no-default-features", "--", "-D", "warnings"],
         &deny,
     )?;
-    run("test", &["test", "--workspace"], &deny)?;
+    let python = dask_env()?;
+    let python = python.to_string_lossy().into_owned();
+    run(
+        "test",
+        &["test", "--workspace"],
+        &[deny[0], ("GPUCLUSTER_TEST_PYTHON", python.as_str()), ("GPUCLUSTER_REQUIRE_DASK", "1")],
+    )?;
     simulate(false, &[])?;
     run("doc", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings"), deny[0]])?;
     println!("==> ci passed");
@@ -137,6 +171,7 @@ fn gpu_bundle() -> anyhow::Result<()> {
         .find_map(|l| l.split("\"executable\":\"").nth(1).and_then(|rest| rest.split('"').next()))
         .context("cargo did not report the test binary")?;
     std::fs::copy(executable, bundle.join("transport-protocols")).context("copying the test binary")?;
+    std::fs::copy(root().join("tests").join("gpu").join("dask_local_check.py"), bundle.join("dask_local_check.py"))?;
     let anchors = root().join("..").join("shared").join("tools").join("anchors");
     if anchors.is_dir() {
         std::fs::create_dir_all(bundle.join("anchors"))?;

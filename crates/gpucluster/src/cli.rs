@@ -41,6 +41,9 @@ enum Command {
     /// Launch one worker per planned device and supervise them; without a command, run the
     /// built-in worker (device check, transfers to its peers) and print the cluster's matrix.
     Up(UpArgs),
+    /// The planned workers as Dask workers.
+    #[command(subcommand)]
+    Dask(DaskCommand),
     /// Measure the transport.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -71,6 +74,14 @@ struct UpArgs {
     /// The command to run per worker instead of the built-in worker (after `--`).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+enum DaskCommand {
+    /// A Dask scheduler and one Dask worker per planned device on this host, until stopped.
+    Local(crate::dask::DaskArgs),
+    /// This host's workers for an existing scheduler (each host names its own MIG devices).
+    Worker(crate::dask::DaskWorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,6 +279,10 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
                 out,
             )
             .await
+        }
+        Command::Dask(DaskCommand::Local(args)) => crate::dask::run(&spec, args, None, out).await,
+        Command::Dask(DaskCommand::Worker(args)) => {
+            crate::dask::run(&spec, args.common, Some(args.scheduler_file), out).await
         }
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cli;
+mod dask;
 mod doctor;
 mod list;
 mod plan;

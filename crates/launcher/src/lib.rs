@@ -8,6 +8,7 @@
 //! `cluster-core`'s plan) and moves no data itself (workers use `transport`).
 
 pub mod builtin;
+pub mod dask;
 mod supervise;
 mod up;
 
@@ -21,6 +22,9 @@ pub enum LauncherError {
     /// Signal handlers could not be installed.
     #[error("cannot watch for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
+    /// Dask is missing or misconfigured.
+    #[error("{0}")]
+    Dask(String),
     /// The rendezvous or a secret could not be set up.
     #[error("{0}")]
     Transport(transport::TransportError),

@@ -166,8 +166,11 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: R, name: String, sink:
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
+            // One write per line, so lines of different workers never interleave.
+            let text = format!("[{name}] {line}\n");
             if let Ok(mut out) = sink.lock() {
-                let _ = writeln!(out, "[{name}] {line}");
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
             }
         }
     });

@@ -1,0 +1,238 @@
+//! Dask end to end, with a real Dask: two simulated hosts with different MIG layouts (on two
+//! loopback addresses) join one scheduler through `gpucluster dask worker --scheduler-file`; a
+//! client checks that every worker sees exactly its own MIG device, its memory limits and its
+//! resources; a killed worker comes back; SIGTERM to the launchers leaves no process behind.
+//! `gpucluster dask local` gets the same checks on one host.
+//!
+//! The Python environment comes from `cargo xtask dask-env` (`target/dask-venv`, pinned Dask),
+//! which `cargo xtask ci` runs first and then requires with `GPUCLUSTER_REQUIRE_DASK=1`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn python() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dask-venv/bin/python");
+    let found = std::env::var_os("GPUCLUSTER_TEST_PYTHON").map(PathBuf::from).or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(
+            std::env::var("GPUCLUSTER_REQUIRE_DASK").is_err(),
+            "no Python with Dask: run `cargo xtask dask-env` (CI does)"
+        );
+        eprintln!("no Python with Dask here; run `cargo xtask dask-env` to run these tests");
+    }
+    found
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child's process group and the child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gpucluster-dask-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch");
+    dir
+}
+
+fn gpucluster(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gpucluster"));
+    c.args(args).env_remove("CUDA_VISIBLE_DEVICES").env_remove("GPUCLUSTER_TOPOLOGY");
+    c
+}
+
+/// The plan's worker names and device UUIDs for a topology, from `plan --json`.
+fn planned(topology: &str) -> Vec<(String, String)> {
+    let out = gpucluster(&["--topology", topology, "plan", "--json"]).output().expect("plan");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
+    v["workers"]
+        .as_array()
+        .expect("workers")
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap_or("").to_owned(), w["device_uuid"].as_str().unwrap_or("").to_owned()))
+        .collect()
+}
+
+const CHECK: &str = r#"
+import json, os, sys, time
+from distributed import Client
+c = Client(scheduler_file=sys.argv[1], timeout=30)
+c.wait_for_workers(int(sys.argv[2]), timeout=60)
+env = c.run(lambda: {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "GPUCLUSTER_DEVICE_MEMORY_LIMIT", "UCX_TLS")})
+info = c.scheduler_info(n_workers=-1)["workers"]
+print(json.dumps({a: {"name": w["name"], "resources": w["resources"], "memory_limit": w["memory_limit"], "host": w["host"], "env": env[a]} for a, w in info.items()}))
+"#;
+
+fn check(python: &Path, scheduler_file: &Path, expected: usize) -> serde_json::Value {
+    let out = Command::new(python)
+        .args(["-c", CHECK, &scheduler_file.display().to_string(), &expected.to_string()])
+        .output()
+        .expect("client");
+    assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("client json")
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle).then_some(pid)
+        })
+        .collect()
+}
+
+const HOST_A: &str = "hostname = \"node-a\"\n[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"3x2g.20gb\"]\n";
+const HOST_B: &str = "hostname = \"node-b\"\n[[gpu]]\nproduct = \"A100-80GB\"\nmig = [\"2x3g.40gb\"]\n";
+
+#[test]
+fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
+    let Some(python) = python() else { return };
+    let dir = scratch("hosts");
+    let scheduler_file = dir.join("scheduler.json");
+    let (a, b) = (dir.join("node-a.toml"), dir.join("node-b.toml"));
+    std::fs::write(&a, HOST_A).expect("write");
+    std::fs::write(&b, HOST_B).expect("write");
+    let scheduler = Proc(
+        Command::new(&python)
+            .args(["-m", "dask", "scheduler", "--scheduler-file", &scheduler_file.display().to_string()])
+            .args(["--host", "127.0.0.1", "--port", "0", "--no-dashboard"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("scheduler"),
+    );
+    wait_until("the scheduler file", Duration::from_secs(30), || scheduler_file.exists());
+    let start = |topology: &Path, host: &str| {
+        let mut c = gpucluster(&["--topology", &format!("file:{}", topology.display()), "dask", "worker"]);
+        c.args(["--scheduler-file", &scheduler_file.display().to_string(), "--host", host, "--grace", "5"]);
+        c.arg("--python").arg(&python).stdout(Stdio::null()).stderr(Stdio::null());
+        Proc(c.spawn().expect("launcher"))
+    };
+    let mut launcher_a = start(&a, "127.0.0.2");
+    let mut launcher_b = start(&b, "127.0.0.3");
+    let workers = check(&python, &scheduler_file, 5);
+    let plan_a = planned(&format!("file:{}", a.display()));
+    let plan_b = planned(&format!("file:{}", b.display()));
+    assert_eq!(workers.as_object().map(|o| o.len()), Some(5));
+    for (name, uuid) in plan_a.iter().chain(&plan_b) {
+        let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
+        assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str(), "{name} sees exactly its own MIG device");
+        assert_eq!(w["env"]["UCX_TLS"], "^cuda_ipc");
+        assert_eq!(w["resources"]["GPU"], 1.0);
+        let expected_host = if name.starts_with("node-a") { "127.0.0.2" } else { "127.0.0.3" };
+        assert_eq!(w["host"], expected_host);
+        assert!(w["memory_limit"].as_u64().is_some_and(|m| m > 0));
+        assert!(w["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"].as_str().is_some_and(|m| m.parse::<u64>().is_ok()));
+    }
+    // The 3g.40gb worker's limit is 80 % of its own 39.25 GiB, not of the parent GPU.
+    let big = workers.as_object().expect("map").values().find(|w| w["name"] == "node-b-gpu0-mig0").expect("3g.40gb");
+    assert_eq!(
+        big["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"],
+        ((40192u64 << 20) as f64 * 0.8).floor().to_string().as_str()
+    );
+
+    // Kill one worker: the launcher starts it again and it rejoins.
+    let victims = processes_with("--name node-b-gpu0-mig1");
+    assert!(!victims.is_empty());
+    for pid in &victims {
+        // SAFETY: killing a worker process this test started (through its launcher).
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    wait_until("the killed worker to be restarted", Duration::from_secs(30), || {
+        processes_with("--name node-b-gpu0-mig1").iter().any(|p| !victims.contains(p))
+    });
+    let again = check(&python, &scheduler_file, 5);
+    assert!(again.as_object().expect("map").values().any(|w| w["name"] == "node-b-gpu0-mig1"));
+
+    // SIGTERM to the launchers: everything they started ends.
+    for l in [&launcher_a, &launcher_b] {
+        // SAFETY: signalling our own children.
+        unsafe { libc::kill(l.0.id() as i32, libc::SIGTERM) };
+    }
+    let status_a = launcher_a.0.wait().expect("wait a");
+    let status_b = launcher_b.0.wait().expect("wait b");
+    assert!(status_a.success() && status_b.success(), "{status_a} {status_b}");
+    wait_until("no worker left", Duration::from_secs(10), || {
+        processes_with(&scheduler_file.display().to_string()).len() <= 1
+    });
+    drop(scheduler);
+    assert!(processes_with(&scheduler_file.display().to_string()).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
+    let Some(python) = python() else { return };
+    let dir = scratch("local");
+    let log = dir.join("out.txt");
+    let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5"]);
+    c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
+    let mut launcher = Proc(c.spawn().expect("launcher"));
+    let mut scheduler_file = None;
+    wait_until("the scheduler file", Duration::from_secs(30), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        scheduler_file = text
+            .lines()
+            .find_map(|l| l.strip_prefix("scheduler file: "))
+            .and_then(|l| l.split(' ').next())
+            .map(PathBuf::from)
+            .filter(|p| p.exists());
+        scheduler_file.is_some()
+    });
+    let file = scheduler_file.expect("file");
+    let workers = check(&python, &file, 4);
+    let planned = planned("sim:a30");
+    for (name, uuid) in &planned {
+        let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
+        assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str());
+    }
+    wait_until("the ready line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.0.id() as i32, libc::SIGTERM) };
+    assert!(launcher.0.wait().expect("wait").success());
+    assert!(processes_with(&file.display().to_string()).is_empty(), "no scheduler or worker left");
+    assert!(!file.exists(), "the scheduler file's folder is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn missing_dask_and_bad_scheduler_files_are_clear_errors() {
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "local", "--python", "/nonexistent/python"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pip install"));
+    let Some(python) = python() else { return };
+    let dir = scratch("bad");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{}").expect("write");
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", "--scheduler-file", &bad.display().to_string()])
+        .arg("--python")
+        .arg(&python)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Dask scheduler file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
