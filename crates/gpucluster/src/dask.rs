@@ -106,24 +106,30 @@ pub(crate) async fn run(
             dir.join("scheduler.json")
         }
     };
+    let output = crate::plan::PlanOutput::new(&snapshot, &plan);
+    let all_nvlink = output.paths().iter().all(|p| p.rule() == transport::PathRule::NvLink);
+    let (protocol, why) = dask::choose_protocol(all_nvlink, plan.workers.len(), &python);
     let config = DaskWorkers {
         python: python.clone(),
         scheduler_file: file.clone(),
         host: args.host.clone(),
         host_memory_per_worker: dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64),
+        // Joining workers follow the scheduler's protocol; a local cluster sets it.
+        protocol: (local && protocol != "tcp").then_some(protocol),
     };
     let mut specs = dask::worker_specs(&plan.workers, &config);
     if local {
-        specs.insert(0, dask::scheduler_spec(&python, &file, args.host.as_deref()));
+        specs.insert(0, dask::scheduler_spec(&python, &file, args.host.as_deref(), protocol));
         writeln!(out, "scheduler file: {} (connect with distributed.Client(scheduler_file=...))", file.display())?;
     }
     writeln!(
         out,
-        "{} {} worker(s) ({} from {}), one per device, TCP",
+        "{} {} worker(s) ({} from {}), one per device{}",
         plan.workers.len(),
         if python.dask_cuda { "dask-cuda" } else { "Dask" },
         python.python.to_string_lossy(),
-        python.distributed
+        python.distributed,
+        if local { format!("; protocol {protocol}: {why}") } else { String::new() }
     )?;
     out.flush()?;
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {

@@ -22,6 +22,12 @@ pub(crate) struct PathEntry {
     reason: String,
 }
 
+impl PathEntry {
+    pub(crate) fn rule(&self) -> PathRule {
+        self.rule
+    }
+}
+
 /// What `plan --json` prints: the plan's keys, then `paths`.
 #[derive(Debug, Serialize)]
 pub(crate) struct PlanOutput<'p> {

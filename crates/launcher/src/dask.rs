@@ -25,6 +25,32 @@ pub struct PythonInfo {
     pub distributed: String,
     /// Whether `dask_cuda` can be imported.
     pub dask_cuda: bool,
+    /// Whether `distributed_ucxx` (Dask's UCX comm) can be imported.
+    pub ucxx: bool,
+}
+
+/// The comm protocol for a local cluster, and why.
+///
+/// UCX pays off only where it can use NVLink: between whole GPUs with P2P over NVLink. MIG
+/// instances have no CUDA IPC, and UCX without it is slower than Dask's TCP comm path for large
+/// GPU messages on some sizes and no faster on others (`docs/benchmarks.md`), so anything else
+/// gets TCP.
+pub fn choose_protocol(all_pairs_nvlink: bool, workers: usize, python: &PythonInfo) -> (&'static str, String) {
+    match (all_pairs_nvlink && workers > 1, python.ucxx) {
+        (true, true) => (
+            "ucx",
+            "every pair of workers is two whole GPUs with P2P over NVLink, and distributed-ucxx is installed".into(),
+        ),
+        (true, false) => (
+            "tcp",
+            "the GPUs are NVLinked, but distributed-ucxx is not installed (pip install distributed-ucxx-cu13 for UCX)"
+                .into(),
+        ),
+        (false, _) => (
+            "tcp",
+            "MIG instances, GPUs without NVLink, or one worker: nothing for UCX's cuda_ipc/NVLink to use".into(),
+        ),
+    }
 }
 
 /// Checks that `python` can run Dask.
@@ -32,8 +58,9 @@ pub struct PythonInfo {
 /// # Errors
 /// [`LauncherError::Dask`] saying how to install it.
 pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
-    let script = "import dask, distributed, importlib.util; \
-                  print(distributed.__version__); print(importlib.util.find_spec('dask_cuda') is not None)";
+    let script = "import dask, distributed, importlib.util; print(distributed.__version__); \
+                  print(importlib.util.find_spec('dask_cuda') is not None); \
+                  print(importlib.util.find_spec('distributed_ucxx') is not None)";
     let how = format!(
         "install it with `{0} -m pip install \"dask[distributed]\"` (and `dask-cuda` for GPU workers), \
          or pass --python with an interpreter that has it",
@@ -57,6 +84,7 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
         python: python.clone(),
         distributed: lines.next().unwrap_or("").trim().to_owned(),
         dask_cuda: lines.next().is_some_and(|l| l.trim() == "True"),
+        ucxx: lines.next().is_some_and(|l| l.trim() == "True"),
     })
 }
 
@@ -89,6 +117,8 @@ pub struct DaskWorkers {
     pub host: Option<String>,
     /// Host memory per worker, bytes.
     pub host_memory_per_worker: Option<u64>,
+    /// `--protocol` for the workers, where it must be set (a local cluster on UCX).
+    pub protocol: Option<&'static str>,
 }
 
 fn resources(w: &WorkerPlan) -> String {
@@ -126,6 +156,9 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if let Some(host) = &config.host {
                 args.extend(["--host".into(), host.clone().into()]);
             }
+            if let Some(protocol) = config.protocol {
+                args.extend(["--protocol".into(), protocol.into()]);
+            }
             let mut env: BTreeMap<String, String> = w.env();
             env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), "fork".into());
             env.insert(
@@ -151,11 +184,12 @@ fn cli_entry(module: &str, function: &str, program: &str) -> String {
 }
 
 /// The scheduler of `dask local`, writing `scheduler_file`.
-pub fn scheduler_spec(python: &PythonInfo, scheduler_file: &Path, host: Option<&str>) -> ProcessSpec {
+pub fn scheduler_spec(python: &PythonInfo, scheduler_file: &Path, host: Option<&str>, protocol: &str) -> ProcessSpec {
     let mut args: Vec<OsString> =
         vec!["-c".into(), cli_entry("distributed.cli.dask_scheduler", "main", "dask-scheduler").into()];
     args.extend(["--scheduler-file".into(), scheduler_file.as_os_str().to_owned(), "--no-dashboard".into()]);
     args.extend(["--host".into(), host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
+    args.extend(["--protocol".into(), protocol.into()]);
     ProcessSpec {
         name: "scheduler".into(),
         program: python.python.clone(),
@@ -192,6 +226,18 @@ mod tests {
         let err = scheduler_address(&dir.join("missing.json")).expect_err("missing");
         assert!(err.to_string().contains("dask scheduler --scheduler-file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn ucx_only_for_nvlinked_whole_gpus_with_ucxx() {
+        let mut python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: true, ucxx: true };
+        assert_eq!(choose_protocol(true, 8, &python).0, "ucx");
+        assert_eq!(choose_protocol(false, 8, &python).0, "tcp");
+        assert_eq!(choose_protocol(true, 1, &python).0, "tcp");
+        python.ucxx = false;
+        let (protocol, why) = choose_protocol(true, 8, &python);
+        assert_eq!(protocol, "tcp");
+        assert!(why.contains("distributed-ucxx"), "{why}");
     }
 
     #[test]
