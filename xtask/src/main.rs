@@ -7,6 +7,7 @@
 //!   features), tests (with the Dask environment, required), simulate, docs.
 //! - `dask-env`: a Python virtual environment with the pinned Dask of
 //!   `tests/dask-requirements.txt` in `target/dask-venv`, for the Dask end-to-end tests.
+//! - `bench`: the criterion benchmarks (`benches/`).
 //! - `gpu-bundle`: release binaries for the GPU machine, copied into `.gpu-bundle/` (git-ignored)
 //!   so the device tool can carry them.
 //!
@@ -33,9 +34,14 @@ fn main() -> anyhow::Result<()> {
         }
         "ci" => ci(),
         "dask-env" => dask_env().map(|_| ()),
+        "bench" => step("criterion benchmarks", {
+            let mut c = cargo();
+            c.args(["bench", "--package", "benches"]);
+            c
+        }),
         "gpu-bundle" => gpu_bundle(),
         _ => {
-            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | dask-env | gpu-bundle>");
+            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | dask-env | gpu-bundle | bench>");
             if task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
         }
     }

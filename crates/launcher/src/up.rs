@@ -106,7 +106,8 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
     let extra = serde_json::to_value(&assignment).unwrap_or_default();
     let server =
         RendezvousServer::start("127.0.0.1:0", secret.clone(), world, extra).map_err(LauncherError::Transport)?;
-    let job_id = format!("{}-{}", std::process::id(), started.elapsed().as_nanos() % 1_000_000);
+    // Names the workers' abstract sockets; one launcher process runs one job.
+    let job_id = std::process::id().to_string();
 
     let specs: Vec<ProcessSpec> = job
         .workers

@@ -217,36 +217,6 @@ fn a_message_larger_than_the_buffer_is_an_error() {
     assert!(matches!(err, TransportError::BufferTooSmall { .. }), "{err}");
 }
 
-fn shm_entries() -> Vec<String> {
-    std::fs::read_dir("/dev/shm")
-        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
-
-#[test]
-fn nothing_is_left_behind() {
-    let before = shm_entries();
-    let fds = open_fds();
-    for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
-        let s = setup(DeviceKind::Simulated, path, "sim", &["echo", "300000"]);
-        let buf = DeviceBuffer::new(&s.device, 300_000).expect("buffer");
-        s.conn.send_blocking(1, &buf, 300_000).expect("send");
-        s.conn.recv_blocking(&buf).expect("recv");
-        let mut peer = s.peer;
-        drop(s.conn);
-        let status = peer.0.wait().expect("peer exit");
-        assert!(status.success(), "the peer ends cleanly when we close ({status})");
-    }
-    let after = shm_entries();
-    assert!(after.iter().all(|e| before.contains(e) || !e.contains("gpucluster")), "{after:?}");
-    // Other tests run in parallel in this process, so allow their descriptors some slack.
-    assert!(open_fds() <= fds + 8, "descriptors leaked: {fds} before, {} after", open_fds());
-}
-
 #[test]
 fn addresses_parse_and_print() {
     for text in ["local:worker-3", "tcp:10.0.0.2:7000", "tcp:[::1]:7000"] {
