@@ -4,12 +4,12 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
 use gpu_topology::TopologySpec;
+use launcher::Supervision;
 use launcher::dask::{self, DaskWorkers};
-use launcher::{Restart, Supervision};
 
 use crate::cli::SelectionArgs;
 
@@ -81,9 +81,7 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     let started = Instant::now();
-    if !(0.0..=3600.0).contains(&args.grace) {
-        anyhow::bail!("--grace {} is out of range: give 0 to 3600 seconds", args.grace);
-    }
+    let supervision = Supervision::from_flags(args.grace, args.restart == "on-failure", args.max_restarts)?;
     let python = dask::probe_python(&args.python)?;
     if let Some(file) = &scheduler_file {
         let address = dask::scheduler_address(file)?;
@@ -138,14 +136,6 @@ pub(crate) async fn run(
         expected: plan.workers.len(),
         registered: 0,
     }));
-    let supervision = Supervision {
-        grace: Duration::from_secs_f64(args.grace),
-        restart: if args.restart == "on-failure" {
-            Restart::OnFailure { max: args.max_restarts, backoff: Duration::from_millis(500) }
-        } else {
-            Restart::Never
-        },
-    };
     let outcomes = launcher::supervise(specs, &supervision, sink).await;
     if local {
         let _ = std::fs::remove_dir_all(&dir);
@@ -153,13 +143,7 @@ pub(crate) async fn run(
     let outcomes = outcomes?;
     writeln!(out, "summary: {} process(es) ended after {:.2} s", outcomes.len(), started.elapsed().as_secs_f64())?;
     for o in &outcomes {
-        writeln!(
-            out,
-            "  {}: {}{}",
-            o.name,
-            o.exit,
-            if o.restarts > 0 { format!(" after {} restart(s)", o.restarts) } else { String::new() }
-        )?;
+        writeln!(out, "  {o}")?;
     }
     // Stopped by a signal is how these end; anything else is a failure.
     let signalled = |e: launcher::Exit| matches!(e, launcher::Exit::Signal(_)) || e.success();

@@ -3,11 +3,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use gpu_topology::{Snapshot, TopologySpec};
-use launcher::{Job, Memory, Restart, Supervision};
+use launcher::{Job, Memory, Supervision};
 
 use crate::cli::SelectionArgs;
 use crate::table::Table;
@@ -31,9 +30,7 @@ pub(crate) async fn run(
             "`up` runs the workers of one host; for several hosts, run `gpucluster dask worker` (or `up`) on each"
         );
     }
-    if !(0.0..=3600.0).contains(&options.grace) {
-        anyhow::bail!("--grace {} is out of range: give 0 to 3600 seconds", options.grace);
-    }
+    let supervision = Supervision::from_flags(options.grace, options.restart, options.max_restarts)?;
     let plan = cluster_core::plan(&snapshot, &selection.request())?;
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     let paths: HashMap<(String, String), transport::Path> =
@@ -62,14 +59,7 @@ pub(crate) async fn run(
         memory,
         command: (!builtin).then_some(options.command),
         program: std::env::current_exe().context("finding this program to start the workers")?.into(),
-        supervision: Supervision {
-            grace: Duration::from_secs_f64(options.grace),
-            restart: if options.restart {
-                Restart::OnFailure { max: options.max_restarts, backoff: Duration::from_millis(500) }
-            } else {
-                Restart::Never
-            },
-        },
+        supervision,
     };
     let sink: launcher::Sink = Arc::new(Mutex::new(std::io::stdout()));
     let report = launcher::up(job, sink).await?;
@@ -117,13 +107,7 @@ pub(crate) async fn run(
         report.total.as_secs_f64()
     )?;
     for o in report.outcomes.iter().filter(|o| !o.exit.success() || o.restarts > 0) {
-        writeln!(
-            out,
-            "  {}: {}{}",
-            o.name,
-            o.exit,
-            if o.restarts > 0 { format!(" after {} restart(s)", o.restarts) } else { String::new() }
-        )?;
+        writeln!(out, "  {o}")?;
     }
     let expected = if builtin { launcher::pairs_to_measure(report.names.len()).len() } else { 0 };
     Ok(if report.success(expected) { 0 } else { 1 })

@@ -22,6 +22,9 @@ pub enum LauncherError {
     /// Signal handlers could not be installed.
     #[error("cannot watch for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
+    /// A grace period out of range.
+    #[error("--grace {0} is out of range: give 0 to 3600 seconds")]
+    Grace(f64),
     /// Dask is missing or misconfigured.
     #[error("{0}")]
     Dask(String),

@@ -61,6 +61,27 @@ pub struct Supervision {
     pub restart: Restart,
 }
 
+impl Supervision {
+    /// From command-line flags: a grace period in seconds (0 to 3600), whether to restart failed
+    /// workers, and at most how often (waiting 0.5 s before the first restart).
+    ///
+    /// # Errors
+    /// [`LauncherError::Grace`] for a grace period out of range.
+    pub fn from_flags(grace_seconds: f64, restart_on_failure: bool, max_restarts: u32) -> Result<Self, LauncherError> {
+        if !(0.0..=3600.0).contains(&grace_seconds) {
+            return Err(LauncherError::Grace(grace_seconds));
+        }
+        Ok(Self {
+            grace: Duration::from_secs_f64(grace_seconds),
+            restart: if restart_on_failure {
+                Restart::OnFailure { max: max_restarts, backoff: Duration::from_millis(500) }
+            } else {
+                Restart::Never
+            },
+        })
+    }
+}
+
 impl Default for Supervision {
     fn default() -> Self {
         Self { grace: Duration::from_secs(10), restart: Restart::Never }
@@ -76,6 +97,16 @@ pub struct Outcome {
     pub exit: Exit,
     /// How often it was restarted.
     pub restarts: u32,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.exit)?;
+        if self.restarts > 0 {
+            write!(f, " after {} restart(s)", self.restarts)?;
+        }
+        Ok(())
+    }
 }
 
 /// A process's end.
