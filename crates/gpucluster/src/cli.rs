@@ -164,7 +164,8 @@ pub(crate) struct SelectionArgs {
     /// if set, else every compute device.
     #[arg(long, value_name = "SPEC")]
     devices: Option<String>,
-    /// What to do when the devices are not alike in memory and SMs.
+    /// What to do when the devices are not alike in memory and SMs: strict (refuse, explaining),
+    /// warn, largest-group or grouped (a Dask resource per class).
     #[arg(long, default_value = "strict", value_parser = parse_policy, value_name = "POLICY")]
     policy: Policy,
     /// Memory within this many percent counts as alike.
