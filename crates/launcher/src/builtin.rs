@@ -192,7 +192,11 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
         })
     };
     for &(from, to, planned) in assignment.pairs.iter().filter(|p| p.0 == rank) {
-        let peer: Address = table.addresses[to].parse()?;
+        let peer: Address = table
+            .addresses
+            .get(to)
+            .ok_or_else(|| TransportError::Protocol(format!("the assignment names rank {to} of a world of {world}")))?
+            .parse()?;
         let result = transport::connect_blocking(&peer, device.clone(), &options(planned))
             .and_then(|conn| measure(&conn, &device, &assignment).map(|m| (conn, m)));
         match result {

@@ -166,8 +166,9 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
     let mut failures: Vec<String> = server.errors();
     for r in server.reports() {
         match serde_json::from_value::<Report>(r) {
-            Ok(Report::Device(c)) => checks.push(c),
-            Ok(Report::Pair(p)) => measured.push(p),
+            Ok(Report::Device(c)) if c.rank < world => checks.push(c),
+            Ok(Report::Pair(p)) if p.from < world && p.to < world => measured.push(p),
+            Ok(Report::Device(_) | Report::Pair(_)) => failures.push("a report names a rank outside the job".into()),
             Ok(Report::Failed { rank, error }) => {
                 failures.push(format!("{}: {error}", names.get(rank).cloned().unwrap_or_default()))
             }
