@@ -17,6 +17,7 @@
 #![allow(clippy::print_stdout)]
 
 mod scenarios;
+mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
