@@ -94,10 +94,6 @@ fn repeats_for(bytes: usize, base: usize) -> usize {
     if bytes <= 1 << 20 { base.max(1) * 20 } else { base.max(1) }
 }
 
-fn path_name(p: Path) -> &'static str {
-    p.name()
-}
-
 /// Runs the benchmark.
 pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     let device: Arc<dyn Device> = if config.mig {
@@ -142,7 +138,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         let secret = Secret::random()?;
         let (address, secret) = match path {
             Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
-            _ => (Address::Local(format!("gpucluster-bench-{}-{}", std::process::id(), path_name(path))), None),
+            _ => (Address::Local(format!("gpucluster-bench-{}-{}", std::process::id(), path.name())), None),
         };
         let options = Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() };
         let listener = Listener::bind(&address, device.clone(), options)?;
@@ -161,12 +157,12 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         } else {
             spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
         };
-        let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path_name(path)))?;
+        let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path.name()))?;
         if let Some(why) = conn.fallback() {
-            report.notes.push(format!("{}: {why}", path_name(path)));
+            report.notes.push(format!("{}: {why}", path.name()));
         }
         for &bytes in &config.sizes {
-            bar.set_message(format!("{} {bytes} B", path_name(conn.path())));
+            bar.set_message(format!("{} {bytes} B", conn.path().name()));
             let repeats = repeats_for(bytes, config.repeats);
             let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
             let mut rates = Vec::with_capacity(config.repeats);
@@ -179,7 +175,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
                 let r = conn.recv_blocking(&b)?;
                 let seconds = t.elapsed().as_secs_f64();
                 if r.len != 0 {
-                    bail!("{}: the acknowledgement carried {} bytes", path_name(path), r.len);
+                    bail!("{}: the acknowledgement carried {} bytes", path.name(), r.len);
                 }
                 if i >= 1 {
                     rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
@@ -193,7 +189,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
                 let r = conn.recv_blocking(&b)?;
                 let rtt = t.elapsed().as_secs_f64();
                 if r.len != bytes || r.tag != i as u64 {
-                    bail!("{}: message {i} came back as {} bytes with tag {}", path_name(path), r.len, r.tag);
+                    bail!("{}: message {i} came back as {} bytes with tag {}", path.name(), r.len, r.tag);
                 }
                 if i >= 2 {
                     rtts.push(rtt);
@@ -208,7 +204,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         b.read(&mut back)?;
         let last = *config.sizes.last().unwrap_or(&0);
         if back[..last] != pattern[..last] {
-            bail!("{}: data came back different", path_name(path));
+            bail!("{}: data came back different", path.name());
         }
     }
     bar.finish_and_clear();
@@ -229,7 +225,7 @@ fn spawn_peer(
         (DeviceKind::Cuda, false) => "cuda",
     };
     let mut cmd = Command::new(exe);
-    cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path_name(path)]);
+    cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path.name()]);
     cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);
     if let Some(s) = secret {
         cmd.args(["--secret", &s.to_hex()]);

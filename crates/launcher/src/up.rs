@@ -55,12 +55,16 @@ pub struct UpReport {
     pub ready_after: Option<Duration>,
     /// From the start until every process had ended.
     pub total: Duration,
+    /// Pairs the built-in workers were to measure (0 when running a command).
+    pub expected_pairs: usize,
 }
 
 impl UpReport {
     /// Whether every process ended well and every planned pair was measured.
-    pub fn success(&self, expected_pairs: usize) -> bool {
-        self.outcomes.iter().all(|o| o.exit.success()) && self.failures.is_empty() && self.pairs.len() >= expected_pairs
+    pub fn success(&self) -> bool {
+        self.outcomes.iter().all(|o| o.exit.success())
+            && self.failures.is_empty()
+            && self.pairs.len() >= self.expected_pairs
     }
 }
 
@@ -138,27 +142,25 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         })
         .collect();
 
-    let ready = {
-        let joined = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let flag = joined.clone();
-        let probe = std::sync::Arc::new(server);
-        let watcher = probe.clone();
-        let task = tokio::spawn(async move {
-            while watcher.joined() < world {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            flag.store(started.elapsed().as_micros() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
-        });
-        (joined, probe, task)
-    };
+    let server = std::sync::Arc::new(server);
+    let watcher = server.clone();
+    let ready = tokio::spawn(async move {
+        while watcher.joined() < world {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        started.elapsed()
+    });
     let outcomes = supervise(specs, &job.supervision, sink).await?;
-    let (joined, server, task) = ready;
-    task.abort();
+    let ready_after = if ready.is_finished() {
+        ready.await.ok()
+    } else {
+        ready.abort();
+        None
+    };
     // Reports travel on their own connections; give the last ones a moment to land.
+    let expected_reports = if job.command.is_none() { world + expected_pairs } else { 0 };
     let deadline = Instant::now() + Duration::from_millis(500);
-    let wanted =
-        |s: &RendezvousServer| s.reports().len() >= if job.command.is_none() { world + expected_pairs } else { 0 };
-    while !wanted(&server) && Instant::now() < deadline {
+    while server.reports().len() < expected_reports && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let mut checks = Vec::new();
@@ -177,14 +179,14 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
     }
     checks.sort_by_key(|c| c.rank);
     measured.sort_by_key(|p| (p.from, p.to));
-    let micros = joined.load(std::sync::atomic::Ordering::Relaxed);
     Ok(UpReport {
         names,
         outcomes,
         checks,
         pairs: measured,
         failures,
-        ready_after: (micros > 0).then(|| Duration::from_micros(micros - 1)),
+        ready_after,
         total: started.elapsed(),
+        expected_pairs,
     })
 }

@@ -126,21 +126,29 @@ impl Drop for Segment {
     }
 }
 
+/// A message header with one data buffer and room for one descriptor in `control`.
+fn header(iov: &mut libc::iovec, control: &mut Vec<u8>) -> libc::msghdr {
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+    control.resize(space, 0);
+    // SAFETY: a zeroed msghdr is a valid starting point; the caller keeps `iov` and `control`
+    // alive while the header is used.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    msg
+}
+
 /// Sends `data` and the descriptor `fd` in one message.
 ///
 /// # Errors
 /// [`TransportError::Io`] from `sendmsg`.
 pub fn send_fd(stream: &UnixStream, fd: RawFd, data: &[u8]) -> Result<(), TransportError> {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: a zeroed msghdr is a valid starting point; every pointer set below outlives the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = Vec::new();
+    let msg = header(&mut iov, &mut control);
     // SAFETY: `control` has room for one cmsg carrying one descriptor (CMSG_SPACE above).
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -164,15 +172,8 @@ pub fn send_fd(stream: &UnixStream, fd: RawFd, data: &[u8]) -> Result<(), Transp
 pub fn recv_fd(stream: &UnixStream, len: usize) -> Result<(RawFd, Vec<u8>), TransportError> {
     let mut data = vec![0u8; len];
     let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: len };
-    // SAFETY: pure computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: as in `send_fd`.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    let mut control = Vec::new();
+    let mut msg = header(&mut iov, &mut control);
     // SAFETY: `msg` refers to live buffers of the sizes given.
     let got = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_WAITALL | libc::MSG_CMSG_CLOEXEC) };
     if got < 0 {
