@@ -138,7 +138,13 @@ fn measure(conn: &Connection, device: &Arc<dyn Device>, a: &Assignment) -> Resul
 
 /// Runs the built-in worker from its environment; returns its exit status.
 pub fn run() -> u8 {
-    let rank = number("GPUCLUSTER_RANK").unwrap_or(usize::MAX);
+    let rank = match number("GPUCLUSTER_RANK") {
+        Ok(rank) => rank,
+        Err(e) => {
+            eprintln!("gpucluster worker: {e}");
+            return 1;
+        }
+    };
     match run_inner(rank) {
         Ok(()) => 0,
         Err(e) => {
