@@ -62,9 +62,9 @@ enum Command {
 struct UpArgs {
     #[command(flatten)]
     selection: SelectionArgs,
-    /// Restart workers that fail (never, on-failure).
-    #[arg(long, default_value = "never", value_parser = ["never", "on-failure"], value_name = "WHEN")]
-    restart: String,
+    /// Restart workers that fail.
+    #[arg(long, value_enum, default_value_t = RestartArg::Never, value_name = "WHEN")]
+    restart: RestartArg,
     /// Most restarts per worker with --restart on-failure.
     #[arg(long, default_value_t = 3, value_name = "N")]
     max_restarts: u32,
@@ -76,10 +76,29 @@ struct UpArgs {
     command: Vec<std::ffi::OsString>,
 }
 
+/// `--restart`: whether workers that fail are started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum RestartArg {
+    /// They stay down.
+    Never,
+    /// They are started again, up to --max-restarts times.
+    OnFailure,
+}
+
+impl From<RestartArg> for launcher::RestartFlag {
+    fn from(r: RestartArg) -> Self {
+        match r {
+            RestartArg::Never => launcher::RestartFlag::Never,
+            RestartArg::OnFailure => launcher::RestartFlag::OnFailure,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum DaskCommand {
-    /// A Dask scheduler and one Dask worker per planned device on this host, until stopped.
-    Local(crate::dask::DaskArgs),
+    /// A Dask scheduler and one Dask worker per planned device on this host, until stopped;
+    /// secured with TLS unless --insecure.
+    Local(crate::dask::DaskLocalArgs),
     /// This host's workers for an existing scheduler (each host names its own MIG devices).
     Worker(crate::dask::DaskWorkerArgs),
 }
@@ -188,6 +207,11 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 }
 
 impl SelectionArgs {
+    /// Whether the snapshot comes from `--inventory` files (a description, not this machine).
+    pub(crate) fn uses_inventories(&self) -> bool {
+        !self.inventory.is_empty()
+    }
+
     pub(crate) fn request(&self) -> PlanRequest {
         let devices = match &self.devices {
             Some(d) => Some((d.clone(), SpecSource::Flag)),
@@ -272,7 +296,7 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
                 args.selection.snapshot(&spec).await?,
                 &args.selection,
                 crate::up::Options {
-                    restart: args.restart == "on-failure",
+                    restart: args.restart.into(),
                     max_restarts: args.max_restarts,
                     grace: args.grace,
                     command: args.command,
@@ -281,10 +305,8 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             )
             .await
         }
-        Command::Dask(DaskCommand::Local(args)) => crate::dask::run(&spec, args, None, out).await,
-        Command::Dask(DaskCommand::Worker(args)) => {
-            crate::dask::run(&spec, args.common, Some(args.scheduler_file), out).await
-        }
+        Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, out).await,
+        Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, out).await,
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;

@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args;
 use gpu_topology::TopologySpec;
-use launcher::Supervision;
-use launcher::dask::{self, DaskWorkers};
+use launcher::dask::{self, DaskWorkers, TlsFiles};
+use launcher::workdir::PrivateDir;
+use launcher::{Stop, StopWhen, Supervision};
 
-use crate::cli::SelectionArgs;
+use crate::cli::{RestartArg, SelectionArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct DaskArgs {
@@ -23,9 +25,9 @@ pub(crate) struct DaskArgs {
     /// The address workers (and the scheduler of `dask local`) listen on.
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
-    /// Restart workers that fail (never, on-failure).
-    #[arg(long, default_value = "on-failure", value_parser = ["never", "on-failure"], value_name = "WHEN")]
-    restart: String,
+    /// Restart workers that fail.
+    #[arg(long, value_enum, default_value_t = RestartArg::OnFailure, value_name = "WHEN")]
+    restart: RestartArg,
     /// Most restarts per worker.
     #[arg(long, default_value_t = 3, value_name = "N")]
     max_restarts: u32,
@@ -35,12 +37,31 @@ pub(crate) struct DaskArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct DaskLocalArgs {
+    #[command(flatten)]
+    common: DaskArgs,
+    /// Leave the cluster open: no TLS, so any user of this host (or any host that reaches it)
+    /// can connect to the scheduler and run code as you. Only on a machine nobody else uses.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct DaskWorkerArgs {
     /// The scheduler file of the cluster to join (written by `dask scheduler --scheduler-file`).
     #[arg(long, value_name = "FILE")]
-    pub(crate) scheduler_file: PathBuf,
+    scheduler_file: PathBuf,
+    /// The CA certificate of a TLS scheduler (default: `ca.pem` beside the scheduler file).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca_file: Option<PathBuf>,
+    /// The certificate workers present to a TLS scheduler (default: `cert.pem` beside the file).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca_file", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's key (default: `key.pem` beside the scheduler file).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca_file", "tls_cert"])]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
-    pub(crate) common: DaskArgs,
+    common: DaskArgs,
 }
 
 /// Writes workers' output through, and says once when every worker has registered.
@@ -74,19 +95,51 @@ impl Write for ReadyWatch {
     }
 }
 
-pub(crate) async fn run(
-    spec: &TopologySpec,
-    args: DaskArgs,
-    scheduler_file: Option<PathBuf>,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
+/// Where the workers find their scheduler.
+enum Scheduler {
+    /// `dask local`: ours, in a private directory, secured unless `insecure`.
+    Local { insecure: bool },
+    /// `dask worker`: someone else's, from its scheduler file.
+    Join { file: PathBuf, tls: Option<TlsFiles> },
+}
+
+pub(crate) async fn local(spec: &TopologySpec, args: DaskLocalArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    run(spec, args.common, Scheduler::Local { insecure: args.insecure }, out).await
+}
+
+pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let tls = match (args.tls_ca_file, args.tls_cert, args.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
+        _ => None,
+    };
+    run(spec, args.common, Scheduler::Join { file: args.scheduler_file, tls }, out).await
+}
+
+async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mut dyn Write) -> anyhow::Result<u8> {
     let started = Instant::now();
-    let supervision = Supervision::from_flags(args.grace, args.restart == "on-failure", args.max_restarts)?;
+    let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;
+    supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
+    supervision.guard = Some(std::env::current_exe().context("finding this program to start the workers")?.into());
     let python = dask::probe_python(&args.python)?;
-    if let Some(file) = &scheduler_file {
-        let address = dask::scheduler_address(file)?;
-        writeln!(out, "joining the Dask scheduler at {address}")?;
-    }
+    // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
+    // local cluster (insecure or not); `Err`: joining the scheduler of this file.
+    let joined = match scheduler {
+        Scheduler::Join { file, tls } => {
+            let address = dask::scheduler_address(&file)?;
+            dask::check_scheduler(&address)?;
+            let tls = match tls {
+                Some(t) => Some(t),
+                None if address.starts_with("tls://") => Some(
+                    TlsFiles::beside(&file)
+                        .ok_or_else(|| launcher::LauncherError::TlsNeeded { address: address.clone() })?,
+                ),
+                None => None,
+            };
+            writeln!(out, "joining the Dask scheduler at {address}")?;
+            Err((file, tls))
+        }
+        Scheduler::Local { insecure } => Ok(insecure),
+    };
     let snapshot = args.selection.snapshot(spec).await?;
     if snapshot.hosts.len() > 1 {
         anyhow::bail!(
@@ -94,41 +147,43 @@ pub(crate) async fn run(
         );
     }
     let plan = cluster_core::plan(&snapshot, &args.selection.request())?;
-    let local = scheduler_file.is_none();
-    let dir = std::env::temp_dir().join(format!("gpucluster-dask-{}", std::process::id()));
-    let file = match scheduler_file {
-        Some(f) => f,
-        None => {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-            dir.join("scheduler.json")
-        }
-    };
+    let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     let all_nvlink = output.paths().iter().all(|p| p.rule() == transport::PathRule::NvLink);
-    let (protocol, why) = dask::choose_protocol(all_nvlink, plan.workers.len(), &python);
+    let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
+
+    // `dask local`: a private directory for the scheduler file and the credentials.
+    let (dir, scheduler_file, tls, protocol, why) = match joined {
+        Ok(insecure) => {
+            let dir = PrivateDir::create("gpucluster-dask")?;
+            let tls = if insecure {
+                None
+            } else {
+                let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+                hosts.extend(args.host.clone());
+                Some(TlsFiles::generate(&dir, &hosts)?)
+            };
+            let (protocol, why) = dask::choose_protocol(all_nvlink, plan.workers.len(), &python, !insecure);
+            let file = dir.path().join("scheduler.json");
+            (Some(dir), file, tls, Some(protocol), why)
+        }
+        Err((file, tls)) => (None, file, tls, None, String::new()),
+    };
     let config = DaskWorkers {
         python: python.clone(),
-        scheduler_file: file.clone(),
+        scheduler_file: scheduler_file.clone(),
         host: args.host.clone(),
-        host_memory_per_worker: dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64),
+        host_memory_per_worker,
         // Joining workers follow the scheduler's protocol; a local cluster sets it.
-        protocol: (local && protocol != "tcp").then_some(protocol),
+        protocol: protocol.filter(|p| *p != "tcp"),
+        tls: tls.clone(),
+        simulated,
     };
     let mut specs = dask::worker_specs(&plan.workers, &config);
-    if local {
-        specs.insert(0, dask::scheduler_spec(&python, &file, args.host.as_deref(), protocol));
-        writeln!(out, "scheduler file: {} (connect with distributed.Client(scheduler_file=...))", file.display())?;
+    if let Some(protocol) = protocol {
+        specs.insert(0, dask::scheduler_spec(&python, &scheduler_file, args.host.as_deref(), protocol, tls.as_ref()));
     }
-    writeln!(
-        out,
-        "{} {} worker(s) ({} from {}), one per device{}",
-        plan.workers.len(),
-        if python.dask_cuda { "dask-cuda" } else { "Dask" },
-        python.python.to_string_lossy(),
-        python.distributed,
-        if local { format!("; protocol {protocol}: {why}") } else { String::new() }
-    )?;
+    header(out, &plan, &config, &scheduler_file, protocol.map(|p| (p, why.as_str())), dir.is_some())?;
     out.flush()?;
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
@@ -136,16 +191,83 @@ pub(crate) async fn run(
         expected: plan.workers.len(),
         registered: 0,
     }));
-    let outcomes = launcher::supervise(specs, &supervision, sink).await;
+    let supervised = launcher::supervise(specs, &supervision, sink).await;
+    // The scheduler file and the credentials go with the cluster, however it ended.
+    drop(dir);
+    let supervised = supervised?;
+    let status = match &supervised.stop {
+        Some(stop) => stop.exit_status().unwrap_or(1),
+        None if supervised.outcomes.iter().all(|o| o.exit.success()) => 0,
+        None => 1,
+    };
+    // Best effort: after SIGHUP the terminal may be gone.
+    let _ = summary(&supervised, started, out);
+    Ok(status)
+}
+
+fn header(
+    out: &mut dyn Write,
+    plan: &cluster_core::Plan,
+    config: &DaskWorkers,
+    scheduler_file: &std::path::Path,
+    protocol: Option<(&str, &str)>,
+    local: bool,
+) -> std::io::Result<()> {
     if local {
-        let _ = std::fs::remove_dir_all(&dir);
+        writeln!(out, "scheduler file: {} (removed when the cluster stops)", scheduler_file.display())?;
+        match &config.tls {
+            Some(tls) => {
+                writeln!(out, "secured with TLS: only holders of {} can connect; from Python:", tls.key.display())?;
+                writeln!(out, "  from distributed import Client, Security")?;
+                writeln!(out, "  client = {}", tls.client_code(scheduler_file))?;
+            }
+            None => writeln!(
+                out,
+                "warning: --insecure: no TLS; any user who can reach the scheduler or a worker can run code as you"
+            )?,
+        }
     }
-    let outcomes = outcomes?;
+    writeln!(
+        out,
+        "{} {} worker(s) ({} from {}), one per device{}",
+        plan.workers.len(),
+        if config.uses_dask_cuda() { "dask-cuda" } else { "Dask" },
+        config.python.python.to_string_lossy(),
+        config.python.distributed,
+        protocol.map_or(String::new(), |(p, why)| format!("; protocol {p}: {why}"))
+    )?;
+    if config.simulated {
+        writeln!(
+            out,
+            "simulated devices: plain `dask worker`, distributed's NVML diagnostics off \
+             (these devices do not exist for the driver)"
+        )?;
+    }
+    Ok(())
+}
+
+fn summary(supervised: &launcher::Supervised, started: Instant, out: &mut dyn Write) -> std::io::Result<()> {
+    let outcomes = &supervised.outcomes;
+    match &supervised.stop {
+        Some(Stop::NoneLeft) => writeln!(out, "stopped: no worker could run, so the scheduler was stopped too")?,
+        Some(stop) => writeln!(out, "stopped: {stop}")?,
+        None => {}
+    }
     writeln!(out, "summary: {} process(es) ended after {:.2} s", outcomes.len(), started.elapsed().as_secs_f64())?;
-    for o in &outcomes {
+    for o in outcomes {
         writeln!(out, "  {o}")?;
     }
-    // Stopped by a signal is how these end; anything else is a failure.
-    let signalled = |e: launcher::Exit| matches!(e, launcher::Exit::Signal(_)) || e.success();
-    Ok(if outcomes.iter().all(|o| signalled(o.exit)) { 0 } else { 1 })
+    // Why the workers (or the scheduler) could not run, in their own last words.
+    let why = match &supervised.stop {
+        Some(Stop::NoneLeft) => outcomes.iter().rev().find(|o| !o.exit.success() && !o.last_lines.is_empty()),
+        Some(Stop::EssentialEnded { name, .. }) => outcomes.iter().find(|o| &o.name == name),
+        _ => None,
+    };
+    if let Some(o) = why {
+        writeln!(out, "last lines of {}:", o.name)?;
+        for line in &o.last_lines {
+            writeln!(out, "  | {}", crate::text::printable(line))?;
+        }
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ mod doctor;
 mod list;
 mod plan;
 mod table;
+mod text;
 mod up;
 
 use std::ffi::OsString;
@@ -26,8 +27,14 @@ pub use cli::Cli;
 pub fn run<I, T>(args: I, out: &mut dyn Write, err: &mut dyn Write) -> u8
 where
     I: IntoIterator<Item = T>,
-    T: Into<OsString> + Clone,
+    T: Into<OsString>,
 {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // `gpucluster guard ...` stands between the launcher and a worker (see `launcher::guard`). It
+    // must start fast and stay single-threaded, so it runs before clap and before any runtime.
+    if args.get(1).is_some_and(|a| a == "guard") {
+        return launcher::guard::run(&args[2..]);
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {

@@ -12,10 +12,16 @@ use crate::cli::SelectionArgs;
 use crate::table::Table;
 
 pub(crate) struct Options {
-    pub(crate) restart: bool,
+    pub(crate) restart: launcher::RestartFlag,
     pub(crate) max_restarts: u32,
     pub(crate) grace: f64,
     pub(crate) command: Vec<std::ffi::OsString>,
+}
+
+/// Device memory for the workers: real GPUs only when the topology is this machine, read through
+/// NVML; any description (`sim:`, `file:`, `smi:`, `--inventory`) runs on simulated memory.
+fn memory_for(spec: &TopologySpec, selection: &SelectionArgs) -> Memory {
+    if spec.is_real() && !selection.uses_inventories() { Memory::Cuda } else { Memory::Simulated }
 }
 
 pub(crate) async fn run(
@@ -30,21 +36,26 @@ pub(crate) async fn run(
             "`up` runs the workers of one host; for several hosts, run `gpucluster dask worker` (or `up`) on each"
         );
     }
-    let supervision = Supervision::from_flags(options.grace, options.restart, options.max_restarts)?;
+    let builtin = options.command.is_empty();
+    if let Some(program) = options.command.first() {
+        check_program(program)?;
+    }
+    let this_program = std::env::current_exe().context("finding this program to start the workers")?;
+    let mut supervision = Supervision::from_flags(options.grace, options.restart, options.max_restarts)?;
+    supervision.guard = Some(this_program.clone().into());
     let plan = cluster_core::plan(&snapshot, &selection.request())?;
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     let paths: HashMap<(String, String), transport::Path> =
         output.paths().iter().map(|p| ((p.from.clone(), p.to.clone()), p.path)).collect();
-    let memory = if spec.is_real() { Memory::Cuda } else { Memory::Simulated };
-    let builtin = options.command.is_empty();
+    let memory = memory_for(spec, selection);
     writeln!(
         out,
         "up: {} worker(s) on {}, {}; {}",
         plan.workers.len(),
-        snapshot.hosts[0].hostname,
+        crate::text::printable(&snapshot.hosts[0].hostname),
         match memory {
             Memory::Cuda => "GPU memory through CUDA",
-            Memory::Simulated => "simulated device memory",
+            Memory::Simulated => "simulated device memory (figures measure the protocol, not hardware)",
         },
         if builtin {
             "built-in worker: device check and transfers to peers".to_owned()
@@ -58,23 +69,62 @@ pub(crate) async fn run(
         paths,
         memory,
         command: (!builtin).then_some(options.command),
-        program: std::env::current_exe().context("finding this program to start the workers")?.into(),
+        program: this_program.into(),
         supervision,
     };
     let sink: launcher::Sink = Arc::new(Mutex::new(std::io::stdout()));
     let report = launcher::up(job, sink).await?;
+    let status = match &report.stop {
+        Some(stop) => stop.exit_status().unwrap_or(1),
+        None if report.success() => 0,
+        None => 1,
+    };
+    // The summary is best effort: after SIGHUP the terminal may be gone, and the exit status
+    // must still say what happened.
+    let _ = summary(&report, &plan, builtin, out);
+    Ok(status)
+}
 
-    if builtin {
+/// Refuses a worker command that cannot start, before any worker does.
+fn check_program(program: &std::ffi::OsStr) -> anyhow::Result<()> {
+    let path = std::path::Path::new(program);
+    let found = if path.components().count() > 1 {
+        path.is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|dirs| std::env::split_paths(&dirs).any(|d| d.join(path).is_file()))
+    };
+    if !found {
+        anyhow::bail!(
+            "cannot run the worker command {:?}: no such program{}",
+            program,
+            if path.components().count() > 1 { "" } else { " on PATH" }
+        );
+    }
+    Ok(())
+}
+
+fn summary(
+    report: &launcher::UpReport,
+    plan: &cluster_core::Plan,
+    builtin: bool,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    if builtin && !report.checks.is_empty() {
         writeln!(out, "\ndevices:")?;
         for c in &report.checks {
+            let w = &plan.workers[c.rank];
             writeln!(
                 out,
-                "  {}  {}: {} written, copied on the device and read back intact",
-                report.names[c.rank],
+                "  {}  {}{}  {}: {} written, copied on the device and read back intact",
+                w.name,
+                w.device_uuid,
+                w.profile.as_deref().map_or(String::new(), |p| format!(" ({p})")),
                 c.device,
                 crate::bench::human(c.bytes)
             )?;
         }
+    }
+    if builtin && !report.pairs.is_empty() {
         writeln!(out, "\nmatrix ({} pair(s)):", report.pairs.len())?;
         let mut t = Table::new(["FROM", "TO", "PATH", "GB/S", "LAT US", "NOTE"]);
         for p in &report.pairs {
@@ -94,6 +144,9 @@ pub(crate) async fn run(
     for f in &report.failures {
         writeln!(out, "failure: {f}")?;
     }
+    if let Some(stop) = &report.stop {
+        writeln!(out, "\nstopped: {stop}")?;
+    }
     let ok = report.outcomes.iter().filter(|o| o.exit.success()).count();
     writeln!(
         out,
@@ -106,8 +159,43 @@ pub(crate) async fn run(
             .map_or(String::new(), |d| format!("all ready after {:.2} s, ", d.as_secs_f64())),
         report.total.as_secs_f64()
     )?;
+    outcomes(report, out)
+}
+
+/// The worker that stopped the job, with its last words; then the others that did not end well,
+/// grouped by how they ended when there are many.
+fn outcomes(report: &launcher::UpReport, out: &mut dyn Write) -> std::io::Result<()> {
+    let culprit = match &report.stop {
+        Some(launcher::Stop::Failed { name, .. }) => Some(name.as_str()),
+        _ => None,
+    };
+    let mut others: Vec<&launcher::Outcome> = Vec::new();
     for o in report.outcomes.iter().filter(|o| !o.exit.success() || o.restarts > 0) {
-        writeln!(out, "  {o}")?;
+        if Some(o.name.as_str()) == culprit {
+            writeln!(out, "  {o}")?;
+            for line in &o.last_lines {
+                writeln!(out, "    | {}", crate::text::printable(line))?;
+            }
+        } else {
+            others.push(o);
+        }
     }
-    Ok(if report.success() { 0 } else { 1 })
+    if others.len() <= 8 {
+        for o in others {
+            writeln!(out, "  {o}")?;
+        }
+        return Ok(());
+    }
+    let mut groups: Vec<(String, usize)> = Vec::new();
+    for o in others {
+        let how = format!("{}{}", o.exit, if o.restarts > 0 { ", after restarts" } else { "" });
+        match groups.iter_mut().find(|(h, _)| *h == how) {
+            Some((_, n)) => *n += 1,
+            None => groups.push((how, 1)),
+        }
+    }
+    for (how, n) in groups {
+        writeln!(out, "  {n} other worker(s): {how}")?;
+    }
+    Ok(())
 }

@@ -61,8 +61,12 @@ fn planned(topology: &str) -> Vec<(String, String)> {
 
 const CHECK: &str = r#"
 import json, os, sys, time
-from distributed import Client
-c = Client(scheduler_file=sys.argv[1], timeout=30)
+from distributed import Client, Security
+d = os.path.dirname(sys.argv[1])
+tls = os.path.exists(os.path.join(d, "ca.pem"))
+sec = Security(tls_ca_file=os.path.join(d, "ca.pem"), tls_client_cert=os.path.join(d, "cert.pem"),
+               tls_client_key=os.path.join(d, "key.pem"), require_encryption=True) if tls else None
+c = Client(scheduler_file=sys.argv[1], timeout=30, security=sec)
 c.wait_for_workers(int(sys.argv[2]), timeout=60)
 env = c.run(lambda: {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "GPUCLUSTER_DEVICE_MEMORY_LIMIT", "UCX_TLS")})
 info = c.scheduler_info(n_workers=-1)["workers"]
@@ -170,7 +174,7 @@ fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
     }
     let status_a = launcher_a.0.wait().expect("wait a");
     let status_b = launcher_b.0.wait().expect("wait b");
-    assert!(status_a.success() && status_b.success(), "{status_a} {status_b}");
+    assert_eq!((status_a.code(), status_b.code()), (Some(143), Some(143)), "stopped by SIGTERM");
     wait_until("no worker left", Duration::from_secs(10), || {
         processes_with(&scheduler_file.display().to_string()).len() <= 1
     });
@@ -208,11 +212,100 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     wait_until("the ready line", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
     });
+    attack_as_another_client(&python, &file);
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(launcher.0.id() as i32, libc::SIGTERM) };
-    assert!(launcher.0.wait().expect("wait").success());
+    unsafe { libc::kill(launcher.0.id() as i32, libc::SIGINT) };
+    assert_eq!(launcher.0.wait().expect("wait").code(), Some(130), "Ctrl-C ends with 130");
     assert!(processes_with(&file.display().to_string()).is_empty(), "no scheduler or worker left");
-    assert!(!file.exists(), "the scheduler file's folder is removed");
+    assert!(!file.parent().expect("dir").exists(), "the private folder (file, credentials) is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client without the cluster's credentials gets nothing: not as this user without them, and
+/// not as another user of the host, who cannot even read them.
+fn attack_as_another_client(python: &Path, file: &Path) {
+    let folder = file.parent().expect("dir");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(folder).expect("stat").permissions().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(folder.join("key.pem")).expect("stat").permissions().mode() & 0o777, 0o600);
+    let address: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(file).expect("scheduler file")).expect("json");
+    let address = address["address"].as_str().expect("address").to_owned();
+    assert!(address.starts_with("tls://"), "dask local speaks TLS by default: {address}");
+    let plain = address.replacen("tls://", "tcp://", 1);
+    let intrude = "import sys\nfrom distributed import Client\ntry:\n    c = Client(sys.argv[1], timeout=5)\n    \
+                   print('INTRUDED', c.run(lambda: 1))\nexcept Exception as e:\n    print('refused', type(e).__name__)\n";
+    for target in [&address, &plain] {
+        let out = Command::new(python).args(["-c", intrude, target]).output().expect("client");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("refused") && !text.contains("INTRUDED"), "{target}: {text}");
+    }
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(folder.join("key.pem"))
+            .output()
+            .expect("setpriv");
+        assert!(!out.status.success(), "another user read the cluster's key");
+    }
+}
+
+/// A Python that runs the scheduler (and the probe) but whose Dask workers always fail, as they
+/// do where the driver refuses every device.
+fn python_whose_workers_fail(dir: &Path, python: &Path) -> PathBuf {
+    let wrapper = dir.join("python-workers-fail");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$2\" in *\"'dask-worker'\"*|*\"'dask-cuda-worker'\"*) echo 'NVMLError_NotFound: no such device' >&2; exit 1;; esac\n\
+             exec {} \"$@\"\n",
+            python.display()
+        ),
+    )
+    .expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    wrapper
+}
+
+#[test]
+fn a_cluster_whose_workers_cannot_run_says_why_and_ends() {
+    let Some(python) = python() else { return };
+    let dir = scratch("noworker");
+    let wrapper = python_whose_workers_fail(&dir, &python);
+    let started = Instant::now();
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "local", "--max-restarts", "1", "--grace", "2"])
+        .arg("--python")
+        .arg(&wrapper)
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("stopped: no worker could run"), "{text}");
+    assert!(text.contains("NVMLError_NotFound: no such device"), "the workers' own words: {text}");
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(processes_with(&wrapper.display().to_string()).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn joining_a_scheduler_that_does_not_answer_fails_at_once() {
+    let Some(python) = python() else { return };
+    let dir = scratch("unreachable");
+    let file = dir.join("scheduler.json");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    std::fs::write(&file, format!("{{\"address\": \"tcp://127.0.0.1:{port}\"}}")).expect("write");
+    let started = Instant::now();
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", "--scheduler-file", &file.display().to_string()])
+        .arg("--python")
+        .arg(&python)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not answer") && err.contains(&port.to_string()), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

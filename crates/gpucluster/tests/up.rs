@@ -76,34 +76,106 @@ fn a_command_gets_its_environment_and_failures_are_restarted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn sigterm_stops_every_worker_within_the_grace_period() {
-    let marker = format!("{}.{}", 30 + std::process::id() % 1000, std::process::id());
-    let mut launcher = gpucluster()
-        .args(["--topology", "sim:a30", "up", "--grace", "2", "--", "sleep", &marker])
+/// Starts `up -- sh -c SCRIPT` on four simulated workers and waits until `count` processes
+/// whose command line starts with `marker` run.
+fn start_up(script: &str, marker: &str, count: usize, grace: &str) -> std::process::Child {
+    let launcher = gpucluster()
+        .args(["--topology", "sim:a30", "up", "--grace", grace, "--", "sh", "-c", script])
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for("4 workers", Duration::from_secs(10), || processes_with(&format!("sleep {marker}")).len() == 4);
+    wait_for(&format!("{count} x {marker}"), Duration::from_secs(10), || processes_with(marker).len() >= count);
+    launcher
+}
+
+fn signal(child: &std::process::Child, sig: i32) {
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
-    let status = launcher.wait().expect("wait");
-    assert_eq!(status.code(), Some(1), "workers killed by the signal did not end well");
-    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+    unsafe { libc::kill(child.id() as i32, sig) };
 }
 
 #[test]
-fn no_worker_outlives_a_killed_launcher() {
-    let marker = format!("{}.{}", 40 + std::process::id() % 1000, std::process::id() + 1);
-    let mut launcher = gpucluster()
-        .args(["--topology", "sim:a30", "up", "--", "sleep", &marker])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    wait_for("4 workers", Duration::from_secs(10), || processes_with(&format!("sleep {marker}")).len() == 4);
+fn signals_stop_every_worker_and_exit_as_shells_report_them() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130), (libc::SIGHUP, 129)] {
+        let marker = format!("sleep 5{sig}.{}", std::process::id());
+        let mut launcher = start_up(&format!("{marker}; true"), &marker, 4, "2");
+        signal(&launcher, sig);
+        let status = launcher.wait().expect("wait");
+        assert_eq!(status.code(), Some(code), "signal {sig}");
+        wait_for("the workers to stop", Duration::from_secs(2), || processes_with(&marker).is_empty());
+    }
+}
+
+#[test]
+fn nothing_a_worker_started_outlives_a_killed_launcher() {
+    // The worker is a shell, and its `sleep` a child of the shell: the kernel's parent-death
+    // signal reaches the shell only; the guard takes care of the rest.
+    let marker = format!("sleep 61.{}", std::process::id());
+    let mut launcher = start_up(&format!("{marker} & {marker}; true"), &marker, 8, "10");
     launcher.kill().expect("SIGKILL the launcher");
     launcher.wait().expect("wait");
-    wait_for("the workers to die with their launcher", Duration::from_secs(5), || {
-        processes_with(&format!("sleep {marker}")).is_empty()
+    wait_for("everything to die with the launcher", Duration::from_secs(3), || processes_with(&marker).is_empty());
+}
+
+#[test]
+fn what_a_worker_leaves_behind_is_stopped_with_it() {
+    // A daemon in its own session, and a grandchild that ignores SIGTERM and SIGINT.
+    let marker = format!("sleep 62.{}", std::process::id());
+    let script = format!("setsid {marker} & (trap '' TERM INT; exec {marker}) & exit 0");
+    let started = Instant::now();
+    let out = gpucluster().args(["--topology", "sim:a30", "up", "--grace", "1", "--", "sh", "-c", &script]).output();
+    assert!(out.expect("run").status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(processes_with(&marker).is_empty(), "left behind: {:?}", processes_with(&marker));
+}
+
+#[test]
+fn a_killed_worker_stops_the_job_within_a_second() {
+    let launcher =
+        gpucluster().args(["--topology", "sim:dgx-a100", "up"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let worker = format!("{} worker", env!("CARGO_BIN_EXE_gpucluster"));
+    // The worker process itself, not its guard (whose command line ends with the worker's).
+    let workers = || -> Vec<i32> {
+        processes_with(&worker).iter().filter_map(|p| p.split(':').next().and_then(|p| p.parse().ok())).collect()
+    };
+    wait_for("56 workers", Duration::from_secs(10), || workers().len() >= 56);
+    let victim = workers()[20];
+    // Stopped first, so the job cannot finish before the kill lands: its peers wait for it.
+    // SAFETY: signalling a worker this test started (through its launcher).
+    unsafe { libc::kill(victim, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: as above.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    let killed = Instant::now();
+    let output = launcher.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(killed.elapsed() < Duration::from_secs(2), "took {:?} after the kill:\n{text}", killed.elapsed());
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("stopped: ") && text.contains("failed (killed by signal 9 (SIGKILL))"), "{text}");
+    assert!(workers().is_empty(), "no worker is left");
+}
+
+#[test]
+fn a_launcher_killed_as_it_starts_leaves_nothing_even_under_a_subreaper() {
+    // With a subreaper above the launcher, an orphaned worker is reparented to it, not to init,
+    // so checking `getppid() == 1` misses the launcher's death; this test is that subreaper.
+    // SAFETY: prctl on this test process.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let marker = format!("sleep 63.{}", std::process::id());
+    for i in 0..40u64 {
+        let mut launcher = gpucluster()
+            .args(["--topology", "sim:a30", "up", "--", "sh", "-c", &format!("{marker} & {marker}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(i % 30));
+        launcher.kill().expect("kill");
+        launcher.wait().expect("wait");
+    }
+    wait_for("no survivor", Duration::from_secs(3), || {
+        // Reap what was reparented to us.
+        // SAFETY: reaping any exited child of this test process, without blocking.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        processes_with(&marker).is_empty()
     });
 }

@@ -6,15 +6,29 @@
 //! dask-cuda, `GPUCLUSTER_DEVICE_MEMORY_LIMIT` for both), its Dask resources, and its plan's
 //! environment, so a MIG worker sees exactly its own instance. Workers talk TCP: the path a MIG
 //! cluster has anyway (UCX with NVLink needs whole, NVLinked GPUs and distributed-ucxx).
+//!
+//! Security: a Dask worker runs whatever a connected peer asks, so `dask local` closes its
+//! cluster with TLS by default ([`TlsFiles`]: a fresh CA and one certificate that the scheduler,
+//! the workers and the user's client present, in a [`PrivateDir`](crate::workdir::PrivateDir)
+//! nobody else can read). Simulated devices never reach code that asks the driver about them:
+//! their workers run plain `dask worker` with distributed's NVML diagnostics off.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use cluster_core::WorkerPlan;
 
+use crate::workdir::PrivateDir;
 use crate::{LauncherError, ProcessSpec};
+
+/// How long a worker waits for an unreachable scheduler before it gives up (`--death-timeout`).
+pub const DEATH_TIMEOUT_SECONDS: u32 = 30;
+/// How long the check that a scheduler answers waits.
+pub const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the Python environment offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,20 +48,32 @@ pub struct PythonInfo {
 /// UCX pays off only where it can use NVLink: between whole GPUs with P2P over NVLink. MIG
 /// instances have no CUDA IPC, and UCX without it is slower than Dask's TCP comm path for large
 /// GPU messages on some sizes and no faster on others (`docs/benchmarks.md`), so anything else
-/// gets TCP.
-pub fn choose_protocol(all_pairs_nvlink: bool, workers: usize, python: &PythonInfo) -> (&'static str, String) {
+/// gets TCP. A `secure` cluster speaks TLS: UCX has no authentication, so it is never chosen then.
+pub fn choose_protocol(
+    all_pairs_nvlink: bool,
+    workers: usize,
+    python: &PythonInfo,
+    secure: bool,
+) -> (&'static str, String) {
+    let plain = if secure { "tls" } else { "tcp" };
     match (all_pairs_nvlink && workers > 1, python.ucxx) {
+        (true, true) if secure => (
+            "tls",
+            "UCX could use NVLink here, but it cannot authenticate peers: TLS keeps the cluster closed \
+             (--insecure for UCX)"
+                .into(),
+        ),
         (true, true) => (
             "ucx",
             "every pair of workers is two whole GPUs with P2P over NVLink, and distributed-ucxx is installed".into(),
         ),
         (true, false) => (
-            "tcp",
+            plain,
             "the GPUs are NVLinked, but distributed-ucxx is not installed (pip install distributed-ucxx-cu13 for UCX)"
                 .into(),
         ),
         (false, _) => (
-            "tcp",
+            plain,
             "MIG instances, GPUs without NVLink, or one worker: nothing for UCX's cuda_ipc/NVLink to use".into(),
         ),
     }
@@ -56,7 +82,7 @@ pub fn choose_protocol(all_pairs_nvlink: bool, workers: usize, python: &PythonIn
 /// Checks that `python` can run Dask.
 ///
 /// # Errors
-/// [`LauncherError::Dask`] saying how to install it.
+/// [`LauncherError::NoDask`] saying how to install it.
 pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
     let script = "import dask, distributed, importlib.util; print(distributed.__version__); \
                   print(importlib.util.find_spec('dask_cuda') is not None); \
@@ -66,17 +92,19 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
          or pass --python with an interpreter that has it",
         python.to_string_lossy()
     );
-    let output = Command::new(python)
-        .args(["-c", script])
-        .output()
-        .map_err(|e| LauncherError::Dask(format!("cannot run `{}` ({e}); {how}", python.to_string_lossy())))?;
+    let output = Command::new(python).args(["-c", script]).output().map_err(|e| LauncherError::NoDask {
+        python: python.clone(),
+        detail: format!("cannot run it: {e}"),
+        how: how.clone(),
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let last = stderr.lines().last().unwrap_or("").trim().to_owned();
-        return Err(LauncherError::Dask(format!(
-            "Dask is not installed for `{}` ({last}); {how}",
-            python.to_string_lossy()
-        )));
+        return Err(LauncherError::NoDask {
+            python: python.clone(),
+            detail: format!("Dask is not installed for it ({last})"),
+            how,
+        });
     }
     let text = String::from_utf8_lossy(&output.stdout);
     let mut lines = text.lines();
@@ -91,19 +119,162 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
 /// Reads a scheduler file and returns the scheduler's address.
 ///
 /// # Errors
-/// [`LauncherError::Dask`] naming the file and what is wrong with it.
+/// [`LauncherError::SchedulerFile`] naming the file and what is wrong with it.
 pub fn scheduler_address(file: &Path) -> Result<String, LauncherError> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        LauncherError::Dask(format!(
-            "cannot read the scheduler file {}: {e}; it is written by `dask scheduler --scheduler-file FILE`",
-            file.display()
-        ))
-    })?;
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| LauncherError::Dask(format!("{} is not a Dask scheduler file (not JSON: {e})", file.display())))?;
-    json.get("address").and_then(|a| a.as_str()).map(str::to_owned).ok_or_else(|| {
-        LauncherError::Dask(format!("{} is not a Dask scheduler file: it has no \"address\"", file.display()))
-    })
+    let bad = |problem: String| LauncherError::SchedulerFile { file: file.to_owned(), problem };
+    let meta = std::fs::metadata(file)
+        .map_err(|e| bad(format!("cannot be read ({e}); it is written by `dask scheduler --scheduler-file FILE`")))?;
+    // A scheduler file is a few hundred bytes; anything huge is not one.
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return Err(bad("is not a Dask scheduler file (not a regular file of at most 1 MiB)".into()));
+    }
+    let text = std::fs::read(file).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    let text = text.strip_prefix(b"\xef\xbb\xbf".as_slice()).unwrap_or(&text);
+    let json: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| bad(format!("is not a Dask scheduler file (not JSON: {e})")))?;
+    let address = match json.get("address") {
+        Some(serde_json::Value::String(a)) => a.clone(),
+        Some(other) => {
+            return Err(bad(format!("is not a Dask scheduler file: its \"address\" is {other}, not text")));
+        }
+        None => return Err(bad("is not a Dask scheduler file: it has no \"address\"".into())),
+    };
+    parse_address(&address).map_err(|why| bad(format!("names the scheduler address {address:?}, which {why}")))?;
+    Ok(address)
+}
+
+/// A scheduler address split into its scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchedulerAddress {
+    /// `tcp`, `tls`, `ucx`, ...
+    pub scheme: String,
+    /// A name or an address (without brackets for IPv6).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+/// Splits `scheme://host:port`; the error says what is wrong, to follow "which ...".
+pub fn parse_address(address: &str) -> Result<SchedulerAddress, String> {
+    if address.len() > 1024 || address.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("holds spaces or control characters, or is far too long".into());
+    }
+    let (scheme, rest) = address.split_once("://").ok_or("has no scheme (expected e.g. tcp://HOST:PORT)")?;
+    if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'+') {
+        return Err("has no valid scheme (expected e.g. tcp://HOST:PORT)".into());
+    }
+    let (host, port) = rest.rsplit_once(':').ok_or("has no port")?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| format!("has no valid port ({port:?})"))?;
+    if host.is_empty() || port == 0 {
+        return Err("has no host or port".into());
+    }
+    Ok(SchedulerAddress { scheme: scheme.to_owned(), host: host.to_owned(), port })
+}
+
+/// Checks that the scheduler at `address` accepts connections, within [`REACH_TIMEOUT`].
+///
+/// # Errors
+/// [`LauncherError::SchedulerUnreachable`] with the reason.
+pub fn check_scheduler(address: &str) -> Result<(), LauncherError> {
+    let unreachable = |reason: String| LauncherError::SchedulerUnreachable { address: address.to_owned(), reason };
+    let parsed = parse_address(address).map_err(|why| unreachable(format!("the address {why}")))?;
+    let targets: Vec<_> = (parsed.host.as_str(), parsed.port)
+        .to_socket_addrs()
+        .map_err(|e| unreachable(format!("{} does not resolve ({e})", parsed.host)))?
+        .collect();
+    let mut last = None;
+    for target in targets {
+        match TcpStream::connect_timeout(&target, REACH_TIMEOUT) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(format!("{target}: {e}")),
+        }
+    }
+    Err(unreachable(last.unwrap_or_else(|| format!("{} resolves to no address", parsed.host))))
+}
+
+/// The TLS credentials of a cluster: a CA, and one certificate with its key that the
+/// scheduler, the workers and the user's client all present (Dask checks the peer's certificate
+/// against the CA in both directions, not its host name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The CA certificate (`--tls-ca-file`).
+    pub ca: PathBuf,
+    /// The certificate (`--tls-cert`).
+    pub cert: PathBuf,
+    /// Its private key (`--tls-key`), mode 0600.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a fresh CA (whose key is never written down) and a certificate for `hosts` (names
+    /// or IP addresses) into `dir`.
+    ///
+    /// # Errors
+    /// [`LauncherError::Tls`] if generation fails, [`LauncherError::PrivateDir`] if writing does.
+    pub fn generate(dir: &PrivateDir, hosts: &[String]) -> Result<Self, LauncherError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose, SanType,
+        };
+        let tls = |e: rcgen::Error| LauncherError::Tls(e.to_string());
+        let ca_key = KeyPair::generate().map_err(tls)?;
+        let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        ca.distinguished_name.push(DnType::CommonName, "gpucluster dask local CA");
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_cert = ca.self_signed(&ca_key).map_err(tls)?;
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().map_err(tls)?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(tls)?;
+        params.distinguished_name.push(DnType::CommonName, "gpucluster dask local");
+        for host in hosts {
+            let san = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(host.clone().try_into().map_err(tls)?),
+            };
+            params.subject_alt_names.push(san);
+        }
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &issuer).map_err(tls)?;
+        Ok(Self {
+            ca: dir.write("ca.pem", ca_cert.pem().as_bytes())?,
+            cert: dir.write("cert.pem", cert.pem().as_bytes())?,
+            key: dir.write("key.pem", key.serialize_pem().as_bytes())?,
+        })
+    }
+
+    /// The credentials `dask local` wrote beside `scheduler_file`, if all three are there.
+    pub fn beside(scheduler_file: &Path) -> Option<Self> {
+        let dir = scheduler_file.parent()?;
+        let files = Self { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+        (files.ca.is_file() && files.cert.is_file() && files.key.is_file()).then_some(files)
+    }
+
+    /// The Dask command-line flags that use them.
+    pub fn args(&self) -> Vec<OsString> {
+        vec![
+            "--tls-ca-file".into(),
+            self.ca.clone().into(),
+            "--tls-cert".into(),
+            self.cert.clone().into(),
+            "--tls-key".into(),
+            self.key.clone().into(),
+        ]
+    }
+
+    /// Python that connects a client to the cluster of `scheduler_file` with these credentials.
+    pub fn client_code(&self, scheduler_file: &Path) -> String {
+        format!(
+            "Client(scheduler_file={:?}, security=Security(tls_ca_file={:?}, tls_client_cert={:?}, \
+             tls_client_key={:?}, require_encryption=True))",
+            scheduler_file.display().to_string(),
+            self.ca.display().to_string(),
+            self.cert.display().to_string(),
+            self.key.display().to_string()
+        )
+    }
 }
 
 /// How to start the workers.
@@ -119,6 +290,18 @@ pub struct DaskWorkers {
     pub host_memory_per_worker: Option<u64>,
     /// `--protocol` for the workers, where it must be set (a local cluster on UCX).
     pub protocol: Option<&'static str>,
+    /// TLS credentials, where the scheduler speaks TLS.
+    pub tls: Option<TlsFiles>,
+    /// The devices are simulated: plain `dask worker`, and nothing that asks the driver about
+    /// devices that do not exist (distributed's NVML diagnostics off, dask-cuda not used).
+    pub simulated: bool,
+}
+
+impl DaskWorkers {
+    /// Whether workers run `dask cuda worker`.
+    pub fn uses_dask_cuda(&self) -> bool {
+        self.python.dask_cuda && !self.simulated
+    }
 }
 
 fn resources(w: &WorkerPlan) -> String {
@@ -132,7 +315,8 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
         .map(|w| {
             // The CLI entry points directly: `python -m dask` imports every CLI plugin first.
             let mut args: Vec<OsString> = vec!["-c".into()];
-            if config.python.dask_cuda {
+            let dask_cuda = config.uses_dask_cuda();
+            if dask_cuda {
                 args.push(cli_entry("dask_cuda.cli", "worker", "dask-cuda-worker").into());
             } else {
                 args.push(cli_entry("distributed.cli.dask_worker", "main", "dask-worker").into());
@@ -140,13 +324,14 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             args.extend(["--scheduler-file".into(), config.scheduler_file.clone().into_os_string()]);
             args.extend(["--name".into(), w.name.clone().into(), "--nthreads".into(), "1".into()]);
             args.extend(["--resources".into(), resources(w).into(), "--no-dashboard".into()]);
+            args.extend(["--death-timeout".into(), DEATH_TIMEOUT_SECONDS.to_string().into()]);
             if let Some(bytes) = config.host_memory_per_worker {
                 args.extend(["--memory-limit".into(), bytes.to_string().into()]);
             }
             // The nanny forks its worker instead of spawning a fresh interpreter that imports
             // Dask (and dask-cuda, pandas, ...) all over again: that halves start-up. The nanny
             // never touches CUDA (dask-cuda reads the device through NVML), so forking is safe.
-            if config.python.dask_cuda {
+            if dask_cuda {
                 let limit = w.device_memory_limit_bytes.map_or_else(|| "0".to_owned(), |b| b.to_string());
                 args.extend(["--device-memory-limit".into(), limit.into()]);
                 args.extend(["--multiprocessing-method".into(), "fork".into()]);
@@ -159,7 +344,14 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if let Some(protocol) = config.protocol {
                 args.extend(["--protocol".into(), protocol.into()]);
             }
+            if let Some(tls) = &config.tls {
+                args.extend(tls.args());
+            }
             let mut env: BTreeMap<String, String> = w.env();
+            if config.simulated {
+                env.insert("DASK_DISTRIBUTED__DIAGNOSTICS__NVML".into(), "False".into());
+                env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
+            }
             env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), "fork".into());
             env.insert(
                 "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
@@ -171,6 +363,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
                 args,
                 env,
                 cpu_affinity: w.cpu_affinity.clone(),
+                essential: false,
             }
         })
         .collect()
@@ -183,19 +376,29 @@ fn cli_entry(module: &str, function: &str, program: &str) -> String {
     format!("import sys; sys.argv[0] = '{program}'; from {module} import {function}; sys.exit({function}())")
 }
 
-/// The scheduler of `dask local`, writing `scheduler_file`.
-pub fn scheduler_spec(python: &PythonInfo, scheduler_file: &Path, host: Option<&str>, protocol: &str) -> ProcessSpec {
+/// The scheduler of `dask local`, writing `scheduler_file`; it speaks TLS where `tls` is given.
+pub fn scheduler_spec(
+    python: &PythonInfo,
+    scheduler_file: &Path,
+    host: Option<&str>,
+    protocol: &str,
+    tls: Option<&TlsFiles>,
+) -> ProcessSpec {
     let mut args: Vec<OsString> =
         vec!["-c".into(), cli_entry("distributed.cli.dask_scheduler", "main", "dask-scheduler").into()];
     args.extend(["--scheduler-file".into(), scheduler_file.as_os_str().to_owned(), "--no-dashboard".into()]);
     args.extend(["--host".into(), host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
     args.extend(["--protocol".into(), protocol.into()]);
+    if let Some(tls) = tls {
+        args.extend(tls.args());
+    }
     ProcessSpec {
         name: "scheduler".into(),
         program: python.python.clone(),
         args,
         env: BTreeMap::new(),
         cpu_affinity: None,
+        essential: true,
     }
 }
 
@@ -225,17 +428,91 @@ mod tests {
         assert!(scheduler_address(&bad).expect_err("bad").to_string().contains("not JSON"));
         let err = scheduler_address(&dir.join("missing.json")).expect_err("missing");
         assert!(err.to_string().contains("dask scheduler --scheduler-file"), "{err}");
+        // An address that is not text, or not an address, is said to be so.
+        std::fs::write(&bad, r#"{"address": 42}"#).expect("write");
+        assert!(scheduler_address(&bad).expect_err("number").to_string().contains("is 42, not text"));
+        std::fs::write(&bad, "{\"address\": \"tcp://evil\\u001b[2J:1\"}").expect("write");
+        let err = scheduler_address(&bad).expect_err("escape").to_string();
+        assert!(err.contains("control characters") && !err.contains('\u{1b}'), "{err}");
+        std::fs::write(&bad, "\u{feff}{\"address\": \"tls://127.0.0.1:8786\"}").expect("write");
+        assert_eq!(scheduler_address(&bad).expect("a BOM is fine"), "tls://127.0.0.1:8786");
+        assert!(scheduler_address(Path::new("/dev/zero")).is_err(), "not a regular file");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn addresses_split_and_unreachable_schedulers_are_named() {
+        let a = parse_address("tls://[::1]:8786").expect("v6");
+        assert_eq!((a.scheme.as_str(), a.host.as_str(), a.port), ("tls", "::1", 8786));
+        for bad in ["127.0.0.1:8786", "tcp://host", "tcp://:80", "tcp://h:0", "tcp://h:99999", "://h:1"] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+        // A port that was just free: nobody listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        let started = std::time::Instant::now();
+        let err = check_scheduler(&format!("tcp://127.0.0.1:{port}")).expect_err("nobody listens");
+        assert!(matches!(err, LauncherError::SchedulerUnreachable { .. }), "{err}");
+        assert!(err.to_string().contains("does not answer"), "{err}");
+        assert!(started.elapsed() <= REACH_TIMEOUT + Duration::from_secs(1));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        check_scheduler(&format!("tcp://{}", listener.local_addr().expect("addr"))).expect("listening");
+    }
+
+    #[test]
+    fn tls_credentials_are_private_and_found_beside_the_scheduler_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PrivateDir::create("gpucluster-test").expect("dir");
+        let tls = TlsFiles::generate(&dir, &["127.0.0.1".into(), "localhost".into()]).expect("generate");
+        for f in [&tls.ca, &tls.cert, &tls.key] {
+            let mode = std::fs::metadata(f).expect("stat").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+        let key = std::fs::read_to_string(&tls.key).expect("key");
+        assert!(key.contains("PRIVATE KEY"));
+        let ca = std::fs::read_to_string(&tls.ca).expect("ca");
+        assert!(ca.contains("BEGIN CERTIFICATE") && !ca.contains("PRIVATE"), "the CA's key is never written");
+        assert_eq!(TlsFiles::beside(&dir.path().join("scheduler.json")), Some(tls.clone()));
+        assert!(tls.client_code(&dir.path().join("scheduler.json")).contains("require_encryption=True"));
+    }
+
+    #[test]
+    fn simulated_devices_never_meet_the_driver() {
+        let python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: true, ucxx: false };
+        let spec: gpu_topology::TopologySpec = "sim:a30".parse().expect("spec");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let snapshot = rt.block_on(spec.open().expect("open").snapshot()).expect("snapshot");
+        let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
+        let config = DaskWorkers {
+            python,
+            scheduler_file: "s.json".into(),
+            host: None,
+            host_memory_per_worker: None,
+            protocol: None,
+            tls: None,
+            simulated: true,
+        };
+        assert!(!config.uses_dask_cuda());
+        let specs = worker_specs(&plan.workers, &config);
+        for spec in &specs {
+            let code = spec.args[1].to_string_lossy().into_owned();
+            assert!(code.contains("distributed.cli.dask_worker"), "plain dask worker: {code}");
+            assert_eq!(spec.env.get("DASK_DISTRIBUTED__DIAGNOSTICS__NVML").map(String::as_str), Some("False"));
+        }
+        let real = DaskWorkers { simulated: false, ..config };
+        assert!(real.uses_dask_cuda());
+        assert!(worker_specs(&plan.workers, &real)[0].args[1].to_string_lossy().contains("dask_cuda"));
     }
 
     #[test]
     fn ucx_only_for_nvlinked_whole_gpus_with_ucxx() {
         let mut python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: true, ucxx: true };
-        assert_eq!(choose_protocol(true, 8, &python).0, "ucx");
-        assert_eq!(choose_protocol(false, 8, &python).0, "tcp");
-        assert_eq!(choose_protocol(true, 1, &python).0, "tcp");
+        assert_eq!(choose_protocol(true, 8, &python, false).0, "ucx");
+        assert_eq!(choose_protocol(false, 8, &python, false).0, "tcp");
+        assert_eq!(choose_protocol(true, 1, &python, false).0, "tcp");
+        assert_eq!(choose_protocol(true, 8, &python, true).0, "tls", "UCX cannot authenticate peers");
+        assert_eq!(choose_protocol(false, 8, &python, true).0, "tls");
         python.ucxx = false;
-        let (protocol, why) = choose_protocol(true, 8, &python);
+        let (protocol, why) = choose_protocol(true, 8, &python, false);
         assert_eq!(protocol, "tcp");
         assert!(why.contains("distributed-ucxx"), "{why}");
     }

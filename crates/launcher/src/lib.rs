@@ -6,13 +6,21 @@
 //! (the built-in acceptance-test worker, a user's command, or Dask workers) and hosts the
 //! rendezvous through which workers find their peers. It decides nothing about devices (that is
 //! `cluster-core`'s plan) and moves no data itself (workers use `transport`).
+//!
+//! The binary runs the [`guard`] between the launcher and each worker (`gpucluster guard`), so
+//! that nothing a worker starts outlives the launcher, however the launcher ends.
 
 pub mod builtin;
 pub mod dask;
+pub mod guard;
 mod supervise;
 mod up;
+pub mod workdir;
 
-pub use supervise::{Exit, Outcome, ProcessSpec, Restart, Sink, Supervision, supervise};
+pub use supervise::{
+    Exit, Outcome, ProcessSpec, Restart, RestartFlag, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
+    signal_name, supervise,
+};
 pub use up::{Job, Memory, UpReport, pairs_to_measure, up};
 
 /// What can go wrong launching workers.
@@ -25,9 +33,55 @@ pub enum LauncherError {
     /// A grace period out of range.
     #[error("--grace {0} is out of range: give 0 to 3600 seconds")]
     Grace(f64),
-    /// Dask is missing or misconfigured.
-    #[error("{0}")]
-    Dask(String),
+    /// The Python interpreter cannot run Dask.
+    #[error("cannot use `{}` for Dask: {detail}; {how}", python.to_string_lossy())]
+    NoDask {
+        /// The interpreter.
+        python: std::ffi::OsString,
+        /// What went wrong.
+        detail: String,
+        /// How to fix it.
+        how: String,
+    },
+    /// A scheduler file that cannot be used.
+    #[error("the scheduler file {} {problem}", file.display())]
+    SchedulerFile {
+        /// The file.
+        file: std::path::PathBuf,
+        /// What is wrong with it, to follow its name.
+        problem: String,
+    },
+    /// The scheduler does not answer.
+    #[error(
+        "the Dask scheduler at {address} does not answer ({reason}); is `dask scheduler` running there, \
+         and is the scheduler file current?"
+    )]
+    SchedulerUnreachable {
+        /// Its address.
+        address: String,
+        /// Why the connection failed.
+        reason: String,
+    },
+    /// The scheduler speaks TLS and no credentials were given.
+    #[error(
+        "the Dask scheduler at {address} speaks TLS: give --tls-ca-file, --tls-cert and --tls-key \
+         (`gpucluster dask local` writes them beside its scheduler file)"
+    )]
+    TlsNeeded {
+        /// The scheduler's address.
+        address: String,
+    },
+    /// TLS credentials could not be generated.
+    #[error("cannot generate the cluster's TLS credentials: {0}")]
+    Tls(String),
+    /// A private working directory could not be created or written.
+    #[error("cannot set up the private directory {}: {error}", path.display())]
+    PrivateDir {
+        /// The directory or file.
+        path: std::path::PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// The rendezvous or a secret could not be set up.
     #[error("{0}")]
     Transport(transport::TransportError),

@@ -1,13 +1,20 @@
 //! Supervision: start one process per worker, prefix and forward their output, restart the
-//! ones that fail (when asked), forward SIGINT and SIGTERM with a grace period, and make sure
-//! none outlives the launcher.
+//! ones that fail (when asked), stop the job when it cannot go on, forward SIGINT, SIGTERM and
+//! SIGHUP with a grace period, and make sure nothing a worker started outlives the launcher.
 //!
-//! Each worker runs in its own process group (so the whole group, with anything it started, is
-//! signalled together) and with `PR_SET_PDEATHSIG = SIGKILL` (so the kernel kills it if the
-//! launcher dies, even by SIGKILL). The launcher also becomes a child subreaper, so processes a
-//! worker orphans are reparented to it rather than to init.
+//! With a guard program configured (the binary passes itself), each worker runs under a
+//! [`guard`](crate::guard) process: the guard owns the worker's subtree, forwards signals to it,
+//! cleans up what the worker leaves behind when it exits, and kills the subtree when the launcher
+//! dies, even by SIGKILL. Without one (library tests), each worker runs in its own process group
+//! with `PR_SET_PDEATHSIG = SIGKILL`, and its group is killed once it has exited. Either way the
+//! launcher is a child subreaper and, with a guard, kills whatever was reparented to it before it
+//! returns.
+//!
+//! A stop, whatever its cause, is the same sequence: the signal (SIGTERM when the job stops on
+//! its own) goes to every running worker, the grace period runs, and then whatever is still
+//! running is killed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -21,6 +28,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use crate::LauncherError;
+use crate::guard;
+
+/// Lines of each worker's output kept for the summary of a failure.
+const LAST_LINES: usize = 6;
+/// How long guards get to kill their subtrees after the grace period before they are killed.
+const GUARD_GRACE: Duration = Duration::from_secs(2);
 
 /// One process to run.
 #[derive(Debug, Clone)]
@@ -35,6 +48,8 @@ pub struct ProcessSpec {
     pub env: BTreeMap<String, String>,
     /// CPUs to pin it to (Linux cpulist, `0-15,32-47`), where known.
     pub cpu_affinity: Option<String>,
+    /// The job cannot go on without it (a Dask scheduler): see [`StopWhen::EssentialEndsOrNoneLeft`].
+    pub essential: bool,
 }
 
 /// What to do when a worker fails.
@@ -52,40 +67,90 @@ pub enum Restart {
     },
 }
 
+/// When the job stops on its own, before every process has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopWhen {
+    /// Never: each process runs until it ends (or a signal stops the launcher).
+    Signalled,
+    /// A process that fails for good (after its restarts) stops the others: a job of workers that
+    /// need each other (`up`) is all or nothing.
+    AnyFails,
+    /// An essential process ending (a Dask scheduler), or every other process having ended, stops
+    /// the rest: a cluster without its scheduler, or without a single worker, serves nobody.
+    EssentialEndsOrNoneLeft,
+}
+
+/// Called once when a job starts stopping, with the reason (so the caller can, say, release
+/// workers waiting at a rendezvous).
+pub type StopHook = Arc<dyn Fn(&Stop) + Send + Sync>;
+
 /// How to supervise.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Supervision {
-    /// How long workers get between SIGTERM and SIGKILL.
+    /// How long workers get between the stop signal and SIGKILL.
     pub grace: Duration,
     /// The restart policy.
     pub restart: Restart,
+    /// When the job stops on its own.
+    pub stop_when: StopWhen,
+    /// The program that runs `guard` (the gpucluster binary), if workers run under a guard.
+    pub guard: Option<OsString>,
+    /// Called when the job starts stopping.
+    pub on_stop: Option<StopHook>,
+}
+
+impl std::fmt::Debug for Supervision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervision")
+            .field("grace", &self.grace)
+            .field("restart", &self.restart)
+            .field("stop_when", &self.stop_when)
+            .field("guard", &self.guard)
+            .field("on_stop", &self.on_stop.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 impl Supervision {
-    /// From command-line flags: a grace period in seconds (0 to 3600), whether to restart failed
-    /// workers, and at most how often (waiting 0.5 s before the first restart).
+    /// From command-line flags: a grace period in seconds (0 to 3600), the restart policy and at
+    /// most how often (waiting 0.5 s before the first restart).
     ///
     /// # Errors
     /// [`LauncherError::Grace`] for a grace period out of range.
-    pub fn from_flags(grace_seconds: f64, restart_on_failure: bool, max_restarts: u32) -> Result<Self, LauncherError> {
+    pub fn from_flags(grace_seconds: f64, restart: RestartFlag, max_restarts: u32) -> Result<Self, LauncherError> {
         if !(0.0..=3600.0).contains(&grace_seconds) {
             return Err(LauncherError::Grace(grace_seconds));
         }
         Ok(Self {
             grace: Duration::from_secs_f64(grace_seconds),
-            restart: if restart_on_failure {
-                Restart::OnFailure { max: max_restarts, backoff: Duration::from_millis(500) }
-            } else {
-                Restart::Never
+            restart: match restart {
+                RestartFlag::OnFailure => Restart::OnFailure { max: max_restarts, backoff: Duration::from_millis(500) },
+                RestartFlag::Never => Restart::Never,
             },
+            ..Self::default()
         })
     }
 }
 
 impl Default for Supervision {
     fn default() -> Self {
-        Self { grace: Duration::from_secs(10), restart: Restart::Never }
+        Self {
+            grace: Duration::from_secs(10),
+            restart: Restart::Never,
+            stop_when: StopWhen::Signalled,
+            guard: None,
+            on_stop: None,
+        }
     }
+}
+
+/// `--restart`: whether failed workers are started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartFlag {
+    /// They stay down.
+    Never,
+    /// They are started again, up to `--max-restarts` times.
+    OnFailure,
 }
 
 /// How one worker ended.
@@ -97,6 +162,8 @@ pub struct Outcome {
     pub exit: Exit,
     /// How often it was restarted.
     pub restarts: u32,
+    /// The last lines it printed (stdout and stderr), for explaining a failure.
+    pub last_lines: Vec<String>,
 }
 
 impl std::fmt::Display for Outcome {
@@ -139,16 +206,91 @@ impl std::fmt::Display for Exit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Exit::Code(c) => write!(f, "exit {c}"),
-            Exit::Signal(s) => write!(f, "killed by signal {s}"),
+            Exit::Signal(s) => write!(f, "killed by signal {s} ({})", signal_name(*s)),
             Exit::NotStarted => f.write_str("could not be started"),
         }
     }
 }
 
+/// `SIGINT`, `SIGTERM`, ... for the signals users meet.
+pub fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        _ => "signal",
+    }
+}
+
+/// Why a job stopped before every process had ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The launcher received this signal (SIGINT, SIGTERM or SIGHUP) and passed it on.
+    Signal(i32),
+    /// A process failed for good, and the job cannot go on without it ([`StopWhen::AnyFails`]).
+    Failed {
+        /// The process.
+        name: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// An essential process ended ([`StopWhen::EssentialEndsOrNoneLeft`]).
+    EssentialEnded {
+        /// The process.
+        name: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// Every non-essential process has ended ([`StopWhen::EssentialEndsOrNoneLeft`]).
+    NoneLeft,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Signal(s) => write!(f, "{} received", signal_name(*s)),
+            Stop::Failed { name, exit } => write!(f, "{name} failed ({exit})"),
+            Stop::EssentialEnded { name, exit } => write!(f, "{name} ended ({exit})"),
+            Stop::NoneLeft => f.write_str("no worker is left running"),
+        }
+    }
+}
+
+impl Stop {
+    /// The exit status the launcher should end with after this stop: 128 + the signal for a
+    /// signal (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells report them.
+    pub fn exit_status(&self) -> Option<u8> {
+        match self {
+            Stop::Signal(s) => Some(128u8.saturating_add(*s as u8)),
+            _ => None,
+        }
+    }
+}
+
+/// How a supervised job went.
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    /// How each process ended, in the order given.
+    pub outcomes: Vec<Outcome>,
+    /// Why the job stopped early, if it did.
+    pub stop: Option<Stop>,
+}
+
 /// Where prefixed output goes.
 pub type Sink = Arc<Mutex<dyn Write + Send>>;
 
-fn parse_cpus(list: &str) -> Vec<usize> {
+/// Parses a Linux cpulist (`0-3,8,10-11`); nonsense parts are skipped.
+pub(crate) fn parse_cpus(list: &str) -> Vec<usize> {
     let mut cpus = Vec::new();
     for part in list.split(',') {
         match part.split_once('-') {
@@ -163,19 +305,39 @@ fn parse_cpus(list: &str) -> Vec<usize> {
     cpus
 }
 
-fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
-    let mut cmd = Command::new(&spec.program);
-    cmd.args(&spec.args).envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {
+    let mut cmd = match &config.guard {
+        Some(guard_program) => {
+            let mut cmd = Command::new(guard_program);
+            cmd.args(guard::arguments(std::process::id(), config.grace, &spec.program, &spec.args));
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(&spec.program);
+            cmd.args(&spec.args);
+            cmd
+        }
+    };
+    cmd.envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let cpus = spec.cpu_affinity.as_deref().map(parse_cpus).unwrap_or_default();
+    let guarded = config.guard.is_some();
+    // The guard's own signals are blocked before it runs, so none can end it before it watches.
+    let blocked = guard::handled_signals();
+    // SAFETY: getpid cannot fail.
+    let launcher = unsafe { libc::getpid() };
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-safe
-    // system calls (setpgid, prctl, getppid, sched_setaffinity, kill).
+    // system calls (setpgid, prctl, getppid, kill, getpid, pthread_sigmask, sched_setaffinity).
     unsafe {
         cmd.pre_exec(move || {
             libc::setpgid(0, 0);
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // The launcher may have died between fork and prctl.
-            if libc::getppid() == 1 {
+            libc::prctl(libc::PR_SET_PDEATHSIG, if guarded { libc::SIGUSR2 } else { libc::SIGKILL });
+            // The launcher may have died between fork and prctl (compared with its pid, not 1:
+            // with a subreaper above us an orphan is not reparented to init).
+            if libc::getppid() != launcher {
                 libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            if guarded {
+                libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, std::ptr::null_mut());
             }
             if !cpus.is_empty() {
                 let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -193,7 +355,9 @@ fn spawn(spec: &ProcessSpec) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
-fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: R, name: String, sink: Sink) {
+type LastLines = Arc<Mutex<VecDeque<String>>>;
+
+fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: R, name: String, sink: Sink, last: LastLines) {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -202,6 +366,12 @@ fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: R, name: String, sink:
             if let Ok(mut out) = sink.lock() {
                 let _ = out.write_all(text.as_bytes());
                 let _ = out.flush();
+            }
+            if let Ok(mut last) = last.lock() {
+                if last.len() == LAST_LINES {
+                    last.pop_front();
+                }
+                last.push_back(line);
             }
         }
     });
@@ -219,155 +389,281 @@ struct Slot {
     restarts: u32,
     last: Option<Exit>,
     done: bool,
+    last_lines: LastLines,
 }
 
-fn signal_group(pid: i32, sig: i32) {
-    // SAFETY: signalling a process group we created (the child's pid is its group id).
-    unsafe { libc::kill(-pid, sig) };
+fn say(sink: &Sink, text: std::fmt::Arguments<'_>) {
+    if let Ok(mut out) = sink.lock() {
+        let _ = out.write_fmt(text);
+        let _ = out.write_all(b"\n");
+        let _ = out.flush();
+    }
 }
 
-/// Runs every process to the end and reports how each ended.
-///
-/// # Errors
-/// [`LauncherError::Signals`] if the signal handlers cannot be installed.
-pub async fn supervise(
-    specs: Vec<ProcessSpec>,
-    config: &Supervision,
+/// The state of one supervised job.
+struct Job<'a> {
+    slots: Vec<Slot>,
+    config: &'a Supervision,
     sink: Sink,
-) -> Result<Vec<Outcome>, LauncherError> {
-    // SAFETY: prctl on ourselves; failure only loses the reparenting of orphans.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(LauncherError::Signals)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(LauncherError::Signals)?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let mut slots: Vec<Slot> = specs
-        .into_iter()
-        .map(|spec| Slot { spec, pid: None, generation: 0, restarts: 0, last: None, done: false })
-        .collect();
+    tx: mpsc::UnboundedSender<Event>,
+    /// Set once the job is stopping: why, and when the stop signal went out.
+    stopping: Option<(Stop, Instant)>,
+    /// The grace period is over and the remaining processes were told to die.
+    killed: Option<Instant>,
+}
 
-    let start = |i: usize, slots: &mut Vec<Slot>, tx: &mpsc::UnboundedSender<Event>| {
-        let slot = &mut slots[i];
+impl Job<'_> {
+    fn start(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
         slot.generation += 1;
-        match spawn(&slot.spec) {
+        match spawn(&slot.spec, self.config) {
             Ok(mut child) => {
                 slot.pid = child.id().map(|p| p as i32);
                 if let Some(out) = child.stdout.take() {
-                    forward(out, slot.spec.name.clone(), sink.clone());
+                    forward(out, slot.spec.name.clone(), self.sink.clone(), slot.last_lines.clone());
                 }
                 if let Some(err) = child.stderr.take() {
-                    forward(err, slot.spec.name.clone(), sink.clone());
+                    forward(err, slot.spec.name.clone(), self.sink.clone(), slot.last_lines.clone());
                 }
-                let (tx, generation) = (tx.clone(), slot.generation);
+                let (tx, generation) = (self.tx.clone(), slot.generation);
                 tokio::spawn(async move {
                     let status = child.wait().await.unwrap_or_else(|_| ExitStatus::from_raw(1 << 8));
                     let _ = tx.send(Event::Exited(i, generation, status));
                 });
             }
             Err(e) => {
-                if let Ok(mut out) = sink.lock() {
-                    let _ = writeln!(out, "[{}] cannot start {:?}: {e}", slot.spec.name, slot.spec.program);
-                }
+                say(&self.sink, format_args!("[{}] cannot start {:?}: {e}", slot.spec.name, slot.spec.program));
                 slot.last = Some(Exit::NotStarted);
+                slot.done = true;
+                self.after_end(i);
+            }
+        }
+    }
+
+    /// Sends `signal` to every running process: to its guard, which passes it on, or to its group.
+    fn signal_all(&self, signal: i32) {
+        for slot in &self.slots {
+            if let Some(pid) = slot.pid {
+                // SAFETY: signalling a process (or the process group) we started.
+                unsafe { libc::kill(if self.config.guard.is_some() { pid } else { -pid }, signal) };
+            }
+        }
+    }
+
+    fn stop(&mut self, why: Stop, signal: i32) {
+        if self.stopping.is_some() {
+            // A second signal while stopping is passed on too, but changes nothing else.
+            self.signal_all(signal);
+            return;
+        }
+        let running = self.slots.iter().filter(|s| s.pid.is_some()).count();
+        say(&self.sink, format_args!("stopping: {why}; {} sent to {running} running process(es)", signal_name(signal)));
+        if let Some(hook) = &self.config.on_stop {
+            hook(&why);
+        }
+        self.signal_all(signal);
+        self.stopping = Some((why, Instant::now()));
+        // Processes waiting for a restart stay down.
+        for slot in &mut self.slots {
+            if slot.pid.is_none() {
                 slot.done = true;
             }
         }
-    };
-    for i in 0..slots.len() {
-        start(i, &mut slots, &tx);
     }
 
-    let mut stopping: Option<Instant> = None;
-    let mut killed = false;
-    while slots.iter().any(|s| !s.done) {
-        let deadline = stopping.map(|t| t + config.grace);
+    fn exited(&mut self, i: usize, status: ExitStatus) {
+        let (config, sink) = (self.config, self.sink.clone());
+        let slot = &mut self.slots[i];
+        if config.guard.is_none()
+            && let Some(pid) = slot.pid
+        {
+            // Whatever the worker left in its group goes with it.
+            // SAFETY: killing the process group we created for this worker.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        slot.pid = None;
+        let exit = Exit::from(status);
+        slot.last = Some(exit);
+        let retry = match config.restart {
+            Restart::OnFailure { max, backoff }
+                if self.stopping.is_none() && !exit.success() && slot.restarts < max && !slot.spec.essential =>
+            {
+                Some(backoff.saturating_mul(1 << slot.restarts.min(16)).min(Duration::from_secs(30)))
+            }
+            _ => None,
+        };
+        match retry {
+            Some(wait) => {
+                slot.restarts += 1;
+                let max = match config.restart {
+                    Restart::OnFailure { max, .. } => max,
+                    Restart::Never => 0,
+                };
+                say(
+                    &sink,
+                    format_args!(
+                        "[{}] {exit}; restarting in {:.1} s ({} of {max})",
+                        slot.spec.name,
+                        wait.as_secs_f64(),
+                        slot.restarts
+                    ),
+                );
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(Event::Restart(i));
+                });
+            }
+            None => {
+                slot.done = true;
+                self.after_end(i);
+            }
+        }
+    }
+
+    /// A process has ended for good: does the job go on?
+    fn after_end(&mut self, i: usize) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let slot = &self.slots[i];
+        let exit = slot.last.unwrap_or(Exit::NotStarted);
+        let why = match self.config.stop_when {
+            StopWhen::Signalled => None,
+            StopWhen::AnyFails => (!exit.success()).then(|| Stop::Failed { name: slot.spec.name.clone(), exit }),
+            StopWhen::EssentialEndsOrNoneLeft if slot.spec.essential => {
+                Some(Stop::EssentialEnded { name: slot.spec.name.clone(), exit })
+            }
+            StopWhen::EssentialEndsOrNoneLeft => {
+                let others = self.slots.iter().filter(|s| !s.spec.essential);
+                let essentials_running = self.slots.iter().any(|s| s.spec.essential && !s.done);
+                (others.clone().all(|s| s.done) && essentials_running).then_some(Stop::NoneLeft)
+            }
+        };
+        if let Some(why) = why
+            && self.slots.iter().any(|s| !s.done)
+        {
+            self.stop(why, libc::SIGTERM);
+        }
+    }
+
+    /// The grace period is over: kill what still runs (a guard kills its subtree first).
+    fn kill_remaining(&mut self) {
+        let first = self.killed.is_none();
+        let signal = if self.config.guard.is_some() && first { guard::KILL_NOW } else { libc::SIGKILL };
+        for slot in &self.slots {
+            if let Some(pid) = slot.pid {
+                // SAFETY: signalling a process group we created (guard or worker).
+                unsafe { libc::kill(if signal == libc::SIGKILL { -pid } else { pid }, signal) };
+            }
+        }
+        if first {
+            say(
+                &self.sink,
+                format_args!(
+                    "grace period of {:.1} s over: killed the processes still running",
+                    self.config.grace.as_secs_f64()
+                ),
+            );
+        }
+        self.killed = Some(Instant::now());
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (&self.stopping, self.killed) {
+            (Some((_, since)), None) => Some(*since + self.config.grace),
+            // Guards that have not killed their subtree in time are killed themselves.
+            (Some(_), Some(at)) if self.config.guard.is_some() => Some(at + GUARD_GRACE),
+            _ => None,
+        }
+    }
+}
+
+/// Runs every process to the end and reports how each ended and why the job stopped, if it
+/// stopped early.
+///
+/// # Errors
+/// [`LauncherError::Signals`] if the signal handlers cannot be installed.
+pub async fn supervise(specs: Vec<ProcessSpec>, config: &Supervision, sink: Sink) -> Result<Supervised, LauncherError> {
+    // SAFETY: prctl on ourselves; failure only loses the reparenting of orphans.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(LauncherError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(LauncherError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(LauncherError::Signals)?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
+    let slots = specs
+        .into_iter()
+        .map(|spec| Slot {
+            spec,
+            pid: None,
+            generation: 0,
+            restarts: 0,
+            last: None,
+            done: false,
+            last_lines: Arc::default(),
+        })
+        .collect();
+    let mut job = Job { slots, config, sink, tx, stopping: None, killed: None };
+    for i in 0..job.slots.len() {
+        job.start(i);
+    }
+
+    while job.slots.iter().any(|s| !s.done) {
+        let deadline = job.next_deadline();
         let sleep = async {
             match deadline {
-                Some(d) if !killed => tokio::time::sleep_until(d.into()).await,
-                _ => std::future::pending().await,
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
             }
         };
         tokio::select! {
             Some(event) = rx.recv() => match event {
-                Event::Exited(i, generation, status) => {
-                    let slot = &mut slots[i];
-                    if generation != slot.generation {
-                        continue;
-                    }
-                    slot.pid = None;
-                    let exit = Exit::from(status);
-                    slot.last = Some(exit);
-                    let retry = match config.restart {
-                        Restart::OnFailure { max, backoff } if stopping.is_none() && !exit.success() && slot.restarts < max => {
-                            Some(backoff.saturating_mul(1 << slot.restarts.min(16)).min(Duration::from_secs(30)))
-                        }
-                        _ => None,
-                    };
-                    match retry {
-                        Some(wait) => {
-                            slot.restarts += 1;
-                            if let Ok(mut out) = sink.lock() {
-                                let _ = writeln!(out, "[{}] {exit}; restarting in {:.1} s ({} of {})", slot.spec.name, wait.as_secs_f64(), slot.restarts, match config.restart { Restart::OnFailure { max, .. } => max, Restart::Never => 0 });
-                            }
-                            let tx = tx.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(wait).await;
-                                let _ = tx.send(Event::Restart(i));
-                            });
-                        }
-                        None => slot.done = true,
-                    }
-                }
-                Event::Restart(i) => {
-                    if stopping.is_none() {
-                        start(i, &mut slots, &tx);
-                    } else {
-                        slots[i].done = true;
-                    }
-                }
+                Event::Exited(i, generation, status) if generation == job.slots[i].generation => job.exited(i, status),
+                Event::Exited(..) => {}
+                Event::Restart(i) if job.stopping.is_none() => job.start(i),
+                Event::Restart(i) => job.slots[i].done = true,
             },
-            _ = interrupt.recv() => stopping = Some(stop(&slots, stopping, libc::SIGINT, &sink)),
-            _ = terminate.recv() => stopping = Some(stop(&slots, stopping, libc::SIGTERM, &sink)),
-            () = sleep => {
-                killed = true;
-                for slot in &slots {
-                    if let Some(pid) = slot.pid {
-                        signal_group(pid, libc::SIGKILL);
-                    }
-                }
-                if let Ok(mut out) = sink.lock() {
-                    let _ = writeln!(out, "grace period of {:.0} s over: killed the workers still running", config.grace.as_secs_f64());
-                }
-            }
-        }
-        // Workers waiting for a restart when a stop arrives stay down.
-        if stopping.is_some() {
-            for slot in &mut slots {
-                if slot.pid.is_none() && !slot.done {
-                    slot.done = true;
-                }
-            }
+            _ = interrupt.recv() => job.stop(Stop::Signal(libc::SIGINT), libc::SIGINT),
+            _ = terminate.recv() => job.stop(Stop::Signal(libc::SIGTERM), libc::SIGTERM),
+            _ = hangup.recv() => job.stop(Stop::Signal(libc::SIGHUP), libc::SIGHUP),
+            () = sleep => job.kill_remaining(),
         }
     }
-    Ok(slots
+    if config.guard.is_some() {
+        kill_orphans();
+    }
+    let stop = job.stopping.map(|(why, _)| why);
+    let outcomes = job
+        .slots
         .into_iter()
-        .map(|s| Outcome { name: s.spec.name, exit: s.last.unwrap_or(Exit::NotStarted), restarts: s.restarts })
-        .collect())
+        .map(|s| Outcome {
+            name: s.spec.name,
+            exit: s.last.unwrap_or(Exit::NotStarted),
+            restarts: s.restarts,
+            last_lines: s.last_lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Supervised { outcomes, stop })
 }
 
-fn stop(slots: &[Slot], already: Option<Instant>, sig: i32, sink: &Sink) -> Instant {
-    if let Ok(mut out) = sink.lock() {
-        let _ = writeln!(
-            out,
-            "stopping {} worker(s): signal {sig} forwarded",
-            slots.iter().filter(|s| s.pid.is_some()).count()
-        );
-    }
-    for slot in slots {
-        if let Some(pid) = slot.pid {
-            signal_group(pid, sig);
+/// Kills and reaps whatever was reparented to the launcher (a guard that was itself killed
+/// leaves its worker's descendants to us, the subreaper). Only for a launcher process whose
+/// children are all its workers' guards: every remaining child is an orphan by then.
+fn kill_orphans() {
+    let me = std::process::id() as i32;
+    for _ in 0..100 {
+        let children = guard::children_of(me);
+        if children.is_empty() {
+            return;
+        }
+        for pid in children {
+            // SAFETY: killing and reaping a child of ours that no task waits for.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
         }
     }
-    already.unwrap_or_else(Instant::now)
 }
 
 #[cfg(test)]
@@ -381,6 +677,7 @@ mod tests {
             args: vec!["-c".into(), script.into()],
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
             cpu_affinity: Some("0".into()),
+            essential: false,
         }
     }
 
@@ -397,23 +694,40 @@ mod tests {
         }
     }
 
-    fn run(specs: Vec<ProcessSpec>, config: Supervision) -> (Vec<Outcome>, String) {
+    fn run(specs: Vec<ProcessSpec>, config: Supervision) -> (Supervised, String) {
         let buffer = Buffer::default();
         let sink: Sink = Arc::new(Mutex::new(buffer.clone()));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let outcomes = rt.block_on(supervise(specs, &config, sink)).expect("supervise");
+        let supervised = rt.block_on(supervise(specs, &config, sink)).expect("supervise");
         let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf8");
-        (outcomes, text)
+        (supervised, text)
+    }
+
+    /// Processes whose command line is exactly `sleep <marker>`.
+    fn sleeping(marker: &str) -> usize {
+        let wanted = format!("sleep\0{marker}\0");
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes()))
+            .count()
+    }
+
+    fn marker(n: u32) -> String {
+        format!("{}.{}{n}", 40 + n, std::process::id())
     }
 
     #[test]
     fn output_is_prefixed_and_exits_reported() {
-        let (outcomes, text) =
+        let (done, text) =
             run(vec![sh("a", "echo $GREETING from a; echo oops >&2"), sh("b", "exit 3")], Supervision::default());
         assert!(text.contains("[a] hello from a"), "{text}");
         assert!(text.contains("[a] oops"), "{text}");
-        assert_eq!(outcomes[0].exit, Exit::Code(0));
-        assert_eq!(outcomes[1].exit, Exit::Code(3));
+        assert_eq!(done.outcomes[0].exit, Exit::Code(0));
+        assert_eq!(done.outcomes[1].exit, Exit::Code(3));
+        assert_eq!(done.stop, None);
+        assert_eq!(done.outcomes[0].last_lines.len(), 2, "{:?}", done.outcomes[0].last_lines);
     }
 
     #[test]
@@ -428,29 +742,88 @@ mod tests {
             restart: Restart::OnFailure { max: 5, backoff: Duration::from_millis(10) },
             ..Supervision::default()
         };
-        let (outcomes, text) = run(vec![sh("flaky", &script)], config.clone());
-        assert_eq!(outcomes[0].exit, Exit::Code(0));
-        assert_eq!(outcomes[0].restarts, 2);
+        let (done, text) = run(vec![sh("flaky", &script)], config.clone());
+        assert_eq!(done.outcomes[0].exit, Exit::Code(0));
+        assert_eq!(done.outcomes[0].restarts, 2);
         assert!(text.contains("restarting in"), "{text}");
-        let (outcomes, _) = run(
+        let (done, _) = run(
             vec![sh("doomed", "exit 1")],
             Supervision { restart: Restart::OnFailure { max: 2, backoff: Duration::from_millis(5) }, ..config },
         );
-        assert_eq!((outcomes[0].exit, outcomes[0].restarts), (Exit::Code(1), 2));
+        assert_eq!((done.outcomes[0].exit, done.outcomes[0].restarts), (Exit::Code(1), 2));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_program_that_does_not_exist_is_reported() {
         let spec = ProcessSpec { program: "/nonexistent/program".into(), ..sh("ghost", "") };
-        let (outcomes, text) = run(vec![spec], Supervision::default());
-        assert_eq!(outcomes[0].exit, Exit::NotStarted);
+        let (done, text) = run(vec![spec], Supervision::default());
+        assert_eq!(done.outcomes[0].exit, Exit::NotStarted);
         assert!(text.contains("cannot start"), "{text}");
+    }
+
+    #[test]
+    fn a_failure_stops_the_others_when_the_job_is_all_or_nothing() {
+        let m = marker(1);
+        let hooked = Arc::new(Mutex::new(Vec::new()));
+        let seen = hooked.clone();
+        let config = Supervision {
+            stop_when: StopWhen::AnyFails,
+            grace: Duration::from_secs(5),
+            on_stop: Some(Arc::new(move |why: &Stop| seen.lock().expect("lock").push(why.to_string()))),
+            ..Supervision::default()
+        };
+        let started = Instant::now();
+        let (done, text) = run(vec![sh("dies", "sleep 0.2; exit 3"), sh("waits", &format!("exec sleep {m}"))], config);
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the job stopped at once, not after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(done.stop, Some(Stop::Failed { name: "dies".into(), exit: Exit::Code(3) }));
+        assert_eq!(done.outcomes[1].exit, Exit::Signal(libc::SIGTERM));
+        assert!(text.contains("stopping: dies failed (exit 3)"), "{text}");
+        assert_eq!(hooked.lock().expect("lock").as_slice(), ["dies failed (exit 3)"]);
+        assert_eq!(sleeping(&m), 0);
+    }
+
+    #[test]
+    fn a_cluster_stops_without_its_scheduler_or_without_any_worker() {
+        let m = marker(2);
+        let config = Supervision { stop_when: StopWhen::EssentialEndsOrNoneLeft, ..Supervision::default() };
+        let scheduler = ProcessSpec { essential: true, ..sh("scheduler", &format!("exec sleep {m}")) };
+        let (done, _) = run(vec![scheduler.clone(), sh("w0", "exit 1"), sh("w1", "exit 2")], config.clone());
+        assert_eq!(done.stop, Some(Stop::NoneLeft));
+        assert_eq!(done.outcomes[0].exit, Exit::Signal(libc::SIGTERM));
+        let essential = ProcessSpec { essential: true, ..sh("scheduler", "exit 4") };
+        let (done, _) = run(vec![essential, sh("w0", &format!("exec sleep {m}"))], config);
+        assert_eq!(done.stop, Some(Stop::EssentialEnded { name: "scheduler".into(), exit: Exit::Code(4) }));
+        assert_eq!(sleeping(&m), 0);
+    }
+
+    #[test]
+    fn what_a_worker_leaves_in_its_group_goes_with_it() {
+        let m = marker(3);
+        let (done, _) = run(vec![sh("parent", &format!("sleep {m} & sleep {m} & exit 0"))], Supervision::default());
+        assert_eq!(done.outcomes[0].exit, Exit::Code(0));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sleeping(&m) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(sleeping(&m), 0, "background children of an exited worker are killed");
     }
 
     #[test]
     fn cpu_lists_parse() {
         assert_eq!(parse_cpus("0-3,8,10-11"), vec![0, 1, 2, 3, 8, 10, 11]);
         assert!(parse_cpus("x").is_empty());
+    }
+
+    #[test]
+    fn signal_stops_exit_as_shells_report_them() {
+        assert_eq!(Stop::Signal(libc::SIGINT).exit_status(), Some(130));
+        assert_eq!(Stop::Signal(libc::SIGTERM).exit_status(), Some(143));
+        assert_eq!(Stop::Signal(libc::SIGHUP).exit_status(), Some(129));
+        assert_eq!(Stop::NoneLeft.exit_status(), None);
     }
 }

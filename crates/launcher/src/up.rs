@@ -10,7 +10,7 @@ use transport::Path;
 use transport::rendezvous::RendezvousServer;
 
 use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
-use crate::{LauncherError, Outcome, ProcessSpec, Sink, Supervision, supervise};
+use crate::{LauncherError, Outcome, ProcessSpec, Sink, Stop, StopWhen, Supervision, supervise};
 
 /// Which device memory the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,8 @@ pub struct Job {
     pub command: Option<Vec<OsString>>,
     /// The program that runs the built-in worker (`gpucluster`, with `worker` as argument).
     pub program: OsString,
-    /// Supervision.
+    /// Supervision. `up` makes a job all or nothing: a worker that fails for good stops the
+    /// others ([`StopWhen::AnyFails`]), whatever this says.
     pub supervision: Supervision,
 }
 
@@ -57,12 +58,15 @@ pub struct UpReport {
     pub total: Duration,
     /// Pairs the built-in workers were to measure (0 when running a command).
     pub expected_pairs: usize,
+    /// Why the job stopped before every worker ended on its own, if it did.
+    pub stop: Option<Stop>,
 }
 
 impl UpReport {
     /// Whether every process ended well and every planned pair was measured.
     pub fn success(&self) -> bool {
-        self.outcomes.iter().all(|o| o.exit.success())
+        self.stop.is_none()
+            && self.outcomes.iter().all(|o| o.exit.success())
             && self.failures.is_empty()
             && self.pairs.len() >= self.expected_pairs
     }
@@ -138,7 +142,14 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
                 Some(cmd) => (cmd[0].clone(), cmd[1..].to_vec()),
                 None => (job.program.clone(), vec![OsString::from("worker")]),
             };
-            ProcessSpec { name: w.name.clone(), program, args, env, cpu_affinity: w.cpu_affinity.clone() }
+            ProcessSpec {
+                name: w.name.clone(),
+                program,
+                args,
+                env,
+                cpu_affinity: w.cpu_affinity.clone(),
+                essential: false,
+            }
         })
         .collect();
 
@@ -150,7 +161,9 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         }
         started.elapsed()
     });
-    let outcomes = supervise(specs, &job.supervision, sink).await?;
+    let supervision = Supervision { stop_when: StopWhen::AnyFails, ..job.supervision.clone() };
+    let supervised = supervise(specs, &supervision, sink).await?;
+    let (outcomes, stop) = (supervised.outcomes, supervised.stop);
     let ready_after = if ready.is_finished() {
         ready.await.ok()
     } else {
@@ -158,7 +171,8 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         None
     };
     // Reports travel on their own connections; give the last ones a moment to land.
-    let expected_reports = if job.command.is_none() { world + expected_pairs } else { 0 };
+    // (A stopped job's missing reports will never come.)
+    let expected_reports = if job.command.is_none() && stop.is_none() { world + expected_pairs } else { 0 };
     let deadline = Instant::now() + Duration::from_millis(500);
     while server.reports().len() < expected_reports && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -188,5 +202,6 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         ready_after,
         total: started.elapsed(),
         expected_pairs,
+        stop,
     })
 }

@@ -72,7 +72,7 @@ impl Secret {
     /// [`TransportError::Authentication`] for text that is not even-length hexadecimal.
     pub fn from_hex(text: &str) -> Result<Self, TransportError> {
         let bad = || TransportError::Authentication("the cluster secret must be hexadecimal".into());
-        if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !text.len().is_multiple_of(2) || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
         let bytes = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()));
