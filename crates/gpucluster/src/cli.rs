@@ -316,28 +316,61 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
     }
 }
 
+/// The first of SIGINT, SIGTERM or SIGHUP (pending for ever if they cannot be watched, so the
+/// default action then applies as before).
+async fn interrupted() -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => libc::SIGINT,
+        _ = term.recv() => libc::SIGTERM,
+        _ = hup.recv() => libc::SIGHUP,
+    }
+}
+
 async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     use transport::Path;
     use transport::device::DeviceKind;
     let snapshot = load(spec).await?;
-    let first_mig = snapshot
-        .hosts
-        .first()
-        .and_then(|h| h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty()))
-        .is_some_and(|g| g.mig_enabled);
+    // The benchmark stands for two workers sharing this machine's first compute device (as
+    // `up --workers-per-device 2` places them): the paths they may use come from the path choice.
+    let first = snapshot.hosts.first().and_then(|h| {
+        let gpu = h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty())?;
+        Some(transport::Endpoint { host: h, gpu, mig: gpu.mig_instances.first() })
+    });
+    let local = first.map(|e| transport::choose_path(e, e));
+    let first_mig = first.is_some_and(|e| e.mig.is_some());
     let device = if spec.is_real() { DeviceKind::Cuda } else { DeviceKind::Simulated };
+    let allowed: Vec<Path> = match &local {
+        Some(c) if c.path == Path::CudaIpc => vec![Path::CudaIpc, Path::HostStaged, Path::Tcp],
+        _ => vec![Path::HostStaged, Path::Tcp],
+    };
     let paths = if args.paths.is_empty() {
-        if first_mig { vec![Path::HostStaged, Path::Tcp] } else { vec![Path::CudaIpc, Path::HostStaged, Path::Tcp] }
+        allowed.clone()
     } else {
-        args.paths
-            .iter()
-            .map(|p| match p.as_str() {
-                "cuda-ipc" => Ok(Path::CudaIpc),
-                "host-staged" => Ok(Path::HostStaged),
-                "tcp" => Ok(Path::Tcp),
-                other => Err(anyhow::anyhow!("unknown path `{other}`: cuda-ipc, host-staged or tcp")),
-            })
-            .collect::<anyhow::Result<_>>()?
+        let mut paths = Vec::new();
+        for p in &args.paths {
+            let path = match p.as_str() {
+                "cuda-ipc" => Path::CudaIpc,
+                "host-staged" => Path::HostStaged,
+                "tcp" => Path::Tcp,
+                other => anyhow::bail!("unknown path `{other}`: cuda-ipc, host-staged or tcp"),
+            };
+            if !allowed.contains(&path) {
+                anyhow::bail!(
+                    "--paths {}: not available between two workers of this machine's first device ({}); measure {}",
+                    path.name(),
+                    local.as_ref().map_or("no compute device", |c| c.reason.as_str()),
+                    allowed.iter().map(|p| p.name()).collect::<Vec<_>>().join(" or ")
+                );
+            }
+            paths.push(path);
+        }
+        paths
     };
     let sizes = args.sizes.map(|s| s.0).unwrap_or_else(|| match device {
         DeviceKind::Cuda => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30],
@@ -359,12 +392,21 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
             let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{} is not a saved bench report", file.display()))?
         }
-        None => tokio::task::spawn_blocking(move || crate::bench::run(&config)).await??,
+        None => {
+            let measuring = tokio::task::spawn_blocking(move || crate::bench::run(&config));
+            tokio::select! {
+                report = measuring => report??,
+                signal = interrupted() => {
+                    // The measuring thread and the peer worker (killed by the kernel with this
+                    // process) end with the process.
+                    eprintln!("bench interrupted ({})", launcher::signal_name(signal));
+                    return Ok(128u8.saturating_add(signal as u8));
+                }
+            }
+        }
     };
-    if first_mig && args.report.is_none() {
-        report
-            .notes
-            .push("cuda-ipc is not measured: the devices are MIG instances, and CUDA IPC does not cross them".into());
+    if let Some(c) = local.filter(|c| c.path != Path::CudaIpc && args.report.is_none()) {
+        report.notes.push(format!("cuda-ipc is not measured: {}", c.reason));
     }
     if let Some(file) = &args.plot {
         crate::bench::plot(&report, file)?;

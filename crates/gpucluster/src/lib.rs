@@ -51,7 +51,10 @@ where
             return 1;
         }
     };
-    match runtime.block_on(cli::execute(cli, out)) {
+    let result = runtime.block_on(cli::execute(cli, out));
+    // Blocking work still running (a benchmark interrupted by a signal) must not hold the exit.
+    runtime.shutdown_background();
+    match result {
         Ok(status) => status,
         // The reader went away (`gpucluster list | head`): nothing left to say to anyone.
         Err(e)

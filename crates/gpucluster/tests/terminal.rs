@@ -106,6 +106,23 @@ fn processes_with(marker: &str) -> usize {
         .count()
 }
 
+/// A closure listing the current children of `parent`.
+fn children_of(parent: u32) -> impl Fn() -> Vec<u32> {
+    move || {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                (ppid == parent).then_some(pid)
+            })
+            .collect()
+    }
+}
+
 #[test]
 fn bench_transport_finishes_in_a_terminal() {
     let mut t = Terminal::run(&["--topology", "sim:rapids-a100-pcie", "bench", "transport", "--sizes", "8,64K"]);
@@ -153,6 +170,27 @@ fn up_in_a_terminal_finishes_and_ctrl_c_stops_everything() {
     let start = Instant::now();
     while processes_with(&marker) > 0 {
         assert!(start.elapsed() < Duration::from_secs(3), "background jobs outlived Ctrl-C");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn ctrl_c_stops_bench_with_130_and_its_peer_with_it() {
+    let mut t = Terminal::run(&["--topology", "sim:h100", "bench", "transport", "--sizes", "16M", "--repeats", "1000"]);
+    let peers = children_of(t.child.id());
+    let start = Instant::now();
+    while peers().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no peer started:\n{}", t.text());
+        t.drain();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.ctrl_c();
+    let status = t.wait(Duration::from_secs(10)).expect("Ctrl-C did not stop bench");
+    assert_eq!(status.code(), Some(130), "{}", t.text());
+    let start = Instant::now();
+    let peer = peers();
+    while peer.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        assert!(start.elapsed() < Duration::from_secs(3), "the peer outlived bench");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

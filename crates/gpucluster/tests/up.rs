@@ -41,6 +41,21 @@ fn the_built_in_worker_checks_every_device_and_measures_every_pair() {
     assert!(text.contains("matrix (14 pair(s))"), "{text}");
     assert_eq!(text.matches("host-staged").count(), 14, "MIG pairs are host-staged:\n{text}");
     assert!(text.contains("14 worker(s), 14 ended well"), "{text}");
+    // Each worker's check names its device and profile.
+    assert_eq!(text.matches("  a100-2x7-gpu1-mig6  MIG-").count(), 1, "{text}");
+    assert!(text.lines().any(|l| l.contains("-gpu0-mig0  MIG-") && l.contains("(1g.10gb)")), "{text}");
+}
+
+#[test]
+fn an_inventory_is_a_description_and_runs_on_simulated_memory() {
+    // A saved snapshot of a GPU machine, on a machine without a GPU: no CUDA is asked for.
+    let inventory = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/scenarios/inventories/h200.json");
+    let started = Instant::now();
+    let out = gpucluster().args(["up", "--inventory", inventory]).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("simulated device memory"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(30));
 }
 
 #[test]

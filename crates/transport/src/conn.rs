@@ -253,7 +253,11 @@ impl Connection {
 }
 
 fn check_options(options: &Options) -> Result<(), TransportError> {
-    if options.slots < 2 || options.slots > ring::MAX_SLOTS || options.chunk < 4096 || !options.chunk.is_multiple_of(4096) {
+    if options.slots < 2
+        || options.slots > ring::MAX_SLOTS
+        || options.chunk < 4096
+        || !options.chunk.is_multiple_of(4096)
+    {
         return Err(TransportError::Protocol(format!(
             "a ring needs 2 to {} slots of a multiple of 4096 bytes (asked: {} slots of {} bytes)",
             ring::MAX_SLOTS,
