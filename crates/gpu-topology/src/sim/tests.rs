@@ -151,3 +151,87 @@ fn unknown_preset_lists_the_valid_ones() {
     let text = err.to_string();
     assert!(text.contains("dgx-z100") && text.contains("dgx-a100") && text.contains("h200"), "{text}");
 }
+
+/// Each fixture asks for more than any real host has, or for a number that would overflow; each
+/// is refused at its line, naming the limit, before anything of that size is built.
+#[test]
+fn fixtures_beyond_any_real_host_are_refused_with_the_limit() {
+    for (body, line, expected) in [
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncount = 4294967295\n", 2, "at most 256 GPUs on one host"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncount = 200\n[[gpu]]\nproduct = \"L4\"\ncount = 4294967295\n", 5, "256"),
+        ("cpus = 4294967295\n[[gpu]]\nproduct = \"A100-40GB\"\n", 2, "at most 8192 (limits::MAX_CPUS)"),
+        ("numa_nodes = 4294967295\n[[gpu]]\nproduct = \"A100-40GB\"\n", 2, "give 1 to 1024"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"18446744073709551616x1g.5gb\"]\n", 2, "holds at most 7"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"7x1g.5gb\", \"7x1g.5gb\"]\n", 2, "14 MIG instances asked for"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"0x1g.5gb\"]\n", 2, "at least 1"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncpu_affinity = \"0-4294967294\"\n", 2, "names CPU 4294967294"),
+        ("[[gpu]]\nproduct = \"A100-40GB\"\ncount = 0\n", 2, "at least 1"),
+    ] {
+        let err = fixture(&format!("{BASE}{body}")).expect_err(body).to_string();
+        assert!(err.contains(&format!("test.toml:{line}:")), "{body}: {err}");
+        assert!(err.contains(expected), "{body}: {err}");
+    }
+}
+
+/// A fixture that contradicts itself, or names what no machine could report.
+#[test]
+fn contradictory_fixtures_are_refused_at_the_line() {
+    const G: &str = "GPU-8932f937-d72c-4106-c12f-20bd9faed9f6";
+    const M: &str = "MIG-c788f2ec-4b8a-5a62-8b0e-a8a6c6a3d0f1";
+    for (text, line, expected) in [
+        (
+            format!(
+                "{BASE}[[gpu]]\nproduct = \"A100-40GB\"\nuuid = \"{G}\"\n[[gpu]]\nproduct = \"A100-40GB\"\nuuid = \"{G}\"\n"
+            ),
+            5,
+            "already the name of the device on line 2",
+        ),
+        (
+            format!(
+                "{BASE}[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nuuid = \"{M}\"\n\
+                 [[gpu.instance]]\nprofile = \"3g.20gb\"\nuuid = \"{M}\"\n"
+            ),
+            7,
+            "already the name",
+        ),
+        (
+            format!(
+                "{BASE}[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 953673728\n"
+            ),
+            4,
+            "at most its GPU's memory (40960 MiB",
+        ),
+        (
+            format!(
+                "{BASE}[[gpu]]\nproduct = \"A100-40GB\"\n[[gpu.instance]]\nprofile = \"3g.20gb\"\nmemory_mib = 0\n"
+            ),
+            4,
+            "more than 0",
+        ),
+        ("hostname = \"t\"\ndriver_version = \"banana\"\n".to_owned(), 2, "`banana` is not a version"),
+        ("hostname = \"\"\n".to_owned(), 1, "the host name is empty"),
+        ("hostname = \"a\\u001b[31mb\"\n".to_owned(), 1, "control character"),
+        (format!("{BASE}[[gpu]]\nproduct = \"A100-40GB\"\nmig = [\"20x7g.40gb\"]\n"), 2, "holds at most 7"),
+    ] {
+        let err = fixture(&text).expect_err(&text).to_string();
+        assert!(err.contains(&format!("test.toml:{line}:")), "{text}: {err}");
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_host_of_256_gpus_with_every_nvlink_group_loads() {
+    let mut text = format!("{BASE}[[gpu]]\nproduct = \"H100-80GB\"\ncount = 256\nmig = [\"7x1g.10gb\"]\n");
+    for g in 0..32 {
+        text.push_str(&format!(
+            "[[nvlink]]\ngpus = [{}]\nlinks = 18\n",
+            (g * 8..g * 8 + 8).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let started = std::time::Instant::now();
+    let host = fixture(&text).expect("the largest host allowed");
+    assert_eq!(host.gpus.len(), 256);
+    assert_eq!(host.peers.len(), 256 * 255);
+    assert!(host.peer(8, 15).is_some_and(|p| p.nvlink) && host.peer(7, 8).is_some_and(|p| !p.nvlink));
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+}
