@@ -54,7 +54,7 @@ pub enum TopologyError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("cannot read {}: {error}", .path.display())]
+    #[error("cannot read {}: {error}", shown(.path))]
     Io {
         /// The file.
         path: PathBuf,
@@ -62,7 +62,7 @@ pub enum TopologyError {
         error: std::io::Error,
     },
     /// A fixture or snapshot file is malformed.
-    #[error("{}{}: {message}", .path.display(), location(*.line, *.column))]
+    #[error("{}{}: {message}", shown(.path), location(*.line, *.column))]
     Fixture {
         /// The file.
         path: PathBuf,
@@ -74,7 +74,7 @@ pub enum TopologyError {
         message: String,
     },
     /// A line of `nvidia-smi -L` text that does not parse.
-    #[error("{}:{line}: {message}\n    {}", .path.display(), printable(.text))]
+    #[error("{}:{line}: {message}\n    {}", shown(.path), printable(.text))]
     SmiText {
         /// The file.
         path: PathBuf,
@@ -89,7 +89,7 @@ pub enum TopologyError {
     #[error(
         "{} is larger than {} MiB, the most gpucluster reads from one such file; no real machine's description \
          is that long: is it the right file?",
-        .path.display(), .limit >> 20
+        shown(.path), .limit >> 20
     )]
     TooLarge {
         /// The file.
@@ -98,7 +98,7 @@ pub enum TopologyError {
         limit: u64,
     },
     /// A file that is not UTF-8 text.
-    #[error("{} is not UTF-8 text: {reason}", .path.display())]
+    #[error("{} is not UTF-8 text: {reason}", shown(.path))]
     NotText {
         /// The file.
         path: PathBuf,
@@ -211,4 +211,9 @@ impl fmt::Display for NvmlFailure {
             NvmlFailure::Unknown => "unknown error",
         })
     }
+}
+
+/// A path as messages show it: control characters in a file name escaped like any other text.
+fn shown(path: &std::path::Path) -> String {
+    printable(&path.display().to_string()).into_owned()
 }
