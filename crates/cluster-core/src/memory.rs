@@ -186,3 +186,44 @@ pub fn parse_device_bytes(
 pub fn validate(text: &str) -> Result<(), MemoryError> {
     parse(text).map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TOTAL: u64 = 80 << 30;
+
+    fn size() -> impl Strategy<Value = String> {
+        let unit = proptest::sample::select(vec!["", "B", "K", "MB", "GiB", "gb", " TiB", "kb", "x"]);
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            (0.0f64..2.0).prop_map(|f| f.to_string()),
+            (0u32..2000, unit).prop_map(|(n, u)| format!("{n}{u}")),
+            (0u32..100, 0u32..100, proptest::sample::select(vec!["GB", "GiB", ""]))
+                .prop_map(|(a, b, u)| format!("{a}.{b}{u}")),
+            "[0-9eE.+-]{0,12}",
+            Just("auto".to_owned()),
+            Just("default".to_owned()),
+        ]
+    }
+
+    proptest! {
+        /// An accepted limit is a positive number of bytes within the device, and those bytes
+        /// written out read back as themselves.
+        #[test]
+        fn accepted_sizes_are_within_the_device_and_read_back(text in size()) {
+            if let Ok(Some(bytes)) = parse_device_bytes(&text, Some(TOTAL), 256, "d") {
+                prop_assert!(bytes > 0 && bytes <= TOTAL && bytes % 256 == 0, "{text}: {bytes}");
+                prop_assert_eq!(parse_device_bytes(&bytes.to_string(), Some(TOTAL), 256, "d"), Ok(Some(bytes)));
+            }
+        }
+
+        #[test]
+        fn no_text_makes_the_parser_panic(text in ".{0,40}", total in proptest::option::of(any::<u64>())) {
+            let _ = parse_device_bytes(&text, total, 256, "d");
+            let _ = validate(&text);
+        }
+    }
+}

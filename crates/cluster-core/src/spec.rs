@@ -431,4 +431,80 @@ mod tests {
             prop_assert_eq!(spec.to_string().parse::<DeviceSpec>().expect("round trip"), spec);
         }
     }
+
+    fn machine(preset: &str) -> Snapshot {
+        let source = gpu_topology::TopologySpec::Sim(preset.into()).open().expect("preset");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt")
+            .block_on(source.snapshot())
+            .expect("snapshot")
+    }
+
+    /// Each compute device of `snapshot` with every way a spec may name it: its index (whole
+    /// GPUs), its full name, its shortest unique prefix, its legacy name (MIG with known ids).
+    fn spellings(snapshot: &Snapshot) -> Vec<(DeviceRef, Vec<String>)> {
+        let all: Vec<String> =
+            crate::devices::all_devices(snapshot).iter().map(|r| r.ids(snapshot).0.to_string()).collect();
+        crate::devices::compute_devices(snapshot)
+            .0
+            .into_iter()
+            .map(|r| {
+                let name = r.ids(snapshot).0.to_string();
+                let mut ways = vec![name.clone()];
+                if r.mig.is_none() {
+                    ways.push(r.gpu(snapshot).index.to_string());
+                }
+                if !name.starts_with("MIG-GPU-")
+                    && let Some(prefix) = (5..name.len())
+                        .map(|n| &name[..n])
+                        .filter(|p| !p.ends_with('-'))
+                        .find(|p| all.iter().filter(|u| u.starts_with(p)).count() == 1)
+                {
+                    ways.push(prefix.to_owned());
+                }
+                if let (Some(m), Some(DeviceId::Gpu(parent))) = (r.instance(snapshot), r.ids(snapshot).1)
+                    && let (Some(gi), Some(ci)) = (m.gpu_instance_id, m.compute_instance_id)
+                {
+                    ways.push(format!("MIG-GPU-{parent}/{gi}/{ci}"));
+                }
+                (r, ways)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// A spec naming devices (each once, spelled any way CUDA accepts) resolves to exactly
+        /// those devices, in order, and so does the spec printed again.
+        #[test]
+        fn accepted_specs_resolve_to_the_devices_they_name(
+            preset in proptest::sample::select(vec!["dgx-a100", "hgx-h100", "legacy-r460", "h100-mixed"]),
+            picks in proptest::collection::vec((any::<proptest::sample::Index>(), any::<proptest::sample::Index>()), 1..8),
+        ) {
+            let snapshot = machine(preset);
+            let devices = spellings(&snapshot);
+            let mut wanted: Vec<DeviceRef> = Vec::new();
+            let mut entries = Vec::new();
+            for (device, way) in picks {
+                let (r, ways) = &devices[device.index(devices.len())];
+                if !wanted.contains(r) {
+                    wanted.push(*r);
+                    entries.push(ways[way.index(ways.len())].clone());
+                }
+            }
+            let spec: DeviceSpec = entries.join(",").parse().expect("a spec of real names");
+            prop_assert_eq!(&resolve(&spec, &snapshot).expect("resolves"), &wanted);
+            let again: DeviceSpec = spec.to_string().parse().expect("printed again");
+            prop_assert_eq!(resolve(&again, &snapshot).expect("resolves again"), wanted);
+        }
+
+        #[test]
+        fn no_spec_makes_resolution_panic(text in "[0-9a-fA-FGPUMI ,/x-]{0,60}") {
+            if let Ok(spec) = text.parse::<DeviceSpec>() {
+                let _ = resolve(&spec, &machine("legacy-r460"));
+            }
+        }
+    }
 }

@@ -4,12 +4,12 @@
 //! anything else is read as a fixture and simulated. Either way errors carry the file, line and
 //! column, and the file is read within the bounds of `limits`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
 use crate::sim::SimSource;
-use crate::text::read_text;
+use crate::text::{escape_controls, read_text};
 use crate::{Snapshot, TopologyError, TopologySource, limits};
 
 /// A topology read from a file.
@@ -44,15 +44,7 @@ impl TopologySource for FileSource {
             });
         }
         if text.trim_start().starts_with('{') {
-            let mut snapshot: Snapshot = serde_json::from_str(&text).map_err(|e| TopologyError::Fixture {
-                path: self.path.clone(),
-                line: Some(e.line()),
-                column: Some(e.column()),
-                message: format!("not a gpucluster snapshot: {e}"),
-            })?;
-            snapshot.hosts.iter_mut().for_each(|h| h.sort_peers());
-            snapshot.validate()?;
-            Ok(snapshot)
+            snapshot_from_json(&text, &self.path)
         } else {
             if text.len() as u64 > limits::MAX_FIXTURE_BYTES {
                 return Err(TopologyError::TooLarge { path: self.path.clone(), limit: limits::MAX_FIXTURE_BYTES });
@@ -60,6 +52,24 @@ impl TopologySource for FileSource {
             SimSource::from_fixture(&text, &self.path)?.snapshot().await
         }
     }
+}
+
+/// A snapshot from the JSON `gpucluster list --json` prints, checked; `path` names it in errors.
+/// Peer links are put in order first: their order in a file means nothing.
+///
+/// # Errors
+/// [`TopologyError::Fixture`] with the line and column of a syntax error, or what
+/// [`Snapshot::validate`] finds.
+pub fn snapshot_from_json(text: &str, path: &Path) -> Result<Snapshot, TopologyError> {
+    let mut snapshot: Snapshot = serde_json::from_str(text).map_err(|e| TopologyError::Fixture {
+        path: path.to_owned(),
+        line: Some(e.line()),
+        column: Some(e.column()),
+        message: format!("not a gpucluster snapshot: {}", escape_controls(&e.to_string())),
+    })?;
+    snapshot.hosts.iter_mut().for_each(|h| h.sort_peers());
+    snapshot.validate()?;
+    Ok(snapshot)
 }
 
 #[cfg(test)]

@@ -55,7 +55,7 @@ pub mod text;
 use async_trait::async_trait;
 
 pub use error::{Limit, NvmlFailure, TopologyError};
-pub use file::FileSource;
+pub use file::{FileSource, snapshot_from_json};
 pub use ids::{DeviceId, IdError, Uuid};
 pub use snapshot::{HostTopology, MigInstance, P2pStatus, PcieLevel, PeerLink, PhysicalGpu, Snapshot};
 pub use source::TopologySpec;

@@ -6,7 +6,7 @@
 //! names, and a GPU without MIG lines is taken as MIG disabled. The host is named after the file.
 //!
 //! Text no `nvidia-smi` could print is refused at its line: more GPUs than `limits` allows, a
-//! name twice, two `Device N` of one number on a GPU, more MIG devices or GPU instances than the
+//! GPU index or a name twice, two `Device N` of one number on a GPU, more MIG devices or GPU instances than the
 //! GPU holds, a legacy MIG name under another GPU. Lines may end in `\n`, `\r\n` or `\r`, and a
 //! byte-order mark is ignored.
 
@@ -59,6 +59,7 @@ impl TopologySource for SmiSource {
 pub fn parse(text: &str, path: &Path, hostname: &str) -> Result<HostTopology, TopologyError> {
     let mut gpus: Vec<PhysicalGpu> = Vec::new();
     let mut first_seen: HashMap<DeviceId, usize> = HashMap::new();
+    let mut indices: HashMap<u32, usize> = HashMap::new();
     let mut layout = Layout::default();
     let mut last_line = 0;
     for (number, line) in text::lines(text).enumerate() {
@@ -83,6 +84,9 @@ pub fn parse(text: &str, path: &Path, hostname: &str) -> Result<HostTopology, To
                 )));
             }
             let gpu = parse_gpu(rest).map_err(|m| err(&m))?;
+            if let Some(first) = indices.insert(gpu.index, number + 1) {
+                return Err(err(&format!("GPU {} was already listed on line {first}", gpu.index)));
+            }
             layout = Layout::default();
             let uuid = gpu.uuid.clone();
             gpus.push(gpu);
@@ -363,6 +367,7 @@ mod tests {
                 "but it is listed under GPU 0",
             ),
             (vec![A100.to_owned(), A100.replace("GPU 0", "GPU 1")], 2, "was already listed on line 1"),
+            (vec![A100.to_owned(), A100.replace("1111", "9999")], 2, "GPU 0 was already listed on line 1"),
             (
                 vec!["GPU 0: A100\u{1b}[2J (UUID: GPU-11111111-2222-3333-4444-555555555555)".to_owned()],
                 1,
@@ -412,5 +417,113 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
         let err = rt.block_on(SmiSource::new("/dev/zero").snapshot()).expect_err("endless");
         assert!(matches!(err, TopologyError::TooLarge { limit, .. } if limit == limits::MAX_INPUT_BYTES), "{err}");
+    }
+
+    /// The parser against text built from what `nvidia-smi -L` prints and what it never does:
+    /// it must not panic, and whatever it accepts must be valid and read back the same, both
+    /// printed again as `nvidia-smi -L` text and as a snapshot.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            let mut names: Vec<String> = products::PRODUCTS
+                .iter()
+                .flat_map(|p| std::iter::once(p.name).chain(p.aliases.iter().copied()))
+                .map(str::to_owned)
+                .collect();
+            names
+                .extend(["NVIDIA GeForce RTX 4090", "X".repeat(300).as_str(), "A100\u{1b}[2J", " "].map(str::to_owned));
+            proptest::sample::select(names)
+        }
+
+        fn profile() -> impl Strategy<Value = String> {
+            let mut profiles: Vec<String> = products::PRODUCTS
+                .iter()
+                .filter_map(|p| p.mig)
+                .flat_map(|g| g.profile_names())
+                .map(str::to_owned)
+                .collect();
+            profiles.extend(["1c.3g.40gb", "2c.4g.20gb", "9g.99gb", ""].map(str::to_owned));
+            proptest::sample::select(profiles)
+        }
+
+        /// UUIDs from a small pool, so that some repeat.
+        fn uuid() -> impl Strategy<Value = String> {
+            (0u8..64).prop_map(|i| format!("{i:08x}-2222-3333-4444-555555555555"))
+        }
+
+        /// A GPU line and its MIG lines: mostly what a real GPU shows, sometimes not.
+        fn block() -> impl Strategy<Value = Vec<String>> {
+            (0u32..4, name(), uuid()).prop_flat_map(|(index, name, gpu)| {
+                let own: Vec<String> = products::product(&name)
+                    .and_then(|p| p.mig)
+                    .map(|g| g.profile_names().into_iter().map(str::to_owned).collect())
+                    .unwrap_or_else(|| vec!["1g.10gb".to_owned()]);
+                let profile = prop_oneof![6 => proptest::sample::select(own), 1 => profile()];
+                let mig = (profile, 0u32..8, uuid(), 0u32..15, 0u32..3, 0u8..8).prop_map({
+                    let gpu = gpu.clone();
+                    move |(p, d, u, gi, ci, legacy)| match legacy {
+                        0 => format!("  MIG {p} Device {d}: (UUID: MIG-GPU-{gpu}/{gi}/{ci})"),
+                        _ => format!("  MIG {p} Device {d}: (UUID: MIG-{u})"),
+                    }
+                });
+                let head = format!("GPU {index}: {name} (UUID: GPU-{gpu})");
+                proptest::collection::vec(mig, 0..4)
+                    .prop_map(move |migs| std::iter::once(head.clone()).chain(migs).collect::<Vec<_>>())
+            })
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                2 => (0u32..300, name(), uuid()).prop_map(|(i, n, u)| format!("GPU {i}: {n} (UUID: GPU-{u})")),
+                2 => (profile(), 0u32..9, uuid()).prop_map(|(p, d, u)| format!("  MIG {p} Device {d}: (UUID: MIG-{u})")),
+                1 => ".{0,60}",
+                1 => Just(String::new()),
+            ]
+        }
+
+        fn render(host: &HostTopology) -> String {
+            let mut text = String::new();
+            for gpu in &host.gpus {
+                text.push_str(&format!("GPU {}: {} (UUID: {})\n", gpu.index, gpu.name, gpu.uuid));
+                for m in &gpu.mig_instances {
+                    let slot = m.slot.expect("nvidia-smi text always numbers MIG devices");
+                    text.push_str(&format!("  MIG {} Device {slot}: (UUID: {})\n", m.profile, m.uuid));
+                }
+            }
+            text
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_text_is_valid_and_reads_back_the_same(
+                blocks in proptest::collection::vec(block(), 0..5),
+                odd in proptest::option::weighted(0.2, (0usize..20, line())),
+                end in proptest::sample::select(vec!["\n", "\r\n", "\r"]),
+            ) {
+                let mut lines: Vec<String> = blocks.concat();
+                if let Some((at, line)) = odd {
+                    lines.insert(at.min(lines.len()), line);
+                }
+                let text = lines.join(end);
+                if let Ok(host) = host(&text) {
+                    prop_assert!(host.validate().is_ok(), "{:?}", host.validate());
+                    prop_assert_eq!(&super::host(&render(&host)).expect("printed again"), &host);
+                    let snapshot = Snapshot { hosts: vec![host] };
+                    let json = serde_json::to_string(&snapshot).expect("json");
+                    let again = crate::snapshot_from_json(&json, Path::new("again.json")).expect("reads back");
+                    prop_assert_eq!(again, snapshot);
+                }
+            }
+
+            #[test]
+            fn no_bytes_make_the_reader_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                if let Ok(text) = crate::text::decode(bytes) {
+                    let _ = host(&text);
+                }
+            }
+        }
     }
 }

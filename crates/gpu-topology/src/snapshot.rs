@@ -648,4 +648,151 @@ mod tests {
         assert_eq!(host.peer(3, 3), None);
         assert_eq!(host.peer(0, 99), None);
     }
+
+    /// Snapshots built field by field, with values real and absurd, go through the loader: it
+    /// must not panic, and whatever it accepts must be valid and write back the same JSON.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::snapshot_from_json;
+
+        fn id(kind: u8, n: u8) -> DeviceId {
+            let uuid = Uuid::from_bytes([n; 16]);
+            match kind {
+                0 => DeviceId::Gpu(uuid),
+                1 => DeviceId::Mig(uuid),
+                _ => DeviceId::LegacyMig { gpu: Uuid::from_bytes([n % 4; 16]), gpu_instance: 7, compute_instance: 0 },
+            }
+        }
+
+        /// Mostly `good`, rarely one of `odd`.
+        fn mostly<T: Clone + std::fmt::Debug + 'static>(good: Vec<T>, odd: Vec<T>) -> impl Strategy<Value = T> {
+            prop_oneof![20 => proptest::sample::select(good), 1 => proptest::sample::select(odd)]
+        }
+
+        fn instance(gpu: u8, slot: u32) -> impl Strategy<Value = MigInstance> {
+            (
+                prop_oneof![
+                    20 => Just(id(1, 64 + gpu * 8 + slot as u8)),
+                    1 => (0u8..4).prop_map(|n| id(2, n)),
+                    1 => (0u8..4).prop_map(|n| id(0, n)),
+                ],
+                mostly(vec!["1g.10gb", "3g.40gb", "1c.3g.40gb"], vec!["", "a\u{1b}b"]),
+                prop_oneof![20 => 1u64..(10 << 30), 1 => Just(0), 1 => Just(u64::MAX)],
+                proptest::option::of(0u32..200),
+                proptest::option::of(0u32..15),
+                proptest::option::of(0u32..8),
+                prop_oneof![20 => Just(Some(slot)), 1 => proptest::option::of(0u32..9)],
+            )
+                .prop_map(|(uuid, profile, memory_bytes, sm_count, gi, ci, slot)| MigInstance {
+                    uuid,
+                    profile: profile.to_owned(),
+                    memory_bytes,
+                    sm_count,
+                    gpu_instance_id: gi,
+                    compute_instance_id: ci,
+                    slot,
+                })
+        }
+
+        fn gpu(index: u32) -> impl Strategy<Value = PhysicalGpu> {
+            let instances =
+                (0u32..4).prop_flat_map(move |n| (0..n).map(|slot| instance(index as u8, slot)).collect::<Vec<_>>());
+            (
+                prop_oneof![20 => Just(index), 1 => 0u32..6],
+                prop_oneof![20 => Just(id(0, index as u8)), 1 => (0u8..4).prop_map(|n| id(0, n)), 1 => Just(id(1, 9))],
+                mostly(vec!["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "Mystery GPU"], vec!["", "x\ny"]),
+                proptest::option::of(prop_oneof![20 => (40u64 << 30)..(200 << 30), 1 => Just(0), 1 => Just(u64::MAX)]),
+                any::<bool>(),
+                proptest::option::of(any::<bool>()),
+                proptest::option::weighted(0.2, mostly(vec!["0-15", "0-3,8-11"], vec!["\u{1b}"])),
+                instances,
+            )
+                .prop_map(
+                    |(index, uuid, name, memory_bytes, mig_enabled, mig_pending, cpus, mig_instances)| PhysicalGpu {
+                        index,
+                        uuid,
+                        name: name.to_owned(),
+                        memory_bytes,
+                        sm_count: Some(132),
+                        pci_bus_id: None,
+                        numa_node: Some(0),
+                        cpu_affinity: cpus.map(str::to_owned),
+                        mig_supported: true,
+                        mig_enabled: mig_enabled || !mig_instances.is_empty(),
+                        mig_pending,
+                        mig_instances,
+                    },
+                )
+        }
+
+        fn host(name: &'static str) -> impl Strategy<Value = HostTopology> {
+            let gpus = (0u32..4).prop_flat_map(|n| (0..n).map(gpu).collect::<Vec<_>>());
+            (
+                mostly(vec![name], vec!["", "c\u{7}", "a"]),
+                proptest::option::of(mostly(vec!["580.159.04", "460.73.01"], vec!["banana", ""])),
+                gpus,
+                proptest::collection::vec((0u32..4, 0u32..4, any::<bool>()), 0..6),
+            )
+                .prop_map(|(hostname, driver_version, gpus, links)| {
+                    let count = gpus.len() as u32;
+                    HostTopology {
+                        hostname: hostname.to_owned(),
+                        driver_version: driver_version.map(str::to_owned),
+                        gpus,
+                        peers: links
+                            .into_iter()
+                            // Mostly links between GPUs the host has, as a source reports them.
+                            .filter(|&(from, to, nvlink)| {
+                                (from < count && to < count && from != to) || !nvlink && from == 3
+                            })
+                            .map(|(from, to, nvlink)| PeerLink {
+                                from,
+                                to,
+                                p2p: if nvlink { P2pStatus::Ok } else { P2pStatus::NotSupported },
+                                nvlink,
+                                nvlink_count: None,
+                                pcie: Some(PcieLevel::Node),
+                            })
+                            .collect(),
+                    }
+                })
+        }
+
+        fn hosts() -> impl Strategy<Value = Vec<HostTopology>> {
+            prop_oneof![2 => host("a").prop_map(|h| vec![h]), 1 => (host("a"), host("b")).prop_map(|(a, b)| vec![a, b])]
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_snapshots_are_valid_and_write_back_the_same(hosts in hosts()) {
+                let json = serde_json::to_string(&Snapshot { hosts }).expect("json");
+                if let Ok(loaded) = snapshot_from_json(&json, std::path::Path::new("p.json")) {
+                    prop_assert!(loaded.validate().is_ok());
+                    let again = serde_json::to_string(&loaded).expect("json");
+                    prop_assert_eq!(snapshot_from_json(&again, std::path::Path::new("q.json")).expect("again"), loaded);
+                }
+            }
+
+            #[test]
+            fn no_edit_of_a_snapshot_makes_the_loader_panic(
+                hosts in hosts(),
+                cut in any::<proptest::sample::Index>(),
+                byte in any::<u8>(),
+            ) {
+                let mut json = serde_json::to_vec(&Snapshot { hosts }).expect("json");
+                let at = cut.index(json.len());
+                json[at] = byte;
+                if let Ok(text) = String::from_utf8(json) {
+                    let _ = snapshot_from_json(&text, std::path::Path::new("p.json"));
+                    let mut end = at;
+                    while !text.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    let _ = snapshot_from_json(&text[..end], std::path::Path::new("p.json"));
+                }
+            }
+        }
+    }
 }

@@ -77,6 +77,16 @@ pub fn control_char(text: &str) -> Option<char> {
     text.chars().find(|c| c.is_control())
 }
 
+/// `text` with its control characters escaped (`\u{1b}`, `\n`), and nothing else changed.
+pub fn escape_controls(text: &str) -> Cow<'_, str> {
+    if control_char(text).is_none() {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 /// Characters [`printable`] keeps before it shortens text.
 pub const PRINTABLE_CHARS: usize = 120;
 
@@ -87,9 +97,7 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     if !long && control_char(text).is_none() {
         return Cow::Borrowed(text);
     }
-    let escape = |s: &str| -> String {
-        s.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect()
-    };
+    let escape = |s: &str| -> String { escape_controls(s).into_owned() };
     if !long {
         return Cow::Owned(escape(text));
     }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::products::{self, DeviceProfile, MigGeometry, Product};
 use crate::snapshot::{check_driver_version, check_hostname, check_text};
-use crate::text::printable;
+use crate::text::{escape_controls, printable};
 use crate::{DeviceId, TopologyError, limits};
 
 #[derive(Debug, Deserialize)]
@@ -190,7 +190,8 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Machine, TopologyError> {
     }
     let raw: RawFixture = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_column(text, s.start)).unzip();
-        TopologyError::Fixture { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
+        let message = escape_controls(e.message().trim()).into_owned();
+        TopologyError::Fixture { path: path.to_owned(), line, column, message }
     })?;
     resolve(raw, text, path)
 }

@@ -235,3 +235,178 @@ fn a_host_of_256_gpus_with_every_nvlink_group_loads() {
     assert!(host.peer(8, 15).is_some_and(|p| p.nvlink) && host.peer(7, 8).is_some_and(|p| !p.nvlink));
     assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
 }
+
+/// The fixture reader against fixtures built from its keys with values real and absurd: it must
+/// not panic or build anything beyond the limits, and whatever it accepts must be valid and load
+/// back the same as a snapshot.
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::products;
+
+    fn product() -> impl Strategy<Value = String> {
+        let mut names: Vec<String> = products::PRODUCTS.iter().map(|p| p.name.to_owned()).collect();
+        names.extend(["A100-40GB", "H100-80GB"].map(str::to_owned));
+        prop_oneof![30 => proptest::sample::select(names), 1 => Just("Voodoo2".to_owned())]
+    }
+
+    /// Mostly the product's own profiles, sometimes any product's.
+    fn profile_of(product: &str) -> impl Strategy<Value = String> + use<> {
+        let mut any: Vec<String> = products::PRODUCTS
+            .iter()
+            .filter_map(|p| p.mig)
+            .flat_map(|g| g.profile_names())
+            .map(str::to_owned)
+            .collect();
+        any.extend(["1c.3g.40gb", "9g.99gb"].map(str::to_owned));
+        let own: Vec<String> = products::product(product)
+            .and_then(|p| p.mig)
+            .map(|g| g.profiles.iter().filter(|p| !p.name.contains("+me")).map(|p| p.name.to_owned()).collect())
+            .unwrap_or_else(|| any.clone());
+        prop_oneof![12 => proptest::sample::select(own), 1 => proptest::sample::select(any)]
+    }
+
+    /// A small number, now and then zero, one past a limit, or one that overflows.
+    fn number(small: std::ops::Range<u64>) -> impl Strategy<Value = String> {
+        prop_oneof![
+            40 => small.prop_map(|n| n.to_string()),
+            1 => Just("0".to_owned()),
+            1 => Just("4294967295".to_owned()),
+            1 => Just("257".to_owned()),
+            1 => Just("18446744073709551615".to_owned()),
+            1 => Just("-1".to_owned()),
+        ]
+    }
+
+    /// Names from a small pool, so that some repeat.
+    fn name(kind: &'static str) -> impl Strategy<Value = String> {
+        (0u8..6).prop_map(move |i| format!("{kind}-{i:08x}-2222-3333-4444-555555555555"))
+    }
+
+    #[derive(Debug, Clone)]
+    struct Gpu {
+        product: String,
+        has_mig: bool,
+    }
+
+    fn gpu() -> impl Strategy<Value = String> {
+        product()
+            .prop_flat_map(|product| {
+                let has_mig = products::product(&product).is_some_and(|p| p.mig.is_some());
+                let instance = (
+                    profile_of(&product),
+                    proptest::option::weighted(
+                        0.3,
+                        prop_oneof![1 => Just(0u64), 20 => 1000u64..50_000, 1 => Just(953_673_728)],
+                    ),
+                    proptest::option::weighted(0.3, 0u32..9),
+                    proptest::option::weighted(0.15, name("MIG")),
+                );
+                (
+                    Just(Gpu { product: product.clone(), has_mig }),
+                    proptest::option::weighted(0.4, number(1..4)),
+                    proptest::collection::vec((1u32..4, profile_of(&product)), 0..3),
+                    proptest::option::weighted(0.05, any::<bool>()),
+                    proptest::option::weighted(0.15, name("GPU")),
+                    proptest::option::weighted(
+                        0.2,
+                        prop_oneof![8 => Just("0-3"), 8 => Just("5,1-2"), 1 => Just("0-4294967294"), 1 => Just("x")],
+                    ),
+                    proptest::collection::vec(instance, 0..3),
+                    any::<u8>(),
+                )
+            })
+            .prop_map(|(gpu, count, mig, mig_enabled, uuid, cpus, instances, dice)| {
+                let mut t = format!("[[gpu]]\nproduct = \"{}\"\n", gpu.product);
+                if let Some(c) = count {
+                    t.push_str(&format!("count = {c}\n"));
+                }
+                // Products without MIG mostly get no MIG keys, as a real fixture writes them.
+                let with_mig = gpu.has_mig || dice < 10;
+                if with_mig && dice % 3 != 0 {
+                    let list: Vec<String> = mig.iter().map(|(n, p)| format!("\"{n}x{p}\"")).collect();
+                    t.push_str(&format!("mig = [{}]\n", list.join(", ")));
+                }
+                if let Some(e) = mig_enabled {
+                    t.push_str(&format!("mig_enabled = {e}\n"));
+                }
+                if let Some(u) = uuid {
+                    t.push_str(&format!("uuid = \"{u}\"\n"));
+                }
+                if let Some(c) = cpus {
+                    t.push_str(&format!("cpu_affinity = \"{c}\"\n"));
+                }
+                for (profile, memory, slot, uuid) in instances.into_iter().filter(|_| with_mig && dice % 2 == 0) {
+                    t.push_str(&format!("[[gpu.instance]]\nprofile = \"{profile}\"\n"));
+                    if let Some(m) = memory {
+                        t.push_str(&format!("memory_mib = {m}\n"));
+                    }
+                    if let Some(s) = slot {
+                        t.push_str(&format!("slot = {s}\n"));
+                    }
+                    if let Some(u) = uuid {
+                        t.push_str(&format!("uuid = \"{u}\"\n"));
+                    }
+                }
+                t
+            })
+    }
+
+    fn fixture_text() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![40 => Just("node"), 1 => Just(""), 1 => Just("a\\u001bb")],
+            prop_oneof![30 => Just("580.159.04"), 8 => Just("460.73.01"), 1 => Just("banana")],
+            proptest::option::weighted(0.2, number(8..128)),
+            proptest::option::weighted(0.2, number(1..4)),
+            proptest::collection::vec(gpu(), 0..4),
+            proptest::collection::vec(
+                (proptest::option::weighted(0.2, proptest::collection::vec(0u32..4, 0..4)), 0u32..20),
+                0..3,
+            ),
+            proptest::option::weighted(0.05, proptest::collection::vec(0u32..4, 0..2)),
+        )
+            .prop_map(|(host, driver, cpus, numa, gpus, nvlinks, lost)| {
+                let mut t = format!("hostname = \"{host}\"\ndriver_version = \"{driver}\"\n");
+                if let Some(c) = cpus {
+                    t.push_str(&format!("cpus = {c}\n"));
+                }
+                if let Some(n) = numa {
+                    t.push_str(&format!("numa_nodes = {n}\n"));
+                }
+                t.push_str(&gpus.concat());
+                for (members, links) in nvlinks {
+                    t.push_str("[[nvlink]]\n");
+                    if let Some(m) = members {
+                        t.push_str(&format!("gpus = {m:?}\n"));
+                    }
+                    t.push_str(&format!("links = {links}\n"));
+                }
+                if let Some(lost) = lost {
+                    t.push_str(&format!("[faults]\nlost_gpus = {lost:?}\n"));
+                }
+                t
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn accepted_fixtures_are_valid_and_load_back_the_same(text in fixture_text()) {
+            if let Ok(host) = fixture(&text) {
+                prop_assert!(host.gpus.len() <= crate::limits::MAX_GPUS_PER_HOST);
+                prop_assert!(host.validate().is_ok(), "{:?}", host.validate());
+                let snapshot = crate::Snapshot { hosts: vec![host] };
+                let json = serde_json::to_string(&snapshot).expect("json");
+                let again = crate::snapshot_from_json(&json, Path::new("again.json")).expect("loads back");
+                prop_assert_eq!(again, snapshot);
+            }
+        }
+
+        #[test]
+        fn no_text_makes_the_fixture_reader_panic(text in "(hostname|gpu|count|mig|\\[|\\]|=|\"|[0-9x.]|\n| ){0,200}") {
+            let _ = fixture(&text);
+        }
+    }
+}
