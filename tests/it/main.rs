@@ -3,6 +3,7 @@
 
 mod list;
 mod plan;
+mod regression;
 
 /// Runs gpucluster with `args` and returns (status, stdout, stderr).
 pub(crate) fn gpucluster(args: &[&str]) -> (u8, String, String) {

@@ -86,6 +86,7 @@ pub(crate) fn classify(
         })
         .collect();
     let mut hosts_seen: Vec<std::collections::HashSet<usize>> = vec![Default::default(); classes.len()];
+    let mut profiles_seen: Vec<std::collections::HashSet<String>> = vec![Default::default(); classes.len()];
     for (d, &c) in devices.iter().zip(&class_of) {
         let class = &mut classes[c];
         let mem = d.memory_bytes(snapshot);
@@ -107,7 +108,7 @@ pub(crate) fn classify(
                 d.gpu(snapshot).name.clone()
             }
         };
-        if !class.profiles.contains(&profile) {
+        if profiles_seen[c].insert(profile.clone()) {
             class.profiles.push(profile);
         }
         if hosts_seen[c].insert(d.host) {
@@ -115,12 +116,15 @@ pub(crate) fn classify(
         }
         class.devices.push(d.ids(snapshot).0.to_string());
     }
-    for i in 0..classes.len() {
-        let mut resource = resource_label(&classes[i]);
-        if classes[..i].iter().any(|c| c.resource == resource) {
-            resource = format!("{resource}-{}", classes[i].name);
+    // A set, not a scan of the classes before: a snapshot may hold thousands of classes.
+    let mut taken = std::collections::HashSet::new();
+    for class in &mut classes {
+        let mut resource = resource_label(class);
+        if taken.contains(&resource) {
+            resource = format!("{resource}-{}", class.name);
         }
-        classes[i].resource = resource;
+        taken.insert(resource.clone());
+        class.resource = resource;
     }
     (classes, class_of)
 }

@@ -1,5 +1,7 @@
 //! `doctor`: findings about the machine, the environment and the plan, each explained with a fix.
 
+use std::collections::HashMap;
+
 use gpu_topology::{DeviceId, Snapshot};
 
 use crate::plan::{DeviceKind, PlanRequest, SpecSource, plan};
@@ -51,17 +53,19 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
                     ));
                 }
             }
+            // Whole-GPU workers by host, gathered once: a plan may span thousands of hosts.
+            let mut whole_gpus: HashMap<&str, Vec<u32>> = HashMap::new();
+            for w in p.workers.iter().filter(|w| w.kind == DeviceKind::Gpu) {
+                let gpus = whole_gpus.entry(w.host.as_str()).or_default();
+                if gpus.last() != Some(&w.gpu_index) {
+                    gpus.push(w.gpu_index);
+                }
+            }
             for host in &snapshot.hosts {
                 if host.peers.is_empty() {
                     continue;
                 }
-                let mut gpus: Vec<u32> = p
-                    .workers
-                    .iter()
-                    .filter(|w| w.kind == DeviceKind::Gpu && w.host == host.hostname)
-                    .map(|w| w.gpu_index)
-                    .collect();
-                gpus.dedup();
+                let Some(gpus) = whole_gpus.get(host.hostname.as_str()) else { continue };
                 let p2p = |x, y| host.peer(x, y).is_some_and(|l| l.p2p.is_ok());
                 for (i, &a) in gpus.iter().enumerate() {
                     for &b in &gpus[i + 1..] {

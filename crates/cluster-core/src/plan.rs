@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
-use gpu_topology::Snapshot;
+use gpu_topology::text::printable;
+use gpu_topology::{Snapshot, limits};
 use serde::Serialize;
 
 use crate::classes::{DeviceClass, classify};
@@ -249,10 +250,11 @@ pub struct Plan {
 #[non_exhaustive]
 pub enum PlanError {
     /// The device spec is wrong.
-    #[error("{source} (in {})", match .from { SpecSource::Flag => "--devices", SpecSource::Environment => "CUDA_VISIBLE_DEVICES" })]
+    // Not a `source`: the message already says it, and error chains would print it twice.
+    #[error("{error} (in {})", match .from { SpecSource::Flag => "--devices", SpecSource::Environment => "CUDA_VISIBLE_DEVICES" })]
     Spec {
         /// What is wrong.
-        source: SpecError,
+        error: SpecError,
         /// Where the spec came from.
         from: SpecSource,
     },
@@ -288,8 +290,22 @@ pub enum PlanError {
     /// `--workers-per-device` out of range.
     #[error("--workers-per-device {0} is out of range: give 1 to 64")]
     WorkersPerDevice(u32),
+    /// More workers on one host than `limits::MAX_WORKERS_PER_HOST`.
+    #[error(
+        "host `{}` would run {workers} workers, over gpucluster's limit of {limit} workers on one host, which no \
+         real host needs; lower --workers-per-device or select fewer devices",
+        printable(.host)
+    )]
+    TooManyWorkers {
+        /// The host.
+        host: String,
+        /// How many workers it would run.
+        workers: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// `--memory-tolerance` out of range.
-    #[error("--memory-tolerance {0} is out of range: give a percentage from 0 to 100")]
+    #[error("--memory-tolerance {0} is out of range: give a percentage from 0 to 100 (2 by default)")]
     Tolerance(f64),
 }
 
@@ -313,7 +329,8 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
          memory or SMs, and mixing them risks imbalance and out-of-memory errors\n",
         classes.len()
     );
-    for c in classes {
+    const CLASSES_SHOWN: usize = 8;
+    for c in classes.iter().take(CLASSES_SHOWN) {
         let _ = writeln!(
             m,
             "  class {}: {} device(s), {}, {} SMs, {} on {}: {}",
@@ -321,10 +338,13 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
             c.devices.len(),
             gib(c.memory_bytes),
             c.sm_count.map_or("unknown".to_owned(), |s| s.to_string()),
-            c.profiles.join("/"),
-            c.hosts.join(", "),
+            first_few(&c.profiles),
+            first_few(&c.hosts),
             first_few(&c.devices)
         );
+    }
+    if classes.len() > CLASSES_SHOWN {
+        let _ = writeln!(m, "  and {} more classes (`--policy grouped` lists them all)", classes.len() - CLASSES_SHOWN);
     }
     let largest = largest_class(classes);
     let _ = writeln!(m, "to go on, choose one of:");
@@ -334,14 +354,19 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
         classes[largest].name,
         classes[largest].devices.len()
     );
-    let resources: Vec<&str> = classes.iter().map(|c| c.resource.as_str()).collect();
+    let resources: Vec<String> = classes.iter().map(|c| c.resource.clone()).collect();
     let _ = writeln!(
         m,
         "  --policy grouped         keep all; each class gets its own Dask resource ({})",
-        resources.join(", ")
+        first_few(&resources)
     );
     let _ = writeln!(m, "  --policy warn            keep all as they are");
-    let _ = writeln!(m, "  --devices {}", classes[largest].devices.join(","));
+    let devices = &classes[largest].devices;
+    if devices.len() <= 64 {
+        let _ = writeln!(m, "  --devices {}", devices.join(","));
+    } else {
+        let _ = writeln!(m, "  --devices {},... ({} devices)", devices[..3].join(","), devices.len());
+    }
     let _ = writeln!(m, "                           use class {} only", classes[largest].name);
     let same_sms = classes.windows(2).all(|w| w[0].sm_count == w[1].sm_count);
     let (lo, hi) =
@@ -380,7 +405,7 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
     let (selected, explicit) = match &request.devices {
         None => (defaults, false),
         Some((text, from)) => {
-            let err = |source| PlanError::Spec { source, from: *from };
+            let err = |error| PlanError::Spec { error, from: *from };
             let spec: DeviceSpec = text.parse().map_err(err)?;
             let chosen = spec::resolve(&spec, snapshot).map_err(err)?;
             let reason = match from {
@@ -478,9 +503,37 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
         }
     }
     let per_device = request.workers_per_device as usize;
+    let mut per_host: HashMap<usize, usize> = HashMap::new();
+    for &(d, _) in &kept {
+        *per_host.entry(d.host).or_default() += per_device;
+    }
+    if let Some((&host, &workers)) =
+        per_host.iter().filter(|(_, w)| **w > limits::MAX_WORKERS_PER_HOST).min_by_key(|(h, _)| **h)
+    {
+        return Err(PlanError::TooManyWorkers {
+            host: snapshot.hosts[host].hostname.clone(),
+            workers,
+            limit: limits::MAX_WORKERS_PER_HOST,
+        });
+    }
     let mut workers = Vec::with_capacity(kept.len() * per_device);
+    let mut small_limits = 0;
     for &(d, class) in &kept {
         let w = worker(snapshot, d, &neighbours, &classes[class], request)?;
+        if let (Some(limit), Some(memory)) = (w.device_memory_limit_bytes, w.device_memory_bytes)
+            && limit < memory / 100
+        {
+            small_limits += 1;
+        }
+        if let Some(limit) = w.device_memory_limit_bytes
+            && limit < per_device as u64
+        {
+            return Err(PlanError::MemoryLimit(MemoryError::RoundsToZero {
+                text: request.device_memory_limit.clone(),
+                total: w.device_memory_bytes.unwrap_or(limit),
+                device: w.device_uuid.clone(),
+            }));
+        }
         if per_device == 1 {
             workers.push(w);
             continue;
@@ -493,6 +546,19 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
                 ..w.clone()
             });
         }
+    }
+    if small_limits > 0 {
+        findings.push(Finding::new(
+            Severity::Warning,
+            "device-memory-limit-small",
+            format!(
+                "--device-memory-limit {} leaves {small_limits} device(s) a limit under 1 % of their memory",
+                printable(&request.device_memory_limit)
+            ),
+            "the limit is where a Dask-CUDA worker starts spilling device memory to the host: this low, every array \
+             spills at once, and the device is all but unused",
+            "give a fraction (0.8 is the default) or a size with units (10GB); bytes without units are bytes",
+        ));
     }
     Ok(Plan { policy: request.policy, workers, excluded, classes, findings })
 }

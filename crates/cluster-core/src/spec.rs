@@ -5,9 +5,11 @@
 //! (`GPU-8932f937`, `MIG-c788`). Where CUDA silently truncates the list at a bad entry, every
 //! problem here is an error that says what to change.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
+use gpu_topology::text::printable;
 use gpu_topology::{DeviceId, Snapshot};
 
 use crate::devices::DeviceRef;
@@ -70,7 +72,7 @@ pub enum SpecError {
         position: usize,
     },
     /// Not an index, name or prefix.
-    #[error("`{entry}` is not a device: {reason}")]
+    #[error("`{}` is not a device: {reason}", printable(.entry))]
     Malformed {
         /// The entry.
         entry: String,
@@ -96,12 +98,18 @@ pub enum SpecError {
         count: usize,
     },
     /// A prefix that matches several devices.
-    #[error("`{entry}` is ambiguous: it begins {}; give more of the UUID", .candidates.join(", "))]
+    #[error(
+        "`{entry}` is ambiguous: it begins {}{}; give more of the UUID",
+        .candidates.join(", "),
+        if *.matches > .candidates.len() { format!(" and {} more", .matches - .candidates.len()) } else { String::new() }
+    )]
     AmbiguousPrefix {
         /// The entry.
         entry: String,
-        /// Every device it matches.
+        /// The first few devices it matches.
         candidates: Vec<String>,
+        /// How many devices it matches in all.
+        matches: usize,
     },
     /// The same device twice (perhaps spelled two ways).
     #[error("`{entry}` names {device}, which is already in the list; name each device once")]
@@ -142,10 +150,12 @@ pub enum SpecError {
 }
 
 fn on_hosts(hosts: &[String]) -> String {
+    const SHOWN: usize = 5;
     match hosts {
         [] => String::new(),
-        [one] => format!(" on host `{one}`"),
-        many => format!(" on any of the hosts {}", many.join(", ")),
+        [one] => format!(" on host `{}`", printable(one)),
+        few if few.len() <= SHOWN => format!(" on any of the hosts {}", few.join(", ")),
+        many => format!(" on any of the {} hosts", many.len()),
     }
 }
 
@@ -201,62 +211,124 @@ impl FromStr for DeviceSpec {
     }
 }
 
-impl SpecEntry {
-    fn matches(&self, device: &DeviceId) -> bool {
-        match (self, device) {
-            (SpecEntry::Index(_), _) => false,
-            (SpecEntry::Name(name), _) => name == device,
-            (SpecEntry::Prefix { mig: false, text }, DeviceId::Gpu(u)) => u.to_string().starts_with(text.as_str()),
-            (SpecEntry::Prefix { mig: true, text }, DeviceId::Mig(u)) => u.to_string().starts_with(text.as_str()),
-            (SpecEntry::Prefix { .. }, _) => false,
-        }
+/// The devices of a snapshot indexed by name, built once per resolution (and each part only
+/// when an entry needs it): a spec may name thousands of devices of a snapshot of hundreds of
+/// thousands, and looking each up by scanning would be quadratic.
+struct Index<'s> {
+    snapshot: &'s Snapshot,
+    by_name: Option<HashMap<&'s DeviceId, DeviceRef>>,
+    by_legacy_ids: Option<HashMap<(&'s DeviceId, u32, u32), DeviceRef>>,
+    /// (UUID text after `GPU-`/`MIG-`, device), sorted, for prefixes of each kind.
+    prefixes: [Option<Vec<(String, DeviceRef)>>; 2],
+}
+
+impl<'s> Index<'s> {
+    fn new(snapshot: &'s Snapshot) -> Self {
+        Self { snapshot, by_name: None, by_legacy_ids: None, prefixes: [None, None] }
+    }
+
+    /// Devices named `id`: the device of that name, and (for a legacy name) the device NVML
+    /// now names `MIG-<uuid>` with the same parent and instance ids. The first in snapshot
+    /// order wins: names are unique in a validated snapshot.
+    fn named(&mut self, id: &DeviceId) -> Option<DeviceRef> {
+        let snapshot = self.snapshot;
+        let by_name = self.by_name.get_or_insert_with(|| {
+            let mut map = HashMap::new();
+            for r in crate::devices::all_devices(snapshot) {
+                map.entry(r.ids(snapshot).0).or_insert(r);
+            }
+            map
+        });
+        let direct = by_name.get(id).copied();
+        let DeviceId::LegacyMig { gpu, gpu_instance, compute_instance } = id else { return direct };
+        let by_legacy = self.by_legacy_ids.get_or_insert_with(|| {
+            let mut map = HashMap::new();
+            for r in crate::devices::all_devices(snapshot) {
+                let (Some(m), Some(parent)) = (r.instance(snapshot), r.ids(snapshot).1) else { continue };
+                if let (Some(gi), Some(ci)) = (m.gpu_instance_id, m.compute_instance_id) {
+                    map.entry((parent, gi, ci)).or_insert(r);
+                }
+            }
+            map
+        });
+        let parent = DeviceId::Gpu(gpu.clone());
+        let legacy = by_legacy.get(&(&parent, *gpu_instance, *compute_instance)).copied();
+        direct.into_iter().chain(legacy).min()
+    }
+
+    /// Every device whose UUID starts with `text` (`GPU-` devices, or `MIG-<uuid>` ones).
+    fn with_prefix(&mut self, mig: bool, text: &str) -> Vec<DeviceRef> {
+        let snapshot = self.snapshot;
+        let sorted = self.prefixes[usize::from(mig)].get_or_insert_with(|| {
+            let mut list: Vec<(String, DeviceRef)> = crate::devices::all_devices(snapshot)
+                .into_iter()
+                .filter_map(|r| match (r.ids(snapshot).0, mig) {
+                    (DeviceId::Gpu(u), false) | (DeviceId::Mig(u), true) => Some((u.to_string(), r)),
+                    _ => None,
+                })
+                .collect();
+            list.sort();
+            list
+        });
+        let start = sorted.partition_point(|(u, _)| u.as_str() < text);
+        let mut found: Vec<DeviceRef> =
+            sorted[start..].iter().take_while(|(u, _)| u.starts_with(text)).map(|(_, r)| *r).collect();
+        found.sort_unstable();
+        found
     }
 }
+
+/// Candidates an ambiguous prefix lists before it says how many more there are.
+const CANDIDATES_SHOWN: usize = 5;
 
 /// Resolves `spec` against every host of `snapshot`. Indices name a GPU on every host (as
 /// `CUDA_VISIBLE_DEVICES` would on each); names and prefixes name a device wherever it is.
 pub(crate) fn resolve(spec: &DeviceSpec, snapshot: &Snapshot) -> Result<Vec<DeviceRef>, SpecError> {
-    let all = crate::devices::all_devices(snapshot);
+    let mut index = Index::new(snapshot);
     let mut out: Vec<DeviceRef> = Vec::new();
+    let mut chosen: HashSet<DeviceRef> = HashSet::new();
     for entry in &spec.entries {
         let entry_text = entry.to_string();
+        let unknown = || SpecError::Unknown {
+            entry: entry_text.clone(),
+            hosts: snapshot.hosts.iter().map(|h| h.hostname.clone()).collect(),
+        };
         let found: Vec<DeviceRef> = match entry {
-            SpecEntry::Index(index) => {
+            SpecEntry::Index(wanted) => {
                 let mut refs = Vec::new();
                 for (h, host) in snapshot.hosts.iter().enumerate() {
-                    let g =
-                        host.gpus.iter().position(|g| g.index == *index).ok_or_else(|| SpecError::IndexOutOfRange {
-                            index: *index,
-                            host: host.hostname.clone(),
-                            count: host.gpus.len(),
-                        })?;
+                    // GPUs are usually listed in index order; look there first.
+                    let g = match host.gpus.get(*wanted as usize) {
+                        Some(gpu) if gpu.index == *wanted => Some(*wanted as usize),
+                        _ => host.gpus.iter().position(|g| g.index == *wanted),
+                    };
+                    let g = g.ok_or_else(|| SpecError::IndexOutOfRange {
+                        index: *wanted,
+                        host: host.hostname.clone(),
+                        count: host.gpus.len(),
+                    })?;
                     refs.push(DeviceRef { host: h, gpu: g, mig: None });
                 }
                 refs
             }
-            _ => {
-                let matches: Vec<DeviceRef> = all
-                    .iter()
-                    .copied()
-                    .filter(|r| entry.matches(r.ids(snapshot).0) || legacy_matches(entry, *r, snapshot))
-                    .collect();
-                match matches.len() {
-                    0 => {
-                        return Err(SpecError::Unknown {
-                            entry: entry_text,
-                            hosts: snapshot.hosts.iter().map(|h| h.hostname.clone()).collect(),
-                        });
-                    }
-                    1 => matches,
-                    _ if matches!(entry, SpecEntry::Prefix { .. }) => {
-                        return Err(SpecError::AmbiguousPrefix {
-                            entry: entry_text,
-                            candidates: matches.iter().map(|r| r.ids(snapshot).0.to_string()).collect(),
-                        });
-                    }
-                    // A full name is unique in a validated snapshot; two hosts cannot share one.
-                    _ => matches[..1].to_vec(),
+            SpecEntry::Name(id) => vec![index.named(id).ok_or_else(unknown)?],
+            SpecEntry::Prefix { mig, text } => {
+                let matches = index.with_prefix(*mig, text);
+                if matches.len() > 1 {
+                    return Err(SpecError::AmbiguousPrefix {
+                        entry: entry_text,
+                        candidates: matches
+                            .iter()
+                            .take(CANDIDATES_SHOWN)
+                            .map(|r| r.ids(snapshot).0.to_string())
+                            .collect(),
+                        matches: matches.len(),
+                    });
                 }
+                if matches.is_empty() {
+                    return Err(unknown());
+                }
+                matches
             }
         };
         for r in &found {
@@ -278,7 +350,7 @@ pub(crate) fn resolve(spec: &DeviceSpec, snapshot: &Snapshot) -> Result<Vec<Devi
                     }
                 });
             }
-            if out.contains(r) {
+            if !chosen.insert(*r) {
                 return Err(SpecError::Duplicate { entry: entry_text.clone(), device: r.describe(snapshot) });
             }
             out.push(*r);
@@ -287,20 +359,6 @@ pub(crate) fn resolve(spec: &DeviceSpec, snapshot: &Snapshot) -> Result<Vec<Devi
     // Keep hosts together, each in the order its entries were given.
     out.sort_by_key(|r| r.host);
     Ok(out)
-}
-
-/// NVML accepts a legacy name for a device it now names `MIG-<uuid>`: match on the parent GPU and
-/// the instance ids.
-fn legacy_matches(entry: &SpecEntry, r: DeviceRef, snapshot: &Snapshot) -> bool {
-    let SpecEntry::Name(DeviceId::LegacyMig { gpu, gpu_instance, compute_instance }) = entry else {
-        return false;
-    };
-    let Some(m) = r.mig else { return false };
-    let parent = &snapshot.hosts[r.host].gpus[r.gpu];
-    let mig = &parent.mig_instances[m];
-    parent.uuid == DeviceId::Gpu(gpu.clone())
-        && mig.gpu_instance_id == Some(*gpu_instance)
-        && mig.compute_instance_id == Some(*compute_instance)
 }
 
 #[cfg(test)]
@@ -371,6 +429,82 @@ mod tests {
         fn format_then_parse_is_identity(entries in proptest::collection::vec(entry(), 1..6)) {
             let spec = DeviceSpec { entries };
             prop_assert_eq!(spec.to_string().parse::<DeviceSpec>().expect("round trip"), spec);
+        }
+    }
+
+    fn machine(preset: &str) -> Snapshot {
+        let source = gpu_topology::TopologySpec::Sim(preset.into()).open().expect("preset");
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt")
+            .block_on(source.snapshot())
+            .expect("snapshot")
+    }
+
+    /// Each compute device of `snapshot` with every way a spec may name it: its index (whole
+    /// GPUs), its full name, its shortest unique prefix, its legacy name (MIG with known ids).
+    fn spellings(snapshot: &Snapshot) -> Vec<(DeviceRef, Vec<String>)> {
+        let all: Vec<String> =
+            crate::devices::all_devices(snapshot).iter().map(|r| r.ids(snapshot).0.to_string()).collect();
+        crate::devices::compute_devices(snapshot)
+            .0
+            .into_iter()
+            .map(|r| {
+                let name = r.ids(snapshot).0.to_string();
+                let mut ways = vec![name.clone()];
+                if r.mig.is_none() {
+                    ways.push(r.gpu(snapshot).index.to_string());
+                }
+                if !name.starts_with("MIG-GPU-")
+                    && let Some(prefix) = (5..name.len())
+                        .map(|n| &name[..n])
+                        .filter(|p| !p.ends_with('-'))
+                        .find(|p| all.iter().filter(|u| u.starts_with(p)).count() == 1)
+                {
+                    ways.push(prefix.to_owned());
+                }
+                if let (Some(m), Some(DeviceId::Gpu(parent))) = (r.instance(snapshot), r.ids(snapshot).1)
+                    && let (Some(gi), Some(ci)) = (m.gpu_instance_id, m.compute_instance_id)
+                {
+                    ways.push(format!("MIG-GPU-{parent}/{gi}/{ci}"));
+                }
+                (r, ways)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// A spec naming devices (each once, spelled any way CUDA accepts) resolves to exactly
+        /// those devices, in order, and so does the spec printed again.
+        #[test]
+        fn accepted_specs_resolve_to_the_devices_they_name(
+            preset in proptest::sample::select(vec!["dgx-a100", "hgx-h100", "legacy-r460", "h100-mixed"]),
+            picks in proptest::collection::vec((any::<proptest::sample::Index>(), any::<proptest::sample::Index>()), 1..8),
+        ) {
+            let snapshot = machine(preset);
+            let devices = spellings(&snapshot);
+            let mut wanted: Vec<DeviceRef> = Vec::new();
+            let mut entries = Vec::new();
+            for (device, way) in picks {
+                let (r, ways) = &devices[device.index(devices.len())];
+                if !wanted.contains(r) {
+                    wanted.push(*r);
+                    entries.push(ways[way.index(ways.len())].clone());
+                }
+            }
+            let spec: DeviceSpec = entries.join(",").parse().expect("a spec of real names");
+            prop_assert_eq!(&resolve(&spec, &snapshot).expect("resolves"), &wanted);
+            let again: DeviceSpec = spec.to_string().parse().expect("printed again");
+            prop_assert_eq!(resolve(&again, &snapshot).expect("resolves again"), wanted);
+        }
+
+        #[test]
+        fn no_spec_makes_resolution_panic(text in "[0-9a-fA-FGPUMI ,/x-]{0,60}") {
+            if let Ok(spec) = text.parse::<DeviceSpec>() {
+                let _ = resolve(&spec, &machine("legacy-r460"));
+            }
         }
     }
 }

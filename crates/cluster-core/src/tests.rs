@@ -371,3 +371,126 @@ fn several_workers_share_a_device_and_its_memory_limit() {
     let err = plan(&m, &PlanRequest { workers_per_device: 0, ..PlanRequest::default() }).expect_err("zero");
     assert!(err.to_string().contains("1 to 64"), "{err}");
 }
+
+/// Memory limits that cannot be meant: each an error saying so, or (a tiny limit) a warning.
+#[test]
+fn device_memory_limits_that_cannot_be_meant() {
+    let m = machine("a100-80gb-2x7");
+    let with = |limit: &str| plan(&m, &PlanRequest { device_memory_limit: limit.into(), ..PlanRequest::default() });
+    for (limit, expected) in [
+        ("2.0", "neither a fraction of the device's memory"),
+        ("1.5", "more than 0 and at most 1"),
+        ("1e-300", "comes to 0 bytes"),
+        ("100GB", "more than the"),
+        ("-1", "is not a memory size"),
+        ("nan", "is not a memory size"),
+    ] {
+        let err = with(limit).expect_err(limit);
+        assert!(matches!(err, PlanError::MemoryLimit(_)), "{limit}: {err:?}");
+        assert!(err.to_string().contains(expected), "{limit}: {err}");
+    }
+    let tiny = with("1000000").expect("a legal, if odd, limit");
+    let warning = tiny.findings.iter().find(|f| f.code == "device-memory-limit-small").expect("a warning");
+    assert_eq!(warning.severity, Severity::Warning);
+    assert!(warning.message.contains("14 device(s)"), "{warning:?}");
+    assert!(with("1e9").expect("1e9 is bytes").findings.iter().all(|f| f.code != "device-memory-limit-small"));
+    let shared =
+        plan(&m, &PlanRequest { device_memory_limit: "1".into(), workers_per_device: 2, ..PlanRequest::default() });
+    assert!(shared.expect_err("half a byte").to_string().contains("comes to 0 bytes"));
+}
+
+#[test]
+fn a_spec_error_says_its_message_once() {
+    let err = plan(&machine("dgx-a100"), &request(Some("GPU-zz"), Policy::Strict)).expect_err("bad spec");
+    let text = err.to_string();
+    assert_eq!(text.matches("is not a device").count(), 1, "{text}");
+    assert!(std::error::Error::source(&err).is_none(), "anyhow would print the message again");
+}
+
+/// `count` hosts like the DGX A100 preset, each with its own host and device names.
+fn cluster(count: usize) -> Snapshot {
+    let template = machine("dgx-a100").hosts.remove(0);
+    let renumber = |id: &gpu_topology::DeviceId, host: usize| -> gpu_topology::DeviceId {
+        let text = id.to_string();
+        let (kind, uuid) = text.split_at(4);
+        format!("{kind}{host:08x}{}", &uuid[8..]).parse().expect("renumbered")
+    };
+    let hosts = (0..count)
+        .map(|i| {
+            let mut h = template.clone();
+            h.hostname = format!("node{i:05}");
+            for gpu in &mut h.gpus {
+                gpu.uuid = renumber(&gpu.uuid, i);
+                for m in &mut gpu.mig_instances {
+                    m.uuid = renumber(&m.uuid, i);
+                }
+            }
+            h
+        })
+        .collect();
+    Snapshot { hosts }
+}
+
+#[test]
+fn naming_thousands_of_devices_stays_linear() {
+    let big = cluster(200);
+    let every: Vec<String> =
+        big.hosts.iter().flat_map(|h| &h.gpus).flat_map(|g| &g.mig_instances).map(|m| m.uuid.to_string()).collect();
+    let started = std::time::Instant::now();
+    let p = plan(&big, &request(Some(&every.join(",")), Policy::Strict)).expect("11,200 names");
+    assert_eq!(p.workers.len(), 11_200);
+    let prefixes: Vec<&str> = every.iter().map(|u| &u[..17]).collect();
+    let p = plan(&big, &request(Some(&prefixes.join(",")), Policy::Strict)).expect("11,200 prefixes");
+    assert_eq!(p.workers.len(), 11_200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let err = plan(&big, &request(Some("MIG-0"), Policy::Strict)).expect_err("ambiguous");
+    let text = err.to_string();
+    assert!(text.contains("is ambiguous") && text.contains("more; give more of the UUID"), "{text}");
+    assert!(text.len() < 600, "lists a few candidates, not thousands: {text}");
+}
+
+#[test]
+fn inventories_refuse_one_device_on_two_hosts_and_more_hosts_than_the_limit() {
+    let a = machine("a100-80gb-2x7");
+    let mut renamed = a.clone();
+    renamed.hosts[0].hostname = "a100-2x7-again".into();
+    let err = merge_inventories(vec![a, renamed]).expect_err("one machine twice");
+    assert!(matches!(err, InventoryError::DuplicateDevice { .. }), "{err}");
+    assert!(err.to_string().contains("saved under two names"), "{err}");
+
+    let host = |i: usize| gpu_topology::HostTopology {
+        hostname: format!("h{i}"),
+        driver_version: None,
+        gpus: Vec::new(),
+        peers: Vec::new(),
+    };
+    let many = Snapshot { hosts: (0..=gpu_topology::limits::MAX_HOSTS).map(host).collect() };
+    let err = merge_inventories(vec![many]).expect_err("too many hosts");
+    assert!(err.to_string().contains("limit of 32768 hosts"), "{err}");
+}
+
+#[test]
+fn more_workers_on_a_host_than_the_limit_is_refused_naming_it() {
+    let s = fixture("hostname = \"huge\"\n[[gpu]]\nproduct = \"H100-80GB\"\ncount = 256\nmig = [\"7x1g.10gb\"]\n");
+    let p = plan(&s, &PlanRequest::default()).expect("1792 workers");
+    assert_eq!(p.workers.len(), 1792);
+    let err = plan(&s, &PlanRequest { workers_per_device: 2, ..PlanRequest::default() }).expect_err("3584 workers");
+    assert!(matches!(err, PlanError::TooManyWorkers { workers: 3584, limit: 2048, .. }), "{err}");
+    assert!(err.to_string().contains("lower --workers-per-device"), "{err}");
+}
+
+#[test]
+fn thousands_of_classes_stay_cheap_and_the_refusal_short() {
+    let mut s = cluster(20);
+    for (i, m) in s.hosts.iter_mut().flat_map(|h| &mut h.gpus).flat_map(|g| &mut g.mig_instances).enumerate() {
+        m.memory_bytes = (1 << 30) + (i as u64) * (1 << 28);
+    }
+    let exact = |policy| PlanRequest { memory_tolerance_pct: 0.0, ..request(None, policy) };
+    let grouped = plan(&s, &exact(Policy::Grouped)).expect("grouped");
+    assert_eq!(grouped.classes.len(), 1120);
+    let resources: std::collections::HashSet<_> = grouped.classes.iter().map(|c| &c.resource).collect();
+    assert_eq!(resources.len(), 1120, "each class its own resource");
+    let text = plan(&s, &exact(Policy::Strict)).expect_err("strict").to_string();
+    assert!(text.contains("and 1112 more classes"), "{text}");
+    assert!(text.len() < 5000, "{} characters", text.len());
+}

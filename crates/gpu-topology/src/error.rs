@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::text::printable;
+
 /// What went wrong while reading a machine's topology.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,7 +38,7 @@ pub enum TopologyError {
         failure: NvmlFailure,
     },
     /// `--topology` names no known source.
-    #[error("unknown topology source `{spec}`: {reason}")]
+    #[error("unknown topology source `{}`: {reason}", printable(.spec))]
     InvalidSource {
         /// What was given.
         spec: String,
@@ -44,7 +46,7 @@ pub enum TopologyError {
         reason: String,
     },
     /// `sim:NAME` names no preset.
-    #[error("unknown simulated machine `{name}`; the presets are: {}", .available.join(", "))]
+    #[error("unknown simulated machine `{}`; the presets are: {}", printable(.name), .available.join(", "))]
     UnknownPreset {
         /// What was given.
         name: String,
@@ -52,7 +54,7 @@ pub enum TopologyError {
         available: Vec<String>,
     },
     /// A file could not be read.
-    #[error("cannot read {}: {error}", .path.display())]
+    #[error("cannot read {}: {error}", shown(.path))]
     Io {
         /// The file.
         path: PathBuf,
@@ -60,7 +62,7 @@ pub enum TopologyError {
         error: std::io::Error,
     },
     /// A fixture or snapshot file is malformed.
-    #[error("{}{}: {message}", .path.display(), location(*.line, *.column))]
+    #[error("{}{}: {message}", shown(.path), location(*.line, *.column))]
     Fixture {
         /// The file.
         path: PathBuf,
@@ -72,7 +74,7 @@ pub enum TopologyError {
         message: String,
     },
     /// A line of `nvidia-smi -L` text that does not parse.
-    #[error("{}:{line}: {message}\n    {text}", .path.display())]
+    #[error("{}:{line}: {message}\n    {}", shown(.path), printable(.text))]
     SmiText {
         /// The file.
         path: PathBuf,
@@ -83,14 +85,73 @@ pub enum TopologyError {
         /// What was expected.
         message: String,
     },
+    /// A file longer than gpucluster reads (`limits::MAX_INPUT_BYTES`, `MAX_FIXTURE_BYTES`).
+    #[error(
+        "{} is larger than {} MiB, the most gpucluster reads from one such file; no real machine's description \
+         is that long: is it the right file?",
+        shown(.path), .limit >> 20
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The bound, in bytes.
+        limit: u64,
+    },
+    /// A file that is not UTF-8 text.
+    #[error("{} is not UTF-8 text: {reason}", shown(.path))]
+    NotText {
+        /// The file.
+        path: PathBuf,
+        /// What it looks like instead, and where it goes wrong.
+        reason: String,
+    },
+    /// A description beyond any real machine (see `limits`).
+    #[error(
+        "{} has {found} {what}, over gpucluster's limit of {limit} {what}, which no real hardware reaches; \
+         is the description right?",
+        printable(.subject)
+    )]
+    BeyondLimit {
+        /// What has too many: `host \`a\``, `GPU 3 of host \`a\``, `the snapshot`.
+        subject: String,
+        /// Which bound.
+        what: Limit,
+        /// How many it has.
+        found: usize,
+        /// The bound.
+        limit: usize,
+    },
     /// A snapshot that parses but contradicts itself.
-    #[error("invalid snapshot for host `{host}`: {reason}")]
+    #[error("invalid snapshot for host `{}`: {reason}", printable(.host))]
     InvalidSnapshot {
         /// The host it describes.
         host: String,
         /// What is inconsistent.
         reason: String,
     },
+}
+
+/// Which bound of `limits` a description went past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// [`limits::MAX_HOSTS`](crate::limits::MAX_HOSTS).
+    Hosts,
+    /// [`limits::MAX_GPUS_PER_HOST`](crate::limits::MAX_GPUS_PER_HOST).
+    GpusPerHost,
+    /// [`limits::MAX_MIG_DEVICES_PER_GPU`](crate::limits::MAX_MIG_DEVICES_PER_GPU), or a known
+    /// product's own maximum.
+    MigDevicesPerGpu,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Limit::Hosts => "hosts",
+            Limit::GpusPerHost => "GPUs on one host",
+            Limit::MigDevicesPerGpu => "MIG devices on one GPU",
+        })
+    }
 }
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {
@@ -150,4 +211,9 @@ impl fmt::Display for NvmlFailure {
             NvmlFailure::Unknown => "unknown error",
         })
     }
+}
+
+/// A path as messages show it: control characters in a file name escaped like any other text.
+fn shown(path: &std::path::Path) -> String {
+    printable(&path.display().to_string()).into_owned()
 }

@@ -42,6 +42,7 @@ mod discover;
 mod error;
 mod file;
 mod ids;
+pub mod limits;
 #[cfg(feature = "nvml")]
 pub mod nvml;
 pub mod products;
@@ -49,11 +50,12 @@ pub mod sim;
 pub mod smi;
 mod snapshot;
 mod source;
+pub mod text;
 
 use async_trait::async_trait;
 
-pub use error::{NvmlFailure, TopologyError};
-pub use file::FileSource;
+pub use error::{Limit, NvmlFailure, TopologyError};
+pub use file::{FileSource, snapshot_from_json};
 pub use ids::{DeviceId, IdError, Uuid};
 pub use snapshot::{HostTopology, MigInstance, P2pStatus, PcieLevel, PeerLink, PhysicalGpu, Snapshot};
 pub use source::TopologySpec;

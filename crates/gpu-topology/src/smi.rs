@@ -4,14 +4,20 @@
 //! live machine. The text gives names, UUIDs and MIG profiles only, so memory and SM counts come
 //! from the product and profile tables (`products`), GPU/compute instance ids only from legacy
 //! names, and a GPU without MIG lines is taken as MIG disabled. The host is named after the file.
+//!
+//! Text no `nvidia-smi` could print is refused at its line: more GPUs than `limits` allows, a
+//! GPU index or a name twice, two `Device N` of one number on a GPU, more MIG devices or GPU instances than the
+//! GPU holds, a legacy MIG name under another GPU. Lines may end in `\n`, `\r\n` or `\r`, and a
+//! byte-order mark is ignored.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use crate::products;
-use crate::snapshot::{HostTopology, MigInstance, PhysicalGpu, Snapshot};
-use crate::{DeviceId, TopologyError, TopologySource};
+use crate::snapshot::{HostTopology, MigInstance, PhysicalGpu, Snapshot, check_hostname, check_text};
+use crate::text::{self, read_text};
+use crate::{DeviceId, TopologyError, TopologySource, limits, products};
 
 /// A topology read from `nvidia-smi -L` text.
 #[derive(Debug, Clone)]
@@ -33,9 +39,12 @@ impl TopologySource for SmiSource {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, TopologyError> {
-        let text = std::fs::read_to_string(&self.path)
-            .map_err(|error| TopologyError::Io { path: self.path.clone(), error })?;
+        let text = read_text(&self.path, limits::MAX_INPUT_BYTES)?;
         let hostname = self.path.file_stem().map_or("smi".into(), |s| s.to_string_lossy().into_owned());
+        check_hostname(&hostname).map_err(|reason| TopologyError::InvalidSnapshot {
+            host: hostname.clone(),
+            reason: format!("{reason}; the host is named after the file, so rename the file"),
+        })?;
         let host = parse(&text, &self.path, &hostname)?;
         host.validate()?;
         Ok(Snapshot { hosts: vec![host] })
@@ -43,10 +52,18 @@ impl TopologySource for SmiSource {
 }
 
 /// Parses `nvidia-smi -L` output into one host.
+///
+/// # Errors
+/// [`TopologyError::SmiText`] naming the first line that is not what `nvidia-smi -L` prints, or
+/// that contradicts the lines before it.
 pub fn parse(text: &str, path: &Path, hostname: &str) -> Result<HostTopology, TopologyError> {
     let mut gpus: Vec<PhysicalGpu> = Vec::new();
-    for (number, raw) in text.lines().enumerate() {
-        let line = raw.trim_end_matches('\r');
+    let mut first_seen: HashMap<DeviceId, usize> = HashMap::new();
+    let mut indices: HashMap<u32, usize> = HashMap::new();
+    let mut layout = Layout::default();
+    let mut last_line = 0;
+    for (number, line) in text::lines(text).enumerate() {
+        last_line = number + 1;
         let err = |message: &str| TopologyError::SmiText {
             path: path.to_owned(),
             line: number + 1,
@@ -57,28 +74,57 @@ pub fn parse(text: &str, path: &Path, hostname: &str) -> Result<HostTopology, To
         if trimmed.is_empty() {
             continue;
         }
-        if let Some(rest) = trimmed.strip_prefix("GPU ") {
-            gpus.push(parse_gpu(rest).map_err(|m| err(&m))?);
+        let uuid = if let Some(rest) = trimmed.strip_prefix("GPU ") {
+            if gpus.len() == limits::MAX_GPUS_PER_HOST {
+                return Err(err(&format!(
+                    "GPU {} is one too many: gpucluster accepts at most {} GPUs on one host (limits::MAX_GPUS_PER_HOST), \
+                     more than any real host has",
+                    limits::MAX_GPUS_PER_HOST + 1,
+                    limits::MAX_GPUS_PER_HOST
+                )));
+            }
+            let gpu = parse_gpu(rest).map_err(|m| err(&m))?;
+            if let Some(first) = indices.insert(gpu.index, number + 1) {
+                return Err(err(&format!("GPU {} was already listed on line {first}", gpu.index)));
+            }
+            layout = Layout::default();
+            let uuid = gpu.uuid.clone();
+            gpus.push(gpu);
+            uuid
         } else if let Some(rest) = trimmed.strip_prefix("MIG ") {
             let gpu = gpus.last_mut().ok_or_else(|| err("a MIG line must follow the line of its GPU"))?;
-            let instance = parse_mig(rest, gpu).map_err(|m| err(&m))?;
+            let instance = parse_mig(rest, gpu, &mut layout).map_err(|m| err(&m))?;
+            let uuid = instance.uuid.clone();
             gpu.mig_enabled = true;
             gpu.mig_instances.push(instance);
+            uuid
         } else {
             return Err(err(
                 "expected `GPU <index>: <name> (UUID: GPU-...)` or `  MIG <profile> Device <n>: (UUID: MIG-...)`",
             ));
+        };
+        if let Some(first) = first_seen.insert(uuid.clone(), number + 1) {
+            return Err(err(&format!("`{uuid}` was already listed on line {first}; each device appears once")));
         }
     }
     if gpus.is_empty() {
         return Err(TopologyError::SmiText {
             path: path.to_owned(),
-            line: text.lines().count().max(1),
+            line: last_line.max(1),
             text: String::new(),
             message: "no `GPU <index>: ...` line found; is this the output of `nvidia-smi -L`?".into(),
         });
     }
     Ok(HostTopology { hostname: hostname.to_owned(), driver_version: None, gpus, peers: Vec::new() })
+}
+
+/// What the MIG lines so far take of their GPU, to refuse more than it holds.
+#[derive(Debug, Default)]
+struct Layout {
+    slots: Vec<u32>,
+    per_profile: HashMap<&'static str, u32>,
+    memory_slices: u32,
+    compute_slices: u32,
 }
 
 /// `(UUID: X)` at the end of a line -> (what comes before, X).
@@ -100,6 +146,7 @@ fn parse_gpu(rest: &str) -> Result<PhysicalGpu, String> {
     if name.is_empty() {
         return Err("the GPU's name is missing".into());
     }
+    check_text("the GPU's name", name, limits::MAX_NAME_BYTES)?;
     let product = products::product(name);
     Ok(PhysicalGpu {
         index,
@@ -117,7 +164,7 @@ fn parse_gpu(rest: &str) -> Result<PhysicalGpu, String> {
     })
 }
 
-fn parse_mig(rest: &str, gpu: &PhysicalGpu) -> Result<MigInstance, String> {
+fn parse_mig(rest: &str, gpu: &PhysicalGpu, layout: &mut Layout) -> Result<MigInstance, String> {
     let (profile, rest) = rest.split_once(" Device ").ok_or("expected `MIG <profile> Device <n>: (UUID: MIG-...)`")?;
     let profile = profile.trim();
     let (slot, rest) = rest.split_once(':').ok_or("expected `Device <n>:`")?;
@@ -146,9 +193,46 @@ fn parse_mig(rest: &str, gpu: &PhysicalGpu) -> Result<MigInstance, String> {
         )
     })?;
     let (gpu_instance_id, compute_instance_id) = match &uuid {
-        DeviceId::LegacyMig { gpu_instance, compute_instance, .. } => (Some(*gpu_instance), Some(*compute_instance)),
+        DeviceId::LegacyMig { gpu: parent, gpu_instance, compute_instance } => {
+            if DeviceId::Gpu(parent.clone()) != gpu.uuid {
+                return Err(format!(
+                    "`{uuid}` names GPU-{parent} as its GPU, but it is listed under GPU {} ({})",
+                    gpu.index, gpu.uuid
+                ));
+            }
+            (Some(*gpu_instance), Some(*compute_instance))
+        }
         _ => (None, None),
     };
+    if layout.slots.contains(&slot) {
+        return Err(format!("GPU {} already has a MIG `Device {slot}`; each device number appears once", gpu.index));
+    }
+    if slot >= geometry.max_devices {
+        return Err(format!(
+            "`Device {slot}` is past the last MIG device of one {} (Device {})",
+            product.name,
+            geometry.max_devices - 1
+        ));
+    }
+    layout.slots.push(slot);
+    // A whole GPU instance takes its slices; compute instances of a shared GPU instance (`1c.3g...`)
+    // cannot be placed from this text (no GPU instance ids), so only their count is bounded.
+    let gi = device.gpu_instance;
+    if device.compute_slices == gi.compute_slices {
+        let count = layout.per_profile.entry(gi.name).or_default();
+        *count += 1;
+        layout.memory_slices += gi.memory_slices;
+        layout.compute_slices += gi.compute_slices;
+        if *count > gi.max_count {
+            return Err(format!("one {} holds at most {} {} instance(s)", product.name, gi.max_count, gi.name));
+        }
+        if layout.memory_slices > geometry.memory_slices || layout.compute_slices > geometry.compute_slices {
+            return Err(format!(
+                "{profile} does not fit beside the MIG devices before it: one {} has {} memory and {} compute slices",
+                product.name, geometry.memory_slices, geometry.compute_slices
+            ));
+        }
+    }
     Ok(MigInstance {
         uuid,
         profile: profile.to_owned(),
@@ -246,6 +330,200 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(&format!("node.txt:{line}:")), "{text}: {msg}");
             assert!(msg.contains(expected), "{text}: {msg}");
+        }
+    }
+
+    const A100: &str = "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-11111111-2222-3333-4444-555555555555)";
+
+    fn mig_line(profile: &str, device: u32, uuid: &str) -> String {
+        format!("  MIG {profile} Device {device}: (UUID: {uuid})")
+    }
+
+    fn mig_uuid(i: u32) -> String {
+        format!("MIG-{i:08x}-2222-3333-4444-555555555555")
+    }
+
+    /// Text no `nvidia-smi -L` could print: each refused at its line, saying what is wrong.
+    #[test]
+    fn contradictory_text_is_refused_at_its_line() {
+        let twenty: Vec<String> = (0..20).map(|i| mig_line("7g.40gb", i, &mig_uuid(i))).collect();
+        let many: Vec<String> = (0..207).map(|i| mig_line("1g.5gb", i, &mig_uuid(i))).collect();
+        for (lines, line, expected) in [
+            (
+                vec![A100.to_owned(), mig_line("1g.5gb", 0, &mig_uuid(0)), mig_line("1g.5gb", 0, &mig_uuid(1))],
+                3,
+                "already has a MIG `Device 0`",
+            ),
+            (
+                vec![A100.to_owned(), mig_line("1g.5gb", 0, &mig_uuid(0)), mig_line("1g.5gb", 1, &mig_uuid(0))],
+                3,
+                "was already listed on line 2",
+            ),
+            (std::iter::once(A100.to_owned()).chain(twenty).collect(), 3, "holds at most 1 7g.40gb"),
+            (std::iter::once(A100.to_owned()).chain(many).collect(), 9, "past the last MIG device"),
+            (
+                vec![A100.to_owned(), mig_line("3g.20gb", 0, "MIG-GPU-99999999-2222-3333-4444-555555555555/1/0")],
+                2,
+                "but it is listed under GPU 0",
+            ),
+            (vec![A100.to_owned(), A100.replace("GPU 0", "GPU 1")], 2, "was already listed on line 1"),
+            (vec![A100.to_owned(), A100.replace("1111", "9999")], 2, "GPU 0 was already listed on line 1"),
+            (
+                vec!["GPU 0: A100\u{1b}[2J (UUID: GPU-11111111-2222-3333-4444-555555555555)".to_owned()],
+                1,
+                "control character",
+            ),
+        ] {
+            let text = lines.join("\n");
+            let msg = host(&text).expect_err(&text).to_string();
+            assert!(msg.contains(&format!("node.txt:{line}:")), "{msg}");
+            assert!(msg.contains(expected), "{msg}");
+        }
+    }
+
+    #[test]
+    fn more_gpus_than_any_host_has_stop_at_the_first_one_too_many() {
+        let text: String = (0..100_000)
+            .map(|i| format!("GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-{i:08x}-2222-3333-4444-555555555555)\n"))
+            .collect();
+        let msg = host(&text).expect_err("too many").to_string();
+        assert!(msg.contains("node.txt:257:") && msg.contains("at most 256 GPUs on one host"), "{msg}");
+    }
+
+    #[test]
+    fn cr_only_line_ends_read_like_any_others() {
+        let text = format!("{A100}\r{}\r", mig_line("3g.20gb", 0, &mig_uuid(0)));
+        assert_eq!(host(&text).expect("CR-only").gpus[0].mig_instances.len(), 1);
+    }
+
+    fn read(bytes: &[u8]) -> Result<Snapshot, TopologyError> {
+        let dir = std::env::temp_dir().join(format!("gpu-topology-smi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join(format!("host-{}.txt", bytes.len()));
+        std::fs::write(&path, bytes).expect("write");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let result = rt.block_on(SmiSource::new(&path).snapshot());
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    #[test]
+    fn byte_order_marks_utf16_binary_and_endless_files() {
+        let bom = [b"\xef\xbb\xbf".as_slice(), A100.as_bytes()].concat();
+        assert_eq!(read(&bom).expect("UTF-8 with a BOM").hosts[0].gpus.len(), 1);
+        let utf16: Vec<u8> = [0xff, 0xfe].into_iter().chain(A100.encode_utf16().flat_map(u16::to_le_bytes)).collect();
+        assert!(read(&utf16).expect_err("UTF-16").to_string().contains("UTF-16"));
+        assert!(read(b"\x7fELF\x02\x01\0\0").expect_err("binary").to_string().contains("NUL byte"));
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let err = rt.block_on(SmiSource::new("/dev/zero").snapshot()).expect_err("endless");
+        assert!(matches!(err, TopologyError::TooLarge { limit, .. } if limit == limits::MAX_INPUT_BYTES), "{err}");
+    }
+
+    /// The parser against text built from what `nvidia-smi -L` prints and what it never does:
+    /// it must not panic, and whatever it accepts must be valid and read back the same, both
+    /// printed again as `nvidia-smi -L` text and as a snapshot.
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            let mut names: Vec<String> = products::PRODUCTS
+                .iter()
+                .flat_map(|p| std::iter::once(p.name).chain(p.aliases.iter().copied()))
+                .map(str::to_owned)
+                .collect();
+            names
+                .extend(["NVIDIA GeForce RTX 4090", "X".repeat(300).as_str(), "A100\u{1b}[2J", " "].map(str::to_owned));
+            proptest::sample::select(names)
+        }
+
+        fn profile() -> impl Strategy<Value = String> {
+            let mut profiles: Vec<String> = products::PRODUCTS
+                .iter()
+                .filter_map(|p| p.mig)
+                .flat_map(|g| g.profile_names())
+                .map(str::to_owned)
+                .collect();
+            profiles.extend(["1c.3g.40gb", "2c.4g.20gb", "9g.99gb", ""].map(str::to_owned));
+            proptest::sample::select(profiles)
+        }
+
+        /// UUIDs from a small pool, so that some repeat.
+        fn uuid() -> impl Strategy<Value = String> {
+            (0u8..64).prop_map(|i| format!("{i:08x}-2222-3333-4444-555555555555"))
+        }
+
+        /// A GPU line and its MIG lines: mostly what a real GPU shows, sometimes not.
+        fn block() -> impl Strategy<Value = Vec<String>> {
+            (0u32..4, name(), uuid()).prop_flat_map(|(index, name, gpu)| {
+                let own: Vec<String> = products::product(&name)
+                    .and_then(|p| p.mig)
+                    .map(|g| g.profile_names().into_iter().map(str::to_owned).collect())
+                    .unwrap_or_else(|| vec!["1g.10gb".to_owned()]);
+                let profile = prop_oneof![6 => proptest::sample::select(own), 1 => profile()];
+                let mig = (profile, 0u32..8, uuid(), 0u32..15, 0u32..3, 0u8..8).prop_map({
+                    let gpu = gpu.clone();
+                    move |(p, d, u, gi, ci, legacy)| match legacy {
+                        0 => format!("  MIG {p} Device {d}: (UUID: MIG-GPU-{gpu}/{gi}/{ci})"),
+                        _ => format!("  MIG {p} Device {d}: (UUID: MIG-{u})"),
+                    }
+                });
+                let head = format!("GPU {index}: {name} (UUID: GPU-{gpu})");
+                proptest::collection::vec(mig, 0..4)
+                    .prop_map(move |migs| std::iter::once(head.clone()).chain(migs).collect::<Vec<_>>())
+            })
+        }
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                2 => (0u32..300, name(), uuid()).prop_map(|(i, n, u)| format!("GPU {i}: {n} (UUID: GPU-{u})")),
+                2 => (profile(), 0u32..9, uuid()).prop_map(|(p, d, u)| format!("  MIG {p} Device {d}: (UUID: MIG-{u})")),
+                1 => ".{0,60}",
+                1 => Just(String::new()),
+            ]
+        }
+
+        fn render(host: &HostTopology) -> String {
+            let mut text = String::new();
+            for gpu in &host.gpus {
+                text.push_str(&format!("GPU {}: {} (UUID: {})\n", gpu.index, gpu.name, gpu.uuid));
+                for m in &gpu.mig_instances {
+                    let slot = m.slot.expect("nvidia-smi text always numbers MIG devices");
+                    text.push_str(&format!("  MIG {} Device {slot}: (UUID: {})\n", m.profile, m.uuid));
+                }
+            }
+            text
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_text_is_valid_and_reads_back_the_same(
+                blocks in proptest::collection::vec(block(), 0..5),
+                odd in proptest::option::weighted(0.2, (0usize..20, line())),
+                end in proptest::sample::select(vec!["\n", "\r\n", "\r"]),
+            ) {
+                let mut lines: Vec<String> = blocks.concat();
+                if let Some((at, line)) = odd {
+                    lines.insert(at.min(lines.len()), line);
+                }
+                let text = lines.join(end);
+                if let Ok(host) = host(&text) {
+                    prop_assert!(host.validate().is_ok(), "{:?}", host.validate());
+                    prop_assert_eq!(&super::host(&render(&host)).expect("printed again"), &host);
+                    let snapshot = Snapshot { hosts: vec![host] };
+                    let json = serde_json::to_string(&snapshot).expect("json");
+                    let again = crate::snapshot_from_json(&json, Path::new("again.json")).expect("reads back");
+                    prop_assert_eq!(again, snapshot);
+                }
+            }
+
+            #[test]
+            fn no_bytes_make_the_reader_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+                if let Ok(text) = crate::text::decode(bytes) {
+                    let _ = host(&text);
+                }
+            }
         }
     }
 }

@@ -461,6 +461,9 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
 }
 
 /// Parses `8,64,1K,16M,1G` (binary units).
+/// The largest message: 64 GiB, under the largest GPU's memory, with room for the buffers.
+const MAX_SIZE: usize = 64 << 30;
+
 pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
     text.split(',')
         .map(|s| {
@@ -474,7 +477,13 @@ pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
                 "G" => 30,
                 _ => return Err(format!("`{s}` has an unknown unit; use K, M or G")),
             };
-            n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
+            let bytes = n.checked_mul(1 << shift).filter(|&b| b <= MAX_SIZE).ok_or_else(|| {
+                format!("`{s}` is larger than {} GiB, the largest message bench transport sends", MAX_SIZE >> 30)
+            })?;
+            if bytes == 0 {
+                return Err(format!("`{s}` is not a size: give at least 1 byte"));
+            }
+            Ok(bytes)
         })
         .collect()
 }

@@ -114,19 +114,19 @@ enum BenchCommand {
 struct BenchArgs {
     /// Message sizes, comma-separated, with K, M, G (binary) units. Default: 8 B to 1 GiB on a GPU,
     /// 8 B to 16 MiB on simulated memory.
-    #[arg(long, value_parser = parse_size_list, value_name = "SIZES")]
+    #[arg(long, value_parser = parse_size_list, allow_negative_numbers = true, value_name = "SIZES")]
     sizes: Option<SizeList>,
     /// Timed round trips per size from 2 MiB up (20 times as many below); the median counts.
-    #[arg(long, default_value_t = 10, value_name = "N")]
+    #[arg(long, default_value_t = 10, value_parser = repeats, allow_negative_numbers = true, value_name = "N")]
     repeats: usize,
     /// Paths to measure, comma-separated (default: every path this machine allows).
     #[arg(long, value_delimiter = ',', value_name = "PATHS")]
     paths: Vec<String>,
-    /// Slots of the shared ring.
-    #[arg(long, default_value_t = 4, value_name = "N")]
+    /// Slots of the shared ring (2 to 64).
+    #[arg(long, default_value_t = 4, value_parser = slots, allow_negative_numbers = true, value_name = "N")]
     slots: usize,
-    /// Bytes per slot (K, M units).
-    #[arg(long, default_value = "4M", value_parser = parse_one_size, value_name = "BYTES")]
+    /// Bytes per slot (K, M units): a multiple of 4K, at most 1G.
+    #[arg(long, default_value = "4M", value_parser = chunk, allow_negative_numbers = true, value_name = "BYTES")]
     chunk: usize,
     /// Run the peer worker as a thread of this process instead of a second process (a diagnostic:
     /// one CUDA context, so no switching between processes on the GPU).
@@ -156,6 +156,48 @@ fn parse_one_size(s: &str) -> Result<usize, String> {
     sizes.first().copied().filter(|_| sizes.len() == 1).ok_or_else(|| format!("`{s}` is not one size"))
 }
 
+/// A whole number from `low` to `high`. Flags that take one accept a leading `-`
+/// (`allow_negative_numbers`), so that `-1` gets this message rather than clap's "unexpected
+/// argument" (whose tip, `-- -1`, would start `up`'s worker command).
+fn count(s: &str, low: u64, high: u64) -> Result<u64, String> {
+    let n: i128 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number; give {low} to {high}"))?;
+    u64::try_from(n)
+        .ok()
+        .filter(|n| (low..=high).contains(n))
+        .ok_or_else(|| format!("{n} is out of range: give {low} to {high}"))
+}
+
+fn repeats(s: &str) -> Result<usize, String> {
+    count(s, 1, 10_000).map(|n| n as usize)
+}
+
+/// The transport's ring takes 2 to 64 slots of whole 4 KiB pages (`transport::Options`); checked
+/// here so that a wrong flag fails before any worker starts.
+fn slots(s: &str) -> Result<usize, String> {
+    count(s, 2, 64).map(|n| n as usize)
+}
+
+fn chunk(s: &str) -> Result<usize, String> {
+    let bytes = parse_one_size(s)?;
+    if bytes % 4096 != 0 || !(4096..=1 << 30).contains(&bytes) {
+        return Err(format!("{bytes} bytes is not a slot size: give a multiple of 4K from 4K to 1G"));
+    }
+    Ok(bytes)
+}
+
+fn workers_per_device(s: &str) -> Result<u32, String> {
+    count(s, 1, 64).map(|n| n as u32)
+}
+
+fn tolerance(s: &str) -> Result<f64, String> {
+    let pct: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a percentage; give 0 to 100"))?;
+    if (0.0..=100.0).contains(&pct) {
+        Ok(pct)
+    } else {
+        Err(format!("{pct} is out of range: give a percentage from 0 to 100"))
+    }
+}
+
 #[derive(Debug, Args)]
 struct ListArgs {
     /// Print the snapshot as JSON (loadable again with `--topology file:PATH`).
@@ -181,21 +223,27 @@ pub(crate) struct SelectionArgs {
     /// Devices to use, in the grammar of CUDA_VISIBLE_DEVICES: indices, GPU-<uuid>, MIG-<uuid>,
     /// MIG-GPU-<uuid>/<gi>/<ci> or unique UUID prefixes, comma-separated. Default: CUDA_VISIBLE_DEVICES
     /// if set, else every compute device.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, allow_negative_numbers = true, value_name = "SPEC")]
     devices: Option<String>,
     /// What to do when the devices are not alike in memory and SMs: strict (refuse, explaining),
     /// warn, largest-group or grouped (a Dask resource per class).
     #[arg(long, default_value = "strict", value_parser = parse_policy, value_name = "POLICY")]
     policy: Policy,
     /// Memory within this many percent counts as alike.
-    #[arg(long, default_value_t = DEFAULT_MEMORY_TOLERANCE_PCT, value_name = "PCT")]
+    #[arg(
+        long,
+        default_value_t = DEFAULT_MEMORY_TOLERANCE_PCT,
+        value_parser = tolerance,
+        allow_negative_numbers = true,
+        value_name = "PCT"
+    )]
     memory_tolerance: f64,
     /// Device memory limit per worker: auto, default (80 %), a fraction, bytes or a size such as
     /// 10GB; computed from each worker's own device.
-    #[arg(long, default_value = "default", value_name = "X")]
+    #[arg(long, default_value = "default", allow_negative_numbers = true, value_name = "X")]
     device_memory_limit: String,
-    /// Workers per device (a whole GPU or a MIG instance); they split its memory limit.
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Workers per device (a whole GPU or a MIG instance, 1 to 64); they split its memory limit.
+    #[arg(long, default_value_t = 1, value_parser = workers_per_device, allow_negative_numbers = true, value_name = "N")]
     workers_per_device: u32,
     /// Plan across hosts: the `gpucluster list --json` of each host (repeatable); replaces --topology.
     #[arg(long, value_name = "FILE")]
@@ -232,12 +280,17 @@ impl SelectionArgs {
             return load(spec).await;
         }
         let mut inventories = Vec::new();
+        let mut hosts = 0;
         for path in &self.inventory {
-            let snapshot = FileSource::new(path.clone())
-                .snapshot()
-                .await
-                .with_context(|| format!("reading the inventory {}", path.display()))?;
+            let snapshot = FileSource::new(path.clone()).snapshot().await.with_context(|| {
+                format!("reading the inventory {}", crate::table::escape(&path.display().to_string()))
+            })?;
+            hosts += snapshot.hosts.len();
             inventories.push(snapshot);
+            // Past the limit, reading on only costs memory: joining refuses them anyway.
+            if hosts > gpu_topology::limits::MAX_HOSTS {
+                break;
+            }
         }
         Ok(cluster_core::merge_inventories(inventories)?)
     }
@@ -246,7 +299,10 @@ impl SelectionArgs {
 /// Reads the snapshot the user pointed at.
 async fn load(spec: &TopologySpec) -> anyhow::Result<Snapshot> {
     let source = spec.open()?;
-    let snapshot = source.snapshot().await.with_context(|| format!("reading the topology from {spec}"))?;
+    let snapshot = source
+        .snapshot()
+        .await
+        .with_context(|| format!("reading the topology from {}", crate::table::escape(&spec.to_string())))?;
     Ok(snapshot)
 }
 
@@ -255,13 +311,12 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
     match cli.command {
         Command::List(args) => {
             if args.presets || spec == TopologySpec::Sim("list".into()) {
-                list::presets(out)?;
+                list::presets(args.json, out)?;
                 return Ok(0);
             }
             let snapshot = load(&spec).await?;
             if args.json {
-                serde_json::to_writer_pretty(&mut *out, &snapshot)?;
-                writeln!(out)?;
+                plan::write_json(&snapshot, out)?;
             } else {
                 list::table(&snapshot, &spec, out)?;
             }
@@ -273,8 +328,7 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             let plan = cluster_core::plan(&snapshot, &request)?;
             let output = plan::PlanOutput::new(&snapshot, &plan);
             if args.json {
-                serde_json::to_writer_pretty(&mut *out, &output)?;
-                writeln!(out)?;
+                plan::write_json(&output, out)?;
             } else {
                 plan::table(&output, &request, out)?;
             }

@@ -4,6 +4,8 @@ use std::io::{self, Write};
 
 use cluster_core::{Finding, Severity};
 
+use crate::table::escape;
+
 fn label(s: Severity) -> &'static str {
     match s {
         Severity::Error => "error",
@@ -14,11 +16,11 @@ fn label(s: Severity) -> &'static str {
 
 pub(crate) fn write_findings(findings: &[Finding], out: &mut dyn Write) -> io::Result<()> {
     for f in findings {
-        writeln!(out, "{:<8}{}: {}", label(f.severity), f.code, f.message)?;
+        writeln!(out, "{:<8}{}: {}", label(f.severity), f.code, escape(&f.message))?;
         for (i, line) in f.explanation.lines().enumerate() {
-            writeln!(out, "        {}{line}", if i == 0 { "why: " } else { "     " })?;
+            writeln!(out, "        {}{}", if i == 0 { "why: " } else { "     " }, escape(line))?;
         }
-        writeln!(out, "        fix: {}", f.fix)?;
+        writeln!(out, "        fix: {}", escape(&f.fix))?;
     }
     Ok(())
 }

@@ -5,18 +5,44 @@ use std::io::{self, Write};
 use gpu_topology::sim::PRESETS;
 use gpu_topology::{HostTopology, PhysicalGpu, Snapshot, TopologySpec};
 
-use crate::table::Table;
+use crate::table::{Table, escape};
 
 /// Bytes as GiB with two decimals, the precision MIG memory differs at.
+/// Amounts under 0.01 GiB (a limit of a few bytes is legal, if odd) are shown in MiB or bytes,
+/// so they do not read as zero.
 pub(crate) fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..10_737_418 => format!("{:.2} MiB", bytes as f64 / f64::from(1u32 << 20)),
+        _ => format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30)),
+    }
 }
 
 fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-pub(crate) fn presets(out: &mut dyn Write) -> io::Result<()> {
+/// The built-in simulated machines, as a table or (`--json`) as
+/// `{"presets": [{"name", "topology", "description"}]}`.
+pub(crate) fn presets(json: bool, out: &mut dyn Write) -> io::Result<()> {
+    if json {
+        #[derive(serde::Serialize)]
+        struct Preset {
+            name: &'static str,
+            topology: String,
+            description: String,
+        }
+        #[derive(serde::Serialize)]
+        struct Presets {
+            presets: Vec<Preset>,
+        }
+        let presets = PRESETS
+            .iter()
+            .map(|p| Preset { name: p.name, topology: format!("sim:{}", p.name), description: p.description() })
+            .collect();
+        serde_json::to_writer_pretty(&mut *out, &Presets { presets })?;
+        return writeln!(out);
+    }
     let mut t = Table::new(["PRESET", "MACHINE"]);
     for p in PRESETS {
         t.row(vec![format!("sim:{}", p.name), p.description()]);
@@ -45,9 +71,10 @@ fn compute_device(gpu: &PhysicalGpu) -> String {
 fn host_table(host: &HostTopology, spec: &TopologySpec, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
-        "host {}  driver {}  source {spec}",
-        host.hostname,
-        host.driver_version.as_deref().unwrap_or("unknown")
+        "host {}  driver {}  source {}",
+        escape(&host.hostname),
+        escape(host.driver_version.as_deref().unwrap_or("unknown")),
+        escape(&spec.to_string())
     )?;
     let mut t = Table::new(["GPU", "DEVICE", "NAME / PROFILE", "MEMORY", "SMS", "GI", "CI", "COMPUTE DEVICE"]);
     for gpu in &host.gpus {

@@ -5,27 +5,29 @@
 //! driver would (memory slices aligned to the profile's size, compute slices within the
 //! product's seven or four) and rejects layouts no GPU could hold, pointing at the line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
 
 use serde::Deserialize;
 
 use crate::products::{self, DeviceProfile, MigGeometry, Product};
-use crate::{DeviceId, TopologyError};
+use crate::snapshot::{check_driver_version, check_hostname, check_text};
+use crate::text::{escape_controls, printable};
+use crate::{DeviceId, TopologyError, limits};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFixture {
     #[serde(default)]
-    description: Option<String>,
-    hostname: String,
+    description: Option<toml::Spanned<String>>,
+    hostname: toml::Spanned<String>,
     #[serde(default = "default_driver")]
-    driver_version: String,
+    driver_version: toml::Spanned<String>,
     #[serde(default = "default_cpus")]
-    cpus: u32,
+    cpus: toml::Spanned<u32>,
     #[serde(default = "default_numa_nodes")]
-    numa_nodes: u32,
+    numa_nodes: toml::Spanned<u32>,
     #[serde(rename = "gpu", default)]
     gpus: Vec<toml::Spanned<RawGpu>>,
     #[serde(default)]
@@ -36,14 +38,15 @@ struct RawFixture {
     faults: Faults,
 }
 
-fn default_driver() -> String {
-    "580.159.04".to_owned()
+// Defaults carry an empty span at 0: errors about them name the file without a line.
+fn default_driver() -> toml::Spanned<String> {
+    toml::Spanned::new(0..0, "580.159.04".to_owned())
 }
-fn default_cpus() -> u32 {
-    64
+fn default_cpus() -> toml::Spanned<u32> {
+    toml::Spanned::new(0..0, 64)
 }
-fn default_numa_nodes() -> u32 {
-    2
+fn default_numa_nodes() -> toml::Spanned<u32> {
+    toml::Spanned::new(0..0, 2)
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,7 +68,7 @@ struct RawGpu {
     #[serde(default)]
     uuid: Option<DeviceId>,
     #[serde(rename = "instance", default)]
-    instances: Vec<RawInstance>,
+    instances: Vec<toml::Spanned<RawInstance>>,
 }
 
 fn one() -> u32 {
@@ -129,6 +132,11 @@ pub(crate) struct Machine {
     pub(crate) driver_version: String,
     pub(crate) gpus: Vec<SimGpu>,
     pub(crate) nvlinks: Vec<NvlinkGroup>,
+    /// For each ordered pair of GPUs (`from * count + to`), the first NVLink group holding both:
+    /// discovery asks about every pair, so this is looked up, not searched.
+    pub(crate) link_of: Vec<Option<u32>>,
+    /// For each GPU, whether it answers `GpuIsLost`.
+    pub(crate) lost: Vec<bool>,
     pub(crate) pcie_p2p: bool,
     pub(crate) faults: Faults,
 }
@@ -173,10 +181,17 @@ pub(crate) fn uses_legacy_mig_names(driver_version: &str) -> bool {
 }
 
 /// Parses and resolves a fixture. `path` is only used in error messages.
+///
+/// Every bound of `limits` is checked before anything of that size is built, so a fixture
+/// asking for four billion GPUs or CPUs costs nothing but its error.
 pub(crate) fn parse(text: &str, path: &Path) -> Result<Machine, TopologyError> {
+    if text.len() as u64 > limits::MAX_FIXTURE_BYTES {
+        return Err(TopologyError::TooLarge { path: path.to_owned(), limit: limits::MAX_FIXTURE_BYTES });
+    }
     let raw: RawFixture = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_column(text, s.start)).unzip();
-        TopologyError::Fixture { path: path.to_owned(), line, column, message: e.message().trim().to_owned() }
+        let message = escape_controls(e.message().trim()).into_owned();
+        TopologyError::Fixture { path: path.to_owned(), line, column, message }
     })?;
     resolve(raw, text, path)
 }
@@ -190,22 +205,72 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, TopologyError> {
     let at = |span: Range<usize>, message: String| {
-        let (line, column) = line_column(text, span.start);
-        TopologyError::Fixture { path: path.to_owned(), line: Some(line), column: Some(column), message }
+        // Defaults have an empty span at 0: there is no line to point at.
+        let (line, column) = if span == (0..0) {
+            (None, None)
+        } else {
+            let (line, column) = line_column(text, span.start);
+            (Some(line), Some(column))
+        };
+        TopologyError::Fixture { path: path.to_owned(), line, column, message }
     };
-    if raw.numa_nodes == 0 || raw.cpus < raw.numa_nodes {
-        return Err(TopologyError::Fixture {
-            path: path.to_owned(),
-            line: None,
-            column: None,
-            message: format!(
-                "`cpus` ({}) must be at least `numa_nodes` ({}), which must be at least 1",
-                raw.cpus, raw.numa_nodes
-            ),
-        });
+    if let Some(description) = &raw.description {
+        check_text("`description`", description.get_ref(), limits::MAX_NAME_BYTES)
+            .map_err(|m| at(description.span(), m))?;
     }
-    let total: u32 = raw.gpus.iter().map(|g| g.get_ref().count).sum();
-    let legacy = uses_legacy_mig_names(&raw.driver_version);
+    let hostname = raw.hostname.get_ref().clone();
+    check_hostname(&hostname).map_err(|m| at(raw.hostname.span(), format!("`hostname`: {m}")))?;
+    let driver_version = raw.driver_version.get_ref().clone();
+    check_driver_version(&driver_version).map_err(|m| at(raw.driver_version.span(), m))?;
+    let (cpus, numa_nodes) = (*raw.cpus.get_ref(), *raw.numa_nodes.get_ref());
+    if !(1..=limits::MAX_NUMA_NODES).contains(&numa_nodes) {
+        return Err(at(
+            raw.numa_nodes.span(),
+            format!("`numa_nodes = {numa_nodes}`: give 1 to {} (limits::MAX_NUMA_NODES)", limits::MAX_NUMA_NODES),
+        ));
+    }
+    if !(numa_nodes..=limits::MAX_CPUS).contains(&cpus) {
+        return Err(at(
+            raw.cpus.span(),
+            format!(
+                "`cpus = {cpus}`: give at least `numa_nodes` ({numa_nodes}) and at most {} (limits::MAX_CPUS)",
+                limits::MAX_CPUS
+            ),
+        ));
+    }
+    // Counted before anything is built, in u64 so that no count can overflow the sum.
+    let mut total: u64 = 0;
+    for spanned in &raw.gpus {
+        let count = spanned.get_ref().count;
+        if count == 0 {
+            return Err(at(spanned.span(), "`count` must be at least 1".into()));
+        }
+        total += u64::from(count);
+        if total > limits::MAX_GPUS_PER_HOST as u64 {
+            return Err(at(
+                spanned.span(),
+                format!(
+                    "the fixture now has {total} GPUs; gpucluster accepts at most {} GPUs on one host \
+                     (limits::MAX_GPUS_PER_HOST), more than any real host has",
+                    limits::MAX_GPUS_PER_HOST
+                ),
+            ));
+        }
+    }
+    // At most MAX_GPUS_PER_HOST, checked above.
+    let total = total as u32;
+    let legacy = uses_legacy_mig_names(&driver_version);
+    let mut named: HashMap<DeviceId, usize> = HashMap::new();
+    let mut name_once = |id: &DeviceId, span: Range<usize>| {
+        let line = line_column(text, span.start).0;
+        match named.insert(id.clone(), line) {
+            Some(first) => Err(at(
+                span,
+                format!("`{id}` is already the name of the device on line {first}; each device has its own UUID"),
+            )),
+            None => Ok(()),
+        }
+    };
     let mut gpus = Vec::new();
     for spanned in &raw.gpus {
         let span = spanned.span();
@@ -213,22 +278,23 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
         let product = products::product(&g.product).ok_or_else(|| {
             at(
                 span.clone(),
-                format!("unknown product `{}`; known products: {}", g.product, products::product_names().join(", ")),
+                format!(
+                    "unknown product `{}`; known products: {}",
+                    printable(&g.product),
+                    products::product_names().join(", ")
+                ),
             )
         })?;
-        if g.count == 0 {
-            return Err(at(span, "`count` must be at least 1".into()));
-        }
         if g.uuid.is_some() && g.count > 1 {
             return Err(at(span, "`uuid` names one GPU; remove it or set `count = 1`".into()));
         }
-        if let Some(uuid) = &g.uuid
-            && uuid.is_mig()
-        {
-            return Err(at(span, format!("`uuid = \"{uuid}\"` is a MIG name; a GPU is named GPU-<uuid>")));
+        if let Some(uuid) = &g.uuid {
+            if uuid.is_mig() {
+                return Err(at(span, format!("`uuid = \"{uuid}\"` is a MIG name; a GPU is named GPU-<uuid>")));
+            }
+            name_once(uuid, span.clone())?;
         }
-        let profiles = expand_profiles(g.mig.as_deref().unwrap_or_default()).map_err(|m| at(span.clone(), m))?;
-        let wants_mig = !profiles.is_empty() || !g.instances.is_empty();
+        let wants_mig = g.mig.as_ref().is_some_and(|m| !m.is_empty()) || !g.instances.is_empty();
         let mig_enabled = g.mig_enabled.unwrap_or(wants_mig || g.mig.is_some());
         let geometry = match (product.mig, mig_enabled) {
             (Some(geometry), _) => Some(geometry),
@@ -238,26 +304,53 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
         if wants_mig && !mig_enabled {
             return Err(at(span, "MIG instances are listed but `mig_enabled = false`".into()));
         }
-        for copy in 0..g.count {
-            let index = gpus.len() as u32;
-            let uuid = g.uuid.clone().unwrap_or_else(|| DeviceId::Gpu(fake_uuid(&raw.hostname, index, None)));
-            let DeviceId::Gpu(gpu_uuid) = &uuid else { unreachable!("checked above that `uuid` is a GPU name") };
-            let numa_node = g.numa_node.unwrap_or(index * raw.numa_nodes / total.max(1));
-            if numa_node >= raw.numa_nodes {
+        let most = geometry.map_or(0, |g| g.max_devices);
+        let profiles = expand_profiles(g.mig.as_deref().unwrap_or_default(), g.instances.len(), most)
+            .map_err(|m| at(span.clone(), m))?;
+        for instance in &g.instances {
+            let i = instance.get_ref();
+            if let Some(uuid) = &i.uuid
+                && g.count == 1
+            {
+                name_once(uuid, instance.span())?;
+            }
+            if let Some(mib) = i.memory_mib
+                && (mib == 0 || mib > product.memory_mib)
+            {
                 return Err(at(
-                    span,
-                    format!("`numa_node = {numa_node}` but the host has {} NUMA nodes", raw.numa_nodes),
+                    instance.span(),
+                    format!(
+                        "`memory_mib = {mib}`: an instance reports more than 0 and at most its GPU's memory \
+                         ({} MiB on a {})",
+                        product.memory_mib, product.name
+                    ),
                 ));
             }
-            let cpus = match &g.cpu_affinity {
-                Some(list) => parse_cpulist(list).map_err(|m| at(span.clone(), m))?,
+        }
+        if g.count > 1 && g.instances.iter().any(|i| i.get_ref().uuid.is_some()) {
+            return Err(at(span, "an instance `uuid` names one device; remove it or set `count = 1`".into()));
+        }
+        let cpulist = match &g.cpu_affinity {
+            Some(list) => Some(parse_cpulist(list, cpus).map_err(|m| at(span.clone(), m))?),
+            None => None,
+        };
+        for copy in 0..g.count {
+            let index = gpus.len() as u32;
+            let uuid = g.uuid.clone().unwrap_or_else(|| DeviceId::Gpu(fake_uuid(&hostname, index, None)));
+            let DeviceId::Gpu(gpu_uuid) = &uuid else { unreachable!("checked above that `uuid` is a GPU name") };
+            let numa_node = g.numa_node.unwrap_or(index * numa_nodes / total.max(1));
+            if numa_node >= numa_nodes {
+                return Err(at(span, format!("`numa_node = {numa_node}` but the host has {numa_nodes} NUMA nodes")));
+            }
+            let cpus = match &cpulist {
+                Some(list) => list.clone(),
                 None => {
-                    let per_node = raw.cpus / raw.numa_nodes;
+                    let per_node = cpus / numa_nodes;
                     (numa_node * per_node..(numa_node + 1) * per_node).collect()
                 }
             };
             let instances = match geometry.filter(|_| mig_enabled) {
-                Some(geometry) => place(geometry, &profiles, &g.instances, &raw.hostname, index, gpu_uuid, legacy)
+                Some(geometry) => place(geometry, &profiles, &g.instances, &hostname, index, gpu_uuid, legacy)
                     .map_err(|m| at(span.clone(), if g.count > 1 { format!("GPU copy {copy}: {m}") } else { m }))?,
                 None => Vec::new(),
             };
@@ -273,53 +366,85 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
             });
         }
     }
+    if let Some(extra) = raw.nvlink.get(limits::MAX_GPUS_PER_HOST) {
+        return Err(at(
+            extra.span(),
+            format!(
+                "more than {} `[[nvlink]]` groups, more than a host of at most that many GPUs needs",
+                limits::MAX_GPUS_PER_HOST
+            ),
+        ));
+    }
     let mut nvlinks = Vec::new();
     for spanned in &raw.nvlink {
         let n = spanned.get_ref();
-        let members = n.gpus.clone().unwrap_or_else(|| (0..total).collect());
+        let mut members = n.gpus.clone().unwrap_or_else(|| (0..total).collect());
         if let Some(bad) = members.iter().find(|&&i| i >= total) {
             return Err(at(spanned.span(), format!("NVLink group names GPU {bad}, but the fixture has {total} GPUs")));
         }
+        members.sort_unstable();
+        members.dedup();
         nvlinks.push(NvlinkGroup { gpus: members, links: n.links, switch: n.switch });
     }
-    for &lost in &raw.faults.lost_gpus {
-        if lost >= total {
+    let n = total as usize;
+    let mut link_of = vec![None; n * n];
+    for (g, group) in nvlinks.iter().enumerate() {
+        for &a in &group.gpus {
+            for &b in &group.gpus {
+                link_of[a as usize * n + b as usize].get_or_insert(g as u32);
+            }
+        }
+    }
+    let mut lost = vec![false; n];
+    for &gpu in &raw.faults.lost_gpus {
+        if gpu >= total {
             return Err(TopologyError::Fixture {
                 path: path.to_owned(),
                 line: None,
                 column: None,
-                message: format!("faults.lost_gpus names GPU {lost}, but the fixture has {total} GPUs"),
+                message: format!("faults.lost_gpus names GPU {gpu}, but the fixture has {total} GPUs"),
             });
         }
+        lost[gpu as usize] = true;
     }
     Ok(Machine {
-        description: raw.description,
-        hostname: raw.hostname,
-        driver_version: raw.driver_version,
+        description: raw.description.map(toml::Spanned::into_inner),
+        hostname,
+        driver_version,
         gpus,
         nvlinks,
+        link_of,
+        lost,
         pcie_p2p: raw.pcie.p2p,
         faults: raw.faults,
     })
 }
 
-/// `["7x1g.5gb", "3g.20gb"]` -> seven `1g.5gb` then one `3g.20gb`.
-fn expand_profiles(entries: &[String]) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
+/// `["7x1g.5gb", "3g.20gb"]` -> seven `1g.5gb` then one `3g.20gb`. `explicit` instances come on
+/// top; together they may not exceed `most`, the product's MIG devices (counted before anything
+/// is expanded).
+fn expand_profiles(entries: &[String], explicit: usize, most: u32) -> Result<Vec<String>, String> {
+    let mut parsed = Vec::new();
+    let mut total = explicit as u64;
     for entry in entries {
         let compact: String = entry.split_whitespace().collect();
         let (count, profile) = match compact.split_once('x') {
             Some((n, p)) if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) => {
-                (n.parse::<u32>().map_err(|_| format!("`{entry}`: count too large"))?, p.to_owned())
+                (n.parse::<u64>().unwrap_or(u64::MAX), p.to_owned())
             }
             _ => (1, compact),
         };
-        if count > 64 {
-            return Err(format!("`{entry}`: no GPU holds {count} MIG instances"));
+        if count == 0 {
+            return Err(format!("`{}`: the count must be at least 1", printable(entry)));
         }
-        out.extend(std::iter::repeat_n(profile, count as usize));
+        total = total.saturating_add(count);
+        parsed.push((count, profile));
     }
-    Ok(out)
+    if total > u64::from(most) {
+        return Err(format!("{total} MIG instances asked for, but a GPU of this product holds at most {most}"));
+    }
+    // At most `most` (7) in all, checked above.
+    Ok(parsed.into_iter().flat_map(|(count, profile)| std::iter::repeat_n(profile, count as usize)).collect())
 }
 
 /// Places instances the way the driver does: each GPU instance takes the first free run of
@@ -327,7 +452,7 @@ fn expand_profiles(entries: &[String]) -> Result<Vec<String>, String> {
 fn place(
     geometry: &MigGeometry,
     profiles: &[String],
-    explicit: &[RawInstance],
+    explicit: &[toml::Spanned<RawInstance>],
     hostname: &str,
     gpu_index: u32,
     gpu_uuid: &crate::Uuid,
@@ -336,7 +461,7 @@ fn place(
     let requests: Vec<(&str, Option<&RawInstance>)> = profiles
         .iter()
         .map(|p| (p.as_str(), None))
-        .chain(explicit.iter().map(|i| (i.profile.as_str(), Some(i))))
+        .chain(explicit.iter().map(|i| (i.get_ref().profile.as_str(), Some(i.get_ref()))))
         .collect();
     if requests.len() as u32 > geometry.max_devices {
         return Err(format!(
@@ -348,7 +473,7 @@ fn place(
     let mut used = vec![false; geometry.memory_slices as usize];
     let mut compute_used = 0;
     let mut per_profile: BTreeMap<&str, u32> = BTreeMap::new();
-    let mut taken_slots: Vec<u32> = explicit.iter().filter_map(|i| i.slot).collect();
+    let mut taken_slots: Vec<u32> = explicit.iter().filter_map(|i| i.get_ref().slot).collect();
     taken_slots.sort_unstable();
     if let Some(w) = taken_slots.windows(2).find(|w| w[0] == w[1]) {
         return Err(format!("two instances ask for slot {}", w[0]));
@@ -361,7 +486,8 @@ fn place(
     for (name, explicit) in requests {
         let profile: DeviceProfile = geometry.device_profile(name).ok_or_else(|| {
             format!(
-                "unknown MIG profile `{name}` for this product; its profiles are: {}",
+                "unknown MIG profile `{}` for this product; its profiles are: {}",
+                printable(name),
                 geometry.profile_names().join(", ")
             )
         })?;
@@ -430,22 +556,34 @@ fn place(
     Ok(out)
 }
 
-fn parse_cpulist(list: &str) -> Result<Vec<u32>, String> {
-    let bad = || format!("`cpu_affinity = \"{list}\"` is not a CPU list like \"0-15,32-47\"");
-    let mut cpus = Vec::new();
-    for part in list.split(',').map(str::trim) {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-                if a > b || b - a > 65_536 {
-                    return Err(bad());
-                }
-                cpus.extend(a..=b);
-            }
-            None => cpus.push(part.parse().map_err(|_| bad())?),
-        }
+/// `"0-15,32-47"` -> the CPUs, each below `cpus` (the host's count), in order and once each.
+fn parse_cpulist(list: &str, cpus: u32) -> Result<Vec<u32>, String> {
+    let bad = || format!("`cpu_affinity = \"{}\"` is not a CPU list like \"0-15,32-47\"", printable(list));
+    if list.len() > limits::MAX_CPULIST_BYTES {
+        return Err(bad());
     }
-    Ok(cpus)
+    // A set of the host's CPUs, so that repeated ranges cost no memory.
+    let mut named = vec![false; cpus as usize];
+    for part in list.split(',').map(str::trim) {
+        let (a, b): (u32, u32) = match part.split_once('-') {
+            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
+            None => {
+                let cpu = part.parse().map_err(|_| bad())?;
+                (cpu, cpu)
+            }
+        };
+        if a > b {
+            return Err(bad());
+        }
+        if b >= cpus {
+            return Err(format!(
+                "`cpu_affinity = \"{}\"` names CPU {b}, but the host has {cpus} CPUs (set `cpus`)",
+                printable(list)
+            ));
+        }
+        named[a as usize..=b as usize].iter_mut().for_each(|n| *n = true);
+    }
+    Ok((0..cpus).filter(|&c| named[c as usize]).collect())
 }
 
 /// A stable, UUID-shaped name for a simulated device: the same fixture always yields the

@@ -108,7 +108,10 @@ impl TopologySource for SimSource {
                 reason: "simulated fault: the library is missing".into(),
             });
         }
-        Ok(Snapshot { hosts: vec![discover::discover(&SimNvml(&self.machine))?] })
+        let host = discover::discover(&SimNvml(&self.machine))?;
+        // The fixture was checked line by line; this is the same check every loaded snapshot gets.
+        host.validate()?;
+        Ok(Snapshot { hosts: vec![host] })
     }
 }
 
@@ -118,7 +121,7 @@ struct SimNvml<'a>(&'a Machine);
 impl SimNvml<'_> {
     fn gpu(&self, index: u32) -> NvmlResult<&fixture::SimGpu> {
         let gpu = self.0.gpus.get(index as usize).ok_or(NvmlFailure::InvalidArgument)?;
-        if self.0.faults.lost_gpus.contains(&index) {
+        if self.0.lost[index as usize] {
             return Err(NvmlFailure::GpuLost);
         }
         Ok(gpu)
@@ -133,7 +136,9 @@ impl SimNvml<'_> {
     }
 
     fn linked(&self, from: u32, to: u32) -> Option<&fixture::NvlinkGroup> {
-        self.0.nvlinks.iter().find(|g| g.gpus.contains(&from) && g.gpus.contains(&to))
+        let n = self.0.gpus.len();
+        let group = (*self.0.link_of.get(from as usize * n + to as usize)?)?;
+        self.0.nvlinks.get(group as usize)
     }
 }
 
