@@ -66,10 +66,10 @@ struct UpArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::Never, value_name = "WHEN")]
     restart: RestartArg,
     /// Most restarts per worker with --restart on-failure.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_parser = max_restarts, allow_negative_numbers = true, value_name = "N")]
     max_restarts: u32,
-    /// Seconds workers get to stop after SIGINT or SIGTERM before they are killed.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
+    #[arg(long, default_value_t = 10.0, value_parser = grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
     /// The command to run per worker instead of the built-in worker (after `--`).
     #[arg(last = true, value_name = "CMD")]
@@ -183,6 +183,19 @@ fn chunk(s: &str) -> Result<usize, String> {
         return Err(format!("{bytes} bytes is not a slot size: give a multiple of 4K from 4K to 1G"));
     }
     Ok(bytes)
+}
+
+pub(crate) fn max_restarts(s: &str) -> Result<u32, String> {
+    count(s, 0, 1000).map(|n| n as u32)
+}
+
+pub(crate) fn grace(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds; give 0 to 3600"))?;
+    if (0.0..=3600.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("{seconds} is out of range: give 0 to 3600 seconds"))
+    }
 }
 
 fn workers_per_device(s: &str) -> Result<u32, String> {
@@ -386,7 +399,9 @@ async fn interrupted() -> i32 {
     }
 }
 
-async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it
+/// (the measuring thread and the peer worker, killed by the kernel with this process, end with it).
+async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result<crate::bench::BenchReport, i32>> {
     use transport::Path;
     use transport::device::DeviceKind;
     let snapshot = load(spec).await?;
@@ -412,7 +427,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
                 "cuda-ipc" => Path::CudaIpc,
                 "host-staged" => Path::HostStaged,
                 "tcp" => Path::Tcp,
-                other => anyhow::bail!("unknown path `{other}`: cuda-ipc, host-staged or tcp"),
+                other => anyhow::bail!("unknown path `{}`: cuda-ipc, host-staged or tcp", crate::table::escape(other)),
             };
             if !allowed.contains(&path) {
                 anyhow::bail!(
@@ -426,7 +441,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
         }
         paths
     };
-    let sizes = args.sizes.map(|s| s.0).unwrap_or_else(|| match device {
+    let sizes = args.sizes.clone().map(|s| s.0).unwrap_or_else(|| match device {
         DeviceKind::Cuda => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30],
         DeviceKind::Simulated => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20],
     });
@@ -441,27 +456,34 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         peer_thread: args.peer_thread,
     };
-    let mut report = match &args.report {
-        Some(file) => {
-            let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not a saved bench report", file.display()))?
-        }
-        None => {
-            let measuring = tokio::task::spawn_blocking(move || crate::bench::run(&config));
-            tokio::select! {
-                report = measuring => report??,
-                signal = interrupted() => {
-                    // The measuring thread and the peer worker (killed by the kernel with this
-                    // process) end with the process.
-                    eprintln!("bench interrupted ({})", launcher::signal_name(signal));
-                    return Ok(128u8.saturating_add(signal as u8));
-                }
-            }
-        }
+    let measuring = tokio::task::spawn_blocking(move || crate::bench::run(&config));
+    let mut report = tokio::select! {
+        report = measuring => report??,
+        signal = interrupted() => return Ok(Err(signal)),
     };
-    if let Some(c) = local.filter(|c| c.path != Path::CudaIpc && args.report.is_none()) {
+    if let Some(c) = local.filter(|c| c.path != Path::CudaIpc) {
         report.notes.push(format!("cuda-ipc is not measured: {}", c.reason));
     }
+    Ok(Ok(report))
+}
+
+async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let report = match &args.report {
+        // A saved report needs no machine at all.
+        Some(file) => {
+            let text = gpu_topology::text::read_text(file, 16 << 20)?;
+            serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a saved bench report", crate::table::escape(&file.display().to_string()))
+            })?
+        }
+        None => match measure(spec, &args).await? {
+            Ok(report) => report,
+            Err(signal) => {
+                eprintln!("bench interrupted ({})", launcher::signal_name(signal));
+                return Ok(128u8.saturating_add(signal as u8));
+            }
+        },
+    };
     if let Some(file) = &args.plot {
         crate::bench::plot(&report, file)?;
     }

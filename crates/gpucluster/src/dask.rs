@@ -29,10 +29,10 @@ pub(crate) struct DaskArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure, value_name = "WHEN")]
     restart: RestartArg,
     /// Most restarts per worker.
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::max_restarts, allow_negative_numbers = true, value_name = "N")]
     max_restarts: u32,
-    /// Seconds workers get to stop after SIGINT or SIGTERM before they are killed.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
+    #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
 }
 
@@ -266,7 +266,7 @@ fn summary(supervised: &launcher::Supervised, started: Instant, out: &mut dyn Wr
     if let Some(o) = why {
         writeln!(out, "last lines of {}:", o.name)?;
         for line in &o.last_lines {
-            writeln!(out, "  | {}", crate::text::printable(line))?;
+            writeln!(out, "  | {}", crate::table::escape(line))?;
         }
     }
     Ok(())

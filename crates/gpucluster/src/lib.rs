@@ -12,7 +12,6 @@ mod doctor;
 mod list;
 mod plan;
 mod table;
-mod text;
 mod up;
 
 use std::ffi::OsString;
@@ -65,7 +64,12 @@ where
             0
         }
         Err(e) => {
-            let _ = writeln!(err, "error: {e:#}");
+            // Messages quote input (names, addresses, file contents): whatever escaped the
+            // escaping at its source is escaped here, keeping only the message's own line breaks.
+            let text = format!("{e:#}");
+            let safe: String =
+                text.split('\n').map(|line| table::escape(line).into_owned()).collect::<Vec<_>>().join("\n");
+            let _ = writeln!(err, "error: {safe}");
             1
         }
     }

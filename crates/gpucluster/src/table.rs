@@ -76,14 +76,7 @@ pub(crate) fn cell(text: &str, max: usize) -> Cow<'_, str> {
 }
 
 /// Control characters as Rust writes them in strings (`\u{1b}`, `\n`); other text unchanged.
-pub(crate) fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
-        return Cow::Borrowed(text);
-    }
-    Cow::Owned(
-        text.chars().map(|c| if c.is_control() { c.escape_debug().to_string() } else { c.to_string() }).collect(),
-    )
-}
+pub(crate) use gpu_topology::text::escape_controls as escape;
 
 #[cfg(test)]
 mod tests {

@@ -52,7 +52,7 @@ pub(crate) async fn run(
         out,
         "up: {} worker(s) on {}, {}; {}",
         plan.workers.len(),
-        crate::text::printable(&snapshot.hosts[0].hostname),
+        crate::table::escape(&snapshot.hosts[0].hostname),
         match memory {
             Memory::Cuda => "GPU memory through CUDA",
             Memory::Simulated => "simulated device memory (figures measure the protocol, not hardware)",
@@ -174,7 +174,7 @@ fn outcomes(report: &launcher::UpReport, out: &mut dyn Write) -> std::io::Result
         if Some(o.name.as_str()) == culprit {
             writeln!(out, "  {o}")?;
             for line in &o.last_lines {
-                writeln!(out, "    | {}", crate::text::printable(line))?;
+                writeln!(out, "    | {}", crate::table::escape(line))?;
             }
         } else {
             others.push(o);
