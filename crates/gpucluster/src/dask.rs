@@ -258,8 +258,13 @@ fn summary(supervised: &launcher::Supervised, started: Instant, out: &mut dyn Wr
         writeln!(out, "  {o}")?;
     }
     // Why the workers (or the scheduler) could not run, in their own last words.
+    let none_ran = !outcomes.is_empty() && outcomes.iter().all(|o| !o.exit.success());
     let why = match &supervised.stop {
         Some(Stop::NoneLeft) => outcomes.iter().rev().find(|o| !o.exit.success() && !o.last_lines.is_empty()),
+        None if none_ran => {
+            writeln!(out, "no worker could run")?;
+            outcomes.iter().rev().find(|o| !o.last_lines.is_empty())
+        }
         Some(Stop::EssentialEnded { name, .. }) => outcomes.iter().find(|o| &o.name == name),
         _ => None,
     };
