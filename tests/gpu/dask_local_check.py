@@ -4,7 +4,16 @@ Times each from start to its workers connected (seen by a client), runs a CuPy t
 workers, and checks what each worker sees. Usage: python3 dask_local_check.py GPUCLUSTER [ARGS...]
 """
 import os, re, signal, subprocess, sys, threading, time
-from distributed import Client
+from distributed import Client, Security
+
+
+def security_for(scheduler_file):
+    """The TLS credentials `gpucluster dask local` writes beside its scheduler file, if any."""
+    d = os.path.dirname(scheduler_file)
+    if not os.path.exists(os.path.join(d, "ca.pem")):
+        return None
+    return Security(tls_ca_file=os.path.join(d, "ca.pem"), tls_client_cert=os.path.join(d, "cert.pem"),
+                    tls_client_key=os.path.join(d, "key.pem"), require_encryption=True)
 
 
 def task():
@@ -33,15 +42,15 @@ def gpucluster(binary, extra):
     while not os.path.exists(file[0]):
         time.sleep(0.01)
     n = int(os.environ.get("WORKERS", "1"))
-    with Client(scheduler_file=file[0], timeout=60) as c:
+    with Client(scheduler_file=file[0], timeout=60, security=security_for(file[0])) as c:
         c.wait_for_workers(n, timeout=120)
         ready = time.perf_counter() - t
         print(f"gpucluster dask local {' '.join(extra)}: {n} worker(s) connected after {ready:.2f} s")
         print("  CuPy task:", c.submit(task, pure=False).result())
         print("  workers:", {w["name"]: w["resources"] for w in c.scheduler_info()["workers"].values()})
         print("  CUDA_VISIBLE_DEVICES:", c.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES")))
-    p.send_signal(signal.SIGTERM)
-    p.wait(60)
+    p.send_signal(signal.SIGINT)
+    print("  launcher exit status after SIGINT:", p.wait(60))
     time.sleep(0.5)
     print("  launcher lines:", "".join(l for l in lines if not l.startswith("[")), end="")
     return ready
