@@ -123,8 +123,9 @@ fn probe_ipc(stream: &mut UnixStream, device: &Arc<dyn Device>) -> Result<Option
     let mut theirs = [0u8; 64];
     stream.read_exact(&mut theirs).map_err(TransportError::io("read probe handle"))?;
     let mine = match device.ipc_open(&crate::device::IpcHandle(theirs)) {
-        Ok(ptr) => {
-            device.ipc_close(ptr);
+        Ok((ptr, _)) => {
+            // SAFETY: just opened, closed once, never used for a copy.
+            unsafe { device.ipc_close(ptr) };
             None
         }
         Err(e) => Some(e.to_string()),
@@ -155,7 +156,9 @@ struct Pinned {
 
 impl Drop for Pinned {
     fn drop(&mut self) {
-        self.device.unregister_host(self.segment.as_ptr());
+        // SAFETY: registered in `local_connection`; both halves (and their streams, which wait
+        // for their copies before returning) are gone by the time the last `Pinned` drops.
+        unsafe { self.device.unregister_host(self.segment.as_ptr()) };
     }
 }
 
@@ -428,8 +431,6 @@ pub fn connect_blocking(
             let word = |i: usize| u64::from_le_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default()) as usize;
             let geometry = Geometry { slots: word(0), chunk: word(1) };
             if geometry.slots < 2 || geometry.slots > ring::MAX_SLOTS || geometry.chunk == 0 {
-                // SAFETY: closing the descriptor we just received.
-                unsafe { libc::close(fd) };
                 return Err(TransportError::Protocol("the peer proposed an invalid ring".into()));
             }
             let segment = Segment::from_fd(fd, geometry.segment_bytes())?;

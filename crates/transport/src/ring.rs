@@ -201,7 +201,8 @@ pub(crate) struct Receiver {
     events: Vec<Box<dyn Event>>,
     consumed: u64,
     live: Liveness,
-    opened: HashMap<IpcHandle, DevicePtr>,
+    /// Peers' allocations opened so far: base address and size.
+    opened: HashMap<IpcHandle, (DevicePtr, usize)>,
 }
 
 /// Both halves of a ring pair for one side; `direction` is the one this side sends on.
@@ -239,8 +240,10 @@ pub(crate) fn halves(
 
 impl Sender {
     fn free_slots(&self) -> u64 {
+        // The peer writes `consumed`: a value past `produced` is nonsense, read as "all free"
+        // (it can only spoil the peer's own data), never as an overflow.
         let consumed = self.ring.consumed().load(Ordering::Acquire);
-        self.ring.geometry.slots as u64 - (self.produced - consumed)
+        (self.ring.geometry.slots as u64).saturating_sub(self.produced.saturating_sub(consumed))
     }
 
     /// Sends `len` bytes at `src` through host memory.
@@ -255,7 +258,8 @@ impl Sender {
             let mut progressed = false;
             // Queue device-to-host copies into every free slot.
             while issued < chunks
-                && (start + issued) - self.ring.consumed().load(Ordering::Acquire) < self.ring.geometry.slots as u64
+                && (start + issued).saturating_sub(self.ring.consumed().load(Ordering::Acquire))
+                    < self.ring.geometry.slots as u64
             {
                 let seq = start + issued;
                 let offset = issued as usize * chunk;
@@ -303,7 +307,9 @@ impl Sender {
                 let consumed = self.ring.consumed();
                 let next = start + issued;
                 let slots = self.ring.geometry.slots as u64;
-                backoff.wait(&self.live, || waiting_on_copies || next - consumed.load(Ordering::Acquire) < slots)?;
+                backoff.wait(&self.live, || {
+                    waiting_on_copies || next.saturating_sub(consumed.load(Ordering::Acquire)) < slots
+                })?;
             }
         }
         Ok(())
@@ -316,7 +322,7 @@ impl Sender {
         let mut backoff = Backoff::new();
         while self.free_slots() == 0 {
             let (consumed, produced, slots) = (self.ring.consumed(), self.produced, self.ring.geometry.slots as u64);
-            backoff.wait(&self.live, || produced - consumed.load(Ordering::Acquire) < slots)?;
+            backoff.wait(&self.live, || produced.saturating_sub(consumed.load(Ordering::Acquire)) < slots)?;
         }
         let seq = self.produced;
         self.ring.write_descriptor(
@@ -380,6 +386,9 @@ impl Receiver {
             return Err(TransportError::BufferTooSmall { needed: first.message_len, capacity: capacity as u64 });
         }
         match first.kind {
+            KIND_IPC if first.len != first.message_len => {
+                Err(TransportError::Protocol("an IPC descriptor's length differs from its message's".into()))
+            }
             KIND_IPC => self.recv_ipc(start, &first, dst),
             KIND_CHUNK => self.recv_staged(start, first.tag, len, dst),
             other => Err(TransportError::Protocol(format!("unknown descriptor kind {other}"))),
@@ -388,16 +397,26 @@ impl Receiver {
 
     fn recv_ipc(&mut self, seq: u64, d: &Descriptor, dst: DevicePtr) -> Result<Received, TransportError> {
         let handle = IpcHandle(d.handle);
-        let base = match self.opened.get(&handle) {
-            Some(&base) => base,
+        let (base, size) = match self.opened.get(&handle) {
+            Some(&opened) => opened,
             None => {
-                let base = self.device.ipc_open(&handle)?;
-                self.opened.insert(handle, base);
-                base
+                let opened = self.device.ipc_open(&handle)?;
+                self.opened.insert(handle, opened);
+                opened
             }
         };
         if d.len > 0 {
-            self.stream.d2d(dst, base + d.offset, d.len as usize)?;
+            if d.offset.checked_add(d.len).is_none_or(|end| end > size as u64) {
+                return Err(TransportError::Protocol(format!(
+                    "an IPC descriptor names {} bytes at offset {} of a {size}-byte allocation",
+                    d.len, d.offset
+                )));
+            }
+            // SAFETY: `dst` holds at least `d.len` bytes (the message length, checked against the
+            // buffer's capacity in `recv`); `base + offset .. + len` lies in the peer's allocation
+            // (checked against the size this device reports), which stays open (in `opened`) and
+            // which the peer keeps until we release the slot.
+            unsafe { self.stream.d2d(dst, base + d.offset, d.len as usize)? };
             self.stream.record(&*self.events[0])?;
             self.events[0].synchronize()?;
         }
@@ -417,13 +436,15 @@ impl Receiver {
             while issued < chunks && start + issued < produced {
                 let seq = start + issued;
                 let d = self.ring.read_descriptor(seq);
-                if d.kind != KIND_CHUNK || d.tag != tag || d.offset + d.len > len as u64 {
+                let fits = d.offset.checked_add(d.len).is_some_and(|end| end <= len as u64);
+                if d.kind != KIND_CHUNK || d.tag != tag || !fits || d.len > self.ring.geometry.chunk as u64 {
                     return Err(TransportError::Protocol(
                         "a chunk does not belong to the message being received".into(),
                     ));
                 }
                 if d.len > 0 {
-                    // SAFETY: the slot was published and stays ours until released below.
+                    // SAFETY: the slot was published and stays ours until released below; it holds
+                    // `chunk >= d.len` bytes, and `dst` holds `len >= d.offset + d.len` (checked).
                     unsafe { self.stream.h2d(dst + d.offset, self.ring.slot_data(seq), d.len as usize)? };
                 }
                 self.stream.record(&*self.events[(seq % slots) as usize])?;
@@ -454,8 +475,77 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        for (_, base) in self.opened.drain() {
-            self.device.ipc_close(base);
+        for (_, (base, _)) in self.opened.drain() {
+            // SAFETY: opened by `ipc_open` in `recv_ipc`, closed once; every copy from it was
+            // waited for before its slot was released.
+            unsafe { self.device.ipc_close(base) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{DeviceBuffer, sim::SimDevice};
+
+    /// Both sides of a ring pair in one process, and the descriptors a (broken or hostile) peer
+    /// could write.
+    fn pair() -> (Arc<dyn Device>, Sender, Receiver, Ring, UnixStream) {
+        let device: Arc<dyn Device> = Arc::new(SimDevice::new());
+        let geometry = Geometry { slots: 4, chunk: 4096 };
+        let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
+        let (a, b) = UnixStream::pair().expect("pair");
+        let live = Liveness::new(Arc::new(a));
+        let (sender, _) = halves(segment.clone(), geometry, 0, &device, &live).expect("halves");
+        let (_, receiver) = halves(segment.clone(), geometry, 1, &device, &live).expect("halves");
+        let forged = Ring { segment, geometry, direction: 0 };
+        (device, sender, receiver, forged, b)
+    }
+
+    fn forge(ring: &Ring, seq: u64, d: Descriptor) {
+        ring.write_descriptor(seq, d);
+        ring.produced().store(seq + 1, Ordering::Release);
+    }
+
+    const CHUNK: Descriptor =
+        Descriptor { kind: KIND_CHUNK, first: 1, tag: 1, message_len: 100, offset: 0, len: 100, handle: [0; 64] };
+
+    #[test]
+    fn the_rings_still_carry_messages() {
+        let (device, mut sender, mut receiver, _, _peer) = pair();
+        let out = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        let back = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        out.write(&[9u8; 10_000]).expect("write");
+        // Two chunks fit the four slots, so the send completes before the receive starts.
+        sender.send_staged(5, out.ptr(), 8192).expect("send");
+        assert_eq!(receiver.recv(back.ptr(), back.len()).expect("recv"), Received { tag: 5, len: 8192 });
+    }
+
+    #[test]
+    fn forged_descriptors_are_protocol_errors_not_stray_copies() {
+        let cases = [
+            ("a chunk longer than a slot", Descriptor { message_len: 8192, len: 8192, ..CHUNK }),
+            ("an offset that wraps", Descriptor { offset: u64::MAX - 10, len: 100, ..CHUNK }),
+            ("a chunk past its message", Descriptor { offset: 50, len: 100, ..CHUNK }),
+            ("an unknown kind", Descriptor { kind: 9, ..CHUNK }),
+            ("a message without its first chunk", Descriptor { first: 0, ..CHUNK }),
+            ("an IPC length unlike its message's", Descriptor { kind: KIND_IPC, len: 1 << 20, ..CHUNK }),
+        ];
+        for (what, d) in cases {
+            let (device, _, mut receiver, forged, _peer) = pair();
+            let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
+            forge(&forged, 0, d);
+            let err = receiver.recv(dst.ptr(), dst.len()).expect_err(what);
+            assert!(matches!(err, TransportError::Protocol(_)), "{what}: {err}");
+        }
+        // An IPC descriptor whose range runs past the peer's allocation.
+        let (device, _, mut receiver, forged, _peer) = pair();
+        let theirs = DeviceBuffer::new(&device, 4096).expect("buffer");
+        let (handle, _) = device.ipc_export(theirs.ptr()).expect("export");
+        let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        let d = Descriptor { kind: KIND_IPC, message_len: 8000, offset: 0, len: 8000, handle: handle.0, ..CHUNK };
+        forge(&forged, 0, d);
+        let err = receiver.recv(dst.ptr(), dst.len()).expect_err("past the allocation");
+        assert!(err.to_string().contains("4096-byte allocation"), "{err}");
     }
 }

@@ -181,7 +181,8 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
-        self.device.unregister_host(self.segment.as_ptr());
+        // SAFETY: registered in `new`; the stream that used it has just been synchronised.
+        unsafe { self.device.unregister_host(self.segment.as_ptr()) };
     }
 }
 
