@@ -135,19 +135,20 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     }
 
     for &path in &config.paths {
-        let secret = Secret::random()?;
-        let (address, secret) = match path {
-            Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
-            _ => (Address::Local(format!("gpucluster-bench-{}-{}", std::process::id(), path.name())), None),
+        let secret = (path == Path::Tcp).then(Secret::random).transpose()?;
+        let options =
+            Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
+        let listener = match path {
+            Path::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
+            // An unguessable name, so that no other user can take it first or aim at it.
+            _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
         };
-        let options = Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() };
-        let listener = Listener::bind(&address, device.clone(), options)?;
         let _peer = if config.peer_thread {
             let args = transport::peer::PeerArgs {
                 device: config.device,
                 mig: config.mig,
                 address: listener.address().clone(),
-                options: Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() },
+                options,
                 role: transport::peer::Role::Echo { max: max.max(1) },
             };
             let device = device.clone();
@@ -219,6 +220,19 @@ fn spawn_peer(
     max: usize,
 ) -> anyhow::Result<Peer> {
     let exe = std::env::current_exe().context("finding this program to start the peer worker")?;
+    let mut cmd = peer_command(exe, address, config, path, secret, max);
+    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
+}
+
+/// The peer's command.
+fn peer_command(
+    exe: std::path::PathBuf,
+    address: &Address,
+    config: &BenchConfig,
+    path: Path,
+    secret: Option<&Secret>,
+    max: usize,
+) -> Command {
     let device = match (config.device, config.mig) {
         (_, true) => "sim-mig",
         (DeviceKind::Simulated, false) => "sim",
@@ -231,7 +245,7 @@ fn spawn_peer(
         cmd.args(["--secret", &s.to_hex()]);
     }
     cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
-    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
+    cmd
 }
 
 fn timed(repeats: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {

@@ -154,10 +154,17 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
     let device = device_from_env()?;
     let simulated = !device.describe().starts_with("CUDA");
     let check = check_device(&device, rank, if simulated { 1 << 20 } else { 64 << 20 });
-    let options =
-        |path: Path| Options { path, slots: 4, chunk: if simulated { 256 << 10 } else { 4 << 20 }, secret: None };
-    let address = Address::Local(format!("gpucluster-{job}-{rank}"));
-    let listener = Listener::bind(&address, device.clone(), options(Path::HostStaged))?;
+    let options = |path: Path| Options {
+        path,
+        slots: 4,
+        chunk: if simulated { 256 << 10 } else { 4 << 20 },
+        secret: None,
+        ..Options::default()
+    };
+    // An unguessable name, so that no other user can take it first or aim at it.
+    let listener =
+        Listener::bind_local(&format!("gpucluster-{job}-{rank}"), device.clone(), options(Path::HostStaged))?;
+    let address = listener.address().clone();
     let (mut rendezvous, table) = Rendezvous::join(&server, &secret, rank, &address, Duration::from_secs(120))?;
     let report = |rv: &mut Rendezvous, r: &Report| rv.report(&serde_json::to_value(r).unwrap_or_default());
     let check = match check {

@@ -10,6 +10,7 @@
 mod conn;
 pub mod device;
 mod error;
+mod gate;
 mod path;
 pub mod peer;
 pub mod rendezvous;
@@ -19,6 +20,7 @@ mod tcp;
 
 pub use conn::{Address, Connection, Listener, Options, connect, connect_blocking};
 pub use error::TransportError;
+pub use gate::Refusals;
 pub use path::{Endpoint, Path, PathChoice, PathRule, choose_path};
 pub use ring::Received;
 pub use tcp::Secret;

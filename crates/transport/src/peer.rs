@@ -30,6 +30,9 @@ pub enum Role {
         /// Bytes of the message it never finishes.
         size: usize,
     },
+    /// Binds the local `--address` itself and never accepts: a name squatter (run as another
+    /// user in the tests). Runs until killed.
+    Squat,
 }
 
 /// Tag bit: the echo peer does not answer this message.
@@ -53,7 +56,8 @@ pub struct PeerArgs {
 }
 
 impl PeerArgs {
-    /// Parses `--device sim|sim-mig|cuda --address A --path P --slots N --chunk B [--secret HEX] ROLE ARGS`.
+    /// Parses `--device sim|sim-mig|cuda --address A --path P --slots N --chunk B
+    /// [--handshake-ms MS] [--stall-ms MS] [--secret HEX] ROLE ARGS`.
     ///
     /// # Errors
     /// A message naming the bad argument.
@@ -85,6 +89,14 @@ impl PeerArgs {
                 "--slots" => options.slots = value("--slots")?.parse().map_err(|_| "--slots takes a number")?,
                 "--chunk" => options.chunk = value("--chunk")?.parse().map_err(|_| "--chunk takes bytes")?,
                 "--secret" => options.secret = Some(Secret::from_hex(&value("--secret")?).map_err(|e| e.to_string())?),
+                "--handshake-ms" => {
+                    let ms = value("--handshake-ms")?.parse().map_err(|_| "--handshake-ms takes milliseconds")?;
+                    options.handshake_timeout = std::time::Duration::from_millis(ms);
+                }
+                "--stall-ms" => {
+                    let ms = value("--stall-ms")?.parse().map_err(|_| "--stall-ms takes milliseconds")?;
+                    options.stall_timeout = std::time::Duration::from_millis(ms);
+                }
                 _ => rest.push(a.clone()),
             }
         }
@@ -95,7 +107,8 @@ impl PeerArgs {
             Some("echo") => Role::Echo { max: number(1)? },
             Some("duplex") => Role::Duplex { count: number(1)?, size: number(2)? },
             Some("die-mid-send") => Role::DieMidSend { size: number(1)? },
-            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE".into()),
+            Some("squat") => Role::Squat,
+            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE | squat".into()),
         };
         let address = address.ok_or("--address is required")?;
         Ok(Self { device, mig, address, options, role })
@@ -133,6 +146,9 @@ pub fn run(args: &PeerArgs) -> Result<(), TransportError> {
 /// # Errors
 /// As [`run`].
 pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportError> {
+    if args.role == Role::Squat {
+        return squat(&args.address);
+    }
     let conn = connect_blocking(&args.address, device.clone(), &args.options)?;
     match args.role {
         Role::Echo { max } => echo(&conn, &device, max),
@@ -148,6 +164,22 @@ pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportE
                 conn.send_blocking(0, &buf, size)?;
             }
         }
+        Role::Squat => Ok(()),
+    }
+}
+
+/// Holds the local name `address` without ever accepting.
+fn squat(address: &Address) -> Result<(), TransportError> {
+    use std::os::linux::net::SocketAddrExt;
+    let Address::Local(name) = address else {
+        return Err(TransportError::Protocol("squat takes a local address".into()));
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|error| TransportError::Io { call: "abstract socket name", error })?;
+    let _held = std::os::unix::net::UnixListener::bind_addr(&addr)
+        .map_err(|error| TransportError::Io { call: "bind", error })?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 

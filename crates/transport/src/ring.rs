@@ -15,6 +15,11 @@
 //!
 //! Waiting spins briefly (latency is microseconds), then yields, then sleeps; while waiting it
 //! watches the connection's Unix socket, so a peer that dies is noticed within milliseconds.
+//! The same check, every 200 us, bounds waits on a peer that is alive but stopped: waiting for
+//! the next message is unbounded (or bounded by the caller's timeout), but once a message has
+//! begun (its first chunk published), no progress for the stall timeout is a
+//! [`TransportError::Timeout`] on either side, and that side is then unusable (out of step).
+//! These checks read the clock the loop reads anyway: nothing is added per chunk.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -147,6 +152,7 @@ impl Liveness {
 }
 
 /// Spins, then yields, then sleeps, checking the peer between rounds.
+#[derive(Debug)]
 pub(crate) struct Backoff {
     started: Instant,
     last_check: Instant,
@@ -160,7 +166,14 @@ impl Backoff {
 
     /// Waits a little. If the peer has gone, that is an error only while `ready` still says the
     /// awaited thing has not happened: a peer may publish its last message and exit at once.
-    pub(crate) fn wait(&mut self, live: &Liveness, ready: impl Fn() -> bool) -> Result<(), TransportError> {
+    /// With a `limit`, waiting longer than that since this backoff began (the last progress) is
+    /// [`TransportError::Timeout`], again only while `ready` says we are still waiting on the peer.
+    pub(crate) fn wait(
+        &mut self,
+        live: &Liveness,
+        limit: Option<Duration>,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), TransportError> {
         let waited = self.started.elapsed();
         if waited < Duration::from_micros(50) {
             std::hint::spin_loop();
@@ -171,10 +184,15 @@ impl Backoff {
         }
         if self.last_check.elapsed() > Duration::from_micros(200) {
             self.last_check = Instant::now();
-            if let Err(e) = live.check()
-                && !ready()
-            {
-                return Err(e);
+            // Liveness first, then `ready`: a peer that published and then exited is not an error.
+            let gone = live.check();
+            if !ready() {
+                gone?;
+                if let Some(limit) = limit
+                    && self.started.elapsed() >= limit
+                {
+                    return Err(TransportError::Timeout(limit));
+                }
             }
         }
         Ok(())
@@ -190,6 +208,9 @@ pub(crate) struct Sender {
     events: Vec<Box<dyn Event>>,
     produced: u64,
     live: Liveness,
+    stall: Duration,
+    /// A message broke off half-way: the ring is out of step for good.
+    broken: bool,
 }
 
 /// The receiving side of one direction.
@@ -201,6 +222,8 @@ pub(crate) struct Receiver {
     events: Vec<Box<dyn Event>>,
     consumed: u64,
     live: Liveness,
+    stall: Duration,
+    broken: bool,
     /// Peers' allocations opened so far: base address and size.
     opened: HashMap<IpcHandle, (DevicePtr, usize)>,
 }
@@ -212,6 +235,7 @@ pub(crate) fn halves(
     send_direction: usize,
     device: &Arc<dyn Device>,
     live: &Liveness,
+    stall: Duration,
 ) -> Result<(Sender, Receiver), TransportError> {
     let ring = |direction| Ring { segment: segment.clone(), geometry, direction };
     let events = |stream: &dyn Stream| (0..geometry.slots).map(|_| stream.event()).collect::<Result<Vec<_>, _>>();
@@ -225,6 +249,8 @@ pub(crate) fn halves(
             stream: send_stream,
             produced: 0,
             live: live.clone(),
+            stall,
+            broken: false,
         },
         Receiver {
             ring: ring(1 - send_direction),
@@ -233,6 +259,8 @@ pub(crate) fn halves(
             stream: recv_stream,
             consumed: 0,
             live: live.clone(),
+            stall,
+            broken: false,
             opened: HashMap::new(),
         },
     ))
@@ -246,11 +274,29 @@ impl Sender {
         (self.ring.geometry.slots as u64).saturating_sub(self.produced.saturating_sub(consumed))
     }
 
+    /// Runs one send; an error after the message was published in part breaks the ring.
+    fn guard(&mut self, send: impl FnOnce(&mut Self, u64) -> Result<(), TransportError>) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
+        let start = self.produced;
+        let result = send(self, start);
+        if result.is_err() {
+            // No copy out of the caller's buffer may outlive the call.
+            let _ = self.stream.synchronize();
+            self.broken |= self.produced != start;
+        }
+        result
+    }
+
     /// Sends `len` bytes at `src` through host memory.
     pub(crate) fn send_staged(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        self.guard(|s, start| s.staged(start, tag, src, len))
+    }
+
+    fn staged(&mut self, start: u64, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let chunk = self.ring.geometry.chunk;
         let chunks = len.div_ceil(chunk).max(1) as u64;
-        let start = self.produced;
         let mut issued = 0u64;
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut backoff = Backoff::new();
@@ -307,7 +353,9 @@ impl Sender {
                 let consumed = self.ring.consumed();
                 let next = start + issued;
                 let slots = self.ring.geometry.slots as u64;
-                backoff.wait(&self.live, || {
+                // Before the first chunk is out, the peer may still be busy with earlier messages.
+                let limit = (self.produced > start).then_some(self.stall);
+                backoff.wait(&self.live, limit, || {
                     waiting_on_copies || next.saturating_sub(consumed.load(Ordering::Acquire)) < slots
                 })?;
             }
@@ -318,11 +366,15 @@ impl Sender {
     /// Sends `len` bytes at `src` by handing the peer an IPC handle; returns once the peer has
     /// copied them.
     pub(crate) fn send_ipc(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        self.guard(|s, _| s.ipc(tag, src, len))
+    }
+
+    fn ipc(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let (handle, offset) = self.device.ipc_export(src)?;
         let mut backoff = Backoff::new();
         while self.free_slots() == 0 {
             let (consumed, produced, slots) = (self.ring.consumed(), self.produced, self.ring.geometry.slots as u64);
-            backoff.wait(&self.live, || produced.saturating_sub(consumed.load(Ordering::Acquire)) < slots)?;
+            backoff.wait(&self.live, None, || produced.saturating_sub(consumed.load(Ordering::Acquire)) < slots)?;
         }
         let seq = self.produced;
         self.ring.write_descriptor(
@@ -342,7 +394,7 @@ impl Sender {
         let mut backoff = Backoff::new();
         let (consumed, produced) = (self.ring.consumed(), self.produced);
         while consumed.load(Ordering::Acquire) < produced {
-            backoff.wait(&self.live, || consumed.load(Ordering::Acquire) >= produced)?;
+            backoff.wait(&self.live, Some(self.stall), || consumed.load(Ordering::Acquire) >= produced)?;
         }
         Ok(())
     }
@@ -358,11 +410,11 @@ pub struct Received {
 }
 
 impl Receiver {
-    fn wait_published(&mut self, seq: u64) -> Result<(), TransportError> {
+    fn wait_published(&mut self, seq: u64, limit: Option<Duration>) -> Result<(), TransportError> {
         let mut backoff = Backoff::new();
         let produced = self.ring.produced();
         while produced.load(Ordering::Acquire) <= seq {
-            backoff.wait(&self.live, || produced.load(Ordering::Acquire) > seq)?;
+            backoff.wait(&self.live, limit, || produced.load(Ordering::Acquire) > seq)?;
         }
         Ok(())
     }
@@ -373,9 +425,29 @@ impl Receiver {
     }
 
     /// Receives the next message into `dst` (of `capacity` bytes), whichever protocol sent it.
-    pub(crate) fn recv(&mut self, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
+    /// With `wait`, gives up with [`TransportError::Timeout`] (the connection still usable) if no
+    /// message has begun by then.
+    pub(crate) fn recv(
+        &mut self,
+        dst: DevicePtr,
+        capacity: usize,
+        wait: Option<Duration>,
+    ) -> Result<Received, TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
         let start = self.consumed;
-        self.wait_published(start)?;
+        self.wait_published(start, wait)?;
+        let result = self.take(start, dst, capacity);
+        if result.is_err() {
+            // No copy into the caller's buffer may outlive the call.
+            let _ = self.stream.synchronize();
+            self.broken |= self.consumed != start;
+        }
+        result
+    }
+
+    fn take(&mut self, start: u64, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
         let first = self.ring.read_descriptor(start);
         if first.first != 1 {
             return Err(TransportError::Protocol("a message did not start with its first chunk".into()));
@@ -466,7 +538,8 @@ impl Receiver {
                 let all_published = issued == chunks;
                 let produced = self.ring.produced();
                 let next = start + issued;
-                backoff.wait(&self.live, || all_published || produced.load(Ordering::Acquire) > next)?;
+                backoff
+                    .wait(&self.live, Some(self.stall), || all_published || produced.load(Ordering::Acquire) > next)?;
             }
         }
         Ok(Received { tag, len })
@@ -496,8 +569,9 @@ mod tests {
         let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
         let (a, b) = UnixStream::pair().expect("pair");
         let live = Liveness::new(Arc::new(a));
-        let (sender, _) = halves(segment.clone(), geometry, 0, &device, &live).expect("halves");
-        let (_, receiver) = halves(segment.clone(), geometry, 1, &device, &live).expect("halves");
+        let (sender, _) = halves(segment.clone(), geometry, 0, &device, &live, Duration::from_secs(5)).expect("halves");
+        let (_, receiver) =
+            halves(segment.clone(), geometry, 1, &device, &live, Duration::from_secs(5)).expect("halves");
         let forged = Ring { segment, geometry, direction: 0 };
         (device, sender, receiver, forged, b)
     }
@@ -518,7 +592,7 @@ mod tests {
         out.write(&[9u8; 10_000]).expect("write");
         // Two chunks fit the four slots, so the send completes before the receive starts.
         sender.send_staged(5, out.ptr(), 8192).expect("send");
-        assert_eq!(receiver.recv(back.ptr(), back.len()).expect("recv"), Received { tag: 5, len: 8192 });
+        assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag: 5, len: 8192 });
     }
 
     #[test]
@@ -535,7 +609,7 @@ mod tests {
             let (device, _, mut receiver, forged, _peer) = pair();
             let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
             forge(&forged, 0, d);
-            let err = receiver.recv(dst.ptr(), dst.len()).expect_err(what);
+            let err = receiver.recv(dst.ptr(), dst.len(), None).expect_err(what);
             assert!(matches!(err, TransportError::Protocol(_)), "{what}: {err}");
         }
         // An IPC descriptor whose range runs past the peer's allocation.
@@ -545,7 +619,7 @@ mod tests {
         let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
         let d = Descriptor { kind: KIND_IPC, message_len: 8000, offset: 0, len: 8000, handle: handle.0, ..CHUNK };
         forge(&forged, 0, d);
-        let err = receiver.recv(dst.ptr(), dst.len()).expect_err("past the allocation");
+        let err = receiver.recv(dst.ptr(), dst.len(), None).expect_err("past the allocation");
         assert!(err.to_string().contains("4096-byte allocation"), "{err}");
     }
 }
