@@ -224,7 +224,8 @@ fn spawn_peer(
     Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
 }
 
-/// The peer's command.
+/// The peer's command: the secret goes in its environment, never on its command line (which
+/// every user can read in `/proc`).
 fn peer_command(
     exe: std::path::PathBuf,
     address: &Address,
@@ -241,9 +242,10 @@ fn peer_command(
     let mut cmd = Command::new(exe);
     cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path.name()]);
     cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);
-    if let Some(s) = secret {
-        cmd.args(["--secret", &s.to_hex()]);
-    }
+    match secret {
+        Some(s) => cmd.env(transport::SECRET_ENV, s.to_hex()),
+        None => cmd.env_remove(transport::SECRET_ENV),
+    };
     cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
     cmd
 }
@@ -490,4 +492,30 @@ pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
             n.checked_mul(1 << shift).ok_or_else(|| format!("`{s}` is too large"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_gets_the_secret_in_its_environment_never_its_command_line() {
+        let config = BenchConfig {
+            device: DeviceKind::Simulated,
+            mig: false,
+            sizes: vec![8],
+            repeats: 1,
+            paths: vec![Path::Tcp],
+            slots: 4,
+            chunk: 1 << 20,
+            progress: false,
+            peer_thread: false,
+        };
+        let secret = Secret::random().expect("secret");
+        let address = Address::Tcp("127.0.0.1:1".into());
+        let cmd = peer_command("gpucluster".into(), &address, &config, Path::Tcp, Some(&secret), 8);
+        let hex = secret.to_hex();
+        assert!(cmd.get_args().all(|a| a != "--secret" && !a.to_string_lossy().contains(&hex)), "{cmd:?}");
+        assert!(cmd.get_envs().any(|(k, v)| k == transport::SECRET_ENV && v.is_some_and(|v| v == hex.as_str())));
+    }
 }

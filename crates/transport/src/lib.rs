@@ -23,4 +23,4 @@ pub use error::TransportError;
 pub use gate::Refusals;
 pub use path::{Endpoint, Path, PathChoice, PathRule, choose_path};
 pub use ring::Received;
-pub use tcp::Secret;
+pub use tcp::{SECRET_ENV, Secret};

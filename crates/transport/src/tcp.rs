@@ -40,6 +40,10 @@ pub(crate) const ANSWER_BYTES: usize = NONCE + TAG_BYTES;
 pub(crate) const CHUNK: usize = 4 << 20;
 const SLOTS: usize = 2;
 
+/// The environment variable that carries the cluster's secret (hexadecimal) to the processes
+/// gpucluster starts: never their command line, which every user can read in `/proc`.
+pub const SECRET_ENV: &str = "GPUCLUSTER_SECRET";
+
 /// The cluster's shared secret.
 #[derive(Clone)]
 pub struct Secret(Vec<u8>);
@@ -87,6 +91,20 @@ impl Secret {
         }
         let bytes = (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| bad()));
         Self::new(bytes.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// The secret in [`SECRET_ENV`], if that is set.
+    ///
+    /// # Errors
+    /// [`TransportError::Authentication`] if it is set but not a secret.
+    pub fn from_env() -> Result<Option<Self>, TransportError> {
+        match std::env::var(SECRET_ENV) {
+            Ok(text) => Self::from_hex(text.trim()).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(TransportError::Authentication(format!("{SECRET_ENV} is not hexadecimal")))
+            }
+        }
     }
 
     fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> Hmac<Sha256> {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use transport::device::{self, Device, DeviceBuffer, DeviceKind};
-use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
+use transport::{Address, Connection, Listener, Options, Path, SECRET_ENV, Secret, TransportError};
 
 const CHUNK: usize = 64 << 10;
 const NOBODY: u32 = 65534;
@@ -82,7 +82,7 @@ fn peer_command(address: &Address, path: Path, secret: Option<&Secret>, role: &[
     cmd.args(["--device", "sim", "--address", &address.to_string(), "--path", path_arg(path)]);
     cmd.args(["--slots", "4", "--chunk", &CHUNK.to_string()]);
     if let Some(s) = secret {
-        cmd.args(["--secret", &s.to_hex()]);
+        cmd.env(SECRET_ENV, s.to_hex());
     }
     cmd.args(role).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     cmd
@@ -314,4 +314,18 @@ fn waiting_for_the_next_message_can_time_out_and_the_connection_goes_on() {
         let r = conn.recv_blocking_timeout(&buf, Duration::from_secs(5)).expect("the echo");
         assert_eq!((r.tag, r.len), (9, 100_000), "{path:?}");
     }
+}
+
+#[test]
+fn the_peer_refuses_a_secret_on_its_command_line() {
+    // Every user can read a command line in /proc; the secret travels in the environment.
+    let secret = Secret::random().expect("secret");
+    let out = Command::new(peer_binary())
+        .args(["--device", "sim", "--address", "tcp:127.0.0.1:9", "--path", "tcp", "--secret", &secret.to_hex()])
+        .args(["echo", "10"])
+        .output()
+        .expect("run the peer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--secret is refused") && stderr.contains(SECRET_ENV), "{stderr}");
 }

@@ -75,7 +75,7 @@ fn round_trip(device: &Arc<dyn Device>, path: Path) {
     cmd.args(["--device", "sim", "--address", &listener.address().to_string(), "--path", path.name()]);
     cmd.args(["--slots", "4", "--chunk", &(64 << 10).to_string()]);
     if let Some(s) = &secret {
-        cmd.args(["--secret", &s.to_hex()]);
+        cmd.env(transport::SECRET_ENV, s.to_hex());
     }
     let mut child = cmd.args(["echo", "300000"]).stdin(Stdio::null()).spawn().expect("peer");
     let conn = listener.accept_blocking().expect("accept");

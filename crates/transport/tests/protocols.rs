@@ -62,7 +62,7 @@ fn spawn_peer(address: &Address, device: &str, path: Path, secret: Option<&Secre
     cmd.args(["--device", device, "--address", &address.to_string(), "--path", path_arg(path)]);
     cmd.args(["--slots", &SLOTS.to_string(), "--chunk", &CHUNK.to_string()]);
     if let Some(s) = secret {
-        cmd.args(["--secret", &s.to_hex()]);
+        cmd.env(transport::SECRET_ENV, s.to_hex());
     }
     cmd.args(role).stdin(Stdio::null());
     Peer(cmd.spawn().expect("spawn transport-peer"))
