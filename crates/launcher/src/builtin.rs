@@ -186,7 +186,8 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
         std::thread::spawn(move || -> Result<(), TransportError> {
             let mut served = Vec::new();
             for _ in 0..incoming {
-                let conn = listener.accept_blocking()?;
+                // Bounded like the rendezvous: a peer that never connects must not hang this worker.
+                let conn = listener.accept_timeout(Duration::from_secs(120))?;
                 let device = device.clone();
                 served.push(std::thread::spawn(move || transport::peer::echo(&conn, &device, max)));
             }
