@@ -245,10 +245,10 @@ fn read_line(
             Err(e) => return Err(TransportError::io("read a line")(e)),
         };
         if available.is_empty() {
-            return match line.is_empty() {
-                true => Ok(None),
-                false => Err(TransportError::PeerGone("the connection closed in the middle of a line".into())),
-            };
+            if line.is_empty() {
+                return Ok(None);
+            }
+            return Err(TransportError::PeerGone("the connection closed in the middle of a line".into()));
         }
         let (take, end) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (i, true),
@@ -395,9 +395,12 @@ impl Rendezvous {
     pub fn report(&mut self, value: &serde_json::Value) -> Result<(), TransportError> {
         let mut line = value.to_string();
         line.push('\n');
-        self.stream.write_all(line.as_bytes()).map_err(|e| match gate::is_timeout(&e) {
-            true => TransportError::Timeout(REPORT_TIMEOUT),
-            false => TransportError::io("send report")(e),
+        self.stream.write_all(line.as_bytes()).map_err(|e| {
+            if gate::is_timeout(&e) {
+                TransportError::Timeout(REPORT_TIMEOUT)
+            } else {
+                TransportError::io("send report")(e)
+            }
         })
     }
 }

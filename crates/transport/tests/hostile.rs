@@ -58,26 +58,45 @@ fn path_arg(path: Path) -> &'static str {
     }
 }
 
-/// The peer command; `as_nobody` runs it as uid 65534 (root only).
-fn peer_command(address: &Address, path: Path, secret: Option<&Secret>, role: &[&str], as_nobody: bool) -> Command {
-    let mut cmd = if as_nobody {
-        // The build directory may not be open to `nobody`: run a copy from a fresh directory.
-        let dir = std::env::temp_dir().join(format!("gpucluster-hostile-{}", std::process::id()));
+/// A copy of the peer binary that `nobody` can run (the build directory may be closed to it),
+/// removed when dropped.
+struct NobodysPeer(std::path::PathBuf);
+
+impl NobodysPeer {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(unique_name("nobody"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let copy = dir.join("transport-peer");
-        if !copy.exists() {
-            let staging = dir.join(format!("transport-peer.{}", unique_name("copy")));
-            std::fs::copy(peer_binary(), &staging).expect("copy the peer");
-            std::fs::rename(&staging, &copy).expect("place the peer");
-        }
-        use std::os::unix::fs::PermissionsExt;
+        std::fs::copy(peer_binary(), &copy).expect("copy the peer");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        let mut cmd = Command::new("setpriv");
-        cmd.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups"]).arg(copy);
-        cmd
-    } else {
-        Command::new(peer_binary())
+        Self(dir)
+    }
+}
+
+impl Drop for NobodysPeer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The peer command; with `as_nobody`, run as uid 65534 (root only).
+fn peer_command(
+    address: &Address,
+    path: Path,
+    secret: Option<&Secret>,
+    role: &[&str],
+    as_nobody: Option<&NobodysPeer>,
+) -> Command {
+    let mut cmd = match as_nobody {
+        Some(copy) => {
+            let mut cmd = Command::new("setpriv");
+            cmd.args([&format!("--reuid={NOBODY}"), &format!("--regid={NOBODY}"), "--clear-groups"]);
+            cmd.arg(copy.0.join("transport-peer"));
+            cmd
+        }
+        None => Command::new(peer_binary()),
     };
     cmd.args(["--device", "sim", "--address", &address.to_string(), "--path", path_arg(path)]);
     cmd.args(["--slots", "4", "--chunk", &CHUNK.to_string()]);
@@ -149,7 +168,7 @@ fn a_wrong_secret_is_refused_on_both_sides_and_never_fails_accept() {
     assert_eq!(refused.count, 1, "{refused:?}");
     assert!(refused.reasons[0].contains("does not hold the cluster's secret"), "{refused:?}");
     // The listener goes on: the legitimate peer is accepted.
-    let _peer = spawn(&mut peer_command(listener.address(), Path::Tcp, Some(&right), &["echo", "10"], false));
+    let _peer = spawn(&mut peer_command(listener.address(), Path::Tcp, Some(&right), &["echo", "10"], None));
     let conn = listener.accept_timeout(Duration::from_secs(5)).expect("the legitimate peer");
     assert_eq!(conn.path(), Path::Tcp);
     assert!(Secret::new(vec![1u8; 8]).is_err(), "short secrets are refused");
@@ -165,7 +184,7 @@ fn slow_handshakes_do_not_delay_a_legitimate_peer() {
         let (_device, listener, secret) = listen(path, opts);
         let slow: Vec<_> = (0..40).map(|_| slowloris(listener.address(), 10)).collect();
         let started = Instant::now();
-        let _peer = spawn(&mut peer_command(listener.address(), path, secret.as_ref(), &["echo", "10"], false));
+        let _peer = spawn(&mut peer_command(listener.address(), path, secret.as_ref(), &["echo", "10"], None));
         let conn = listener.accept_timeout(Duration::from_secs(4)).expect("the legitimate peer, despite 40 slow ones");
         // Starting the peer process is most of this.
         assert!(started.elapsed() < Duration::from_millis(1500), "{path:?}: accepted after {:?}", started.elapsed());
@@ -198,7 +217,8 @@ fn a_handshake_that_never_finishes_is_dropped_at_its_deadline() {
 fn another_user_cannot_connect_to_a_local_listener() {
     let (_device, listener, _) = listen(Path::HostStaged, options(Path::HostStaged, None));
     if is_root() {
-        let out = peer_command(listener.address(), Path::HostStaged, None, &["echo", "10"], true)
+        let nobody = NobodysPeer::new();
+        let out = peer_command(listener.address(), Path::HostStaged, None, &["echo", "10"], Some(&nobody))
             .output()
             .expect("run the peer as nobody");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -230,7 +250,7 @@ fn a_squatted_name_fails_fast_instead_of_hanging() {
     let quick = Options { handshake_timeout: Duration::from_millis(500), ..options(Path::HostStaged, None) };
     // Someone of our own user holds the name and never answers: a timeout, not a hang.
     let name = Address::Local(unique_name("squat-self"));
-    let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], false));
+    let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], None));
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let err = transport::connect_blocking(&name, device.clone(), &quick).expect_err("nobody answers");
@@ -239,7 +259,8 @@ fn a_squatted_name_fails_fast_instead_of_hanging() {
     if is_root() {
         // Another user holds it: refused at once, before a byte is sent.
         let name = Address::Local(unique_name("squat-nobody"));
-        let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], true));
+        let nobody = NobodysPeer::new();
+        let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], Some(&nobody)));
         let t = Instant::now();
         let err = loop {
             match transport::connect_blocking(&name, device.clone(), &options(Path::HostStaged, None)) {
@@ -264,7 +285,7 @@ fn connect_pair(path: Path, stall: Duration, role: &[&str]) -> (Arc<dyn Device>,
     let secret = (path == Path::Tcp).then(|| Secret::random().expect("secret"));
     let opts = Options { stall_timeout: stall, ..options(path, secret.clone()) };
     let (device, listener, secret) = listen(path, opts);
-    let peer = spawn(&mut peer_command(listener.address(), path, secret.as_ref(), role, false));
+    let peer = spawn(&mut peer_command(listener.address(), path, secret.as_ref(), role, None));
     let conn = listener.accept_timeout(Duration::from_secs(5)).expect("accept");
     (device, conn, peer)
 }
