@@ -350,3 +350,30 @@ fn the_peer_refuses_a_secret_on_its_command_line() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--secret is refused") && stderr.contains(SECRET_ENV), "{stderr}");
 }
+
+#[test]
+fn a_peer_that_stalls_during_setup_holds_up_nobody_and_is_dropped_at_its_deadline() {
+    let opts = Options { handshake_timeout: Duration::from_millis(1500), ..options(Path::CudaIpc, None) };
+    let (_device, listener, _) = listen(Path::CudaIpc, opts);
+    let Address::Local(name) = listener.address() else { unreachable!("a local listener") };
+    // Our own user, a proper hello asking for cuda-ipc, the ring's descriptor taken, and then
+    // silence in the middle of the IPC probe.
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let mut staller = UnixStream::connect_addr(&addr).expect("connect");
+    let hello: Vec<u8> = [0x4743_4c31u64, 1].iter().flat_map(|w| w.to_le_bytes()).collect();
+    staller.write_all(&hello).expect("hello");
+    let (_ring, _) = transport::shm::recv_fd(&staller, 16).expect("the ring's descriptor");
+    let started = Instant::now();
+    let _peer = spawn(&mut peer_command(listener.address(), Path::CudaIpc, None, &["echo", "10"], None));
+    let conn = listener.accept_timeout(Duration::from_secs(3)).expect("the legitimate peer");
+    assert_eq!(conn.path(), Path::CudaIpc);
+    // Well before the staller's deadline.
+    assert!(started.elapsed() < Duration::from_millis(1200), "held up for {:?}", started.elapsed());
+    eventually("the staller is dropped", Duration::from_secs(3), || listener.refused().count == 1);
+    assert!(listener.refused().reasons[0].contains("did not answer within 1.5s"), "{:?}", listener.refused());
+    // Its connection was closed.
+    staller.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let mut rest = Vec::new();
+    let _ = staller.read_to_end(&mut rest);
+}
