@@ -135,19 +135,20 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     }
 
     for &path in &config.paths {
-        let secret = Secret::random()?;
-        let (address, secret) = match path {
-            Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
-            _ => (Address::Local(format!("gpucluster-bench-{}-{}", std::process::id(), path.name())), None),
+        let secret = (path == Path::Tcp).then(Secret::random).transpose()?;
+        let options =
+            Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
+        let listener = match path {
+            Path::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
+            // An unguessable name, so that no other user can take it first or aim at it.
+            _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
         };
-        let options = Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() };
-        let listener = Listener::bind(&address, device.clone(), options)?;
         let _peer = if config.peer_thread {
             let args = transport::peer::PeerArgs {
                 device: config.device,
                 mig: config.mig,
                 address: listener.address().clone(),
-                options: Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone() },
+                options,
                 role: transport::peer::Role::Echo { max: max.max(1) },
             };
             let device = device.clone();
@@ -219,6 +220,20 @@ fn spawn_peer(
     max: usize,
 ) -> anyhow::Result<Peer> {
     let exe = std::env::current_exe().context("finding this program to start the peer worker")?;
+    let mut cmd = peer_command(exe, address, config, path, secret, max);
+    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
+}
+
+/// The peer's command: the secret goes in its environment, never on its command line (which
+/// every user can read in `/proc`).
+fn peer_command(
+    exe: std::path::PathBuf,
+    address: &Address,
+    config: &BenchConfig,
+    path: Path,
+    secret: Option<&Secret>,
+    max: usize,
+) -> Command {
     let device = match (config.device, config.mig) {
         (_, true) => "sim-mig",
         (DeviceKind::Simulated, false) => "sim",
@@ -227,11 +242,12 @@ fn spawn_peer(
     let mut cmd = Command::new(exe);
     cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path.name()]);
     cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);
-    if let Some(s) = secret {
-        cmd.args(["--secret", &s.to_hex()]);
-    }
+    match secret {
+        Some(s) => cmd.env(transport::SECRET_ENV, s.to_hex()),
+        None => cmd.env_remove(transport::SECRET_ENV),
+    };
     cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
-    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
+    cmd
 }
 
 fn timed(repeats: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
@@ -255,11 +271,7 @@ fn ceiling_d2d(
     repeats: usize,
 ) -> anyhow::Result<f64> {
     let stream = device.stream()?;
-    let t = timed(repeats, || {
-        stream.d2d(b.ptr(), a.ptr(), bytes)?;
-        stream.synchronize()?;
-        Ok(())
-    })?;
+    let t = timed(repeats, || Ok(a.copy_to(b, bytes, &*stream)?))?;
     Ok(bytes as f64 / t / 1e9)
 }
 
@@ -302,7 +314,10 @@ fn ceiling_staged(
         in_stream.synchronize()?;
         Ok(())
     });
-    device.unregister_host(bounce.as_ptr());
+    // Nothing may still copy through `bounce` when it is unregistered, even after an error.
+    let _ = (out_stream.synchronize(), in_stream.synchronize());
+    // SAFETY: registered above; both streams that used it are synchronised.
+    unsafe { device.unregister_host(bounce.as_ptr()) };
     Ok(bytes as f64 / result? / 1e9)
 }
 
@@ -486,4 +501,30 @@ pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
             Ok(bytes)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_gets_the_secret_in_its_environment_never_its_command_line() {
+        let config = BenchConfig {
+            device: DeviceKind::Simulated,
+            mig: false,
+            sizes: vec![8],
+            repeats: 1,
+            paths: vec![Path::Tcp],
+            slots: 4,
+            chunk: 1 << 20,
+            progress: false,
+            peer_thread: false,
+        };
+        let secret = Secret::random().expect("secret");
+        let address = Address::Tcp("127.0.0.1:1".into());
+        let cmd = peer_command("gpucluster".into(), &address, &config, Path::Tcp, Some(&secret), 8);
+        let hex = secret.to_hex();
+        assert!(cmd.get_args().all(|a| a != "--secret" && !a.to_string_lossy().contains(&hex)), "{cmd:?}");
+        assert!(cmd.get_envs().any(|(k, v)| k == transport::SECRET_ENV && v.is_some_and(|v| v == hex.as_str())));
+    }
 }

@@ -104,9 +104,7 @@ fn check_device(device: &Arc<dyn Device>, rank: usize, bytes: usize) -> Result<D
     let mut data = vec![0u8; bytes];
     transport::peer::pattern(rank as u64, 99, &mut data);
     a.write(&data)?;
-    let stream = device.stream()?;
-    stream.d2d(b.ptr(), a.ptr(), bytes)?;
-    stream.synchronize()?;
+    a.copy_to(&b, bytes, &*device.stream()?)?;
     let mut back = vec![0u8; bytes];
     b.read(&mut back)?;
     if back != data {
@@ -162,10 +160,17 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
     let device = device_from_env()?;
     let simulated = !device.describe().starts_with("CUDA");
     let check = check_device(&device, rank, if simulated { 1 << 20 } else { 64 << 20 });
-    let options =
-        |path: Path| Options { path, slots: 4, chunk: if simulated { 256 << 10 } else { 4 << 20 }, secret: None };
-    let address = Address::Local(format!("gpucluster-{job}-{rank}"));
-    let listener = Listener::bind(&address, device.clone(), options(Path::HostStaged))?;
+    let options = |path: Path| Options {
+        path,
+        slots: 4,
+        chunk: if simulated { 256 << 10 } else { 4 << 20 },
+        secret: None,
+        ..Options::default()
+    };
+    // An unguessable name, so that no other user can take it first or aim at it.
+    let listener =
+        Listener::bind_local(&format!("gpucluster-{job}-{rank}"), device.clone(), options(Path::HostStaged))?;
+    let address = listener.address().clone();
     let (mut rendezvous, table) = Rendezvous::join(&server, &secret, rank, &address, Duration::from_secs(120))?;
     let report = |rv: &mut Rendezvous, r: &Report| rv.report(&serde_json::to_value(r).unwrap_or_default());
     let check = match check {
@@ -187,7 +192,8 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
         std::thread::spawn(move || -> Result<(), TransportError> {
             let mut served = Vec::new();
             for _ in 0..incoming {
-                let conn = listener.accept_blocking()?;
+                // Bounded like the rendezvous: a peer that never connects must not hang this worker.
+                let conn = listener.accept_timeout(Duration::from_secs(120))?;
                 let device = device.clone();
                 served.push(std::thread::spawn(move || transport::peer::echo(&conn, &device, max)));
             }

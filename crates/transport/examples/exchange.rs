@@ -37,11 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (transport::connect(address, device.clone(), options).await?, 2u8, 1u8)
         }
         None => {
-            let address = Address::Local(format!("exchange-example-{}", std::process::id()));
-            let listener = Arc::new(Listener::bind(&address, device.clone(), options)?);
+            // An unguessable name: `local:exchange-example-<128 random bits>`.
+            let listener = Arc::new(Listener::bind_local("exchange-example", device.clone(), options)?);
             let mut child = std::process::Command::new(std::env::current_exe()?)
                 .args(args.iter().skip(1).filter(|a| *a == "--cuda"))
-                .args(["--child", &address.to_string()])
+                .args(["--child", &listener.address().to_string()])
                 .spawn()?;
             let conn = listener.accept().await?;
             let result = exchange(&conn, &device, 1, 2).await;

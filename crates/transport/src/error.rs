@@ -38,6 +38,13 @@ pub enum TransportError {
     /// The peer does not hold the cluster's secret (or we do not hold theirs).
     #[error("authentication failed: {0}")]
     Authentication(String),
+    /// The launcher aborted the job ([`crate::rendezvous::RendezvousServer::abort`]), or closed
+    /// the rendezvous before everyone joined; the reason is the launcher's.
+    #[error("the job was aborted: {0}")]
+    Aborted(String),
+    /// The peer turned this request away: a rank that already joined, or one outside the world.
+    #[error("refused: {0}")]
+    Refused(String),
     /// A message does not fit the receive buffer.
     #[error("a message of {needed} bytes does not fit a buffer of {capacity} bytes")]
     BufferTooSmall {

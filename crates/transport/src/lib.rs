@@ -6,10 +6,29 @@
 //! device memory and sockets. The crate depends on `gpu-topology` only, never on `cluster-core`:
 //! the binary (or the launcher) puts plans and paths together. CUDA is loaded at run time, so the
 //! crate builds and its protocol tests run on simulated device memory without a driver.
+//!
+//! # Design
+//!
+//! - **A peer is checked before any data moves**, and a peer that fails changes nothing for
+//!   anyone else. Every listening socket (a [`Listener`]'s, the rendezvous') sits behind a gate
+//!   (`gate.rs`): one thread per socket accepts and authenticates all connections at once
+//!   (`SO_PEERCRED` for local sockets, the HMAC challenge for TCP), at most
+//!   [`Options::max_handshakes`] at a time, each within [`Options::handshake_timeout`]; no thread
+//!   is spent on a connection before it authenticates. Refused connections are counted
+//!   ([`Refusals`]), never returned as errors.
+//! - **Every wait a peer controls is bounded**: connecting and setting up by the handshake
+//!   timeout; a message under way by [`Options::stall_timeout`]. Waiting for the *next* message
+//!   is the caller's choice ([`Connection::recv_blocking_timeout`]). A peer that dies is noticed
+//!   within milliseconds (the ring watches the control socket; TCP sees the end of stream).
+//! - **Local names are not guessable** ([`Listener::bind_local`]), and no secret is ever put on a
+//!   command line ([`SECRET_ENV`]).
+//! - **Raw device addresses are `unsafe`** ([`device`]): safe code moves bytes through
+//!   [`device::DeviceBuffer`].
 
 mod conn;
 pub mod device;
 mod error;
+mod gate;
 mod path;
 pub mod peer;
 pub mod rendezvous;
@@ -19,6 +38,7 @@ mod tcp;
 
 pub use conn::{Address, Connection, Listener, Options, connect, connect_blocking};
 pub use error::TransportError;
+pub use gate::Refusals;
 pub use path::{Endpoint, Path, PathChoice, PathRule, choose_path};
 pub use ring::Received;
-pub use tcp::Secret;
+pub use tcp::{SECRET_ENV, Secret};

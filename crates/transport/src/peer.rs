@@ -1,11 +1,15 @@
 //! A scripted peer process for tests and benchmarks: it connects to an address and then echoes,
 //! streams or misbehaves on purpose. `transport-peer` (this crate's binary) and `gpucluster bench`
 //! run it; it is also a compact example of the public API.
+//!
+//! The cluster's secret (for TCP) comes from the environment ([`crate::SECRET_ENV`]), never
+//! from the command line, which every user of the host can read in `/proc`: `--secret` is
+//! refused with that reason.
 
 use std::sync::Arc;
 
 use crate::device::{self, Device, DeviceBuffer, DeviceKind};
-use crate::{Address, Connection, Options, Path, Secret, TransportError, connect_blocking};
+use crate::{Address, Connection, Options, Path, SECRET_ENV, Secret, TransportError, connect_blocking};
 
 /// What the peer does once connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +34,9 @@ pub enum Role {
         /// Bytes of the message it never finishes.
         size: usize,
     },
+    /// Binds the local `--address` itself and never accepts: a name squatter (run as another
+    /// user in the tests). Runs until killed.
+    Squat,
 }
 
 /// Tag bit: the echo peer does not answer this message.
@@ -53,15 +60,21 @@ pub struct PeerArgs {
 }
 
 impl PeerArgs {
-    /// Parses `--device sim|sim-mig|cuda --address A --path P --slots N --chunk B [--secret HEX] ROLE ARGS`.
+    /// Parses `--device sim|sim-mig|cuda --address A --path P --slots N --chunk B
+    /// [--handshake-ms MS] [--stall-ms MS] ROLE ARGS`, with the secret from [`SECRET_ENV`].
     ///
     /// # Errors
-    /// A message naming the bad argument.
+    /// A message naming the bad argument; `--secret`, with why it is refused.
     pub fn parse(args: &[String]) -> Result<Self, String> {
+        let secret = Secret::from_env().map_err(|e| e.to_string())?;
+        Self::parse_with(args, secret)
+    }
+
+    fn parse_with(args: &[String], secret: Option<Secret>) -> Result<Self, String> {
         let mut device = DeviceKind::Simulated;
         let mut mig = false;
         let mut address = None;
-        let mut options = Options::default();
+        let mut options = Options { secret, ..Options::default() };
         let mut rest = Vec::new();
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -84,7 +97,20 @@ impl PeerArgs {
                 }
                 "--slots" => options.slots = value("--slots")?.parse().map_err(|_| "--slots takes a number")?,
                 "--chunk" => options.chunk = value("--chunk")?.parse().map_err(|_| "--chunk takes bytes")?,
-                "--secret" => options.secret = Some(Secret::from_hex(&value("--secret")?).map_err(|e| e.to_string())?),
+                "--secret" => {
+                    return Err(format!(
+                        "--secret is refused: every user of this host can read a command line (in /proc); \
+                         pass the secret in the {SECRET_ENV} environment variable"
+                    ));
+                }
+                "--handshake-ms" => {
+                    let ms = value("--handshake-ms")?.parse().map_err(|_| "--handshake-ms takes milliseconds")?;
+                    options.handshake_timeout = std::time::Duration::from_millis(ms);
+                }
+                "--stall-ms" => {
+                    let ms = value("--stall-ms")?.parse().map_err(|_| "--stall-ms takes milliseconds")?;
+                    options.stall_timeout = std::time::Duration::from_millis(ms);
+                }
                 _ => rest.push(a.clone()),
             }
         }
@@ -95,7 +121,8 @@ impl PeerArgs {
             Some("echo") => Role::Echo { max: number(1)? },
             Some("duplex") => Role::Duplex { count: number(1)?, size: number(2)? },
             Some("die-mid-send") => Role::DieMidSend { size: number(1)? },
-            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE".into()),
+            Some("squat") => Role::Squat,
+            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE | squat".into()),
         };
         let address = address.ok_or("--address is required")?;
         Ok(Self { device, mig, address, options, role })
@@ -133,6 +160,9 @@ pub fn run(args: &PeerArgs) -> Result<(), TransportError> {
 /// # Errors
 /// As [`run`].
 pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportError> {
+    if args.role == Role::Squat {
+        return squat(&args.address);
+    }
     let conn = connect_blocking(&args.address, device.clone(), &args.options)?;
     match args.role {
         Role::Echo { max } => echo(&conn, &device, max),
@@ -148,6 +178,22 @@ pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportE
                 conn.send_blocking(0, &buf, size)?;
             }
         }
+        Role::Squat => Ok(()),
+    }
+}
+
+/// Holds the local name `address` without ever accepting.
+fn squat(address: &Address) -> Result<(), TransportError> {
+    use std::os::linux::net::SocketAddrExt;
+    let Address::Local(name) = address else {
+        return Err(TransportError::Protocol("squat takes a local address".into()));
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .map_err(|error| TransportError::Io { call: "abstract socket name", error })?;
+    let _held = std::os::unix::net::UnixListener::bind_addr(&addr)
+        .map_err(|error| TransportError::Io { call: "bind", error })?;
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
     }
 }
 
@@ -208,4 +254,25 @@ pub fn duplex(
         }
     }
     sender.join().map_err(|_| TransportError::Protocol("the sending thread panicked".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn the_secret_comes_from_the_environment_never_the_command_line() {
+        let secret = Secret::random().expect("secret");
+        let line = format!("--address tcp:127.0.0.1:1 --path tcp --secret {} echo 10", secret.to_hex());
+        let err = PeerArgs::parse_with(&args(&line), None).expect_err("--secret");
+        assert!(err.contains("--secret is refused") && err.contains(SECRET_ENV), "{err}");
+        let parsed =
+            PeerArgs::parse_with(&args("--address tcp:127.0.0.1:1 --path tcp echo 10"), Some(secret)).expect("parse");
+        assert!(parsed.options.secret.is_some());
+        assert_eq!(parsed.role, Role::Echo { max: 10 });
+    }
 }

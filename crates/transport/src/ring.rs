@@ -15,6 +15,11 @@
 //!
 //! Waiting spins briefly (latency is microseconds), then yields, then sleeps; while waiting it
 //! watches the connection's Unix socket, so a peer that dies is noticed within milliseconds.
+//! The same check, every 200 us, bounds waits on a peer that is alive but stopped: waiting for
+//! the next message is unbounded (or bounded by the caller's timeout), but once a message has
+//! begun (its first chunk published), no progress for the stall timeout is a
+//! [`TransportError::Timeout`] on either side, and that side is then unusable (out of step).
+//! These checks read the clock the loop reads anyway: nothing is added per chunk.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -147,6 +152,7 @@ impl Liveness {
 }
 
 /// Spins, then yields, then sleeps, checking the peer between rounds.
+#[derive(Debug)]
 pub(crate) struct Backoff {
     started: Instant,
     last_check: Instant,
@@ -160,7 +166,14 @@ impl Backoff {
 
     /// Waits a little. If the peer has gone, that is an error only while `ready` still says the
     /// awaited thing has not happened: a peer may publish its last message and exit at once.
-    pub(crate) fn wait(&mut self, live: &Liveness, ready: impl Fn() -> bool) -> Result<(), TransportError> {
+    /// With a `limit`, waiting longer than that since this backoff began (the last progress) is
+    /// [`TransportError::Timeout`], again only while `ready` says we are still waiting on the peer.
+    pub(crate) fn wait(
+        &mut self,
+        live: &Liveness,
+        limit: Option<Duration>,
+        ready: impl Fn() -> bool,
+    ) -> Result<(), TransportError> {
         let waited = self.started.elapsed();
         if waited < Duration::from_micros(50) {
             std::hint::spin_loop();
@@ -171,10 +184,15 @@ impl Backoff {
         }
         if self.last_check.elapsed() > Duration::from_micros(200) {
             self.last_check = Instant::now();
-            if let Err(e) = live.check()
-                && !ready()
-            {
-                return Err(e);
+            // Liveness first, then `ready`: a peer that published and then exited is not an error.
+            let gone = live.check();
+            if !ready() {
+                gone?;
+                if let Some(limit) = limit
+                    && self.started.elapsed() >= limit
+                {
+                    return Err(TransportError::Timeout(limit));
+                }
             }
         }
         Ok(())
@@ -190,6 +208,9 @@ pub(crate) struct Sender {
     events: Vec<Box<dyn Event>>,
     produced: u64,
     live: Liveness,
+    stall: Duration,
+    /// A message broke off half-way: the ring is out of step for good.
+    broken: bool,
 }
 
 /// The receiving side of one direction.
@@ -201,7 +222,10 @@ pub(crate) struct Receiver {
     events: Vec<Box<dyn Event>>,
     consumed: u64,
     live: Liveness,
-    opened: HashMap<IpcHandle, DevicePtr>,
+    stall: Duration,
+    broken: bool,
+    /// Peers' allocations opened so far: base address and size.
+    opened: HashMap<IpcHandle, (DevicePtr, usize)>,
 }
 
 /// Both halves of a ring pair for one side; `direction` is the one this side sends on.
@@ -211,6 +235,7 @@ pub(crate) fn halves(
     send_direction: usize,
     device: &Arc<dyn Device>,
     live: &Liveness,
+    stall: Duration,
 ) -> Result<(Sender, Receiver), TransportError> {
     let ring = |direction| Ring { segment: segment.clone(), geometry, direction };
     let events = |stream: &dyn Stream| (0..geometry.slots).map(|_| stream.event()).collect::<Result<Vec<_>, _>>();
@@ -224,6 +249,8 @@ pub(crate) fn halves(
             stream: send_stream,
             produced: 0,
             live: live.clone(),
+            stall,
+            broken: false,
         },
         Receiver {
             ring: ring(1 - send_direction),
@@ -232,6 +259,8 @@ pub(crate) fn halves(
             stream: recv_stream,
             consumed: 0,
             live: live.clone(),
+            stall,
+            broken: false,
             opened: HashMap::new(),
         },
     ))
@@ -239,15 +268,35 @@ pub(crate) fn halves(
 
 impl Sender {
     fn free_slots(&self) -> u64 {
+        // The peer writes `consumed`: a value past `produced` is nonsense, read as "all free"
+        // (it can only spoil the peer's own data), never as an overflow.
         let consumed = self.ring.consumed().load(Ordering::Acquire);
-        self.ring.geometry.slots as u64 - (self.produced - consumed)
+        (self.ring.geometry.slots as u64).saturating_sub(self.produced.saturating_sub(consumed))
+    }
+
+    /// Runs one send; an error after the message was published in part breaks the ring.
+    fn guard(&mut self, send: impl FnOnce(&mut Self, u64) -> Result<(), TransportError>) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
+        let start = self.produced;
+        let result = send(self, start);
+        if result.is_err() {
+            // No copy out of the caller's buffer may outlive the call.
+            let _ = self.stream.synchronize();
+            self.broken |= self.produced != start;
+        }
+        result
     }
 
     /// Sends `len` bytes at `src` through host memory.
     pub(crate) fn send_staged(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        self.guard(|s, start| s.staged(start, tag, src, len))
+    }
+
+    fn staged(&mut self, start: u64, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let chunk = self.ring.geometry.chunk;
         let chunks = len.div_ceil(chunk).max(1) as u64;
-        let start = self.produced;
         let mut issued = 0u64;
         let mut in_flight: VecDeque<u64> = VecDeque::new();
         let mut backoff = Backoff::new();
@@ -255,7 +304,8 @@ impl Sender {
             let mut progressed = false;
             // Queue device-to-host copies into every free slot.
             while issued < chunks
-                && (start + issued) - self.ring.consumed().load(Ordering::Acquire) < self.ring.geometry.slots as u64
+                && (start + issued).saturating_sub(self.ring.consumed().load(Ordering::Acquire))
+                    < self.ring.geometry.slots as u64
             {
                 let seq = start + issued;
                 let offset = issued as usize * chunk;
@@ -303,7 +353,11 @@ impl Sender {
                 let consumed = self.ring.consumed();
                 let next = start + issued;
                 let slots = self.ring.geometry.slots as u64;
-                backoff.wait(&self.live, || waiting_on_copies || next - consumed.load(Ordering::Acquire) < slots)?;
+                // Before the first chunk is out, the peer may still be busy with earlier messages.
+                let limit = (self.produced > start).then_some(self.stall);
+                backoff.wait(&self.live, limit, || {
+                    waiting_on_copies || next.saturating_sub(consumed.load(Ordering::Acquire)) < slots
+                })?;
             }
         }
         Ok(())
@@ -312,11 +366,15 @@ impl Sender {
     /// Sends `len` bytes at `src` by handing the peer an IPC handle; returns once the peer has
     /// copied them.
     pub(crate) fn send_ipc(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        self.guard(|s, _| s.ipc(tag, src, len))
+    }
+
+    fn ipc(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let (handle, offset) = self.device.ipc_export(src)?;
         let mut backoff = Backoff::new();
         while self.free_slots() == 0 {
             let (consumed, produced, slots) = (self.ring.consumed(), self.produced, self.ring.geometry.slots as u64);
-            backoff.wait(&self.live, || produced - consumed.load(Ordering::Acquire) < slots)?;
+            backoff.wait(&self.live, None, || produced.saturating_sub(consumed.load(Ordering::Acquire)) < slots)?;
         }
         let seq = self.produced;
         self.ring.write_descriptor(
@@ -336,7 +394,7 @@ impl Sender {
         let mut backoff = Backoff::new();
         let (consumed, produced) = (self.ring.consumed(), self.produced);
         while consumed.load(Ordering::Acquire) < produced {
-            backoff.wait(&self.live, || consumed.load(Ordering::Acquire) >= produced)?;
+            backoff.wait(&self.live, Some(self.stall), || consumed.load(Ordering::Acquire) >= produced)?;
         }
         Ok(())
     }
@@ -352,11 +410,11 @@ pub struct Received {
 }
 
 impl Receiver {
-    fn wait_published(&mut self, seq: u64) -> Result<(), TransportError> {
+    fn wait_published(&mut self, seq: u64, limit: Option<Duration>) -> Result<(), TransportError> {
         let mut backoff = Backoff::new();
         let produced = self.ring.produced();
         while produced.load(Ordering::Acquire) <= seq {
-            backoff.wait(&self.live, || produced.load(Ordering::Acquire) > seq)?;
+            backoff.wait(&self.live, limit, || produced.load(Ordering::Acquire) > seq)?;
         }
         Ok(())
     }
@@ -367,9 +425,29 @@ impl Receiver {
     }
 
     /// Receives the next message into `dst` (of `capacity` bytes), whichever protocol sent it.
-    pub(crate) fn recv(&mut self, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
+    /// With `wait`, gives up with [`TransportError::Timeout`] (the connection still usable) if no
+    /// message has begun by then.
+    pub(crate) fn recv(
+        &mut self,
+        dst: DevicePtr,
+        capacity: usize,
+        wait: Option<Duration>,
+    ) -> Result<Received, TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
         let start = self.consumed;
-        self.wait_published(start)?;
+        self.wait_published(start, wait)?;
+        let result = self.take(start, dst, capacity);
+        if result.is_err() {
+            // No copy into the caller's buffer may outlive the call.
+            let _ = self.stream.synchronize();
+            self.broken |= self.consumed != start;
+        }
+        result
+    }
+
+    fn take(&mut self, start: u64, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
         let first = self.ring.read_descriptor(start);
         if first.first != 1 {
             return Err(TransportError::Protocol("a message did not start with its first chunk".into()));
@@ -380,6 +458,9 @@ impl Receiver {
             return Err(TransportError::BufferTooSmall { needed: first.message_len, capacity: capacity as u64 });
         }
         match first.kind {
+            KIND_IPC if first.len != first.message_len => {
+                Err(TransportError::Protocol("an IPC descriptor's length differs from its message's".into()))
+            }
             KIND_IPC => self.recv_ipc(start, &first, dst),
             KIND_CHUNK => self.recv_staged(start, first.tag, len, dst),
             other => Err(TransportError::Protocol(format!("unknown descriptor kind {other}"))),
@@ -388,16 +469,26 @@ impl Receiver {
 
     fn recv_ipc(&mut self, seq: u64, d: &Descriptor, dst: DevicePtr) -> Result<Received, TransportError> {
         let handle = IpcHandle(d.handle);
-        let base = match self.opened.get(&handle) {
-            Some(&base) => base,
+        let (base, size) = match self.opened.get(&handle) {
+            Some(&opened) => opened,
             None => {
-                let base = self.device.ipc_open(&handle)?;
-                self.opened.insert(handle, base);
-                base
+                let opened = self.device.ipc_open(&handle)?;
+                self.opened.insert(handle, opened);
+                opened
             }
         };
         if d.len > 0 {
-            self.stream.d2d(dst, base + d.offset, d.len as usize)?;
+            if d.offset.checked_add(d.len).is_none_or(|end| end > size as u64) {
+                return Err(TransportError::Protocol(format!(
+                    "an IPC descriptor names {} bytes at offset {} of a {size}-byte allocation",
+                    d.len, d.offset
+                )));
+            }
+            // SAFETY: `dst` holds at least `d.len` bytes (the message length, checked against the
+            // buffer's capacity in `recv`); `base + offset .. + len` lies in the peer's allocation
+            // (checked against the size this device reports), which stays open (in `opened`) and
+            // which the peer keeps until we release the slot.
+            unsafe { self.stream.d2d(dst, base + d.offset, d.len as usize)? };
             self.stream.record(&*self.events[0])?;
             self.events[0].synchronize()?;
         }
@@ -417,13 +508,15 @@ impl Receiver {
             while issued < chunks && start + issued < produced {
                 let seq = start + issued;
                 let d = self.ring.read_descriptor(seq);
-                if d.kind != KIND_CHUNK || d.tag != tag || d.offset + d.len > len as u64 {
+                let fits = d.offset.checked_add(d.len).is_some_and(|end| end <= len as u64);
+                if d.kind != KIND_CHUNK || d.tag != tag || !fits || d.len > self.ring.geometry.chunk as u64 {
                     return Err(TransportError::Protocol(
                         "a chunk does not belong to the message being received".into(),
                     ));
                 }
                 if d.len > 0 {
-                    // SAFETY: the slot was published and stays ours until released below.
+                    // SAFETY: the slot was published and stays ours until released below; it holds
+                    // `chunk >= d.len` bytes, and `dst` holds `len >= d.offset + d.len` (checked).
                     unsafe { self.stream.h2d(dst + d.offset, self.ring.slot_data(seq), d.len as usize)? };
                 }
                 self.stream.record(&*self.events[(seq % slots) as usize])?;
@@ -445,7 +538,8 @@ impl Receiver {
                 let all_published = issued == chunks;
                 let produced = self.ring.produced();
                 let next = start + issued;
-                backoff.wait(&self.live, || all_published || produced.load(Ordering::Acquire) > next)?;
+                backoff
+                    .wait(&self.live, Some(self.stall), || all_published || produced.load(Ordering::Acquire) > next)?;
             }
         }
         Ok(Received { tag, len })
@@ -454,8 +548,78 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        for (_, base) in self.opened.drain() {
-            self.device.ipc_close(base);
+        for (_, (base, _)) in self.opened.drain() {
+            // SAFETY: opened by `ipc_open` in `recv_ipc`, closed once; every copy from it was
+            // waited for before its slot was released.
+            unsafe { self.device.ipc_close(base) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{DeviceBuffer, sim::SimDevice};
+
+    /// Both sides of a ring pair in one process, and the descriptors a (broken or hostile) peer
+    /// could write.
+    fn pair() -> (Arc<dyn Device>, Sender, Receiver, Ring, UnixStream) {
+        let device: Arc<dyn Device> = Arc::new(SimDevice::new());
+        let geometry = Geometry { slots: 4, chunk: 4096 };
+        let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
+        let (a, b) = UnixStream::pair().expect("pair");
+        let live = Liveness::new(Arc::new(a));
+        let (sender, _) = halves(segment.clone(), geometry, 0, &device, &live, Duration::from_secs(5)).expect("halves");
+        let (_, receiver) =
+            halves(segment.clone(), geometry, 1, &device, &live, Duration::from_secs(5)).expect("halves");
+        let forged = Ring { segment, geometry, direction: 0 };
+        (device, sender, receiver, forged, b)
+    }
+
+    fn forge(ring: &Ring, seq: u64, d: Descriptor) {
+        ring.write_descriptor(seq, d);
+        ring.produced().store(seq + 1, Ordering::Release);
+    }
+
+    const CHUNK: Descriptor =
+        Descriptor { kind: KIND_CHUNK, first: 1, tag: 1, message_len: 100, offset: 0, len: 100, handle: [0; 64] };
+
+    #[test]
+    fn the_rings_still_carry_messages() {
+        let (device, mut sender, mut receiver, _, _peer) = pair();
+        let out = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        let back = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        out.write(&[9u8; 10_000]).expect("write");
+        // Two chunks fit the four slots, so the send completes before the receive starts.
+        sender.send_staged(5, out.ptr(), 8192).expect("send");
+        assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag: 5, len: 8192 });
+    }
+
+    #[test]
+    fn forged_descriptors_are_protocol_errors_not_stray_copies() {
+        let cases = [
+            ("a chunk longer than a slot", Descriptor { message_len: 8192, len: 8192, ..CHUNK }),
+            ("an offset that wraps", Descriptor { offset: u64::MAX - 10, len: 100, ..CHUNK }),
+            ("a chunk past its message", Descriptor { offset: 50, len: 100, ..CHUNK }),
+            ("an unknown kind", Descriptor { kind: 9, ..CHUNK }),
+            ("a message without its first chunk", Descriptor { first: 0, ..CHUNK }),
+            ("an IPC length unlike its message's", Descriptor { kind: KIND_IPC, len: 1 << 20, ..CHUNK }),
+        ];
+        for (what, d) in cases {
+            let (device, _, mut receiver, forged, _peer) = pair();
+            let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
+            forge(&forged, 0, d);
+            let err = receiver.recv(dst.ptr(), dst.len(), None).expect_err(what);
+            assert!(matches!(err, TransportError::Protocol(_)), "{what}: {err}");
+        }
+        // An IPC descriptor whose range runs past the peer's allocation.
+        let (device, _, mut receiver, forged, _peer) = pair();
+        let theirs = DeviceBuffer::new(&device, 4096).expect("buffer");
+        let (handle, _) = device.ipc_export(theirs.ptr()).expect("export");
+        let dst = DeviceBuffer::new(&device, 10_000).expect("buffer");
+        let d = Descriptor { kind: KIND_IPC, message_len: 8000, offset: 0, len: 8000, handle: handle.0, ..CHUNK };
+        forge(&forged, 0, d);
+        let err = receiver.recv(dst.ptr(), dst.len(), None).expect_err("past the allocation");
+        assert!(err.to_string().contains("4096-byte allocation"), "{err}");
     }
 }

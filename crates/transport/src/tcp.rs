@@ -10,10 +10,17 @@
 //! Data: a 24-byte header (magic, tag, length), then the payload in chunks. The sender copies
 //! chunk *k + 1* device-to-host while it writes chunk *k* to the socket; the receiver reads chunk
 //! *k + 1* from the socket while chunk *k* is copied host-to-device. Staging buffers are pinned.
+//!
+//! Waiting: waiting for the next message is unbounded (or bounded by the caller's timeout);
+//! once a message has begun, a peer that stops sending or taking it for the stall timeout is a
+//! [`TransportError::Timeout`], and the connection is then unusable (out of step). EOF is
+//! [`TransportError::PeerGone`] at once.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -24,11 +31,18 @@ use crate::ring::Received;
 use crate::shm::Segment;
 
 const MAGIC: u32 = 0x4743_5450; // "GCTP"
-const NONCE: usize = 32;
+/// Bytes of a challenge nonce.
+pub(crate) const NONCE: usize = 32;
 const TAG_BYTES: usize = 32;
+/// Bytes of the connector's answer: its nonce and its tag.
+pub(crate) const ANSWER_BYTES: usize = NONCE + TAG_BYTES;
 /// Staging chunk for the socket path.
 pub(crate) const CHUNK: usize = 4 << 20;
 const SLOTS: usize = 2;
+
+/// The environment variable that carries the cluster's secret (hexadecimal) to the processes
+/// gpucluster starts: never their command line, which every user can read in `/proc`.
+pub const SECRET_ENV: &str = "GPUCLUSTER_SECRET";
 
 /// The cluster's shared secret.
 #[derive(Clone)]
@@ -79,6 +93,20 @@ impl Secret {
         Self::new(bytes.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The secret in [`SECRET_ENV`], if that is set.
+    ///
+    /// # Errors
+    /// [`TransportError::Authentication`] if it is set but not a secret.
+    pub fn from_env() -> Result<Option<Self>, TransportError> {
+        match std::env::var(SECRET_ENV) {
+            Ok(text) => Self::from_hex(text.trim()).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(TransportError::Authentication(format!("{SECRET_ENV} is not hexadecimal")))
+            }
+        }
+    }
+
     fn mac(&self, label: &[u8], a: &[u8], b: &[u8]) -> Hmac<Sha256> {
         // HMAC accepts keys of any length.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
@@ -104,23 +132,26 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], TransportError> 
     Ok(out)
 }
 
-/// The listener's half of the handshake.
-pub(crate) fn authenticate_server(stream: &mut TcpStream, secret: &Secret) -> Result<(), TransportError> {
-    let ours = random_bytes::<NONCE>()?;
-    stream.write_all(&ours).map_err(TransportError::io("send challenge"))?;
-    let mut answer = [0u8; NONCE + TAG_BYTES];
-    stream.read_exact(&mut answer).map_err(TransportError::io("read challenge answer"))?;
+/// The listener's half of the handshake, after it sent the nonce `ours` and read the
+/// connector's `answer` ([`ANSWER_BYTES`]): checks it, and returns the proof to send back. The
+/// gate (`gate.rs`) runs it on non-blocking sockets, so no peer can hold a thread with it.
+pub(crate) fn check_answer(
+    secret: &Secret,
+    ours: &[u8; NONCE],
+    answer: &[u8],
+) -> Result<[u8; TAG_BYTES], TransportError> {
+    if answer.len() != ANSWER_BYTES {
+        return Err(TransportError::Protocol("a challenge answer of the wrong size".into()));
+    }
     let (theirs, tag) = answer.split_at(NONCE);
     secret
-        .mac(b"gpucluster client", &ours, theirs)
+        .mac(b"gpucluster client", ours, theirs)
         .verify_slice(tag)
         .map_err(|_| TransportError::Authentication("the peer does not hold the cluster's secret".into()))?;
-    let proof = secret.mac(b"gpucluster server", theirs, &ours).finalize().into_bytes();
-    stream.write_all(&proof).map_err(TransportError::io("send proof"))?;
-    Ok(())
+    Ok(secret.mac(b"gpucluster server", theirs, ours).finalize().into_bytes().into())
 }
 
-/// The connector's half of the handshake.
+/// The connector's half of the handshake (blocking: the caller arms a deadline on `stream`).
 pub(crate) fn authenticate_client(stream: &mut TcpStream, secret: &Secret) -> Result<(), TransportError> {
     let mut challenge = [0u8; NONCE];
     stream.read_exact(&mut challenge).map_err(TransportError::io("read challenge"))?;
@@ -132,9 +163,11 @@ pub(crate) fn authenticate_client(stream: &mut TcpStream, secret: &Secret) -> Re
     stream.write_all(&answer).map_err(TransportError::io("answer challenge"))?;
     let mut proof = [0u8; TAG_BYTES];
     stream.read_exact(&mut proof).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-            TransportError::Authentication("the peer refused our proof: we do not hold its cluster secret".into())
-        }
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => TransportError::Authentication(
+            "the peer closed the connection instead of proving itself: we do not hold its cluster secret, \
+             or it is turning connections away"
+                .into(),
+        ),
         _ => TransportError::io("read proof")(e),
     })?;
     secret
@@ -181,7 +214,8 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
-        self.device.unregister_host(self.segment.as_ptr());
+        // SAFETY: registered in `new`; the stream that used it has just been synchronised.
+        unsafe { self.device.unregister_host(self.segment.as_ptr()) };
     }
 }
 
@@ -190,6 +224,9 @@ impl Drop for Staging {
 pub(crate) struct TcpSender {
     socket: TcpStream,
     staging: Staging,
+    stall: Duration,
+    /// A message broke off half-way: the stream is out of step for good.
+    broken: bool,
 }
 
 /// The receiving half of a TCP connection.
@@ -197,29 +234,102 @@ pub(crate) struct TcpSender {
 pub(crate) struct TcpReceiver {
     socket: TcpStream,
     staging: Staging,
+    stall: Duration,
+    broken: bool,
 }
 
-pub(crate) fn halves(socket: TcpStream, device: &Arc<dyn Device>) -> Result<(TcpSender, TcpReceiver), TransportError> {
+/// Both halves of an authenticated connection. The socket's `SO_RCVTIMEO`/`SO_SNDTIMEO` are set
+/// to `stall` once, so that no read or write waits longer on a peer that stopped; what a timeout
+/// means is decided per message (below), at no cost per chunk.
+pub(crate) fn halves(
+    socket: TcpStream,
+    device: &Arc<dyn Device>,
+    stall: Duration,
+) -> Result<(TcpSender, TcpReceiver), TransportError> {
     socket.set_nodelay(true).map_err(TransportError::io("setsockopt TCP_NODELAY"))?;
+    crate::gate::set_timeouts(&socket, Some(stall))?;
     let reader = socket.try_clone().map_err(TransportError::io("dup socket"))?;
     Ok((
-        TcpSender { socket, staging: Staging::new(device)? },
-        TcpReceiver { socket: reader, staging: Staging::new(device)? },
+        TcpSender { socket, staging: Staging::new(device)?, stall, broken: false },
+        TcpReceiver { socket: reader, staging: Staging::new(device)?, stall, broken: false },
     ))
+}
+
+/// Writes all of `bytes`. Once the message has `started` (a byte of it left), a socket timeout
+/// means the peer stopped taking it: [`TransportError::Timeout`]. Before that it only means the
+/// peer has not yet taken earlier messages, which may legitimately take any time: wait on.
+fn write_all(socket: &mut TcpStream, bytes: &[u8], started: &mut bool, stall: Duration) -> Result<(), TransportError> {
+    let mut done = 0;
+    while done < bytes.len() {
+        match socket.write(&bytes[done..]) {
+            Ok(0) => return Err(TransportError::PeerGone("the peer stopped taking data".into())),
+            Ok(n) => {
+                done += n;
+                *started = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if crate::gate::is_timeout(&e) => {
+                if *started {
+                    return Err(TransportError::Timeout(stall));
+                }
+            }
+            Err(e) => return Err(TransportError::io("send")(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Fills `buf`, with the same meaning of a timeout as [`write_all`]: waiting for the first byte
+/// of a message is unbounded, a message that stops half-way is a [`TransportError::Timeout`].
+fn read_all(socket: &mut TcpStream, buf: &mut [u8], started: &mut bool, stall: Duration) -> Result<(), TransportError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match socket.read(&mut buf[done..]) {
+            Ok(0) => return Err(TransportError::PeerGone("the peer closed the connection".into())),
+            Ok(n) => {
+                done += n;
+                *started = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if crate::gate::is_timeout(&e) => {
+                if *started {
+                    return Err(TransportError::Timeout(stall));
+                }
+            }
+            Err(e) => return Err(TransportError::io("receive")(e)),
+        }
+    }
+    Ok(())
 }
 
 impl TcpSender {
     pub(crate) fn send(&mut self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
+        let mut started = false;
+        let result = self.send_message(tag, src, len, &mut started);
+        if result.is_err() {
+            // No copy out of the caller's buffer may outlive the call.
+            let _ = self.staging.stream.synchronize();
+            self.staging.used = [false; SLOTS];
+            self.broken |= started;
+        }
+        result
+    }
+
+    fn send_message(&mut self, tag: u64, src: DevicePtr, len: usize, started: &mut bool) -> Result<(), TransportError> {
         let mut header = [0u8; 24];
         header[..4].copy_from_slice(&MAGIC.to_le_bytes());
         header[8..16].copy_from_slice(&tag.to_le_bytes());
         header[16..24].copy_from_slice(&(len as u64).to_le_bytes());
-        self.socket.write_all(&header).map_err(TransportError::io("send header"))?;
+        write_all(&mut self.socket, &header, started, self.stall)?;
         let chunks = len.div_ceil(CHUNK);
         let size = |k: usize| CHUNK.min(len - k * CHUNK);
         let st = &mut self.staging;
         let issue = |st: &mut Staging, k: usize| -> Result<(), TransportError> {
-            // SAFETY: slot `k` is free (settled) and holds CHUNK bytes.
+            // SAFETY: slot `k` is free (settled) and holds CHUNK bytes; the caller's buffer holds
+            // `len` bytes at `src`.
             unsafe { st.stream.d2h(st.slot(k), src + (k * CHUNK) as u64, size(k))? };
             st.stream.record(&*st.events[k % SLOTS])?;
             st.used[k % SLOTS] = true;
@@ -236,16 +346,53 @@ impl TcpSender {
             st.settle(k)?;
             // SAFETY: the copy into slot `k` has finished; `size(k)` bytes are valid.
             let bytes = unsafe { std::slice::from_raw_parts(st.slot(k), size(k)) };
-            self.socket.write_all(bytes).map_err(TransportError::io("send data"))?;
+            write_all(&mut self.socket, bytes, started, self.stall)?;
         }
         Ok(())
     }
 }
 
 impl TcpReceiver {
-    pub(crate) fn recv(&mut self, dst: DevicePtr, capacity: usize) -> Result<Received, TransportError> {
+    /// Receives the next message; with `wait`, gives up with [`TransportError::Timeout`] (the
+    /// connection still usable) if none has begun to arrive by then.
+    pub(crate) fn recv(
+        &mut self,
+        dst: DevicePtr,
+        capacity: usize,
+        wait: Option<Duration>,
+    ) -> Result<Received, TransportError> {
+        if self.broken {
+            return Err(TransportError::poisoned());
+        }
+        if let Some(wait) = wait {
+            let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+            let mut fds = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut fds, 1, ms) } {
+                0 => return Err(TransportError::Timeout(wait)),
+                n if n < 0 => return Err(TransportError::io("poll")(std::io::Error::last_os_error())),
+                _ => {}
+            }
+        }
+        let mut started = false;
+        let result = self.recv_message(dst, capacity, &mut started);
+        if result.is_err() {
+            // No copy into the caller's buffer may outlive the call.
+            let _ = self.staging.stream.synchronize();
+            self.staging.used = [false; SLOTS];
+            self.broken |= started;
+        }
+        result
+    }
+
+    fn recv_message(
+        &mut self,
+        dst: DevicePtr,
+        capacity: usize,
+        started: &mut bool,
+    ) -> Result<Received, TransportError> {
         let mut header = [0u8; 24];
-        self.socket.read_exact(&mut header).map_err(TransportError::io("read header"))?;
+        read_all(&mut self.socket, &mut header, started, self.stall)?;
         let word = |r: std::ops::Range<usize>| header[r].iter().rev().fold(0u64, |a, &b| a << 8 | u64::from(b));
         if word(0..4) as u32 != MAGIC {
             return Err(TransportError::Protocol("a TCP frame does not start with gpucluster's magic".into()));
@@ -261,8 +408,9 @@ impl TcpReceiver {
             st.settle(k)?;
             // SAFETY: the slot's last copy has finished, so it is ours to fill.
             let slot = unsafe { std::slice::from_raw_parts_mut(st.slot(k), size) };
-            self.socket.read_exact(slot).map_err(TransportError::io("read data"))?;
-            // SAFETY: the slot stays untouched until `settle` sees this copy finish.
+            read_all(&mut self.socket, slot, started, self.stall)?;
+            // SAFETY: the slot stays untouched until `settle` sees this copy finish; `dst` holds
+            // `capacity >= len` bytes.
             unsafe { st.stream.h2d(dst + (k * CHUNK) as u64, st.slot(k), size)? };
             st.stream.record(&*st.events[k % SLOTS])?;
             st.used[k % SLOTS] = true;

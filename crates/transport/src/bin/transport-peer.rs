@@ -1,6 +1,7 @@
 //! `transport-peer`: the scripted peer process of the transport's tests and benchmarks
 //! (see `transport::peer`). Exit status 0 when its role completed, 1 on a transport error,
-//! 2 on bad arguments.
+//! 2 on bad arguments. The cluster's secret (for `--path tcp`) comes from `GPUCLUSTER_SECRET`,
+//! never from the command line.
 
 use std::process::ExitCode;
 

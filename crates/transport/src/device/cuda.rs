@@ -1,7 +1,11 @@
 //! Real device memory through the CUDA driver API (cudarc's raw bindings, `libcuda` loaded at run
 //! time). The worker's device is CUDA device 0: the plan gives each worker a
 //! `CUDA_VISIBLE_DEVICES` that puts its own device first.
+//!
+//! Streams take only `CudaEvent`s of their own context (recognised through
+//! [`Event::as_any`]); anything else is an error, never a handle reinterpreted.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::ffi::{CStr, c_void};
 use std::mem::MaybeUninit;
@@ -82,12 +86,12 @@ impl Device for CudaDevice {
         Ok(ptr)
     }
 
-    fn free(&self, ptr: DevicePtr) {
+    unsafe fn free(&self, ptr: DevicePtr) {
         if self.bind().is_ok() {
             if let Ok(mut e) = self.exported.lock() {
                 e.remove(&ptr);
             }
-            // SAFETY: `ptr` came from `alloc`; a failure leaves nothing to do.
+            // SAFETY: the caller passes a live pointer from `alloc`; a failure leaves nothing to do.
             unsafe { sys::cuMemFree_v2(ptr) };
         }
     }
@@ -100,9 +104,9 @@ impl Device for CudaDevice {
         })
     }
 
-    fn unregister_host(&self, ptr: *mut u8) {
+    unsafe fn unregister_host(&self, ptr: *mut u8) {
         if self.bind().is_ok() {
-            // SAFETY: `ptr` was registered by `register_host`.
+            // SAFETY: the caller passes a range registered by `register_host` that no copy uses.
             unsafe { sys::cuMemHostUnregister(ptr.cast()) };
         }
     }
@@ -117,13 +121,14 @@ impl Device for CudaDevice {
         Ok(Box::new(CudaStream { stream: stream as usize, context: self.context }))
     }
 
-    fn read(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), TransportError> {
+    unsafe fn read(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), TransportError> {
         self.bind()?;
-        // SAFETY: `dst` is valid for its length; the caller checked `src`'s size.
+        // SAFETY: `dst` is valid for its length; the caller guarantees `src..src+dst.len()` is
+        // one live allocation.
         check("cuMemcpyDtoH", unsafe { sys::cuMemcpyDtoH_v2(dst.as_mut_ptr().cast(), src, dst.len()) })
     }
 
-    fn write(&self, dst: DevicePtr, src: &[u8]) -> Result<(), TransportError> {
+    unsafe fn write(&self, dst: DevicePtr, src: &[u8]) -> Result<(), TransportError> {
         self.bind()?;
         // SAFETY: as in `read`.
         check("cuMemcpyHtoD", unsafe { sys::cuMemcpyHtoD_v2(dst, src.as_ptr().cast(), src.len()) })?;
@@ -151,7 +156,7 @@ impl Device for CudaDevice {
         Ok((handle, ptr - base))
     }
 
-    fn ipc_open(&self, handle: &IpcHandle) -> Result<DevicePtr, TransportError> {
+    fn ipc_open(&self, handle: &IpcHandle) -> Result<(DevicePtr, usize), TransportError> {
         self.bind()?;
         let h = sys::CUipcMemHandle { reserved: handle.0.map(|b| b as std::ffi::c_char) };
         let mut ptr = 0;
@@ -159,12 +164,21 @@ impl Device for CudaDevice {
         check("cuIpcOpenMemHandle", unsafe {
             sys::cuIpcOpenMemHandle_v2(&mut ptr, h, sys::CUipcMem_flags::CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS as u32)
         })?;
-        Ok(ptr)
+        // The size comes from this process's driver, not from the peer.
+        let (mut base, mut size) = (0, 0);
+        // SAFETY: out-pointers to locals; `ptr` was just mapped.
+        let r = check("cuMemGetAddressRange", unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) });
+        if let Err(e) = r {
+            // SAFETY: closing the mapping just opened; nothing else has seen it.
+            unsafe { sys::cuIpcCloseMemHandle(ptr) };
+            return Err(e);
+        }
+        Ok((ptr, size))
     }
 
-    fn ipc_close(&self, ptr: DevicePtr) {
+    unsafe fn ipc_close(&self, ptr: DevicePtr) {
         if self.bind().is_ok() {
-            // SAFETY: `ptr` came from `ipc_open`.
+            // SAFETY: the caller passes an open base from `ipc_open` that no copy uses.
             unsafe { sys::cuIpcCloseMemHandle(ptr) };
         }
     }
@@ -206,12 +220,21 @@ impl CudaStream {
         check("cuCtxSetCurrent", unsafe { sys::cuCtxSetCurrent(self.context as sys::CUcontext) })?;
         Ok(self.stream as sys::CUstream)
     }
+
+    /// `event` as a CUDA event of this stream's context.
+    fn own_event(&self, call: &'static str, event: &dyn Event) -> Result<sys::CUevent, TransportError> {
+        match event.as_any().downcast_ref::<CudaEvent>() {
+            Some(e) if e.context == self.context => Ok(e.event as sys::CUevent),
+            Some(_) => Err(TransportError::Device { call, reason: "the event belongs to another CUDA context".into() }),
+            None => Err(TransportError::Device { call, reason: "the event is not a CUDA event".into() }),
+        }
+    }
 }
 
 impl Stream for CudaStream {
     unsafe fn d2h(&self, dst: *mut u8, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let s = self.raw()?;
-        // SAFETY: the caller keeps `dst` valid until the copy completes.
+        // SAFETY: the caller keeps both ranges valid until the copy completes.
         check("cuMemcpyDtoHAsync", unsafe { sys::cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), src, len, s) })
     }
 
@@ -221,22 +244,24 @@ impl Stream for CudaStream {
         check("cuMemcpyHtoDAsync", unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, s) })
     }
 
-    fn d2d(&self, dst: DevicePtr, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+    unsafe fn d2d(&self, dst: DevicePtr, src: DevicePtr, len: usize) -> Result<(), TransportError> {
         let s = self.raw()?;
-        // SAFETY: device addresses checked by the caller.
+        // SAFETY: the caller keeps both device ranges allocated until the copy completes.
         check("cuMemcpyDtoDAsync", unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, len, s) })
     }
 
     fn record(&self, event: &dyn Event) -> Result<(), TransportError> {
         let s = self.raw()?;
-        // SAFETY: `event.raw()` is a live CUevent of this context.
-        check("cuEventRecord", unsafe { sys::cuEventRecord(event.raw() as sys::CUevent, s) })
+        let e = self.own_event("cuEventRecord", event)?;
+        // SAFETY: a live event of this context (checked by type and context), borrowed for the call.
+        check("cuEventRecord", unsafe { sys::cuEventRecord(e, s) })
     }
 
     fn wait(&self, event: &dyn Event) -> Result<(), TransportError> {
         let s = self.raw()?;
+        let e = self.own_event("cuStreamWaitEvent", event)?;
         // SAFETY: as in `record`.
-        check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(s, event.raw() as sys::CUevent, 0) })
+        check("cuStreamWaitEvent", unsafe { sys::cuStreamWaitEvent(s, e, 0) })
     }
 
     fn event(&self) -> Result<Box<dyn Event>, TransportError> {
@@ -260,6 +285,7 @@ impl Drop for CudaStream {
     }
 }
 
+/// A CUDA event and the context it was created in.
 #[derive(Debug)]
 struct CudaEvent {
     event: usize,
@@ -290,15 +316,8 @@ impl Event for CudaEvent {
         check("cuEventSynchronize", unsafe { sys::cuEventSynchronize(self.event as sys::CUevent) })
     }
 
-    fn elapsed_ms_since(&self, start: &dyn Event) -> Option<f64> {
-        let mut ms = 0f32;
-        // SAFETY: two live events; fails harmlessly for events without timing.
-        let r = unsafe { sys::cuEventElapsedTime_v2(&mut ms, start.raw() as sys::CUevent, self.event as sys::CUevent) };
-        (r == CUresult::CUDA_SUCCESS).then_some(f64::from(ms))
-    }
-
-    fn raw(&self) -> u64 {
-        self.event as u64
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 

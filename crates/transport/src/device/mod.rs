@@ -8,11 +8,19 @@
 //!   copies run synchronously.
 //!
 //! The protocols above (`host-staged`, `cuda-ipc`, `tcp`) are the same code for both.
+//!
+//! **Soundness:** device addresses are plain numbers ([`DevicePtr`]), so every trait method that
+//! dereferences, frees or unmaps one is `unsafe`, with its contract in a `# Safety` section.
+//! Safe code moves bytes through [`DeviceBuffer`], which owns its allocation and checks lengths.
+//! The simulated device also checks every address against its own allocations (it knows them,
+//! and the check is cheap), so a broken contract there is an error rather than a stray write.
+//! Events are linked to streams by type ([`Event::as_any`]), never through untyped handles.
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod sim;
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -46,7 +54,11 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn alloc(&self, bytes: usize) -> Result<DevicePtr, TransportError>;
 
     /// Frees memory from [`Device::alloc`].
-    fn free(&self, ptr: DevicePtr);
+    ///
+    /// # Safety
+    /// `ptr` must have come from [`Device::alloc`] on this device, must not have been freed, and
+    /// nothing (no queued copy either) may use the allocation afterwards.
+    unsafe fn free(&self, ptr: DevicePtr);
 
     /// Pins host memory the caller mapped (a shared ring), so copies to and from it use DMA.
     ///
@@ -58,7 +70,11 @@ pub trait Device: Send + Sync + fmt::Debug {
     unsafe fn register_host(&self, ptr: *mut u8, len: usize) -> Result<(), TransportError>;
 
     /// Undoes [`Device::register_host`].
-    fn unregister_host(&self, ptr: *mut u8);
+    ///
+    /// # Safety
+    /// `ptr` must have been registered with [`Device::register_host`] and not unregistered since,
+    /// and no queued copy may still use the range.
+    unsafe fn unregister_host(&self, ptr: *mut u8);
 
     /// A new stream: copies on it run in order.
     ///
@@ -67,16 +83,25 @@ pub trait Device: Send + Sync + fmt::Debug {
     fn stream(&self) -> Result<Box<dyn Stream>, TransportError>;
 
     /// Copies device memory to the host and waits (for tests and checks, not the data path).
+    /// Safe code calls [`DeviceBuffer::read`].
+    ///
+    /// # Safety
+    /// `src..src+dst.len()` must lie in one live allocation of this device (from
+    /// [`Device::alloc`] or [`Device::ipc_open`]) for the whole call.
     ///
     /// # Errors
     /// A driver failure.
-    fn read(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), TransportError>;
+    unsafe fn read(&self, src: DevicePtr, dst: &mut [u8]) -> Result<(), TransportError>;
 
-    /// Copies host memory to the device and waits.
+    /// Copies host memory to the device and waits. Safe code calls [`DeviceBuffer::write`].
+    ///
+    /// # Safety
+    /// `dst..dst+src.len()` must lie in one live allocation of this device, and nothing else may
+    /// access that range during the call.
     ///
     /// # Errors
     /// A driver failure.
-    fn write(&self, dst: DevicePtr, src: &[u8]) -> Result<(), TransportError>;
+    unsafe fn write(&self, dst: DevicePtr, src: &[u8]) -> Result<(), TransportError>;
 
     /// Exports the allocation holding `ptr`: its handle, and `ptr`'s offset into it.
     ///
@@ -84,14 +109,19 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// The memory cannot be exported (pool memory), or a driver failure.
     fn ipc_export(&self, ptr: DevicePtr) -> Result<(IpcHandle, u64), TransportError>;
 
-    /// Opens a peer's exported allocation; the result is its base address here.
+    /// Opens a peer's exported allocation: its base address here and its size in bytes, as this
+    /// device sees it (never as the peer claims it), so that callers can check offsets.
     ///
     /// # Errors
     /// The handle cannot be opened here, as across MIG instances.
-    fn ipc_open(&self, handle: &IpcHandle) -> Result<DevicePtr, TransportError>;
+    fn ipc_open(&self, handle: &IpcHandle) -> Result<(DevicePtr, usize), TransportError>;
 
     /// Closes what [`Device::ipc_open`] opened.
-    fn ipc_close(&self, ptr: DevicePtr);
+    ///
+    /// # Safety
+    /// `ptr` must be a base address returned by [`Device::ipc_open`] on this device, not closed
+    /// since, and no queued copy may still use it.
+    unsafe fn ipc_close(&self, ptr: DevicePtr);
 
     /// An event that can be recorded here and waited on in another process, with its handle.
     ///
@@ -111,7 +141,9 @@ pub trait Stream: Send + fmt::Debug {
     /// Queues a device-to-host copy.
     ///
     /// # Safety
-    /// `dst..dst+len` must be valid host memory (pinned for full speed) until the copy completes.
+    /// `src..src+len` must lie in one live allocation of this stream's device, and
+    /// `dst..dst+len` must be valid host memory (pinned for full speed), both until the copy
+    /// completes.
     ///
     /// # Errors
     /// A driver failure.
@@ -120,28 +152,33 @@ pub trait Stream: Send + fmt::Debug {
     /// Queues a host-to-device copy.
     ///
     /// # Safety
-    /// `src..src+len` must stay valid until the copy completes.
+    /// `dst..dst+len` must lie in one live allocation of this stream's device, and `src..src+len`
+    /// must be valid host memory, both until the copy completes.
     ///
     /// # Errors
     /// A driver failure.
     unsafe fn h2d(&self, dst: DevicePtr, src: *const u8, len: usize) -> Result<(), TransportError>;
 
-    /// Queues a device-to-device copy.
+    /// Queues a device-to-device copy. Safe code calls [`DeviceBuffer::copy_to`].
+    ///
+    /// # Safety
+    /// `src..src+len` and `dst..dst+len` must each lie in one live allocation of this stream's
+    /// device (its own, or a peer's opened with [`Device::ipc_open`]) until the copy completes.
     ///
     /// # Errors
     /// A driver failure.
-    fn d2d(&self, dst: DevicePtr, src: DevicePtr, len: usize) -> Result<(), TransportError>;
+    unsafe fn d2d(&self, dst: DevicePtr, src: DevicePtr, len: usize) -> Result<(), TransportError>;
 
     /// Records `event` at this point of the stream.
     ///
     /// # Errors
-    /// A driver failure.
+    /// A driver failure, or an event of another kind of device or of another context.
     fn record(&self, event: &dyn Event) -> Result<(), TransportError>;
 
     /// Makes later work on this stream wait for `event`.
     ///
     /// # Errors
-    /// A driver failure.
+    /// As [`Stream::record`].
     fn wait(&self, event: &dyn Event) -> Result<(), TransportError>;
 
     /// A new event for [`Stream::record`].
@@ -158,7 +195,7 @@ pub trait Stream: Send + fmt::Debug {
 }
 
 /// A point in a stream.
-pub trait Event: Send + Sync + fmt::Debug {
+pub trait Event: Send + Sync + fmt::Debug + Any {
     /// Whether the work before it has finished.
     ///
     /// # Errors
@@ -171,11 +208,9 @@ pub trait Event: Send + Sync + fmt::Debug {
     /// A driver failure.
     fn synchronize(&self) -> Result<(), TransportError>;
 
-    /// Milliseconds from `start` to this event (both recorded), where the device times events.
-    fn elapsed_ms_since(&self, start: &dyn Event) -> Option<f64>;
-
-    /// The implementation's raw handle, for [`Stream::wait`] and timing.
-    fn raw(&self) -> u64;
+    /// The event as [`Any`], so that a stream can recognise its own kind of event (a CUDA stream
+    /// takes only CUDA events of its context).
+    fn as_any(&self) -> &dyn Any;
 }
 
 /// Device memory owned by one process; freed when dropped.
@@ -212,11 +247,6 @@ impl DeviceBuffer {
         self.len == 0
     }
 
-    /// The device it lives on.
-    pub fn device(&self) -> &Arc<dyn Device> {
-        &self.device
-    }
-
     /// Fills it from host memory (`src.len()` must not exceed its size).
     ///
     /// # Errors
@@ -225,7 +255,8 @@ impl DeviceBuffer {
         if src.len() > self.len {
             return Err(TransportError::BufferTooSmall { needed: src.len() as u64, capacity: self.len as u64 });
         }
-        self.device.write(self.ptr, src)
+        // SAFETY: the buffer owns `ptr..ptr+len` until it is dropped, and `src` fits (checked).
+        unsafe { self.device.write(self.ptr, src) }
     }
 
     /// Reads its first `dst.len()` bytes.
@@ -236,13 +267,34 @@ impl DeviceBuffer {
         if dst.len() > self.len {
             return Err(TransportError::BufferTooSmall { needed: dst.len() as u64, capacity: self.len as u64 });
         }
-        self.device.read(self.ptr, dst)
+        // SAFETY: the buffer owns `ptr..ptr+len` until it is dropped, and `dst` fits (checked).
+        unsafe { self.device.read(self.ptr, dst) }
+    }
+
+    /// Copies its first `len` bytes to the start of `dst` on `stream` (a stream of the device
+    /// both live on) and waits for the copy, so the borrows cover it.
+    ///
+    /// # Errors
+    /// [`TransportError::BufferTooSmall`] if either buffer is shorter than `len`, or a driver
+    /// failure (including a stream of another device).
+    pub fn copy_to(&self, dst: &DeviceBuffer, len: usize, stream: &dyn Stream) -> Result<(), TransportError> {
+        let capacity = self.len.min(dst.len);
+        if len > capacity {
+            return Err(TransportError::BufferTooSmall { needed: len as u64, capacity: capacity as u64 });
+        }
+        // SAFETY: both buffers own at least `len` bytes (checked) and stay borrowed until the
+        // stream has finished the copy (synchronised below, also when queueing failed).
+        let queued = unsafe { stream.d2d(dst.ptr, self.ptr, len) };
+        let finished = stream.synchronize();
+        queued.and(finished)
     }
 }
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        self.device.free(self.ptr);
+        // SAFETY: allocated by this device in `new`, freed once, here; copies that used it were
+        // waited for by whoever queued them (the protocols wait before returning).
+        unsafe { self.device.free(self.ptr) };
     }
 }
 
