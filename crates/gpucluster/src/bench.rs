@@ -247,6 +247,14 @@ fn peer_command(
         None => cmd.env_remove(transport::SECRET_ENV),
     };
     cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
+    // The peer dies with this process, however it ends (SIGTERM, SIGKILL).
+    // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     cmd
 }
 

@@ -142,7 +142,16 @@ fn summary(
         t.write(out, "  ")?;
     }
     for f in &report.failures {
-        writeln!(out, "failure: {f}")?;
+        writeln!(out, "failure: {}", crate::table::escape(f))?;
+    }
+    if report.refused.count > 0 {
+        writeln!(
+            out,
+            "note: refused {} connection(s) to the rendezvous that did not hold the job's secret (first: {}); \
+             they had no part in the job",
+            report.refused.count,
+            crate::table::escape(report.refused.reasons.first().map_or("", String::as_str))
+        )?;
     }
     if let Some(stop) = &report.stop {
         writeln!(out, "\nstopped: {stop}")?;

@@ -289,12 +289,33 @@ fn a_cluster_whose_workers_cannot_run_says_why_and_ends() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A TCP socket bound to a free port of 127.0.0.1 that does not listen, and the port: nobody
+/// answers there, and nobody else can take the port while the test runs.
+fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a new socket, bound to a zeroed-then-filled sockaddr_in, then asked its name; the
+    // descriptor is owned by the returned OwnedFd.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+        let mut got = len;
+        assert_eq!(libc::getsockname(fd, (&raw mut addr).cast(), &mut got), 0);
+        (owned, u16::from_be(addr.sin_port))
+    }
+}
+
 #[test]
 fn joining_a_scheduler_that_does_not_answer_fails_at_once() {
     let Some(python) = python() else { return };
     let dir = scratch("unreachable");
     let file = dir.join("scheduler.json");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let (_held, port) = bound_not_listening();
     std::fs::write(&file, format!("{{\"address\": \"tcp://127.0.0.1:{port}\"}}")).expect("write");
     let started = Instant::now();
     let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", "--scheduler-file", &file.display().to_string()])

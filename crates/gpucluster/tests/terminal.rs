@@ -194,3 +194,30 @@ fn ctrl_c_stops_bench_with_130_and_its_peer_with_it() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn sigterm_or_sigkill_of_bench_alone_takes_its_peer_with_it() {
+    for (signal, code) in [(libc::SIGTERM, Some(143)), (libc::SIGKILL, None)] {
+        let mut t =
+            Terminal::run(&["--topology", "sim:h100", "bench", "transport", "--sizes", "16M", "--repeats", "1000"]);
+        let peers = children_of(t.child.id());
+        let start = Instant::now();
+        while peers().is_empty() {
+            assert!(start.elapsed() < Duration::from_secs(20), "no peer started:\n{}", t.text());
+            t.drain();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let peer = peers();
+        // Only the bench process: not its group, as `kill PID` or a service manager would.
+        // SAFETY: signalling the process this test started.
+        unsafe { libc::kill(t.child.id() as i32, signal) };
+        let status = t.wait(Duration::from_secs(10)).expect("bench did not stop");
+        assert_eq!(status.code(), code, "{}", t.text());
+        let start = Instant::now();
+        while peer.iter().any(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z ")))
+        {
+            assert!(start.elapsed() < Duration::from_secs(3), "the peer outlived bench ({signal})");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

@@ -194,3 +194,49 @@ fn a_launcher_killed_as_it_starts_leaves_nothing_even_under_a_subreaper() {
         processes_with(&marker).is_empty()
     });
 }
+
+/// The rendezvous address a running worker of this launcher was given.
+fn rendezvous_of(launcher: u32) -> Option<String> {
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let env = String::from_utf8_lossy(&env);
+        let mine = env.split('\0').any(|v| v == format!("GPUCLUSTER_TEST_LAUNCHER={launcher}"));
+        if let Some(v) = env.split('\0').find_map(|v| v.strip_prefix("GPUCLUSTER_RENDEZVOUS=")).filter(|_| mine) {
+            return Some(v.to_owned());
+        }
+    }
+    None
+}
+
+#[test]
+fn strangers_at_the_rendezvous_do_not_change_the_outcome() {
+    let marker = format!("sleep 1.{}", std::process::id());
+    let tag = std::process::id();
+    // Every worker inherits the launcher's environment: tag this launcher's workers.
+    let launcher = gpucluster()
+        .env("GPUCLUSTER_TEST_LAUNCHER", tag.to_string())
+        .args(["--topology", "sim:a30", "up", "--", "sh", "-c", &format!("{marker}; {marker}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut address = None;
+    wait_for("a worker's rendezvous address", Duration::from_secs(10), || {
+        address = rendezvous_of(tag);
+        address.is_some()
+    });
+    let address = address.expect("address");
+    // Garbage, a half handshake, and idle connections, while the job runs.
+    let mut idle = Vec::new();
+    for i in 0..200 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&address) {
+            use std::io::Write;
+            let _ = s.write_all(if i % 2 == 0 { b"GET / HTTP/1.0\r\n\r\n" } else { &[0u8; 10] });
+            idle.push(s);
+        }
+    }
+    let output = launcher.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}");
+    assert!(text.contains("note: refused") && text.contains("had no part in the job"), "{text}");
+    drop(idle);
+}

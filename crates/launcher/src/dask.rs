@@ -440,6 +440,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A TCP socket bound to a free port of 127.0.0.1 that does not listen, and the port.
+    fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new socket, bound to a zeroed-then-filled sockaddr_in, then asked its name;
+        // the descriptor is owned by the returned OwnedFd.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            assert!(fd >= 0);
+            let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+            let mut got = len;
+            assert_eq!(libc::getsockname(fd, (&raw mut addr).cast(), &mut got), 0);
+            (owned, u16::from_be(addr.sin_port))
+        }
+    }
+
     #[test]
     fn addresses_split_and_unreachable_schedulers_are_named() {
         let a = parse_address("tls://[::1]:8786").expect("v6");
@@ -447,8 +467,9 @@ mod tests {
         for bad in ["127.0.0.1:8786", "tcp://host", "tcp://:80", "tcp://h:0", "tcp://h:99999", "://h:1"] {
             assert!(parse_address(bad).is_err(), "{bad}");
         }
-        // A port that was just free: nobody listens there.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+        // A port held by a socket that never listens: nobody answers there, and nobody else can
+        // take it while the test runs.
+        let (_held, port) = bound_not_listening();
         let started = std::time::Instant::now();
         let err = check_scheduler(&format!("tcp://127.0.0.1:{port}")).expect_err("nobody listens");
         assert!(matches!(err, LauncherError::SchedulerUnreachable { .. }), "{err}");

@@ -10,7 +10,9 @@ use transport::Path;
 use transport::rendezvous::RendezvousServer;
 
 use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
-use crate::{LauncherError, Outcome, ProcessSpec, Sink, Stop, StopWhen, Supervision, supervise};
+use std::sync::Arc;
+
+use crate::{LauncherError, Outcome, ProcessSpec, Sink, Stop, StopHook, StopWhen, Supervision, supervise};
 
 /// Which device memory the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,9 @@ pub struct UpReport {
     pub expected_pairs: usize,
     /// Why the job stopped before every worker ended on its own, if it did.
     pub stop: Option<Stop>,
+    /// Connections to the rendezvous that never proved they hold the job's secret (another
+    /// user, a port scanner): refused, and no part of the job's outcome.
+    pub refused: transport::Refusals,
 }
 
 impl UpReport {
@@ -153,7 +158,7 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         })
         .collect();
 
-    let server = std::sync::Arc::new(server);
+    let server = Arc::new(server);
     let watcher = server.clone();
     let ready = tokio::spawn(async move {
         while watcher.joined() < world {
@@ -161,7 +166,16 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         }
         started.elapsed()
     });
-    let supervision = Supervision { stop_when: StopWhen::AnyFails, ..job.supervision.clone() };
+    // A job that stops releases the workers waiting at the rendezvous with the reason at once.
+    let aborter = server.clone();
+    let earlier = job.supervision.on_stop.clone();
+    let on_stop: StopHook = Arc::new(move |why: &Stop| {
+        aborter.abort(&format!("the job is stopping: {why}"));
+        if let Some(hook) = &earlier {
+            hook(why);
+        }
+    });
+    let supervision = Supervision { stop_when: StopWhen::AnyFails, on_stop: Some(on_stop), ..job.supervision.clone() };
     let supervised = supervise(specs, &supervision, sink).await?;
     let (outcomes, stop) = (supervised.outcomes, supervised.stop);
     let ready_after = if ready.is_finished() {
@@ -203,5 +217,6 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
         total: started.elapsed(),
         expected_pairs,
         stop,
+        refused: server.refused(),
     })
 }

@@ -92,6 +92,9 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Default)]
 struct State {
     addresses: Vec<Option<String>>,
+    /// Ranks whose worker joined and has since closed its connection (it ended): a restarted
+    /// worker may take its rank again.
+    departed: Vec<bool>,
     reports: Vec<serde_json::Value>,
     errors: Vec<String>,
     aborted: Option<String>,
@@ -143,7 +146,7 @@ impl RendezvousServer {
         let listener = TcpListener::bind(bind).map_err(TransportError::io("bind rendezvous"))?;
         let address = listener.local_addr().map_err(TransportError::io("getsockname"))?.to_string();
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { addresses: vec![None; world], ..State::default() }),
+            state: Mutex::new(State { addresses: vec![None; world], departed: vec![false; world], ..State::default() }),
             changed: Condvar::new(),
             extra,
             limits,
@@ -293,12 +296,14 @@ fn serve(mut stream: TcpStream, shared: &Shared, deadline: Deadline) -> Result<(
                 let why = format!("rank {} is outside a world of {world}", join.rank);
                 (Reply::Refused(why.clone()), Some(why))
             }
-            Some(Some(_)) => {
+            Some(Some(_)) if !s.departed[join.rank] => {
                 let why = format!("rank {} joined twice", join.rank);
                 (Reply::Refused(why.clone()), Some(why))
             }
-            Some(None) => {
+            // A first join, or a restarted worker taking the rank its ended predecessor held.
+            Some(_) => {
                 s.addresses[join.rank] = Some(join.address);
+                s.departed[join.rank] = false;
                 shared.changed.notify_all();
                 while s.addresses.iter().any(Option::is_none) && s.aborted.is_none() && !s.closing {
                     s = shared.changed.wait(s).map_err(|_| TransportError::poisoned())?;
@@ -322,12 +327,17 @@ fn serve(mut stream: TcpStream, shared: &Shared, deadline: Deadline) -> Result<(
     if !matches!(reply, Reply::Table(_)) {
         return Ok(());
     }
-    while let Some(line) = read_line(&mut reader, limits.max_line, true, limits.stall_timeout)? {
-        let report: serde_json::Value =
-            serde_json::from_str(&line).map_err(|e| TransportError::Protocol(format!("bad report: {e}")))?;
-        lock(&shared.state)?.reports.push(report);
-    }
-    Ok(())
+    let reports = (|| {
+        while let Some(line) = read_line(&mut reader, limits.max_line, true, limits.stall_timeout)? {
+            let report: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| TransportError::Protocol(format!("bad report: {e}")))?;
+            lock(&shared.state)?.reports.push(report);
+        }
+        Ok(())
+    })();
+    // However its connection ended, this worker is gone: its rank is free for a restart.
+    lock(&shared.state)?.departed[join.rank] = true;
+    reports
 }
 
 /// A worker's side.
@@ -502,6 +512,18 @@ mod tests {
         assert!(t.elapsed() < Duration::from_secs(1), "took {:?}", t.elapsed());
     }
 
+    /// Retries `f` for up to 5 s (the server notices a closed connection asynchronously).
+    fn eventually_ok<T>(mut f: impl FnMut() -> Result<T, TransportError>) -> T {
+        let start = Instant::now();
+        loop {
+            match f() {
+                Ok(v) => return v,
+                Err(e) if start.elapsed() > Duration::from_secs(5) => panic!("never succeeded: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     #[test]
     fn a_rank_that_joins_twice_is_refused() {
         let secret = Secret::random().expect("s");
@@ -518,6 +540,25 @@ mod tests {
         assert_eq!(table.addresses, ["local:w0", "local:w1"]);
         assert!(first.join().expect("thread").is_ok());
         eventually("both refusals are errors of the job", || server.errors().len() == 2);
+    }
+
+    #[test]
+    fn a_restarted_worker_takes_the_rank_of_the_one_that_ended() {
+        let secret = Secret::random().expect("s");
+        let server = RendezvousServer::start("127.0.0.1:0", secret.clone(), 2, serde_json::Value::Null).expect("start");
+        let zero = join_in_thread(&server, &secret, 0, Duration::from_secs(10));
+        let one = join_in_thread(&server, &secret, 1, Duration::from_secs(10));
+        let (still_there, _) = one.join().expect("thread").expect("join 1");
+        // Rank 0's process ends: its connection closes.
+        drop(zero.join().expect("thread").expect("join 0"));
+        let me = Address::Local("w0-again".into());
+        let again = eventually_ok(|| Rendezvous::join(server.address(), &secret, 0, &me, Duration::from_secs(5)));
+        assert_eq!(again.1.addresses, ["local:w0-again", "local:w1"], "the table at once, with the new address");
+        // Rank 1 is still connected: its rank is not free.
+        let err =
+            join_in_thread(&server, &secret, 1, Duration::from_secs(10)).join().expect("thread").expect_err("taken");
+        assert!(matches!(&err, TransportError::Refused(r) if r.contains("rank 1 joined twice")), "{err}");
+        drop(still_there);
     }
 
     #[test]
