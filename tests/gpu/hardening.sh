@@ -12,6 +12,9 @@ leftover() { ps -eo args | grep -c "[s]leep $1" ; }
 
 log machine; nvidia-smi -L; $B --version; $B list | head -5
 
+log "transport protocol tests on CUDA (GPU_TESTS=1)"
+GPU_TESTS=1 TRANSPORT_PEER=.gpu-bundle/transport-peer timeout 300 .gpu-bundle/transport-protocols 2>&1 | tail -25
+
 log "up, built-in worker, two workers on the GPU, in a pseudo-terminal"
 if command -v script >/dev/null; then timeout 120 script -qec "$B up --workers-per-device 2" /dev/null; echo "exit $?"
 else echo "(no script(1) here)"; timeout 120 $B up --workers-per-device 2; echo "exit $?"; fi
