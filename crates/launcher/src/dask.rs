@@ -9,7 +9,7 @@
 //!
 //! Security: a Dask worker runs whatever a connected peer asks, so `dask local` closes its
 //! cluster with TLS by default ([`TlsFiles`]: a fresh CA and one certificate that the scheduler,
-//! the workers and the user's client present, in a [`PrivateDir`](crate::workdir::PrivateDir)
+//! the workers and the user's client present, in a [`crate::workdir::PrivateDir`]
 //! nobody else can read). Simulated devices never reach code that asks the driver about them:
 //! their workers run plain `dask worker` with distributed's NVML diagnostics off.
 
