@@ -71,6 +71,10 @@ struct UpArgs {
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
     #[arg(long, default_value_t = 10.0, value_parser = grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
+    /// Stop the job if it has not ended after this many seconds (default: 60 plus a quarter per
+    /// worker for the built-in worker; no limit for a command).
+    #[arg(long, value_parser = time_limit, allow_negative_numbers = true, value_name = "SECONDS")]
+    time_limit: Option<f64>,
     /// The command to run per worker instead of the built-in worker (after `--`).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
@@ -187,6 +191,15 @@ fn chunk(s: &str) -> Result<usize, String> {
 
 pub(crate) fn max_restarts(s: &str) -> Result<u32, String> {
     count(s, 0, 1000).map(|n| n as u32)
+}
+
+fn time_limit(s: &str) -> Result<f64, String> {
+    let seconds: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if seconds > 0.0 && seconds <= 1e6 {
+        Ok(seconds)
+    } else {
+        Err(format!("{seconds} is out of range: give more than 0 and at most 1000000 seconds"))
+    }
 }
 
 pub(crate) fn grace(s: &str) -> Result<f64, String> {
@@ -366,6 +379,7 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
                     restart: args.restart.into(),
                     max_restarts: args.max_restarts,
                     grace: args.grace,
+                    time_limit: args.time_limit,
                     command: args.command,
                 },
                 out,
@@ -383,27 +397,12 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
     }
 }
 
-/// The first of SIGINT, SIGTERM or SIGHUP (pending for ever if they cannot be watched, so the
-/// default action then applies as before).
-async fn interrupted() -> i32 {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-    else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => libc::SIGINT,
-        _ = term.recv() => libc::SIGTERM,
-        _ = hup.recv() => libc::SIGHUP,
-    }
-}
-
 /// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it
 /// (the measuring thread and the peer worker, killed by the kernel with this process, end with it).
 async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result<crate::bench::BenchReport, i32>> {
     use transport::Path;
     use transport::device::DeviceKind;
+    let mut signals = launcher::Signals::install()?;
     let snapshot = load(spec).await?;
     // The benchmark stands for two workers sharing this machine's first compute device (as
     // `up --workers-per-device 2` places them): the paths they may use come from the path choice.
@@ -456,10 +455,9 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         peer_thread: args.peer_thread,
     };
-    let measuring = tokio::task::spawn_blocking(move || crate::bench::run(&config));
-    let mut report = tokio::select! {
-        report = measuring => report??,
-        signal = interrupted() => return Ok(Err(signal)),
+    let mut report = match signals.or_blocking(move || crate::bench::run(&config)).await {
+        Ok(report) => report?,
+        Err(signal) => return Ok(Err(signal)),
     };
     if let Some(c) = local.filter(|c| c.path != Path::CudaIpc) {
         report.notes.push(format!("cuda-ipc is not measured: {}", c.reason));

@@ -11,7 +11,7 @@ use clap::Args;
 use gpu_topology::TopologySpec;
 use launcher::dask::{self, DaskWorkers, TlsFiles};
 use launcher::workdir::PrivateDir;
-use launcher::{Stop, StopWhen, Supervision};
+use launcher::{Signals, Stop, StopWhen, Supervision};
 
 use crate::cli::{RestartArg, SelectionArgs};
 
@@ -22,7 +22,9 @@ pub(crate) struct DaskArgs {
     /// The Python interpreter with Dask (and dask-cuda, used where installed).
     #[arg(long, env = "GPUCLUSTER_PYTHON", default_value = "python3", value_name = "PYTHON")]
     python: OsString,
-    /// The address workers (and the scheduler of `dask local`) listen on.
+    /// The address workers (and the scheduler of `dask local`) listen on. Default: 127.0.0.1 for
+    /// `dask local` (this host only); Dask's default (every interface) for `dask worker`, whose
+    /// scheduler and peers are on other hosts.
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
     /// Restart workers that fail.
@@ -116,17 +118,26 @@ pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut 
 }
 
 async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mut dyn Write) -> anyhow::Result<u8> {
+    // Watched before anything is set up: a signal during set-up stops the cluster cleanly.
+    let mut signals = Signals::install()?;
+    let interrupted = |signal: i32| {
+        eprintln!("interrupted ({}) while setting up", launcher::signal_name(signal));
+        Ok(128u8.saturating_add(signal as u8))
+    };
     let started = Instant::now();
     let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;
     supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
     supervision.guard = Some(std::env::current_exe().context("finding this program to start the workers")?.into());
-    let python = dask::probe_python(&args.python)?;
+    let probe = args.python.clone();
+    let python = match signals.or_blocking(move || dask::probe_python(&probe)).await {
+        Ok(python) => python?,
+        Err(signal) => return interrupted(signal),
+    };
     // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
     // local cluster (insecure or not); `Err`: joining the scheduler of this file.
     let joined = match scheduler {
         Scheduler::Join { file, tls } => {
             let address = dask::scheduler_address(&file)?;
-            dask::check_scheduler(&address)?;
             let tls = match tls {
                 Some(t) => Some(t),
                 None if address.starts_with("tls://") => Some(
@@ -135,7 +146,21 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 ),
                 None => None,
             };
+            let (check, python, tls_check) = (address.clone(), python.python.clone(), tls.clone());
+            let answered = signals.or_blocking(move || {
+                dask::check_scheduler(&check).and_then(|()| dask::check_handshake(&python, &check, tls_check.as_ref()))
+            });
+            match answered.await {
+                Ok(answer) => answer?,
+                Err(signal) => return interrupted(signal),
+            }
             writeln!(out, "joining the Dask scheduler at {address}")?;
+            if tls.is_none() {
+                eprintln!(
+                    "warning: the scheduler at {address} does not authenticate its peers: anyone who can reach it \
+                     can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
+                );
+            }
             Err((file, tls))
         }
         Scheduler::Local { insecure } => Ok(insecure),
@@ -152,10 +177,11 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let all_nvlink = output.paths().iter().all(|p| p.rule() == transport::PathRule::NvLink);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
 
-    // `dask local`: a private directory for the scheduler file and the credentials.
-    let (dir, scheduler_file, tls, protocol, why) = match joined {
+    // A private directory for the workers' files (and, for `dask local`, the scheduler's, its
+    // scheduler file and the credentials): never a shared scratch space another user may own.
+    let dir = PrivateDir::create("gpucluster-dask")?;
+    let (scheduler_file, tls, protocol, why, host) = match joined {
         Ok(insecure) => {
-            let dir = PrivateDir::create("gpucluster-dask")?;
             let tls = if insecure {
                 None
             } else {
@@ -164,26 +190,30 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 Some(TlsFiles::generate(&dir, &hosts)?)
             };
             let (protocol, why) = dask::choose_protocol(all_nvlink, plan.workers.len(), &python, !insecure);
-            let file = dir.path().join("scheduler.json");
-            (Some(dir), file, tls, Some(protocol), why)
+            // A local cluster's workers listen where its scheduler does: this host only, unless
+            // --host says otherwise.
+            let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
+            (dir.path().join("scheduler.json"), tls, Some(protocol), why, Some(host))
         }
-        Err((file, tls)) => (None, file, tls, None, String::new()),
+        Err((file, tls)) => (file, tls, None, String::new(), args.host.clone()),
     };
     let config = DaskWorkers {
         python: python.clone(),
         scheduler_file: scheduler_file.clone(),
-        host: args.host.clone(),
+        host,
         host_memory_per_worker,
         // Joining workers follow the scheduler's protocol; a local cluster sets it.
         protocol: protocol.filter(|p| *p != "tcp"),
         tls: tls.clone(),
         simulated,
+        local_directory: dir.path().to_owned(),
     };
     let mut specs = dask::worker_specs(&plan.workers, &config);
     if let Some(protocol) = protocol {
-        specs.insert(0, dask::scheduler_spec(&python, &scheduler_file, args.host.as_deref(), protocol, tls.as_ref()));
+        let host = config.host.as_deref();
+        specs.insert(0, dask::scheduler_spec(&python, &scheduler_file, host, protocol, tls.as_ref(), dir.path()));
     }
-    header(out, &plan, &config, &scheduler_file, protocol.map(|p| (p, why.as_str())), dir.is_some())?;
+    header(out, &plan, &config, &scheduler_file, protocol.map(|p| (p, why.as_str())))?;
     out.flush()?;
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
@@ -191,8 +221,8 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         expected: plan.workers.len(),
         registered: 0,
     }));
-    let supervised = launcher::supervise(specs, &supervision, sink).await;
-    // The scheduler file and the credentials go with the cluster, however it ended.
+    let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
+    // The scheduler file, the credentials and the workers' files go with the cluster.
     drop(dir);
     let supervised = supervised?;
     let status = match &supervised.stop {
@@ -211,9 +241,9 @@ fn header(
     config: &DaskWorkers,
     scheduler_file: &std::path::Path,
     protocol: Option<(&str, &str)>,
-    local: bool,
 ) -> std::io::Result<()> {
-    if local {
+    // Only `dask local` chooses a protocol: it runs the scheduler.
+    if protocol.is_some() {
         writeln!(out, "scheduler file: {} (removed when the cluster stops)", scheduler_file.display())?;
         match &config.tls {
             Some(tls) => {
@@ -221,10 +251,12 @@ fn header(
                 writeln!(out, "  from distributed import Client, Security")?;
                 writeln!(out, "  client = {}", tls.client_code(scheduler_file))?;
             }
-            None => writeln!(
-                out,
-                "warning: --insecure: no TLS; any user who can reach the scheduler or a worker can run code as you"
-            )?,
+            None => {
+                let warning =
+                    "warning: --insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
+                writeln!(out, "{warning}")?;
+                eprintln!("{warning}");
+            }
         }
     }
     writeln!(

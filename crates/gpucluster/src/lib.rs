@@ -34,11 +34,17 @@ where
     if args.get(1).is_some_and(|a| a == "guard") {
         return launcher::guard::run(&args[2..]);
     }
+    let cli_args = args.clone();
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             // clap renders help and version as "errors" that go to stdout with status 0.
-            let text = e.render().to_string();
+            let mut text = e.render().to_string();
+            // `gpucluster up python train.py`: the worker command goes after `--`.
+            let is_up = cli_args.iter().any(|a| a == "up");
+            if e.kind() == clap::error::ErrorKind::UnknownArgument && is_up && !cli_args.iter().any(|a| a == "--") {
+                text.push_str("\ntip: to run a command in every worker, put it after `--`: gpucluster up [OPTIONS] -- CMD ARGS...\n");
+            }
             let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
             return if e.use_stderr() { 2 } else { 0 };
         }

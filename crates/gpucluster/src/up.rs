@@ -15,6 +15,7 @@ pub(crate) struct Options {
     pub(crate) restart: launcher::RestartFlag,
     pub(crate) max_restarts: u32,
     pub(crate) grace: f64,
+    pub(crate) time_limit: Option<f64>,
     pub(crate) command: Vec<std::ffi::OsString>,
 }
 
@@ -31,6 +32,8 @@ pub(crate) async fn run(
     options: Options,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    // Watched before anything starts: a signal during set-up stops the job as soon as it runs.
+    let mut signals = launcher::Signals::install()?;
     if snapshot.hosts.len() > 1 {
         anyhow::bail!(
             "`up` runs the workers of one host; for several hosts, run `gpucluster dask worker` (or `up`) on each"
@@ -43,6 +46,7 @@ pub(crate) async fn run(
     let this_program = std::env::current_exe().context("finding this program to start the workers")?;
     let mut supervision = Supervision::from_flags(options.grace, options.restart, options.max_restarts)?;
     supervision.guard = Some(this_program.clone().into());
+    supervision.time_limit = options.time_limit.map(std::time::Duration::from_secs_f64);
     let plan = cluster_core::plan(&snapshot, &selection.request())?;
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     let paths: HashMap<(String, String), transport::Path> =
@@ -73,7 +77,7 @@ pub(crate) async fn run(
         supervision,
     };
     let sink: launcher::Sink = Arc::new(Mutex::new(std::io::stdout()));
-    let report = launcher::up(job, sink).await?;
+    let report = launcher::up(job, sink, &mut signals).await?;
     let status = match &report.stop {
         Some(stop) => stop.exit_status().unwrap_or(1),
         None if report.success() => 0,

@@ -188,7 +188,15 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     let Some(python) = python() else { return };
     let dir = scratch("local");
     let log = dir.join("out.txt");
+    // A shared temporary directory whose Dask scratch space another user made first, open to all.
+    let tmp = dir.join("tmp");
+    let planted = tmp.join("dask-scratch-space");
+    std::fs::create_dir_all(&planted).expect("planted");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
     let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5"]);
+    c.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR");
     c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
     let mut launcher = Proc(c.spawn().expect("launcher"));
     let mut scheduler_file = None;
@@ -213,6 +221,11 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
         std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
     });
     attack_as_another_client(&python, &file);
+    assert_eq!(
+        std::fs::read_dir(&planted).expect("planted").count(),
+        0,
+        "nothing of the cluster's goes into a scratch space someone else made"
+    );
     // SAFETY: signalling our own child.
     unsafe { libc::kill(launcher.0.id() as i32, libc::SIGINT) };
     assert_eq!(launcher.0.wait().expect("wait").code(), Some(130), "Ctrl-C ends with 130");
@@ -240,6 +253,27 @@ fn attack_as_another_client(python: &Path, file: &Path) {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("refused") && !text.contains("INTRUDED"), "{target}: {text}");
     }
+    // The HTTP servers answer nothing: no task names, call stacks or logs for whoever connects.
+    let http = r#"
+import os, sys, urllib.request, urllib.error
+from distributed import Client, Security
+d = os.path.dirname(sys.argv[1])
+sec = Security(tls_ca_file=f"{d}/ca.pem", tls_client_cert=f"{d}/cert.pem", tls_client_key=f"{d}/key.pem", require_encryption=True)
+with Client(scheduler_file=sys.argv[1], security=sec, timeout=30) as c:
+    ports = [c.scheduler_info()["services"]["dashboard"]]
+    ports += [p for p in c.run(lambda dask_worker: dask_worker.http_server.port).values()]
+for port in ports:
+    for route in ["/info/main/workers.html", "/json/identity.json", "/metrics", "/health", "/statics/"]:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5)
+            print("SERVED", port, route)
+        except urllib.error.HTTPError as e:
+            print("status", e.code)
+print("checked", len(ports))
+"#;
+    let out = Command::new(python).args(["-c", http, &file.display().to_string()]).output().expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("checked 5") && !text.contains("SERVED"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     // SAFETY: getuid cannot fail.
     if unsafe { libc::getuid() } == 0 {
         let out = Command::new("setpriv")
@@ -308,6 +342,32 @@ fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
         assert_eq!(libc::getsockname(fd, (&raw mut addr).cast(), &mut got), 0);
         (owned, u16::from_be(addr.sin_port))
     }
+}
+
+#[test]
+fn a_signal_while_dask_is_checked_ends_at_once_and_leaves_nothing() {
+    let dir = scratch("probe");
+    let hang = dir.join("python-that-hangs");
+    std::fs::write(&hang, "#!/bin/sh\nexec sleep 3600\n").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut launcher = gpucluster(&["--topology", "sim:a30", "dask", "local", "--python"])
+        .arg(&hang)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_until("the probe", Duration::from_secs(10), || !processes_with("sleep 3600").is_empty());
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
+    let signalled = Instant::now();
+    let status = launcher.wait().expect("wait");
+    assert_eq!(status.code(), Some(143));
+    assert!(signalled.elapsed() < Duration::from_secs(2));
+    wait_until("the probe to die with the launcher", Duration::from_secs(3), || {
+        processes_with(&hang.display().to_string()).is_empty()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

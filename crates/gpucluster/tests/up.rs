@@ -240,3 +240,105 @@ fn strangers_at_the_rendezvous_do_not_change_the_outcome() {
     assert!(text.contains("note: refused") && text.contains("had no part in the job"), "{text}");
     drop(idle);
 }
+
+#[test]
+fn a_stopped_worker_cannot_hold_the_built_in_test_past_its_time_limit() {
+    let launcher = gpucluster()
+        .args(["--topology", "sim:dgx-a100", "up", "--time-limit", "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let worker = format!("{} worker", env!("CARGO_BIN_EXE_gpucluster"));
+    let first = || -> Option<i32> { processes_with(&worker).first()?.split(':').next()?.parse().ok() };
+    wait_for("a worker", Duration::from_secs(10), || first().is_some());
+    let victim = first().expect("pid");
+    // SAFETY: stopping a worker this test started (through its launcher).
+    unsafe { libc::kill(victim, libc::SIGSTOP) };
+    let stopped = Instant::now();
+    let output = launcher.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // However far the worker had got, the job ends in bounded time and leaves nothing.
+    assert!(stopped.elapsed() < Duration::from_secs(6), "took {:?}:\n{text}", stopped.elapsed());
+    assert!(processes_with(&worker).is_empty(), "no worker is left");
+}
+
+#[test]
+fn a_job_past_its_time_limit_is_stopped_and_says_so() {
+    let marker = format!("sleep 67.{}", std::process::id());
+    let started = Instant::now();
+    let out = gpucluster()
+        .args(["--topology", "sim:a30", "up", "--time-limit", "1", "--", "sh", "-c", &marker])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("stopped: the job did not end within its time limit of 1 s"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(processes_with(&marker).is_empty());
+}
+
+#[test]
+fn a_killed_guard_takes_its_workers_children_with_it_at_once() {
+    let marker = format!("sleep 64.{}", std::process::id());
+    let mut launcher = gpucluster()
+        .args(["--topology", "sim:a30", "up", "--restart", "on-failure", "--grace", "1", "--"])
+        .args(["sh", "-c", &format!("{marker} & {marker}")])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_for("8 sleeps", Duration::from_secs(10), || processes_with(&marker).len() >= 8);
+    // One of this test's guards (other tests run guards too).
+    let guard = format!("{} guard", env!("CARGO_BIN_EXE_gpucluster"));
+    let ours = processes_with(&guard).into_iter().find(|p| p.contains(&marker)).expect("a guard of ours");
+    let victim: i32 = ours.split(':').next().and_then(|p| p.parse().ok()).expect("guard");
+    // SAFETY: killing a guard this test started (through its launcher).
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    // Its worker dies with it (parent-death signal) and the worker's two sleeps come to the
+    // launcher, which kills them at once rather than when the job ends; the worker is restarted.
+    let launcher_pid = launcher.id().to_string();
+    let parent_of = |p: &String| -> Option<String> {
+        let pid = p.split(':').next()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_owned())
+    };
+    wait_for("the orphans to go and the restart to come", Duration::from_secs(5), || {
+        let sleeps = processes_with(&marker);
+        sleeps.len() == 8 && sleeps.iter().all(|p| parent_of(p).is_some_and(|pp| pp != launcher_pid))
+    });
+    signal(&launcher, libc::SIGTERM);
+    assert_eq!(launcher.wait().expect("wait").code(), Some(143));
+    wait_for("nothing left", Duration::from_secs(3), || processes_with(&marker).is_empty());
+}
+
+#[test]
+fn late_orphans_are_asked_to_stop_too() {
+    // The worker leaves a shell in its own session; the shell dies of SIGTERM and leaves its two
+    // `sleep`s to the guard, which must ask them too rather than wait out the grace period.
+    let marker = format!("sleep 65.{}", std::process::id());
+    let script = format!("setsid sh -c '{marker} & {marker}' </dev/null >/dev/null 2>&1 & exit 0");
+    let started = Instant::now();
+    let out = gpucluster().args(["--topology", "sim:a30", "up", "--grace", "10", "--", "sh", "-c", &script]).output();
+    assert!(out.expect("run").status.success());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: waited out the grace", started.elapsed());
+    assert!(processes_with(&marker).is_empty());
+}
+
+#[test]
+fn a_reader_that_does_not_read_cannot_hold_a_signal() {
+    // stdout is a pipe nobody reads: workers' output fills it, and SIGTERM must still act at once.
+    let marker = format!("yes 66.{}", std::process::id());
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut launcher = gpucluster()
+        .args(["--topology", "sim:a30", "up", "--grace", "1", "--", "sh", "-c"])
+        .arg(format!("exec {marker}"))
+        .stdout(writer)
+        .spawn()
+        .expect("spawn");
+    wait_for("the workers", Duration::from_secs(10), || processes_with(&marker).len() == 4);
+    // Long enough for every pipe between the workers and the reader to fill.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&launcher, libc::SIGTERM);
+    wait_for("the workers to stop", Duration::from_secs(4), || processes_with(&marker).is_empty());
+    drop(reader);
+    assert_eq!(launcher.wait().expect("wait").code(), Some(143));
+}

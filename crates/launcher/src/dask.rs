@@ -79,6 +79,71 @@ pub fn choose_protocol(
     }
 }
 
+/// How long a check that runs Python may take (a cold `import distributed` takes seconds).
+pub const PYTHON_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bytes of a Python check's output that are read; the rest is drained and dropped.
+const PYTHON_OUTPUT: u64 = 64 << 10;
+
+/// What a bounded Python run printed.
+#[derive(Debug)]
+struct PythonRun {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `python -c script args...` for at most `timeout`, reading at most [`PYTHON_OUTPUT`] bytes
+/// of each stream; the child dies with the launcher (`PR_SET_PDEATHSIG`) and is killed at the
+/// deadline. `Err` carries what went wrong, in words.
+fn run_python(python: &OsString, script: &str, args: &[&str], timeout: Duration) -> Result<PythonRun, String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let mut command = Command::new(python);
+    command.arg("-c").arg(script).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(|e| format!("cannot run it: {e}"))?;
+    let reader = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = (&mut stream).take(PYTHON_OUTPUT).read_to_end(&mut text);
+                let _ = std::io::copy(&mut stream, &mut std::io::sink());
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let err = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("it did not finish within {} s", timeout.as_secs()));
+            }
+        }
+    };
+    let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
+    Ok(PythonRun { success: status.success(), stdout: join(out), stderr: join(err) })
+}
+
+/// The last non-empty line of `text`, shortened to a message's length.
+fn last_line(text: &str) -> String {
+    let line = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let short: String = line.chars().take(300).collect();
+    if short.len() < line.len() { format!("{short}...") } else { short }
+}
+
 /// Checks that `python` can run Dask.
 ///
 /// # Errors
@@ -92,28 +157,50 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
          or pass --python with an interpreter that has it",
         python.to_string_lossy()
     );
-    let output = Command::new(python).args(["-c", script]).output().map_err(|e| LauncherError::NoDask {
-        python: python.clone(),
-        detail: format!("cannot run it: {e}"),
-        how: how.clone(),
-    })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().last().unwrap_or("").trim().to_owned();
-        return Err(LauncherError::NoDask {
-            python: python.clone(),
-            detail: format!("Dask is not installed for it ({last})"),
-            how,
-        });
+    let fail = |detail: String| LauncherError::NoDask { python: python.clone(), detail, how: how.clone() };
+    let run = run_python(python, script, &[], PYTHON_TIMEOUT).map_err(fail)?;
+    if !run.success {
+        return Err(fail(format!("Dask is not installed for it ({})", last_line(&run.stderr))));
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut lines = text.lines();
+    let mut lines = run.stdout.lines().map(str::trim);
+    let version = lines.next().unwrap_or("");
+    // A version is short and printable: anything else is not distributed answering.
+    if version.is_empty() || version.len() > 64 || !version.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(fail("it does not report a version of distributed".into()));
+    }
     Ok(PythonInfo {
         python: python.clone(),
-        distributed: lines.next().unwrap_or("").trim().to_owned(),
-        dask_cuda: lines.next().is_some_and(|l| l.trim() == "True"),
-        ucxx: lines.next().is_some_and(|l| l.trim() == "True"),
+        distributed: version.to_owned(),
+        dask_cuda: lines.next() == Some("True"),
+        ucxx: lines.next() == Some("True"),
     })
+}
+
+/// Checks that the scheduler at `address` completes Dask's own handshake (over TLS with `tls`),
+/// which a port that accepts connections but is not a scheduler, or a scheduler that does not
+/// speak, never does.
+///
+/// # Errors
+/// [`LauncherError::SchedulerUnreachable`] with Dask's reason.
+pub fn check_handshake(python: &OsString, address: &str, tls: Option<&TlsFiles>) -> Result<(), LauncherError> {
+    let script = "import asyncio, sys\n\
+                  from distributed import Security\n\
+                  from distributed.comm import connect\n\
+                  addr, ca, cert, key = sys.argv[1:5]\n\
+                  sec = Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True) if ca else Security()\n\
+                  async def main():\n    \
+                      comm = await connect(addr, timeout=5, **sec.get_connection_args('client'))\n    \
+                      await comm.close()\n\
+                  asyncio.run(main())\n";
+    let path = |p: Option<&PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
+    let (ca, cert, key) = (path(tls.map(|t| &t.ca)), path(tls.map(|t| &t.cert)), path(tls.map(|t| &t.key)));
+    let unreachable = |reason: String| LauncherError::SchedulerUnreachable { address: address.to_owned(), reason };
+    let run = run_python(python, script, &[address, &ca, &cert, &key], PYTHON_TIMEOUT)
+        .map_err(|e| unreachable(format!("checking it with Python: {e}")))?;
+    if !run.success {
+        return Err(unreachable(format!("no Dask handshake: {}", last_line(&run.stderr))));
+    }
+    Ok(())
 }
 
 /// Reads a scheduler file and returns the scheduler's address.
@@ -127,6 +214,27 @@ pub fn scheduler_address(file: &Path) -> Result<String, LauncherError> {
     // A scheduler file is a few hundred bytes; anything huge is not one.
     if !meta.is_file() || meta.len() > 1 << 20 {
         return Err(bad("is not a Dask scheduler file (not a regular file of at most 1 MiB)".into()));
+    }
+    // Whoever can write the file chooses the scheduler these workers obey, and so runs code as
+    // us: it must be ours, and closed to other writers.
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: getuid cannot fail.
+        let me = unsafe { libc::getuid() };
+        if meta.uid() != me {
+            return Err(bad(format!(
+                "belongs to user {}, not to you (user {me}): whoever writes it chooses the scheduler your workers \
+                 obey and run code for; use a scheduler file you wrote",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(bad(format!(
+                "can be written by other users (mode {:o}): whoever writes it chooses the scheduler your workers \
+                 obey; `chmod go-w` it",
+                meta.mode() & 0o777
+            )));
+        }
     }
     let text = std::fs::read(file).map_err(|e| bad(format!("cannot be read ({e})")))?;
     let text = text.strip_prefix(b"\xef\xbb\xbf".as_slice()).unwrap_or(&text);
@@ -295,6 +403,9 @@ pub struct DaskWorkers {
     /// The devices are simulated: plain `dask worker`, and nothing that asks the driver about
     /// devices that do not exist (distributed's NVML diagnostics off, dask-cuda not used).
     pub simulated: bool,
+    /// A private directory for the workers' files (spilled data, uploaded code, locks): never the
+    /// shared `dask-scratch-space` of the temporary directory, which another user may own.
+    pub local_directory: PathBuf,
 }
 
 impl DaskWorkers {
@@ -303,6 +414,21 @@ impl DaskWorkers {
         self.python.dask_cuda && !self.simulated
     }
 }
+
+/// The environment every Dask process of ours gets: its scratch space in our private directory,
+/// and its HTTP server serving nothing (distributed's `--no-dashboard` still serves task names,
+/// call stacks and worker logs to anyone who reaches the port).
+fn private_env(local_directory: &Path) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("DASK_TEMPORARY_DIRECTORY".to_owned(), local_directory.display().to_string()),
+        ("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES".to_owned(), "[]".to_owned()),
+        ("DASK_DISTRIBUTED__WORKER__HTTP__ROUTES".to_owned(), "[]".to_owned()),
+    ])
+}
+
+/// Where the Dask HTTP servers listen: loopback, a free port (they serve nothing, see
+/// [`private_env`]).
+const HTTP_ADDRESS: &str = "127.0.0.1:0";
 
 fn resources(w: &WorkerPlan) -> String {
     w.resources().iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
@@ -324,6 +450,8 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             args.extend(["--scheduler-file".into(), config.scheduler_file.clone().into_os_string()]);
             args.extend(["--name".into(), w.name.clone().into(), "--nthreads".into(), "1".into()]);
             args.extend(["--resources".into(), resources(w).into(), "--no-dashboard".into()]);
+            args.extend(["--dashboard-address".into(), HTTP_ADDRESS.into()]);
+            args.extend(["--local-directory".into(), config.local_directory.clone().into()]);
             args.extend(["--death-timeout".into(), DEATH_TIMEOUT_SECONDS.to_string().into()]);
             if let Some(bytes) = config.host_memory_per_worker {
                 args.extend(["--memory-limit".into(), bytes.to_string().into()]);
@@ -348,6 +476,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
                 args.extend(tls.args());
             }
             let mut env: BTreeMap<String, String> = w.env();
+            env.extend(private_env(&config.local_directory));
             if config.simulated {
                 env.insert("DASK_DISTRIBUTED__DIAGNOSTICS__NVML".into(), "False".into());
                 env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
@@ -376,17 +505,20 @@ fn cli_entry(module: &str, function: &str, program: &str) -> String {
     format!("import sys; sys.argv[0] = '{program}'; from {module} import {function}; sys.exit({function}())")
 }
 
-/// The scheduler of `dask local`, writing `scheduler_file`; it speaks TLS where `tls` is given.
+/// The scheduler of `dask local`, writing `scheduler_file`, with its files in `local_directory`;
+/// it speaks TLS where `tls` is given.
 pub fn scheduler_spec(
     python: &PythonInfo,
     scheduler_file: &Path,
     host: Option<&str>,
     protocol: &str,
     tls: Option<&TlsFiles>,
+    local_directory: &Path,
 ) -> ProcessSpec {
     let mut args: Vec<OsString> =
         vec!["-c".into(), cli_entry("distributed.cli.dask_scheduler", "main", "dask-scheduler").into()];
     args.extend(["--scheduler-file".into(), scheduler_file.as_os_str().to_owned(), "--no-dashboard".into()]);
+    args.extend(["--dashboard-address".into(), HTTP_ADDRESS.into()]);
     args.extend(["--host".into(), host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
     args.extend(["--protocol".into(), protocol.into()]);
     if let Some(tls) = tls {
@@ -396,7 +528,7 @@ pub fn scheduler_spec(
         name: "scheduler".into(),
         program: python.python.clone(),
         args,
-        env: BTreeMap::new(),
+        env: private_env(local_directory),
         cpu_affinity: None,
         essential: true,
     }
@@ -437,6 +569,17 @@ mod tests {
         std::fs::write(&bad, "\u{feff}{\"address\": \"tls://127.0.0.1:8786\"}").expect("write");
         assert_eq!(scheduler_address(&bad).expect("a BOM is fine"), "tls://127.0.0.1:8786");
         assert!(scheduler_address(Path::new("/dev/zero")).is_err(), "not a regular file");
+        // A file others may write (or, as root, one another user owns) chooses our scheduler.
+        std::fs::write(&bad, r#"{"address": "tls://127.0.0.1:8786"}"#).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        assert!(scheduler_address(&bad).expect_err("writable").to_string().contains("written by other users"));
+        std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            std::os::unix::fs::chown(&bad, Some(65534), None).expect("chown");
+            assert!(scheduler_address(&bad).expect_err("foreign").to_string().contains("belongs to user 65534"));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -511,6 +654,7 @@ mod tests {
             protocol: None,
             tls: None,
             simulated: true,
+            local_directory: "/private/dir".into(),
         };
         assert!(!config.uses_dask_cuda());
         let specs = worker_specs(&plan.workers, &config);
@@ -518,6 +662,11 @@ mod tests {
             let code = spec.args[1].to_string_lossy().into_owned();
             assert!(code.contains("distributed.cli.dask_worker"), "plain dask worker: {code}");
             assert_eq!(spec.env.get("DASK_DISTRIBUTED__DIAGNOSTICS__NVML").map(String::as_str), Some("False"));
+            // Never the shared scratch space, and no HTTP routes for strangers.
+            assert_eq!(spec.env.get("DASK_TEMPORARY_DIRECTORY").map(String::as_str), Some("/private/dir"));
+            assert_eq!(spec.env.get("DASK_DISTRIBUTED__WORKER__HTTP__ROUTES").map(String::as_str), Some("[]"));
+            let args: Vec<String> = spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            assert!(args.windows(2).any(|w| w == ["--local-directory", "/private/dir"]), "{args:?}");
         }
         let real = DaskWorkers { simulated: false, ..config };
         assert!(real.uses_dask_cuda());
@@ -536,6 +685,18 @@ mod tests {
         let (protocol, why) = choose_protocol(true, 8, &python, false);
         assert_eq!(protocol, "tcp");
         assert!(why.contains("distributed-ucxx"), "{why}");
+    }
+
+    #[test]
+    fn a_python_that_hangs_or_floods_is_bounded() {
+        let started = std::time::Instant::now();
+        let err = run_python(&"python3".into(), "import time; time.sleep(60)", &[], Duration::from_millis(500))
+            .expect_err("hangs");
+        assert!(err.contains("did not finish within"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let run = run_python(&"python3".into(), "print('x' * 50_000_000)", &[], Duration::from_secs(30)).expect("runs");
+        assert_eq!(run.stdout.len() as u64, PYTHON_OUTPUT, "only the first 64 KiB are kept");
+        assert!(last_line(&"y".repeat(10_000)).len() < 400);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! - is a *child subreaper*: whatever the worker starts and orphans (a background job, a daemon
 //!   that double-forked into its own session) is reparented to the guard rather than to init;
 //! - starts the worker in a process group of its own, with `PR_SET_PDEATHSIG = SIGKILL`;
-//! - forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT from the launcher to the worker's group;
+//! - forwards SIGINT, SIGTERM, SIGHUP and SIGQUIT from the launcher to the worker's group,
+//!   with SIGCONT so a stopped process acts on it;
 //! - once the worker has exited, stops everything left in its subtree: SIGTERM (and SIGCONT,
 //!   so a stopped process sees it), then SIGKILL after the grace period, sweeping until the
 //!   guard has no child left;
@@ -137,14 +138,19 @@ fn watch(worker: i32, set: &libc::sigset_t, grace: Duration) -> i32 {
     // Set once the worker has exited (or we were told to stop): when leftovers get SIGKILL.
     let mut deadline: Option<Instant> = None;
     let mut hard = false;
+    let mut asked = std::collections::HashSet::new();
     loop {
         let wait = match deadline {
             _ if hard => Duration::from_millis(10),
-            Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(200)),
+            Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)),
             None => Duration::from_secs(1),
         };
         match next_signal(set, wait) {
-            Some(s) if FORWARDED.contains(&s) && status.is_none() => signal_group(worker, s),
+            Some(s) if FORWARDED.contains(&s) && status.is_none() => {
+                signal_group(worker, s);
+                // A stopped process acts on the signal only once it runs again (as shells do).
+                signal_group(worker, libc::SIGCONT);
+            }
             Some(s) if s == KILL_NOW || s == LAUNCHER_DIED => hard = true,
             _ => {}
         }
@@ -168,8 +174,21 @@ fn watch(worker: i32, set: &libc::sigset_t, grace: Duration) -> i32 {
         if status.is_some() && deadline.is_none() {
             // The worker is gone: what it left behind is asked to stop, then made to.
             deadline = Some(Instant::now() + grace);
-            sweep(worker, libc::SIGTERM);
-            sweep(worker, libc::SIGCONT);
+            signal_group(worker, libc::SIGTERM);
+            signal_group(worker, libc::SIGCONT);
+        }
+        if deadline.is_some() && !hard {
+            // Each process handed to us (its parent died) is asked once, as it arrives: a shell
+            // that dies of SIGTERM leaves its children to us, and they must hear it too.
+            for child in children_of(std::process::id() as i32) {
+                if asked.insert(child) {
+                    // SAFETY: signalling a child of ours.
+                    unsafe {
+                        libc::kill(child, libc::SIGTERM);
+                        libc::kill(child, libc::SIGCONT);
+                    }
+                }
+            }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             hard = true;

@@ -18,10 +18,10 @@ mod up;
 pub mod workdir;
 
 pub use supervise::{
-    Exit, Outcome, ProcessSpec, Restart, RestartFlag, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
+    Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
     signal_name, supervise,
 };
-pub use up::{Job, Memory, UpReport, pairs_to_measure, up};
+pub use up::{BUILTIN_TIME_LIMIT, Job, Memory, UpReport, pairs_to_measure, up};
 
 /// What can go wrong launching workers.
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -97,6 +97,9 @@ pub struct Supervision {
     pub guard: Option<OsString>,
     /// Called when the job starts stopping.
     pub on_stop: Option<StopHook>,
+    /// Stops the job if it has not ended this long after it started (a job that is meant to end,
+    /// like the built-in acceptance test, whose worker may be stopped or stuck).
+    pub time_limit: Option<Duration>,
 }
 
 impl std::fmt::Debug for Supervision {
@@ -107,6 +110,7 @@ impl std::fmt::Debug for Supervision {
             .field("stop_when", &self.stop_when)
             .field("guard", &self.guard)
             .field("on_stop", &self.on_stop.as_ref().map(|_| ".."))
+            .field("time_limit", &self.time_limit)
             .finish()
     }
 }
@@ -140,6 +144,7 @@ impl Default for Supervision {
             stop_when: StopWhen::Signalled,
             guard: None,
             on_stop: None,
+            time_limit: None,
         }
     }
 }
@@ -253,6 +258,8 @@ pub enum Stop {
     },
     /// Every non-essential process has ended ([`StopWhen::EssentialEndsOrNoneLeft`]).
     NoneLeft,
+    /// The job ran past [`Supervision::time_limit`].
+    TimeLimit(Duration),
 }
 
 impl std::fmt::Display for Stop {
@@ -262,6 +269,11 @@ impl std::fmt::Display for Stop {
             Stop::Failed { name, exit } => write!(f, "{name} failed ({exit})"),
             Stop::EssentialEnded { name, exit } => write!(f, "{name} ended ({exit})"),
             Stop::NoneLeft => f.write_str("no worker is left running"),
+            Stop::TimeLimit(limit) => write!(
+                f,
+                "the job did not end within its time limit of {:.0} s (a worker stopped, stuck or waiting for one that is)",
+                limit.as_secs_f64()
+            ),
         }
     }
 }
@@ -357,24 +369,104 @@ fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {
 
 type LastLines = Arc<Mutex<VecDeque<String>>>;
 
-fn forward<R: AsyncRead + Unpin + Send + 'static>(reader: R, name: String, sink: Sink, last: LastLines) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            // One write per line, so lines of different workers never interleave.
-            let text = format!("[{name}] {line}\n");
-            if let Ok(mut out) = sink.lock() {
-                let _ = out.write_all(text.as_bytes());
-                let _ = out.flush();
+/// Longest line forwarded as one; a longer one (a progress bar that never ends its line, a
+/// binary dump) is cut into pieces of this size, so memory stays bounded whatever a worker prints.
+const MAX_LINE: usize = 16 << 10;
+/// Lines of workers' output waiting for the writer at most; beyond that a worker's forwarding
+/// waits, and so, through its pipe, does the worker.
+const IN_FLIGHT: usize = 4096;
+
+/// Where supervision's output goes: one writer thread owns the sink, so a reader that does not
+/// read (a full pipe, a stopped terminal) holds up the workers whose output waits, never the
+/// supervision loop that handles signals and exits.
+#[derive(Clone)]
+struct Output {
+    tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)>,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl Output {
+    fn start(sink: Sink) -> (Self, std::thread::JoinHandle<()>) {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)>();
+        let writer = std::thread::spawn(move || {
+            while let Some((bytes, permit)) = rx.blocking_recv() {
+                if let Ok(mut out) = sink.lock() {
+                    let _ = out.write_all(&bytes);
+                    let _ = out.flush();
+                }
+                drop(permit);
             }
+        });
+        (Self { tx, room: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)) }, writer)
+    }
+
+    /// A line of the supervisor's own: never waits.
+    fn say(&self, text: std::fmt::Arguments<'_>) {
+        let _ = self.tx.send((format!("{text}\n").into_bytes(), None));
+    }
+
+    /// A line of a worker's: waits while too many are in flight.
+    async fn line(&self, bytes: Vec<u8>) {
+        let permit = self.room.clone().acquire_owned().await.ok();
+        let _ = self.tx.send((bytes, permit));
+    }
+}
+
+/// Splits what a worker prints into lines at `\n` or `\r` (a progress bar redraws with `\r`),
+/// at most [`MAX_LINE`] bytes each, whatever the bytes are (they need not be UTF-8).
+async fn next_line<R: AsyncRead + Unpin>(reader: &mut BufReader<R>, line: &mut Vec<u8>) -> std::io::Result<bool> {
+    use tokio::io::AsyncBufReadExt as _;
+    line.clear();
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(!line.is_empty());
+        }
+        let room = MAX_LINE - line.len();
+        match available.iter().take(room).position(|&b| b == b'\n' || b == b'\r') {
+            Some(end) => {
+                line.extend_from_slice(&available[..end]);
+                reader.consume(end + 1);
+                return Ok(true);
+            }
+            None => {
+                let take = available.len().min(room);
+                line.extend_from_slice(&available[..take]);
+                reader.consume(take);
+                if line.len() == MAX_LINE {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+}
+
+fn forward<R: AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    name: String,
+    output: Output,
+    last: LastLines,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(MAX_LINE, reader);
+        let mut line = Vec::new();
+        while let Ok(true) = next_line(&mut reader, &mut line).await {
+            if line.is_empty() {
+                // The `\n` of a `\r\n`, or a blank line.
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            // One write per line, so lines of different workers never interleave.
+            output.line(format!("[{name}] {text}\n").into_bytes()).await;
             if let Ok(mut last) = last.lock() {
                 if last.len() == LAST_LINES {
                     last.pop_front();
                 }
-                last.push_back(line);
+                last.push_back(text.into_owned());
             }
         }
-    });
+    })
 }
 
 enum Event {
@@ -392,24 +484,20 @@ struct Slot {
     last_lines: LastLines,
 }
 
-fn say(sink: &Sink, text: std::fmt::Arguments<'_>) {
-    if let Ok(mut out) = sink.lock() {
-        let _ = out.write_fmt(text);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
-    }
-}
-
 /// The state of one supervised job.
 struct Job<'a> {
     slots: Vec<Slot>,
     config: &'a Supervision,
-    sink: Sink,
+    output: Output,
+    /// The tasks forwarding workers' output, to let them finish before the job's summary.
+    forwarding: Vec<tokio::task::JoinHandle<()>>,
     tx: mpsc::UnboundedSender<Event>,
     /// Set once the job is stopping: why, and when the stop signal went out.
     stopping: Option<(Stop, Instant)>,
     /// The grace period is over and the remaining processes were told to die.
     killed: Option<Instant>,
+    /// When the job started, for its time limit.
+    started: Instant,
 }
 
 impl Job<'_> {
@@ -420,10 +508,20 @@ impl Job<'_> {
             Ok(mut child) => {
                 slot.pid = child.id().map(|p| p as i32);
                 if let Some(out) = child.stdout.take() {
-                    forward(out, slot.spec.name.clone(), self.sink.clone(), slot.last_lines.clone());
+                    self.forwarding.push(forward(
+                        out,
+                        slot.spec.name.clone(),
+                        self.output.clone(),
+                        slot.last_lines.clone(),
+                    ));
                 }
                 if let Some(err) = child.stderr.take() {
-                    forward(err, slot.spec.name.clone(), self.sink.clone(), slot.last_lines.clone());
+                    self.forwarding.push(forward(
+                        err,
+                        slot.spec.name.clone(),
+                        self.output.clone(),
+                        slot.last_lines.clone(),
+                    ));
                 }
                 let (tx, generation) = (self.tx.clone(), slot.generation);
                 tokio::spawn(async move {
@@ -432,7 +530,7 @@ impl Job<'_> {
                 });
             }
             Err(e) => {
-                say(&self.sink, format_args!("[{}] cannot start {:?}: {e}", slot.spec.name, slot.spec.program));
+                self.output.say(format_args!("[{}] cannot start {:?}: {e}", slot.spec.name, slot.spec.program));
                 slot.last = Some(Exit::NotStarted);
                 slot.done = true;
                 self.after_end(i);
@@ -444,8 +542,16 @@ impl Job<'_> {
     fn signal_all(&self, signal: i32) {
         for slot in &self.slots {
             if let Some(pid) = slot.pid {
-                // SAFETY: signalling a process (or the process group) we started.
-                unsafe { libc::kill(if self.config.guard.is_some() { pid } else { -pid }, signal) };
+                if self.config.guard.is_some() {
+                    // SAFETY: signalling a guard we started; it passes the signal on.
+                    unsafe { libc::kill(pid, signal) };
+                } else {
+                    // SAFETY: signalling the process group we created, and waking it if stopped.
+                    unsafe {
+                        libc::kill(-pid, signal);
+                        libc::kill(-pid, libc::SIGCONT);
+                    }
+                }
             }
         }
     }
@@ -457,7 +563,7 @@ impl Job<'_> {
             return;
         }
         let running = self.slots.iter().filter(|s| s.pid.is_some()).count();
-        say(&self.sink, format_args!("stopping: {why}; {} sent to {running} running process(es)", signal_name(signal)));
+        self.output.say(format_args!("stopping: {why}; {} sent to {running} running process(es)", signal_name(signal)));
         if let Some(hook) = &self.config.on_stop {
             hook(&why);
         }
@@ -472,7 +578,7 @@ impl Job<'_> {
     }
 
     fn exited(&mut self, i: usize, status: ExitStatus) {
-        let (config, sink) = (self.config, self.sink.clone());
+        let (config, output) = (self.config, self.output.clone());
         let slot = &mut self.slots[i];
         if config.guard.is_none()
             && let Some(pid) = slot.pid
@@ -494,20 +600,17 @@ impl Job<'_> {
         };
         match retry {
             Some(wait) => {
-                slot.restarts += 1;
                 let max = match config.restart {
                     Restart::OnFailure { max, .. } => max,
                     Restart::Never => 0,
                 };
-                say(
-                    &sink,
-                    format_args!(
-                        "[{}] {exit}; restarting in {:.1} s ({} of {max})",
-                        slot.spec.name,
-                        wait.as_secs_f64(),
-                        slot.restarts
-                    ),
-                );
+                // Counted when it happens: a job may stop before a scheduled restart.
+                output.say(format_args!(
+                    "[{}] {exit}; restarting in {:.1} s ({} of {max})",
+                    slot.spec.name,
+                    wait.as_secs_f64(),
+                    slot.restarts + 1
+                ));
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
@@ -558,18 +661,18 @@ impl Job<'_> {
             }
         }
         if first {
-            say(
-                &self.sink,
-                format_args!(
-                    "grace period of {:.1} s over: killed the processes still running",
-                    self.config.grace.as_secs_f64()
-                ),
-            );
+            self.output.say(format_args!(
+                "grace period of {:.1} s over: killed the processes still running",
+                self.config.grace.as_secs_f64()
+            ));
         }
         self.killed = Some(Instant::now());
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        if self.stopping.is_none() {
+            return self.config.time_limit.map(|limit| self.started + limit);
+        }
         match (&self.stopping, self.killed) {
             (Some((_, since)), None) => Some(*since + self.config.grace),
             // Guards that have not killed their subtree in time are killed themselves.
@@ -579,17 +682,66 @@ impl Job<'_> {
     }
 }
 
+/// The signals that stop a launcher: SIGINT (Ctrl-C), SIGTERM and SIGHUP, watched from the
+/// moment this is made. Make it first, before any set-up that leaves something behind (a private
+/// directory, a child process): a signal that arrives during set-up is then not lost, nor does it
+/// kill the launcher mid-way; it stops the job as soon as the launcher looks.
+#[derive(Debug)]
+pub struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts watching (inside a tokio runtime with signals enabled).
+    ///
+    /// # Errors
+    /// [`LauncherError::Signals`] if the handlers cannot be installed.
+    pub fn install() -> Result<Self, LauncherError> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).map_err(LauncherError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(LauncherError::Signals)?,
+            hangup: signal(SignalKind::hangup()).map_err(LauncherError::Signals)?,
+        })
+    }
+
+    /// The next stop signal (at once if one arrived since the last call).
+    pub async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        }
+    }
+
+    /// Runs `work` on a blocking thread; `Err(signal)` if a stop signal comes first (the work is
+    /// then abandoned: a child it started must die with the launcher, `PR_SET_PDEATHSIG`).
+    pub async fn or_blocking<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, i32> {
+        let task = tokio::task::spawn_blocking(work);
+        tokio::select! {
+            done = task => done.map_err(|_| libc::SIGABRT),
+            signal = self.recv() => Err(signal),
+        }
+    }
+}
+
 /// Runs every process to the end and reports how each ended and why the job stopped, if it
-/// stopped early.
+/// stopped early. A stop signal already waiting in `signals` stops the job at once.
 ///
 /// # Errors
-/// [`LauncherError::Signals`] if the signal handlers cannot be installed.
-pub async fn supervise(specs: Vec<ProcessSpec>, config: &Supervision, sink: Sink) -> Result<Supervised, LauncherError> {
+/// None yet; the `Result` leaves room for set-up failures.
+pub async fn supervise(
+    specs: Vec<ProcessSpec>,
+    config: &Supervision,
+    sink: Sink,
+    signals: &mut Signals,
+) -> Result<Supervised, LauncherError> {
     // SAFETY: prctl on ourselves; failure only loses the reparenting of orphans.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(LauncherError::Signals)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(LauncherError::Signals)?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(LauncherError::Signals)?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let slots = specs
         .into_iter()
@@ -603,7 +755,17 @@ pub async fn supervise(specs: Vec<ProcessSpec>, config: &Supervision, sink: Sink
             last_lines: Arc::default(),
         })
         .collect();
-    let mut job = Job { slots, config, sink, tx, stopping: None, killed: None };
+    let (output, writer) = Output::start(sink);
+    let mut job = Job {
+        slots,
+        config,
+        output,
+        forwarding: Vec::new(),
+        tx,
+        stopping: None,
+        killed: None,
+        started: Instant::now(),
+    };
     for i in 0..job.slots.len() {
         job.start(i);
     }
@@ -618,20 +780,43 @@ pub async fn supervise(specs: Vec<ProcessSpec>, config: &Supervision, sink: Sink
         };
         tokio::select! {
             Some(event) = rx.recv() => match event {
-                Event::Exited(i, generation, status) if generation == job.slots[i].generation => job.exited(i, status),
+                Event::Exited(i, generation, status) if generation == job.slots[i].generation => {
+                    job.exited(i, status);
+                    if config.guard.is_some() {
+                        // A guard killed outright leaves its worker's children to us: they go now,
+                        // not when the job ends.
+                        let guards: Vec<i32> = job.slots.iter().filter_map(|s| s.pid).collect();
+                        kill_orphans(&guards);
+                    }
+                }
                 Event::Exited(..) => {}
-                Event::Restart(i) if job.stopping.is_none() => job.start(i),
+                Event::Restart(i) if job.stopping.is_none() => {
+                    job.slots[i].restarts += 1;
+                    job.start(i);
+                }
                 Event::Restart(i) => job.slots[i].done = true,
             },
-            _ = interrupt.recv() => job.stop(Stop::Signal(libc::SIGINT), libc::SIGINT),
-            _ = terminate.recv() => job.stop(Stop::Signal(libc::SIGTERM), libc::SIGTERM),
-            _ = hangup.recv() => job.stop(Stop::Signal(libc::SIGHUP), libc::SIGHUP),
-            () = sleep => job.kill_remaining(),
+            signal = signals.recv() => job.stop(Stop::Signal(signal), signal),
+            () = sleep => match (job.stopping.is_some(), config.time_limit) {
+                (false, Some(limit)) => job.stop(Stop::TimeLimit(limit), libc::SIGTERM),
+                _ => job.kill_remaining(),
+            },
         }
     }
     if config.guard.is_some() {
-        kill_orphans();
+        kill_orphans(&[]);
     }
+    // Every process is gone, so their pipes close and forwarding ends; then the writer drains.
+    // Both are bounded: a reader of our output that never reads must not keep the job open.
+    let forwarding = std::mem::take(&mut job.forwarding);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for task in forwarding {
+            let _ = task.await;
+        }
+    })
+    .await;
+    drop(job.output);
+    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || writer.join())).await;
     let stop = job.stopping.map(|(why, _)| why);
     let outcomes = job
         .slots
@@ -646,17 +831,17 @@ pub async fn supervise(specs: Vec<ProcessSpec>, config: &Supervision, sink: Sink
     Ok(Supervised { outcomes, stop })
 }
 
-/// Kills and reaps whatever was reparented to the launcher (a guard that was itself killed
-/// leaves its worker's descendants to us, the subreaper). Only for a launcher process whose
-/// children are all its workers' guards: every remaining child is an orphan by then.
-fn kill_orphans() {
+/// Kills and reaps whatever was reparented to the launcher, `keep` apart (the running guards):
+/// a guard that was itself killed leaves its worker's descendants to us, the subreaper. Only for
+/// a launcher process whose children are all its workers' guards.
+fn kill_orphans(keep: &[i32]) {
     let me = std::process::id() as i32;
     for _ in 0..100 {
-        let children = guard::children_of(me);
-        if children.is_empty() {
+        let orphans: Vec<i32> = guard::children_of(me).into_iter().filter(|p| !keep.contains(p)).collect();
+        if orphans.is_empty() {
             return;
         }
-        for pid in children {
+        for pid in orphans {
             // SAFETY: killing and reaping a child of ours that no task waits for.
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
@@ -698,7 +883,12 @@ mod tests {
         let buffer = Buffer::default();
         let sink: Sink = Arc::new(Mutex::new(buffer.clone()));
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-        let supervised = rt.block_on(supervise(specs, &config, sink)).expect("supervise");
+        let supervised = rt
+            .block_on(async {
+                let mut signals = Signals::install().expect("signals");
+                supervise(specs, &config, sink, &mut signals).await
+            })
+            .expect("supervise");
         let text = String::from_utf8(buffer.0.lock().expect("lock").clone()).expect("utf8");
         (supervised, text)
     }
@@ -799,6 +989,40 @@ mod tests {
         let (done, _) = run(vec![essential, sh("w0", &format!("exec sleep {m}"))], config);
         assert_eq!(done.stop, Some(Stop::EssentialEnded { name: "scheduler".into(), exit: Exit::Code(4) }));
         assert_eq!(sleeping(&m), 0);
+    }
+
+    #[test]
+    fn a_job_past_its_time_limit_is_stopped() {
+        let m = marker(4);
+        let config = Supervision { time_limit: Some(Duration::from_millis(300)), ..Supervision::default() };
+        let started = Instant::now();
+        let (done, text) = run(vec![sh("stuck", &format!("exec sleep {m}")), sh("quick", "true")], config);
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(done.stop, Some(Stop::TimeLimit(Duration::from_millis(300))));
+        assert_eq!(done.outcomes[0].exit, Exit::Signal(libc::SIGTERM));
+        assert!(text.contains("did not end within its time limit"), "{text}");
+        assert_eq!(sleeping(&m), 0);
+    }
+
+    #[test]
+    fn output_is_bounded_per_line_and_need_not_be_text() {
+        // Bytes that are not UTF-8, a 100 KB line without an end, and a progress bar's `\r`.
+        let script = "printf 'before\\n\\377\\376 binary\\n'; head -c 100000 /dev/zero | tr '\\0' a; \\
+                      printf '\\n10%%\\r20%%\\r\\n'; echo after";
+        let (done, text) = run(vec![sh("noisy", script)], Supervision::default());
+        assert_eq!(done.outcomes[0].exit, Exit::Code(0), "{text}");
+        assert!(text.contains("[noisy] before\n[noisy] \u{fffd}\u{fffd} binary\n"), "{text}");
+        assert!(text.contains("[noisy] after"), "the worker lived on: {text}");
+        assert!(text.contains("[noisy] 10%\n[noisy] 20%\n"), "{text}");
+        let longest = text.lines().map(str::len).max().unwrap_or(0);
+        assert!(longest <= MAX_LINE + 16, "lines are cut at {MAX_LINE} bytes, not {longest}");
+        let a_bytes: usize = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("[noisy] "))
+            .filter(|l| l.starts_with("aaa"))
+            .map(str::len)
+            .sum();
+        assert_eq!(a_bytes, 100_000, "nothing of the long line is lost");
     }
 
     #[test]

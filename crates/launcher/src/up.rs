@@ -12,7 +12,7 @@ use transport::rendezvous::RendezvousServer;
 use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
 use std::sync::Arc;
 
-use crate::{LauncherError, Outcome, ProcessSpec, Sink, Stop, StopHook, StopWhen, Supervision, supervise};
+use crate::{LauncherError, Outcome, ProcessSpec, Signals, Sink, Stop, StopHook, StopWhen, Supervision, supervise};
 
 /// Which device memory the workers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +77,9 @@ impl UpReport {
     }
 }
 
+/// How long the built-in acceptance test may run, plus a quarter of a second per worker.
+pub const BUILTIN_TIME_LIMIT: Duration = Duration::from_secs(60);
+
 /// The pairs the built-in workers measure: all of them for up to 8 workers, else a ring.
 pub fn pairs_to_measure(world: usize) -> Vec<(usize, usize)> {
     if world <= 8 {
@@ -90,7 +93,7 @@ pub fn pairs_to_measure(world: usize) -> Vec<(usize, usize)> {
 ///
 /// # Errors
 /// The rendezvous or the signal handlers cannot be set up.
-pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
+pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport, LauncherError> {
     let started = Instant::now();
     let world = job.workers.len();
     let names: Vec<String> = job.workers.iter().map(|w| w.name.clone()).collect();
@@ -175,8 +178,15 @@ pub async fn up(job: Job, sink: Sink) -> Result<UpReport, LauncherError> {
             hook(why);
         }
     });
-    let supervision = Supervision { stop_when: StopWhen::AnyFails, on_stop: Some(on_stop), ..job.supervision.clone() };
-    let supervised = supervise(specs, &supervision, sink).await?;
+    // The built-in test is meant to end: a worker that stops or hangs must not hold it for ever.
+    let time_limit = job.command.is_none().then(|| BUILTIN_TIME_LIMIT + Duration::from_millis(250) * world as u32);
+    let supervision = Supervision {
+        stop_when: StopWhen::AnyFails,
+        on_stop: Some(on_stop),
+        time_limit: job.supervision.time_limit.or(time_limit),
+        ..job.supervision.clone()
+    };
+    let supervised = supervise(specs, &supervision, sink, signals).await?;
     let (outcomes, stop) = (supervised.outcomes, supervised.stop);
     let ready_after = if ready.is_finished() {
         ready.await.ok()

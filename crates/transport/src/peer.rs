@@ -34,6 +34,12 @@ pub enum Role {
         /// Bytes of the message it never finishes.
         size: usize,
     },
+    /// Sends an 8-byte message (the sign that it is up, its buffer ready), then sends `size`
+    /// bytes over and over: a peer the tests can stop mid-message once the first has arrived.
+    ReadyThenSend {
+        /// Bytes per message after the first.
+        size: usize,
+    },
     /// Binds the local `--address` itself and never accepts: a name squatter (run as another
     /// user in the tests). Runs until killed.
     Squat,
@@ -121,8 +127,14 @@ impl PeerArgs {
             Some("echo") => Role::Echo { max: number(1)? },
             Some("duplex") => Role::Duplex { count: number(1)?, size: number(2)? },
             Some("die-mid-send") => Role::DieMidSend { size: number(1)? },
+            Some("ready-then-send") => Role::ReadyThenSend { size: number(1)? },
             Some("squat") => Role::Squat,
-            _ => return Err("expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE | squat".into()),
+            _ => {
+                return Err(
+                    "expected a role: echo MAX | duplex COUNT SIZE | die-mid-send SIZE | ready-then-send SIZE | squat"
+                        .into(),
+                );
+            }
         };
         let address = address.ok_or("--address is required")?;
         Ok(Self { device, mig, address, options, role })
@@ -176,6 +188,13 @@ pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportE
             });
             loop {
                 conn.send_blocking(0, &buf, size)?;
+            }
+        }
+        Role::ReadyThenSend { size } => {
+            let buf = DeviceBuffer::new(&device, size.max(8))?;
+            conn.send_blocking(0, &buf, 8)?;
+            loop {
+                conn.send_blocking(1, &buf, size)?;
             }
         }
         Role::Squat => Ok(()),

@@ -296,12 +296,17 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
     // Receiving: the peer stops after the first part of a message larger than the ring (or the
     // socket buffers) has arrived.
     for (path, size) in [(Path::HostStaged, 40 * CHUNK), (Path::Tcp, 64 << 20)] {
-        let (device, conn, peer) = connect_pair(path, stall, &["duplex", "1", &size.to_string()]);
+        let (device, conn, peer) = connect_pair(path, stall, &["ready-then-send", &size.to_string()]);
         let buf = DeviceBuffer::new(&device, size).expect("buffer");
-        std::thread::sleep(Duration::from_millis(300));
+        // The peer's first message says it is up with its buffer ready; the big one follows at
+        // once (a peer still setting up when stopped would be idle, not mid-message).
+        let ready = conn.recv_blocking_timeout(&buf, Duration::from_secs(30)).expect("ready");
+        assert_eq!(ready.len, 8);
+        std::thread::sleep(Duration::from_millis(200));
         peer.signal(libc::SIGSTOP);
         let t = Instant::now();
-        let err = conn.recv_blocking(&buf).expect_err("the peer stopped");
+        // Bounded from outside too, so a regression fails the test rather than hanging it.
+        let err = conn.recv_blocking_timeout(&buf, Duration::from_secs(30)).expect_err("the peer stopped");
         assert!(matches!(err, TransportError::Timeout(d) if d == stall), "{path:?}: {err}");
         assert!(t.elapsed() >= stall && t.elapsed() < stall * 4, "{path:?}: after {:?}", t.elapsed());
         // Out of step for good, and it says so rather than misreading the rest.
