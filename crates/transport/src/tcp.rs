@@ -255,14 +255,21 @@ pub(crate) fn halves(
     ))
 }
 
-/// Writes all of `bytes`. Once the message has `started` (a byte of it left), a socket timeout
-/// means the peer stopped taking it: [`TransportError::Timeout`]. Before that it only means the
-/// peer has not yet taken earlier messages, which may legitimately take any time: wait on.
-fn write_all(socket: &mut TcpStream, bytes: &[u8], started: &mut bool, stall: Duration) -> Result<(), TransportError> {
+/// Moves `len` bytes with `step` (given the bytes done so far, it moves some more). Once the
+/// message has `started` (a byte of it has moved), a socket timeout means the peer stopped
+/// midway: [`TransportError::Timeout`]. Before that it only means the peer has not yet taken (or
+/// sent) earlier data, which may legitimately take any time: wait on.
+fn drive(
+    len: usize,
+    started: &mut bool,
+    stall: Duration,
+    call: &'static str,
+    mut step: impl FnMut(usize) -> std::io::Result<usize>,
+) -> Result<(), TransportError> {
     let mut done = 0;
-    while done < bytes.len() {
-        match socket.write(&bytes[done..]) {
-            Ok(0) => return Err(TransportError::PeerGone("the peer stopped taking data".into())),
+    while done < len {
+        match step(done) {
+            Ok(0) => return Err(TransportError::PeerGone(format!("{call}: the peer closed the connection"))),
             Ok(n) => {
                 done += n;
                 *started = true;
@@ -273,33 +280,20 @@ fn write_all(socket: &mut TcpStream, bytes: &[u8], started: &mut bool, stall: Du
                     return Err(TransportError::Timeout(stall));
                 }
             }
-            Err(e) => return Err(TransportError::io("send")(e)),
+            Err(e) => return Err(TransportError::io(call)(e)),
         }
     }
     Ok(())
 }
 
-/// Fills `buf`, with the same meaning of a timeout as [`write_all`]: waiting for the first byte
-/// of a message is unbounded, a message that stops half-way is a [`TransportError::Timeout`].
+/// Writes all of `bytes` (see [`drive`] for what a timeout means).
+fn write_all(socket: &mut TcpStream, bytes: &[u8], started: &mut bool, stall: Duration) -> Result<(), TransportError> {
+    drive(bytes.len(), started, stall, "send", |done| socket.write(&bytes[done..]))
+}
+
+/// Fills `buf` (see [`drive`] for what a timeout means).
 fn read_all(socket: &mut TcpStream, buf: &mut [u8], started: &mut bool, stall: Duration) -> Result<(), TransportError> {
-    let mut done = 0;
-    while done < buf.len() {
-        match socket.read(&mut buf[done..]) {
-            Ok(0) => return Err(TransportError::PeerGone("the peer closed the connection".into())),
-            Ok(n) => {
-                done += n;
-                *started = true;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if crate::gate::is_timeout(&e) => {
-                if *started {
-                    return Err(TransportError::Timeout(stall));
-                }
-            }
-            Err(e) => return Err(TransportError::io("receive")(e)),
-        }
-    }
-    Ok(())
+    drive(buf.len(), started, stall, "receive", |done| socket.read(&mut buf[done..]))
 }
 
 impl TcpSender {
