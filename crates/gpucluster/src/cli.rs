@@ -24,8 +24,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// Where the machine's topology comes from: `nvml` (this machine), `sim:NAME` (a built-in
-    /// simulated machine; `sim:list` names them), `file:PATH` (a TOML fixture or a `list --json`
-    /// snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
+    /// simulated machine; `gpucluster list --presets` names them), `file:PATH` (a TOML fixture or
+    /// a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
     #[arg(long, global = true, env = "GPUCLUSTER_TOPOLOGY", default_value = "nvml", value_name = "SRC")]
     topology: String,
 }

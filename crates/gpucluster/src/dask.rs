@@ -250,6 +250,11 @@ fn header(
                 writeln!(out, "secured with TLS: only holders of {} can connect; from Python:", tls.key.display())?;
                 writeln!(out, "  from distributed import Client, Security")?;
                 writeln!(out, "  client = {}", tls.client_code(scheduler_file))?;
+                writeln!(
+                    out,
+                    "(Dask's own log lines name a dashboard address: its HTTP server serves nothing, so that \
+                     nobody else can read task names, call stacks or logs)"
+                )?;
             }
             None => {
                 let warning =

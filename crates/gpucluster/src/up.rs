@@ -178,8 +178,11 @@ fn summary(
 /// The worker that stopped the job, with its last words; then the others that did not end well,
 /// grouped by how they ended when there are many.
 fn outcomes(report: &launcher::UpReport, out: &mut dyn Write) -> std::io::Result<()> {
+    // The one whose failure stopped the job; or, when it was the last one running (nothing left
+    // to stop), the first that failed.
     let culprit = match &report.stop {
         Some(launcher::Stop::Failed { name, .. }) => Some(name.as_str()),
+        None => report.outcomes.iter().find(|o| !o.exit.success()).map(|o| o.name.as_str()),
         _ => None,
     };
     let mut others: Vec<&launcher::Outcome> = Vec::new();

@@ -498,6 +498,10 @@ struct Job<'a> {
     killed: Option<Instant>,
     /// When the job started, for its time limit.
     started: Instant,
+    /// The signal the job is being stopped with.
+    stop_signal: i32,
+    /// Whether the essential processes have been sent it.
+    essentials_stopped: bool,
 }
 
 impl Job<'_> {
@@ -540,7 +544,12 @@ impl Job<'_> {
 
     /// Sends `signal` to every running process: to its guard, which passes it on, or to its group.
     fn signal_all(&self, signal: i32) {
-        for slot in &self.slots {
+        self.signal_where(signal, |_| true);
+    }
+
+    /// Sends `signal` to the running processes that `pick` chooses.
+    fn signal_where(&self, signal: i32, pick: impl Fn(&Slot) -> bool) {
+        for slot in self.slots.iter().filter(|s| pick(s)) {
             if let Some(pid) = slot.pid {
                 if self.config.guard.is_some() {
                     // SAFETY: signalling a guard we started; it passes the signal on.
@@ -562,18 +571,43 @@ impl Job<'_> {
             self.signal_all(signal);
             return;
         }
-        let running = self.slots.iter().filter(|s| s.pid.is_some()).count();
-        self.output.say(format_args!("stopping: {why}; {} sent to {running} running process(es)", signal_name(signal)));
+        let running =
+            |essential: bool| self.slots.iter().filter(move |s| s.pid.is_some() && s.spec.essential == essential);
+        let (others, essentials): (usize, Vec<&str>) =
+            (running(false).count(), running(true).map(|s| s.spec.name.as_str()).collect());
+        let then = if others > 0 && !essentials.is_empty() {
+            format!(", then to {} once they have ended", essentials.join(", "))
+        } else {
+            String::new()
+        };
+        self.output.say(format_args!(
+            "stopping: {why}; {} sent to {} running process(es){then}",
+            signal_name(signal),
+            if others > 0 { others } else { essentials.len() }
+        ));
         if let Some(hook) = &self.config.on_stop {
             hook(&why);
         }
-        self.signal_all(signal);
+        // Workers first, essentials (a Dask scheduler) once they are gone: a scheduler that goes
+        // first leaves its workers retrying it until they are killed.
+        self.stop_signal = signal;
+        self.signal_where(signal, |s| !s.spec.essential);
         self.stopping = Some((why, Instant::now()));
+        self.stop_essentials_when_alone();
         // Processes waiting for a restart stay down.
         for slot in &mut self.slots {
             if slot.pid.is_none() {
                 slot.done = true;
             }
+        }
+    }
+
+    /// While stopping, once no other process runs, the essential ones get the stop signal.
+    fn stop_essentials_when_alone(&mut self) {
+        let others_running = self.slots.iter().any(|s| !s.spec.essential && s.pid.is_some());
+        if self.stopping.is_some() && !self.essentials_stopped && !others_running {
+            self.essentials_stopped = true;
+            self.signal_where(self.stop_signal, |s| s.spec.essential);
         }
     }
 
@@ -765,6 +799,8 @@ pub async fn supervise(
         stopping: None,
         killed: None,
         started: Instant::now(),
+        stop_signal: libc::SIGTERM,
+        essentials_stopped: false,
     };
     for i in 0..job.slots.len() {
         job.start(i);
@@ -782,6 +818,7 @@ pub async fn supervise(
             Some(event) = rx.recv() => match event {
                 Event::Exited(i, generation, status) if generation == job.slots[i].generation => {
                     job.exited(i, status);
+                    job.stop_essentials_when_alone();
                     if config.guard.is_some() {
                         // A guard killed outright leaves its worker's children to us: they go now,
                         // not when the job ends.
@@ -1002,6 +1039,20 @@ mod tests {
         assert_eq!(done.outcomes[0].exit, Exit::Signal(libc::SIGTERM));
         assert!(text.contains("did not end within its time limit"), "{text}");
         assert_eq!(sleeping(&m), 0);
+    }
+
+    #[test]
+    fn a_stop_reaches_essential_processes_last() {
+        let config = Supervision { time_limit: Some(Duration::from_millis(300)), ..Supervision::default() };
+        let scheduler = ProcessSpec {
+            essential: true,
+            ..sh("scheduler", "trap 'echo scheduler stopped; exit 0' TERM; while :; do sleep 0.02; done")
+        };
+        let worker = sh("worker", "trap 'sleep 0.3; echo worker stopped; exit 0' TERM; while :; do sleep 0.02; done");
+        let (done, text) = run(vec![scheduler, worker], config);
+        assert_eq!(done.stop, Some(Stop::TimeLimit(Duration::from_millis(300))));
+        let (w, s) = (text.find("worker stopped"), text.find("scheduler stopped"));
+        assert!(w.is_some() && s.is_some() && w < s, "the worker stops before its scheduler:\n{text}");
     }
 
     #[test]
