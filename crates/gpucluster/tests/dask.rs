@@ -195,8 +195,12 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
     std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    // ...and a `dask.py` someone left there, to be imported by whoever runs Python from it.
+    let pwned = dir.join("pwned");
+    std::fs::write(tmp.join("dask.py"), format!("open({:?}, 'a').write('x')\n", pwned.display().to_string()))
+        .expect("plant");
     let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5"]);
-    c.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR");
+    c.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR").current_dir(&tmp);
     c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
     let mut launcher = Proc(c.spawn().expect("launcher"));
     let mut scheduler_file = None;
@@ -226,6 +230,7 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
         0,
         "nothing of the cluster's goes into a scratch space someone else made"
     );
+    assert!(!pwned.exists(), "a module planted in the directory we were started from never runs");
     // SAFETY: signalling our own child.
     unsafe { libc::kill(launcher.0.id() as i32, libc::SIGINT) };
     assert_eq!(launcher.0.wait().expect("wait").code(), Some(130), "Ctrl-C ends with 130");

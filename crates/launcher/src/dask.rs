@@ -100,7 +100,9 @@ fn run_python(python: &OsString, script: &str, args: &[&str], timeout: Duration)
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     let mut command = Command::new(python);
-    command.arg("-c").arg(script).args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.arg("-c").arg(format!("{NO_CWD_IMPORTS}\n{script}")).args(args);
+    // From the root directory: nothing there is another user's to plant.
+    command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
     unsafe {
         command.pre_exec(|| {
@@ -493,6 +495,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
                 env,
                 cpu_affinity: w.cpu_affinity.clone(),
                 essential: false,
+                cwd: Some(config.local_directory.clone()),
             }
         })
         .collect()
@@ -502,8 +505,14 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
 /// would import every installed CLI plugin (dask-cuda's among them, about 2 s on the H100 machine)
 /// before starting even a scheduler.
 fn cli_entry(module: &str, function: &str, program: &str) -> String {
-    format!("import sys; sys.argv[0] = '{program}'; from {module} import {function}; sys.exit({function}())")
+    format!("{NO_CWD_IMPORTS}sys.argv[0] = '{program}'; from {module} import {function}; sys.exit({function}())")
 }
+
+/// The start of every `python -c` of ours. `-c` puts the working directory first on
+/// `sys.path`, so a `dask.py` that another user left in a shared directory we were started from
+/// would run as us; this takes it off before anything is imported (Python's `-P` does the same,
+/// from 3.11 only). The processes also run in our private directory.
+const NO_CWD_IMPORTS: &str = "import sys; sys.path[:] = [p for p in sys.path if p]; ";
 
 /// The scheduler of `dask local`, writing `scheduler_file`, with its files in `local_directory`;
 /// it speaks TLS where `tls` is given.
@@ -531,6 +540,7 @@ pub fn scheduler_spec(
         env: private_env(local_directory),
         cpu_affinity: None,
         essential: true,
+        cwd: Some(local_directory.to_owned()),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct ProcessSpec {
     pub cpu_affinity: Option<String>,
     /// The job cannot go on without it (a Dask scheduler): see [`StopWhen::EssentialEndsOrNoneLeft`].
     pub essential: bool,
+    /// Its working directory, if not the launcher's.
+    pub cwd: Option<std::path::PathBuf>,
 }
 
 /// What to do when a worker fails.
@@ -331,6 +333,9 @@ fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {
         }
     };
     cmd.envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(dir) = &spec.cwd {
+        cmd.current_dir(dir);
+    }
     let cpus = spec.cpu_affinity.as_deref().map(parse_cpus).unwrap_or_default();
     let guarded = config.guard.is_some();
     // The guard's own signals are blocked before it runs, so none can end it before it watches.
@@ -900,6 +905,7 @@ mod tests {
             env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
             cpu_affinity: Some("0".into()),
             essential: false,
+            cwd: None,
         }
     }
 

@@ -120,8 +120,13 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
     };
     let secret = transport::Secret::random().map_err(LauncherError::Transport)?;
     let extra = serde_json::to_value(&assignment).unwrap_or_default();
-    let server =
-        RendezvousServer::start("127.0.0.1:0", secret.clone(), world, extra).map_err(LauncherError::Transport)?;
+    // Room for every worker's handshake at once, whatever strangers do meanwhile.
+    let limits = transport::rendezvous::Limits {
+        max_handshakes: (2 * world).max(transport::rendezvous::Limits::default().max_handshakes),
+        ..transport::rendezvous::Limits::default()
+    };
+    let server = RendezvousServer::start_with("127.0.0.1:0", secret.clone(), world, extra, limits)
+        .map_err(LauncherError::Transport)?;
     // Names the workers' abstract sockets; one launcher process runs one job.
     let job_id = std::process::id().to_string();
 
@@ -157,6 +162,7 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
                 env,
                 cpu_affinity: w.cpu_affinity.clone(),
                 essential: false,
+                cwd: None,
             }
         })
         .collect();

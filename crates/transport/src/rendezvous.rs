@@ -369,17 +369,39 @@ impl Rendezvous {
             .map_err(TransportError::io("resolve the rendezvous"))?
             .next()
             .ok_or_else(|| TransportError::Protocol(format!("`{server}` resolves to no address")))?;
-        // The launcher starts the rendezvous before the workers, but retry briefly anyway.
+        // The launcher starts the rendezvous before the workers, but retry briefly anyway. And
+        // retry the handshake until the deadline: under a flood of connections from strangers
+        // the launcher's gate may drop ours before we answer (it drops the oldest waiting), and a
+        // stranger must not fail the job that way.
+        let mut attempts = 0u32;
+        let mut refused: Option<TransportError> = None;
         let mut stream = loop {
-            let attempt = deadline.remaining()?.min(Duration::from_secs(1));
-            match TcpStream::connect_timeout(&target, attempt) {
-                Ok(s) => break s,
-                Err(_) if started.elapsed() < Duration::from_secs(2) => std::thread::sleep(Duration::from_millis(20)),
+            let attempt = match (deadline.remaining(), refused.take()) {
+                (Ok(left), _) => left.min(Duration::from_secs(1)),
+                // Out of time: the last refusal says why (a wrong secret is refused every time).
+                (Err(_), Some(e)) => return Err(e),
+                (Err(e), None) => return Err(e),
+            };
+            let mut stream = match TcpStream::connect_timeout(&target, attempt) {
+                Ok(s) => s,
+                Err(_) if started.elapsed() < Duration::from_secs(2) => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
                 Err(e) => return Err(deadline.explain(TransportError::io("connect to the rendezvous")(e))),
+            };
+            deadline.arm(&stream)?;
+            match authenticate_client(&mut stream, secret) {
+                Ok(()) => break stream,
+                Err(e) => {
+                    refused = Some(e);
+                    attempts += 1;
+                    // Spread the retries of many workers: 10 ms to 0.5 s, growing.
+                    let pause = Duration::from_millis(10 * u64::from(attempts.min(50)) + u64::from(rank as u32 % 7));
+                    std::thread::sleep(pause.min(deadline.remaining().unwrap_or_default()));
+                }
             }
         };
-        deadline.arm(&stream)?;
-        authenticate_client(&mut stream, secret).map_err(|e| deadline.explain(e))?;
         send_line(&mut stream, &Join { rank, address: address.to_string() }).map_err(|e| deadline.explain(e))?;
         deadline.arm(&stream)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(TransportError::io("dup socket"))?);
@@ -471,7 +493,8 @@ mod tests {
         )
         .expect_err("wrong secret");
         assert!(matches!(err, TransportError::Authentication(_)), "{err}");
-        eventually("the refusal is counted", || server.refused().count == 1);
+        // (The worker retried until its deadline, as a worker dropped by a flood would.)
+        eventually("the refusals are counted", || server.refused().count >= 1);
         assert!(server.refused().reasons[0].contains("secret"), "{:?}", server.refused());
         assert!(server.errors().is_empty(), "not an error of the job: {:?}", server.errors());
         // The job goes on: the real worker joins.
@@ -521,6 +544,40 @@ mod tests {
                 Err(e) if start.elapsed() > Duration::from_secs(5) => panic!("never succeeded: {e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
+        }
+    }
+
+    #[test]
+    fn workers_dropped_by_a_flood_of_strangers_try_again_and_get_in() {
+        // Room for 8 waiting handshakes only, and strangers opening connections as fast as they
+        // can: the gate keeps dropping the oldest waiting, workers included.
+        let secret = Secret::random().expect("s");
+        let limits = Limits { max_handshakes: 8, ..Limits::default() };
+        let server = RendezvousServer::start_with("127.0.0.1:0", secret.clone(), 8, serde_json::Value::Null, limits)
+            .expect("start");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = {
+            let (stop, address) = (stop.clone(), server.address().to_owned());
+            std::thread::spawn(move || {
+                let mut open = std::collections::VecDeque::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(s) = TcpStream::connect(&address) {
+                        open.push_back(s);
+                    }
+                    if open.len() > 500 {
+                        open.pop_front();
+                    }
+                }
+            })
+        };
+        eventually("the flood to fill the gate", || server.refused().count > 100);
+        let joins: Vec<_> =
+            (0..8).map(|rank| join_in_thread(&server, &secret, rank, Duration::from_secs(60))).collect();
+        let results: Vec<_> = joins.into_iter().map(|j| j.join().expect("thread")).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = flood.join();
+        for (rank, r) in results.iter().enumerate() {
+            assert!(r.is_ok(), "rank {rank}: {:?}", r.as_ref().err());
         }
     }
 
