@@ -455,7 +455,7 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
         progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         peer_thread: args.peer_thread,
     };
-    let mut report = match signals.or_blocking(move || crate::bench::run(&config)).await {
+    let mut report = match signals.or_blocking(move |_| crate::bench::run(&config)).await {
         Ok(report) => report?,
         Err(signal) => return Ok(Err(signal)),
     };

@@ -129,7 +129,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
     supervision.guard = Some(std::env::current_exe().context("finding this program to start the workers")?.into());
     let probe = args.python.clone();
-    let python = match signals.or_blocking(move || dask::probe_python(&probe)).await {
+    let python = match signals.or_blocking(move |cancel| dask::probe_python(&probe, cancel)).await {
         Ok(python) => python?,
         Err(signal) => return interrupted(signal),
     };
@@ -146,9 +146,13 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 ),
                 None => None,
             };
+            if let Some(tls) = &tls {
+                tls.check()?;
+            }
             let (check, python, tls_check) = (address.clone(), python.python.clone(), tls.clone());
-            let answered = signals.or_blocking(move || {
-                dask::check_scheduler(&check).and_then(|()| dask::check_handshake(&python, &check, tls_check.as_ref()))
+            let answered = signals.or_blocking(move |cancel| {
+                dask::check_scheduler(&check)
+                    .and_then(|()| dask::check_handshake(&python, &check, tls_check.as_ref(), cancel))
             });
             match answered.await {
                 Ok(answer) => answer?,
@@ -161,7 +165,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                      can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
                 );
             }
-            Err((file, tls))
+            Err((address, tls))
         }
         Scheduler::Local { insecure } => Ok(insecure),
     };
@@ -180,7 +184,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     // A private directory for the workers' files (and, for `dask local`, the scheduler's, its
     // scheduler file and the credentials): never a shared scratch space another user may own.
     let dir = PrivateDir::create("gpucluster-dask")?;
-    let (scheduler_file, tls, protocol, why, host) = match joined {
+    let (scheduler, tls, protocol, why, host) = match joined {
         Ok(insecure) => {
             let tls = if insecure {
                 None
@@ -193,13 +197,15 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
             // A local cluster's workers listen where its scheduler does: this host only, unless
             // --host says otherwise.
             let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
-            (dir.path().join("scheduler.json"), tls, Some(protocol), why, Some(host))
+            let file = dask::SchedulerRef::File(dir.path().join("scheduler.json"));
+            (file, tls, Some(protocol), why, Some(host))
         }
-        Err((file, tls)) => (file, tls, None, String::new(), args.host.clone()),
+        // The address checked above, not the file: a file changed later changes nothing.
+        Err((address, tls)) => (dask::SchedulerRef::Address(address), tls, None, String::new(), args.host.clone()),
     };
     let config = DaskWorkers {
         python: python.clone(),
-        scheduler_file: scheduler_file.clone(),
+        scheduler: scheduler.clone(),
         host,
         host_memory_per_worker,
         // Joining workers follow the scheduler's protocol; a local cluster sets it.
@@ -209,11 +215,13 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         local_directory: dir.path().to_owned(),
     };
     let mut specs = dask::worker_specs(&plan.workers, &config);
-    if let Some(protocol) = protocol {
+    if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {
         let host = config.host.as_deref();
-        specs.insert(0, dask::scheduler_spec(&python, &scheduler_file, host, protocol, tls.as_ref(), dir.path()));
+        specs.insert(0, dask::scheduler_spec(&python, file, host, protocol, tls.as_ref(), dir.path()));
+        header(out, &plan, &config, Some((file, protocol, why.as_str())))?;
+    } else {
+        header(out, &plan, &config, None)?;
     }
-    header(out, &plan, &config, &scheduler_file, protocol.map(|p| (p, why.as_str())))?;
     out.flush()?;
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
@@ -239,17 +247,18 @@ fn header(
     out: &mut dyn Write,
     plan: &cluster_core::Plan,
     config: &DaskWorkers,
-    scheduler_file: &std::path::Path,
-    protocol: Option<(&str, &str)>,
+    local: Option<(&std::path::Path, &str, &str)>,
 ) -> std::io::Result<()> {
-    // Only `dask local` chooses a protocol: it runs the scheduler.
-    if protocol.is_some() {
+    // `dask local`: its scheduler file, protocol and why.
+    let protocol = local.map(|(_, p, why)| (p, why));
+    if let Some((scheduler_file, _, _)) = local {
         writeln!(out, "scheduler file: {} (removed when the cluster stops)", scheduler_file.display())?;
         match &config.tls {
             Some(tls) => {
                 writeln!(out, "secured with TLS: only holders of {} can connect; from Python:", tls.key.display())?;
-                writeln!(out, "  from distributed import Client, Security")?;
-                writeln!(out, "  client = {}", tls.client_code(scheduler_file))?;
+                // Unindented, so it pastes into a Python prompt as it is.
+                writeln!(out, "from distributed import Client, Security")?;
+                writeln!(out, "client = {}", tls.client_code(scheduler_file))?;
                 writeln!(
                     out,
                     "(Dask's own log lines name a dashboard address: its HTTP server serves nothing, so that \
@@ -307,7 +316,7 @@ fn summary(supervised: &launcher::Supervised, started: Instant, out: &mut dyn Wr
     };
     if let Some(o) = why {
         writeln!(out, "last lines of {}:", o.name)?;
-        for line in &o.last_lines {
+        for line in o.cause_lines() {
             writeln!(out, "  | {}", crate::table::escape(line))?;
         }
     }

@@ -42,7 +42,13 @@ where
             let mut text = e.render().to_string();
             // `gpucluster up python train.py`: the worker command goes after `--`.
             let is_up = cli_args.iter().any(|a| a == "up");
-            if e.kind() == clap::error::ErrorKind::UnknownArgument && is_up && !cli_args.iter().any(|a| a == "--") {
+            let positional =
+                e.get(clap::error::ContextKind::InvalidArg).is_some_and(|v| !v.to_string().starts_with('-'));
+            if e.kind() == clap::error::ErrorKind::UnknownArgument
+                && is_up
+                && positional
+                && !cli_args.iter().any(|a| a == "--")
+            {
                 text.push_str("\ntip: to run a command in every worker, put it after `--`: gpucluster up [OPTIONS] -- CMD ARGS...\n");
             }
             let _ = if e.use_stderr() { err.write_all(text.as_bytes()) } else { out.write_all(text.as_bytes()) };
@@ -61,13 +67,15 @@ where
     runtime.shutdown_background();
     match result {
         Ok(status) => status,
-        // The reader went away (`gpucluster list | head`): nothing left to say to anyone.
+        // The reader went away (`gpucluster list | head`): nothing left to say to anyone, and
+        // the status a program killed by SIGPIPE has (128 + 13), as `set -o pipefail` expects:
+        // `up | true` never ran its job, and must not look as if it had.
         Err(e)
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) =>
         {
-            0
+            141
         }
         Err(e) => {
             // Messages quote input (names, addresses, file contents): whatever escaped the

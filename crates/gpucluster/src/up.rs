@@ -189,7 +189,7 @@ fn outcomes(report: &launcher::UpReport, out: &mut dyn Write) -> std::io::Result
     for o in report.outcomes.iter().filter(|o| !o.exit.success() || o.restarts > 0) {
         if Some(o.name.as_str()) == culprit {
             writeln!(out, "  {o}")?;
-            for line in &o.last_lines {
+            for line in o.cause_lines() {
                 writeln!(out, "    | {}", crate::table::escape(line))?;
             }
         } else {

@@ -224,6 +224,23 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     wait_until("the ready line", Duration::from_secs(10), || {
         std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
     });
+    // Another launcher of ours joins this cluster with `dask worker`: it finds the credentials
+    // beside the scheduler file and its workers register over TLS.
+    let mut joiner = Proc(
+        gpucluster(&["--topology", "sim:rapids-a100-pcie", "dask", "worker", "--scheduler-file"])
+            .arg(&file)
+            .arg("--python")
+            .arg(&python)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("joiner"),
+    );
+    let both = check(&python, &file, 7);
+    assert_eq!(both.as_object().map(|o| o.len()), Some(7), "4 local workers and 3 that joined");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(joiner.0.id() as i32, libc::SIGTERM) };
+    assert_eq!(joiner.0.wait().expect("wait").code(), Some(143));
     attack_as_another_client(&python, &file);
     assert_eq!(
         std::fs::read_dir(&planted).expect("planted").count(),
@@ -353,7 +370,8 @@ fn bound_not_listening() -> (std::os::fd::OwnedFd, u16) {
 fn a_signal_while_dask_is_checked_ends_at_once_and_leaves_nothing() {
     let dir = scratch("probe");
     let hang = dir.join("python-that-hangs");
-    std::fs::write(&hang, "#!/bin/sh\nexec sleep 3600\n").expect("write");
+    // A wrapper that does not exec: the check's process has a child of its own.
+    std::fs::write(&hang, "#!/bin/sh\nsleep 3600.5\n").expect("write");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hang, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut launcher = gpucluster(&["--topology", "sim:a30", "dask", "local", "--python"])
@@ -362,15 +380,15 @@ fn a_signal_while_dask_is_checked_ends_at_once_and_leaves_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_until("the probe", Duration::from_secs(10), || !processes_with("sleep 3600").is_empty());
+    wait_until("the probe", Duration::from_secs(10), || !processes_with("sleep 3600.5").is_empty());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(launcher.id() as i32, libc::SIGTERM) };
     let signalled = Instant::now();
     let status = launcher.wait().expect("wait");
     assert_eq!(status.code(), Some(143));
     assert!(signalled.elapsed() < Duration::from_secs(2));
-    wait_until("the probe to die with the launcher", Duration::from_secs(3), || {
-        processes_with(&hang.display().to_string()).is_empty()
+    wait_until("the probe and its child to die with the launcher", Duration::from_secs(3), || {
+        processes_with(&hang.display().to_string()).is_empty() && processes_with("sleep 3600.5").is_empty()
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -392,6 +410,19 @@ fn joining_a_scheduler_that_does_not_answer_fails_at_once() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("does not answer") && err.contains(&port.to_string()), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    // A port that accepts connections but never speaks Dask: the handshake is what counts.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std::fs::write(&file, format!("{{\"address\": \"tcp://{}\"}}", silent.local_addr().expect("addr"))).expect("write");
+    let started = Instant::now();
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", "--scheduler-file", &file.display().to_string()])
+        .arg("--python")
+        .arg(&python)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no Dask handshake"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(25), "took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -342,3 +342,29 @@ fn a_reader_that_does_not_read_cannot_hold_a_signal() {
     drop(reader);
     assert_eq!(launcher.wait().expect("wait").code(), Some(143));
 }
+
+#[test]
+fn a_slow_reader_gets_every_line_and_the_summary_last() {
+    let mut launcher = gpucluster()
+        .args(["--topology", "sim:a30", "up", "--", "sh", "-c", "seq 1 4000"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = launcher.stdout.take().expect("stdout");
+    // About 80 KB/s: the workers are done long before their output is.
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        use std::io::Read;
+        match stdout.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(launcher.wait().expect("wait").success());
+    let text = String::from_utf8_lossy(&text);
+    assert_eq!(text.lines().filter(|l| l.starts_with("[a30-gpu0-mig")).count(), 16_000, "every line arrives");
+    let summary = text.find("\nsummary:").expect("summary");
+    assert!(!text[summary..].contains("[a30-gpu0-mig"), "the summary comes after every worker's line");
+}

@@ -18,6 +18,7 @@ use std::ffi::OsString;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cluster_core::WorkerPlan;
@@ -95,7 +96,13 @@ struct PythonRun {
 /// Runs `python -c script args...` for at most `timeout`, reading at most [`PYTHON_OUTPUT`] bytes
 /// of each stream; the child dies with the launcher (`PR_SET_PDEATHSIG`) and is killed at the
 /// deadline. `Err` carries what went wrong, in words.
-fn run_python(python: &OsString, script: &str, args: &[&str], timeout: Duration) -> Result<PythonRun, String> {
+fn run_python(
+    python: &OsString,
+    script: &str,
+    args: &[&str],
+    timeout: Duration,
+    cancel: &AtomicBool,
+) -> Result<PythonRun, String> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
@@ -103,40 +110,64 @@ fn run_python(python: &OsString, script: &str, args: &[&str], timeout: Duration)
     command.arg("-c").arg(format!("{NO_CWD_IMPORTS}\n{script}")).args(args);
     // From the root directory: nothing there is another user's to plant.
     command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
+    // A process group of its own (a wrapper script's children too), killed however the check
+    // ends; and the kernel kills the interpreter if the launcher dies.
+    // SAFETY: setpgid and prctl are async-signal-safe.
     unsafe {
         command.pre_exec(|| {
+            libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
     }
     let mut child = command.spawn().map_err(|e| format!("cannot run it: {e}"))?;
-    let reader = |stream: Option<Box<dyn Read + Send>>| {
+    let group = child.id() as i32;
+    // SAFETY: killing the process group created for this check.
+    let kill_group = || unsafe { libc::kill(-group, libc::SIGKILL) };
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    let reader = |stream: Option<Box<dyn Read + Send>>, is_stdout: bool| {
+        let tx = tx.clone();
         std::thread::spawn(move || {
             let mut text = Vec::new();
             if let Some(mut stream) = stream {
                 let _ = (&mut stream).take(PYTHON_OUTPUT).read_to_end(&mut text);
                 let _ = std::io::copy(&mut stream, &mut std::io::sink());
             }
-            String::from_utf8_lossy(&text).into_owned()
-        })
+            let _ = tx.send((is_stdout, String::from_utf8_lossy(&text).into_owned()));
+        });
     };
-    let out = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), true);
+    reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), false);
     let deadline = std::time::Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) if std::time::Instant::now() < deadline && !cancel.load(Ordering::SeqCst) => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             _ => {
-                let _ = child.kill();
+                kill_group();
                 let _ = child.wait();
-                return Err(format!("it did not finish within {} s", timeout.as_secs()));
+                return Err(if cancel.load(Ordering::SeqCst) {
+                    "the check was interrupted".to_owned()
+                } else {
+                    format!("it did not finish within {} s", timeout.as_secs())
+                });
             }
         }
     };
-    let join = |t: std::thread::JoinHandle<String>| t.join().unwrap_or_default();
-    Ok(PythonRun { success: status.success(), stdout: join(out), stderr: join(err) })
+    // What it left running goes too (its output would never end otherwise); a process that left
+    // the group may still hold the pipes, so the output is awaited for a moment only.
+    kill_group();
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    for _ in 0..2 {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok((true, text)) => stdout = text,
+            Ok((false, text)) => stderr = text,
+            Err(_) => break,
+        }
+    }
+    Ok(PythonRun { success: status.success(), stdout, stderr })
 }
 
 /// The last non-empty line of `text`, shortened to a message's length.
@@ -150,7 +181,7 @@ fn last_line(text: &str) -> String {
 ///
 /// # Errors
 /// [`LauncherError::NoDask`] saying how to install it.
-pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
+pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo, LauncherError> {
     let script = "import dask, distributed, importlib.util; print(distributed.__version__); \
                   print(importlib.util.find_spec('dask_cuda') is not None); \
                   print(importlib.util.find_spec('distributed_ucxx') is not None)";
@@ -160,7 +191,7 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
         python.to_string_lossy()
     );
     let fail = |detail: String| LauncherError::NoDask { python: python.clone(), detail, how: how.clone() };
-    let run = run_python(python, script, &[], PYTHON_TIMEOUT).map_err(fail)?;
+    let run = run_python(python, script, &[], PYTHON_TIMEOUT, cancel).map_err(fail)?;
     if !run.success {
         return Err(fail(format!("Dask is not installed for it ({})", last_line(&run.stderr))));
     }
@@ -184,7 +215,12 @@ pub fn probe_python(python: &OsString) -> Result<PythonInfo, LauncherError> {
 ///
 /// # Errors
 /// [`LauncherError::SchedulerUnreachable`] with Dask's reason.
-pub fn check_handshake(python: &OsString, address: &str, tls: Option<&TlsFiles>) -> Result<(), LauncherError> {
+pub fn check_handshake(
+    python: &OsString,
+    address: &str,
+    tls: Option<&TlsFiles>,
+    cancel: &AtomicBool,
+) -> Result<(), LauncherError> {
     let script = "import asyncio, sys\n\
                   from distributed import Security\n\
                   from distributed.comm import connect\n\
@@ -193,11 +229,11 @@ pub fn check_handshake(python: &OsString, address: &str, tls: Option<&TlsFiles>)
                   async def main():\n    \
                       comm = await connect(addr, timeout=5, **sec.get_connection_args('client'))\n    \
                       await comm.close()\n\
-                  asyncio.run(main())\n";
+                  asyncio.run(asyncio.wait_for(main(), 10))\n";
     let path = |p: Option<&PathBuf>| p.map(|p| p.display().to_string()).unwrap_or_default();
     let (ca, cert, key) = (path(tls.map(|t| &t.ca)), path(tls.map(|t| &t.cert)), path(tls.map(|t| &t.key)));
     let unreachable = |reason: String| LauncherError::SchedulerUnreachable { address: address.to_owned(), reason };
-    let run = run_python(python, script, &[address, &ca, &cert, &key], PYTHON_TIMEOUT)
+    let run = run_python(python, script, &[address, &ca, &cert, &key], PYTHON_TIMEOUT, cancel)
         .map_err(|e| unreachable(format!("checking it with Python: {e}")))?;
     if !run.success {
         return Err(unreachable(format!("no Dask handshake: {}", last_line(&run.stderr))));
@@ -219,25 +255,8 @@ pub fn scheduler_address(file: &Path) -> Result<String, LauncherError> {
     }
     // Whoever can write the file chooses the scheduler these workers obey, and so runs code as
     // us: it must be ours, and closed to other writers.
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: getuid cannot fail.
-        let me = unsafe { libc::getuid() };
-        if meta.uid() != me {
-            return Err(bad(format!(
-                "belongs to user {}, not to you (user {me}): whoever writes it chooses the scheduler your workers \
-                 obey and run code for; use a scheduler file you wrote",
-                meta.uid()
-            )));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(bad(format!(
-                "can be written by other users (mode {:o}): whoever writes it chooses the scheduler your workers \
-                 obey; `chmod go-w` it",
-                meta.mode() & 0o777
-            )));
-        }
-    }
+    only_ours(file)
+        .map_err(|why| bad(format!("{why}: whoever can change it chooses the scheduler your workers obey")))?;
     let text = std::fs::read(file).map_err(|e| bad(format!("cannot be read ({e})")))?;
     let text = text.strip_prefix(b"\xef\xbb\xbf".as_slice()).unwrap_or(&text);
     let json: serde_json::Value =
@@ -251,6 +270,41 @@ pub fn scheduler_address(file: &Path) -> Result<String, LauncherError> {
     };
     parse_address(&address).map_err(|why| bad(format!("names the scheduler address {address:?}, which {why}")))?;
     Ok(address)
+}
+
+/// Checks that only this user can change what `path` holds: the file (and a link to it) is ours
+/// and closed to other writers, and its directory is ours or root's and either closed to other
+/// writers or sticky (so nobody else can replace our file in it). The error says what is wrong,
+/// to follow the file's name.
+pub fn only_ours(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getuid cannot fail.
+    let me = unsafe { libc::getuid() };
+    let link = std::fs::symlink_metadata(path).map_err(|e| format!("cannot be read ({e})"))?;
+    if link.file_type().is_symlink() && link.uid() != me {
+        return Err(format!("is a link that belongs to user {}, not to you (user {me})", link.uid()));
+    }
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read ({e})"))?;
+    if meta.uid() != me {
+        return Err(format!("belongs to user {}, not to you (user {me})", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("can be written by other users (mode {:o}; `chmod go-w` it)", meta.mode() & 0o777));
+    }
+    let dir = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
+    if let Some(dir) = dir {
+        let d = std::fs::metadata(&dir).map_err(|e| format!("is in {} which cannot be read ({e})", dir.display()))?;
+        let sticky = d.mode() & 0o1000 != 0;
+        if (d.uid() != me && d.uid() != 0) || (d.mode() & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "is in {}, which another user can change (owner {}, mode {:o}): they could replace it",
+                dir.display(),
+                d.uid(),
+                d.mode() & 0o7777
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A scheduler address split into its scheme, host and port.
@@ -362,6 +416,23 @@ impl TlsFiles {
         (files.ca.is_file() && files.cert.is_file() && files.key.is_file()).then_some(files)
     }
 
+    /// Checks that nobody else can change them: whoever could would choose whom our workers
+    /// trust (a CA of theirs) and so run code as us.
+    ///
+    /// # Errors
+    /// [`LauncherError::UntrustedCredentials`] naming the file and what is wrong with it.
+    pub fn check(&self) -> Result<(), LauncherError> {
+        for file in [&self.ca, &self.cert, &self.key] {
+            only_ours(file).map_err(|why| {
+                LauncherError::UntrustedCredentials(format!(
+                    "{} {why}: whoever can change the cluster's credentials chooses whom your workers trust",
+                    file.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The Dask command-line flags that use them.
     pub fn args(&self) -> Vec<OsString> {
         vec![
@@ -387,13 +458,23 @@ impl TlsFiles {
     }
 }
 
+/// How workers find their scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedulerRef {
+    /// A scheduler file of ours, written by the scheduler we start (`dask local`).
+    File(PathBuf),
+    /// An address read (and checked) once from someone's scheduler file: the workers get the
+    /// address itself, so a file changed after the check, or before a restart, changes nothing.
+    Address(String),
+}
+
 /// How to start the workers.
 #[derive(Debug, Clone)]
 pub struct DaskWorkers {
     /// The interpreter and what it has.
     pub python: PythonInfo,
-    /// The scheduler file the workers read.
-    pub scheduler_file: PathBuf,
+    /// Where the workers find their scheduler.
+    pub scheduler: SchedulerRef,
     /// The address workers listen on (`--host`), if not the default.
     pub host: Option<String>,
     /// Host memory per worker, bytes.
@@ -449,7 +530,10 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             } else {
                 args.push(cli_entry("distributed.cli.dask_worker", "main", "dask-worker").into());
             }
-            args.extend(["--scheduler-file".into(), config.scheduler_file.clone().into_os_string()]);
+            match &config.scheduler {
+                SchedulerRef::File(file) => args.extend(["--scheduler-file".into(), file.clone().into_os_string()]),
+                SchedulerRef::Address(address) => args.push(address.into()),
+            }
             args.extend(["--name".into(), w.name.clone().into(), "--nthreads".into(), "1".into()]);
             args.extend(["--resources".into(), resources(w).into(), "--no-dashboard".into()]);
             args.extend(["--dashboard-address".into(), HTTP_ADDRESS.into()]);
@@ -614,6 +698,61 @@ mod tests {
     }
 
     #[test]
+    fn only_files_nobody_else_can_change_are_trusted() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = PrivateDir::create("gpucluster-test").expect("dir");
+        let mine = dir.write("mine.pem", b"x").expect("write");
+        only_ours(&mine).expect("a file of ours in a private directory");
+        // A sticky, world-writable directory (like /tmp): others cannot replace our file there.
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        std::fs::write(shared.join("f"), "x").expect("write");
+        only_ours(&shared.join("f")).expect("sticky");
+        // Without the sticky bit, they could.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(only_ours(&shared.join("f")).expect_err("replaceable").contains("another user can change"));
+        // SAFETY: getuid cannot fail.
+        if unsafe { libc::getuid() } == 0 {
+            // A link of another user's pointing at our file, and a directory of another user's.
+            std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+            let link = shared.join("link");
+            std::os::unix::fs::symlink(&mine, &link).expect("link");
+            std::os::unix::fs::lchown(&link, Some(65534), None).expect("lchown");
+            assert!(only_ours(&link).expect_err("foreign link").contains("is a link that belongs to user 65534"));
+            std::os::unix::fs::chown(&shared, Some(65534), None).expect("chown");
+            assert!(only_ours(&shared.join("f")).expect_err("foreign dir").contains("another user can change"));
+        }
+        let tls = TlsFiles::generate(&dir, &["127.0.0.1".into()]).expect("generate");
+        tls.check().expect("ours");
+        std::fs::set_permissions(&tls.ca, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+        assert!(matches!(tls.check(), Err(LauncherError::UntrustedCredentials(_))));
+    }
+
+    #[test]
+    fn joining_workers_get_the_checked_address_not_the_file() {
+        let python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: false, ucxx: false };
+        let spec: gpu_topology::TopologySpec = "sim:a30".parse().expect("spec");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let snapshot = rt.block_on(spec.open().expect("open").snapshot()).expect("snapshot");
+        let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
+        let config = DaskWorkers {
+            python,
+            scheduler: SchedulerRef::Address("tls://10.0.0.1:8786".into()),
+            host: None,
+            host_memory_per_worker: None,
+            protocol: None,
+            tls: None,
+            simulated: true,
+            local_directory: "/private/dir".into(),
+        };
+        for spec in worker_specs(&plan.workers, &config) {
+            let args: Vec<String> = spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            assert!(args.contains(&"tls://10.0.0.1:8786".to_owned()) && !args.contains(&"--scheduler-file".to_owned()));
+        }
+    }
+
+    #[test]
     fn addresses_split_and_unreachable_schedulers_are_named() {
         let a = parse_address("tls://[::1]:8786").expect("v6");
         assert_eq!((a.scheme.as_str(), a.host.as_str(), a.port), ("tls", "::1", 8786));
@@ -658,7 +797,7 @@ mod tests {
         let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
         let config = DaskWorkers {
             python,
-            scheduler_file: "s.json".into(),
+            scheduler: SchedulerRef::File("s.json".into()),
             host: None,
             host_memory_per_worker: None,
             protocol: None,
@@ -700,20 +839,30 @@ mod tests {
     #[test]
     fn a_python_that_hangs_or_floods_is_bounded() {
         let started = std::time::Instant::now();
-        let err = run_python(&"python3".into(), "import time; time.sleep(60)", &[], Duration::from_millis(500))
+        let never = AtomicBool::new(false);
+        let err = run_python(&"python3".into(), "import time; time.sleep(60)", &[], Duration::from_millis(500), &never)
             .expect_err("hangs");
         assert!(err.contains("did not finish within"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
-        let run = run_python(&"python3".into(), "print('x' * 50_000_000)", &[], Duration::from_secs(30)).expect("runs");
+        let run = run_python(&"python3".into(), "print('x' * 50_000_000)", &[], Duration::from_secs(30), &never)
+            .expect("runs");
         assert_eq!(run.stdout.len() as u64, PYTHON_OUTPUT, "only the first 64 KiB are kept");
+        // A child left behind holding the output: the check still ends, and takes it along.
+        let started = std::time::Instant::now();
+        let script = "import subprocess; subprocess.Popen(['sleep', '31.7']); print('2026.8.0')";
+        let run = run_python(&"python3".into(), script, &[], Duration::from_secs(30), &never).expect("runs");
+        assert_eq!(run.stdout.trim(), "2026.8.0");
+        assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+        let left = std::process::Command::new("pgrep").args(["-f", "sleep 31.7"]).output().expect("pgrep");
+        assert!(left.stdout.is_empty(), "the check's child was left running");
         assert!(last_line(&"y".repeat(10_000)).len() < 400);
     }
 
     #[test]
     fn a_missing_python_or_dask_says_how_to_install() {
-        let err = probe_python(&"/nonexistent/python3".into()).expect_err("no python");
+        let err = probe_python(&"/nonexistent/python3".into(), &AtomicBool::new(false)).expect_err("no python");
         assert!(err.to_string().contains("pip install"), "{err}");
-        let err = probe_python(&"false".into()).expect_err("no dask");
+        let err = probe_python(&"false".into(), &AtomicBool::new(false)).expect_err("no dask");
         assert!(err.to_string().contains("Dask is not installed"), "{err}");
     }
 }

@@ -221,8 +221,22 @@ fn sweep(worker: i32, signal: i32) {
     }
 }
 
-/// The pids whose parent is `parent`, from `/proc`.
+/// The pids whose parent is `parent`: from its threads' `/proc/PID/task/TID/children` lists
+/// (cheap: a file per thread), or, where the kernel has none, by reading every process's `stat`.
 pub(crate) fn children_of(parent: i32) -> Vec<i32> {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) {
+        let mut found = false;
+        let mut children = Vec::new();
+        for task in tasks.flatten() {
+            if let Ok(list) = std::fs::read_to_string(task.path().join("children")) {
+                found = true;
+                children.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+        if found {
+            return children;
+        }
+    }
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()

@@ -71,6 +71,9 @@ pub enum LauncherError {
         /// The scheduler's address.
         address: String,
     },
+    /// TLS credentials that someone else could have changed.
+    #[error("the TLS credentials cannot be trusted: {0}")]
+    UntrustedCredentials(String),
     /// TLS credentials could not be generated.
     #[error("cannot generate the cluster's TLS credentials: {0}")]
     Tls(String),

@@ -31,7 +31,9 @@ use crate::LauncherError;
 use crate::guard;
 
 /// Lines of each worker's output kept for the summary of a failure.
-const LAST_LINES: usize = 6;
+const LAST_LINES: usize = 40;
+/// Of those, how many a summary shows.
+const SHOWN_LINES: usize = 6;
 /// How long guards get to kill their subtrees after the grace period before they are killed.
 const GUARD_GRACE: Duration = Duration::from_secs(2);
 
@@ -171,6 +173,25 @@ pub struct Outcome {
     pub restarts: u32,
     /// The last lines it printed (stdout and stderr), for explaining a failure.
     pub last_lines: Vec<String>,
+}
+
+impl Outcome {
+    /// What to show of its last lines to explain a failure: the last few, and before them the
+    /// last line that names an error if none of those does (a traceback's tail often does not).
+    pub fn cause_lines(&self) -> Vec<&str> {
+        let names_error = |l: &str| l.contains("rror") || l.contains("xception") || l.contains("failed");
+        let tail = &self.last_lines[self.last_lines.len().saturating_sub(SHOWN_LINES)..];
+        let mut lines: Vec<&str> = Vec::new();
+        if !tail.iter().any(|l| names_error(l))
+            && let Some(cause) =
+                self.last_lines[..self.last_lines.len() - tail.len()].iter().rev().find(|l| names_error(l))
+        {
+            lines.push(cause);
+            lines.push("...");
+        }
+        lines.extend(tail.iter().map(String::as_str));
+        lines
+    }
 }
 
 impl std::fmt::Display for Outcome {
@@ -381,6 +402,9 @@ const MAX_LINE: usize = 16 << 10;
 /// waits, and so, through its pipe, does the worker.
 const IN_FLIGHT: usize = 4096;
 
+/// How long the output may make no progress at all before the launcher stops waiting for it.
+const OUTPUT_STUCK: Duration = Duration::from_secs(5);
+
 /// Where supervision's output goes: one writer thread owns the sink, so a reader that does not
 /// read (a full pipe, a stopped terminal) holds up the workers whose output waits, never the
 /// supervision loop that handles signals and exits.
@@ -388,22 +412,27 @@ const IN_FLIGHT: usize = 4096;
 struct Output {
     tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)>,
     room: Arc<tokio::sync::Semaphore>,
+    /// Bytes the writer has written: its progress.
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Output {
     fn start(sink: Sink) -> (Self, std::thread::JoinHandle<()>) {
         let (tx, mut rx) =
             tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>)>();
+        let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let progress = written.clone();
         let writer = std::thread::spawn(move || {
             while let Some((bytes, permit)) = rx.blocking_recv() {
                 if let Ok(mut out) = sink.lock() {
                     let _ = out.write_all(&bytes);
                     let _ = out.flush();
                 }
+                progress.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 drop(permit);
             }
         });
-        (Self { tx, room: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)) }, writer)
+        (Self { tx, room: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)), written }, writer)
     }
 
     /// A line of the supervisor's own: never waits.
@@ -721,15 +750,16 @@ impl Job<'_> {
     }
 }
 
-/// The signals that stop a launcher: SIGINT (Ctrl-C), SIGTERM and SIGHUP, watched from the
-/// moment this is made. Make it first, before any set-up that leaves something behind (a private
-/// directory, a child process): a signal that arrives during set-up is then not lost, nor does it
-/// kill the launcher mid-way; it stops the job as soon as the launcher looks.
+/// The signals that stop a launcher: SIGINT (Ctrl-C), SIGTERM, SIGHUP and SIGQUIT (Ctrl-\\),
+/// watched from the moment this is made. Make it first, before any set-up that leaves something
+/// behind (a private directory, a child process): a signal that arrives during set-up is then not
+/// lost, nor does it kill the launcher mid-way; it stops the job as soon as the launcher looks.
 #[derive(Debug)]
 pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -742,6 +772,7 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt()).map_err(LauncherError::Signals)?,
             terminate: signal(SignalKind::terminate()).map_err(LauncherError::Signals)?,
             hangup: signal(SignalKind::hangup()).map_err(LauncherError::Signals)?,
+            quit: signal(SignalKind::quit()).map_err(LauncherError::Signals)?,
         })
     }
 
@@ -751,19 +782,27 @@ impl Signals {
             _ = self.interrupt.recv() => libc::SIGINT,
             _ = self.terminate.recv() => libc::SIGTERM,
             _ = self.hangup.recv() => libc::SIGHUP,
+            _ = self.quit.recv() => libc::SIGQUIT,
         }
     }
 
-    /// Runs `work` on a blocking thread; `Err(signal)` if a stop signal comes first (the work is
-    /// then abandoned: a child it started must die with the launcher, `PR_SET_PDEATHSIG`).
+    /// Runs `work` on a blocking thread; `Err(signal)` if a stop signal comes first. Then the
+    /// flag `work` was given is set, and `work` gets two seconds to stop what it started (a child
+    /// process) before it is abandoned.
     pub async fn or_blocking<T: Send + 'static>(
         &mut self,
-        work: impl FnOnce() -> T + Send + 'static,
+        work: impl FnOnce(&std::sync::atomic::AtomicBool) -> T + Send + 'static,
     ) -> Result<T, i32> {
-        let task = tokio::task::spawn_blocking(work);
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cancel.clone();
+        let mut task = tokio::task::spawn_blocking(move || work(&flag));
         tokio::select! {
-            done = task => done.map_err(|_| libc::SIGABRT),
-            signal = self.recv() => Err(signal),
+            done = &mut task => done.map_err(|_| libc::SIGABRT),
+            signal = self.recv() => {
+                cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                Err(signal)
+            }
         }
     }
 }
@@ -824,7 +863,9 @@ pub async fn supervise(
                 Event::Exited(i, generation, status) if generation == job.slots[i].generation => {
                     job.exited(i, status);
                     job.stop_essentials_when_alone();
-                    if config.guard.is_some() {
+                    // Only a guard that died of a signal can have left orphans to us (one that
+                    // exits, however its worker ended, has cleaned up first).
+                    if config.guard.is_some() && status.signal().is_some() {
                         // A guard killed outright leaves its worker's children to us: they go now,
                         // not when the job ends.
                         let guards: Vec<i32> = job.slots.iter().filter_map(|s| s.pid).collect();
@@ -849,16 +890,28 @@ pub async fn supervise(
         kill_orphans(&[]);
     }
     // Every process is gone, so their pipes close and forwarding ends; then the writer drains.
-    // Both are bounded: a reader of our output that never reads must not keep the job open.
+    // Nothing is dropped while the reader of our output takes it, however slowly; a reader that
+    // takes nothing for a while does not keep the job open.
     let forwarding = std::mem::take(&mut job.forwarding);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let written = job.output.written.clone();
+    let output = job.output;
+    let drained = async move {
         for task in forwarding {
             let _ = task.await;
         }
-    })
-    .await;
-    drop(job.output);
-    let _ = tokio::time::timeout(Duration::from_secs(2), tokio::task::spawn_blocking(move || writer.join())).await;
+        drop(output);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    };
+    tokio::pin!(drained);
+    let (mut seen, mut since) = (written.load(std::sync::atomic::Ordering::Relaxed), Instant::now());
+    while tokio::time::timeout(Duration::from_millis(100), &mut drained).await.is_err() {
+        let now = written.load(std::sync::atomic::Ordering::Relaxed);
+        if now != seen {
+            (seen, since) = (now, Instant::now());
+        } else if since.elapsed() > OUTPUT_STUCK {
+            break;
+        }
+    }
     let stop = job.stopping.map(|(why, _)| why);
     let outcomes = job
         .slots
@@ -961,6 +1014,18 @@ mod tests {
         assert_eq!(done.outcomes[1].exit, Exit::Code(3));
         assert_eq!(done.stop, None);
         assert_eq!(done.outcomes[0].last_lines.len(), 2, "{:?}", done.outcomes[0].last_lines);
+        let traceback = Outcome {
+            name: "w".into(),
+            exit: Exit::Code(1),
+            restarts: 0,
+            last_lines: ["start", "ValueError: name taken, w", "Traceback (most recent call last):"]
+                .into_iter()
+                .chain(["  File x"; 8])
+                .map(String::from)
+                .collect(),
+        };
+        assert_eq!(traceback.cause_lines()[0], "ValueError: name taken, w", "the error before a long traceback tail");
+        assert_eq!(traceback.cause_lines().len(), 2 + SHOWN_LINES);
     }
 
     #[test]
