@@ -398,9 +398,9 @@ type LastLines = Arc<Mutex<VecDeque<String>>>;
 /// Longest line forwarded as one; a longer one (a progress bar that never ends its line, a
 /// binary dump) is cut into pieces of this size, so memory stays bounded whatever a worker prints.
 const MAX_LINE: usize = 16 << 10;
-/// Lines of workers' output waiting for the writer at most; beyond that a worker's forwarding
+/// Bytes of workers' output waiting for the writer at most; beyond that a worker's forwarding
 /// waits, and so, through its pipe, does the worker.
-const IN_FLIGHT: usize = 4096;
+const IN_FLIGHT: usize = 1 << 20;
 
 /// How long the output may make no progress at all before the launcher stops waiting for it.
 const OUTPUT_STUCK: Duration = Duration::from_secs(5);
@@ -440,9 +440,10 @@ impl Output {
         let _ = self.tx.send((format!("{text}\n").into_bytes(), None));
     }
 
-    /// A line of a worker's: waits while too many are in flight.
+    /// A line of a worker's: waits while too many bytes are in flight.
     async fn line(&self, bytes: Vec<u8>) {
-        let permit = self.room.clone().acquire_owned().await.ok();
+        let weight = u32::try_from(bytes.len().clamp(1, IN_FLIGHT)).unwrap_or(u32::MAX);
+        let permit = self.room.clone().acquire_many_owned(weight).await.ok();
         let _ = self.tx.send((bytes, permit));
     }
 }
