@@ -729,16 +729,16 @@ mod tests {
         assert!(matches!(tls.check(), Err(LauncherError::UntrustedCredentials(_))));
     }
 
-    #[test]
-    fn joining_workers_get_the_checked_address_not_the_file() {
-        let python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: false, ucxx: false };
+    /// The plan of the simulated A30 (4 MIG instances) and workers for it on simulated devices,
+    /// with a Python that has dask-cuda or not.
+    fn a30_workers(dask_cuda: bool) -> (cluster_core::Plan, DaskWorkers) {
         let spec: gpu_topology::TopologySpec = "sim:a30".parse().expect("spec");
         let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
         let snapshot = rt.block_on(spec.open().expect("open").snapshot()).expect("snapshot");
         let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
         let config = DaskWorkers {
-            python,
-            scheduler: SchedulerRef::Address("tls://10.0.0.1:8786".into()),
+            python: PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda, ucxx: false },
+            scheduler: SchedulerRef::File("s.json".into()),
             host: None,
             host_memory_per_worker: None,
             protocol: None,
@@ -746,6 +746,13 @@ mod tests {
             simulated: true,
             local_directory: "/private/dir".into(),
         };
+        (plan, config)
+    }
+
+    #[test]
+    fn joining_workers_get_the_checked_address_not_the_file() {
+        let (plan, mut config) = a30_workers(false);
+        config.scheduler = SchedulerRef::Address("tls://10.0.0.1:8786".into());
         for spec in worker_specs(&plan.workers, &config) {
             let args: Vec<String> = spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
             assert!(args.contains(&"tls://10.0.0.1:8786".to_owned()) && !args.contains(&"--scheduler-file".to_owned()));
@@ -790,21 +797,7 @@ mod tests {
 
     #[test]
     fn simulated_devices_never_meet_the_driver() {
-        let python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: true, ucxx: false };
-        let spec: gpu_topology::TopologySpec = "sim:a30".parse().expect("spec");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
-        let snapshot = rt.block_on(spec.open().expect("open").snapshot()).expect("snapshot");
-        let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
-        let config = DaskWorkers {
-            python,
-            scheduler: SchedulerRef::File("s.json".into()),
-            host: None,
-            host_memory_per_worker: None,
-            protocol: None,
-            tls: None,
-            simulated: true,
-            local_directory: "/private/dir".into(),
-        };
+        let (plan, config) = a30_workers(true);
         assert!(!config.uses_dask_cuda());
         let specs = worker_specs(&plan.workers, &config);
         for spec in &specs {
