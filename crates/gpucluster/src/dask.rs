@@ -33,9 +33,38 @@ pub(crate) struct DaskArgs {
     /// Most restarts per worker.
     #[arg(long, default_value_t = 3, value_parser = crate::cli::max_restarts, allow_negative_numbers = true, value_name = "N")]
     max_restarts: u32,
+    /// The comm protocol: auto (gpucluster where its package is installed and workers share the
+    /// host, else TCP, over TLS for `dask local`), tcp, ucx or gpucluster.
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Auto, value_name = "PROTOCOL")]
+    protocol: ProtocolArg,
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
     #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ProtocolArg {
+    /// gpucluster where its package is installed and workers share the host, else TCP (TLS).
+    Auto,
+    /// Dask's TCP comm (over TLS for a secured `dask local`).
+    Tcp,
+    /// UCX (distributed-ucxx); it cannot authenticate peers, so `dask local` needs --insecure.
+    Ucx,
+    /// gpucluster's comm: device frames between workers of a host over its transport, every
+    /// connection proving the cluster's secret.
+    Gpucluster,
+}
+
+impl From<ProtocolArg> for dask::ProtocolRequest {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Auto => dask::ProtocolRequest::Auto,
+            ProtocolArg::Tcp => dask::ProtocolRequest::Tcp,
+            ProtocolArg::Ucx => dask::ProtocolRequest::Ucx,
+            ProtocolArg::Gpucluster => dask::ProtocolRequest::Gpucluster,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -179,21 +208,25 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     let all_nvlink = output.paths().iter().all(|p| p.rule() == transport::PathRule::NvLink);
+    let host_staged_only = output.paths().iter().all(|p| p.path == transport::Path::HostStaged);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
 
     // A private directory for the workers' files (and, for `dask local`, the scheduler's, its
     // scheduler file and the credentials): never a shared scratch space another user may own.
     let dir = PrivateDir::create("gpucluster-dask")?;
+    let request = dask::ProtocolRequest::from(args.protocol);
+    let facts = |secure| dask::ProtocolFacts { all_pairs_nvlink: all_nvlink, workers: plan.workers.len(), secure };
     let (scheduler, tls, protocol, why, host) = match joined {
         Ok(insecure) => {
-            let tls = if insecure {
-                None
-            } else {
+            let (protocol, why) = dask::choose_protocol(request, facts(!insecure), &python)?;
+            // TLS only where it is the protocol: gpucluster's comm proves the cluster's secret.
+            let tls = if protocol == dask::Protocol::Tls {
                 let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
                 hosts.extend(args.host.clone());
                 Some(TlsFiles::generate(&dir, &hosts)?)
+            } else {
+                None
             };
-            let (protocol, why) = dask::choose_protocol(all_nvlink, plan.workers.len(), &python, !insecure);
             // A local cluster's workers listen where its scheduler does: this host only, unless
             // --host says otherwise.
             let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
@@ -201,15 +234,26 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
             (file, tls, Some(protocol), why, Some(host))
         }
         // The address checked above, not the file: a file changed later changes nothing.
-        Err((address, tls)) => (dask::SchedulerRef::Address(address), tls, None, String::new(), args.host.clone()),
+        Err((address, tls)) => {
+            // Joining workers listen as the scheduler speaks, unless gpucluster's comm can move
+            // their device frames or --protocol says otherwise.
+            let (protocol, why) = match request {
+                dask::ProtocolRequest::Auto if !(python.gpucluster && plan.workers.len() > 1) => (None, String::new()),
+                _ => {
+                    let (p, why) = dask::choose_protocol(request, facts(tls.is_some()), &python)?;
+                    (Some(p), why)
+                }
+            };
+            (dask::SchedulerRef::Address(address), tls, protocol, why, args.host.clone())
+        }
     };
     let config = DaskWorkers {
         python: python.clone(),
         scheduler: scheduler.clone(),
         host,
         host_memory_per_worker,
-        // Joining workers follow the scheduler's protocol; a local cluster sets it.
-        protocol: protocol.filter(|p| *p != "tcp"),
+        protocol: protocol.filter(|p| *p != dask::Protocol::Tcp),
+        host_staged_only,
         tls: tls.clone(),
         simulated,
         local_directory: dir.path().to_owned(),
@@ -218,9 +262,9 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {
         let host = config.host.as_deref();
         specs.insert(0, dask::scheduler_spec(&python, file, host, protocol, tls.as_ref(), dir.path()));
-        header(out, &plan, &config, Some((file, protocol, why.as_str())))?;
+        header(out, &plan, &config, Some(file), Some((protocol, why.as_str())))?;
     } else {
-        header(out, &plan, &config, None)?;
+        header(out, &plan, &config, None, protocol.map(|p| (p, why.as_str())))?;
     }
     out.flush()?;
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
@@ -247,13 +291,21 @@ fn header(
     out: &mut dyn Write,
     plan: &cluster_core::Plan,
     config: &DaskWorkers,
-    local: Option<(&std::path::Path, &str, &str)>,
+    local: Option<&std::path::Path>,
+    protocol: Option<(dask::Protocol, &str)>,
 ) -> std::io::Result<()> {
-    // `dask local`: its scheduler file, protocol and why.
-    let protocol = local.map(|(_, p, why)| (p, why));
-    if let Some((scheduler_file, _, _)) = local {
+    // `dask local`: its scheduler file, and how to connect.
+    if let Some(scheduler_file) = local {
         writeln!(out, "scheduler file: {} (removed when the cluster stops)", scheduler_file.display())?;
         match &config.tls {
+            _ if protocol.is_some_and(|(p, _)| p == dask::Protocol::Gpucluster) => {
+                writeln!(
+                    out,
+                    "secured by the cluster's secret (gpucluster comm); from a Python with the gpucluster package:"
+                )?;
+                writeln!(out, "from distributed import Client")?;
+                writeln!(out, "client = Client(scheduler_file={:?})", scheduler_file.display().to_string())?;
+            }
             Some(tls) => {
                 writeln!(out, "secured with TLS: only holders of {} can connect; from Python:", tls.key.display())?;
                 // Unindented, so it pastes into a Python prompt as it is.
@@ -280,7 +332,7 @@ fn header(
         if config.uses_dask_cuda() { "dask-cuda" } else { "Dask" },
         config.python.python.to_string_lossy(),
         config.python.distributed,
-        protocol.map_or(String::new(), |(p, why)| format!("; protocol {p}: {why}"))
+        protocol.map_or(String::new(), |(p, why)| format!("; protocol {}: {why}", p.scheme()))
     )?;
     if config.simulated {
         writeln!(

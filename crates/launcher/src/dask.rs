@@ -42,41 +42,132 @@ pub struct PythonInfo {
     pub dask_cuda: bool,
     /// Whether `distributed_ucxx` (Dask's UCX comm) can be imported.
     pub ucxx: bool,
+    /// Whether the `gpucluster` package's comm is registered with distributed.
+    pub gpucluster: bool,
 }
 
-/// The comm protocol for a local cluster, and why.
+/// A Dask comm protocol (the scheme of its addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Dask's TCP comm, unauthenticated.
+    Tcp,
+    /// Dask's TCP comm over TLS, with the cluster's certificate.
+    Tls,
+    /// UCX (distributed-ucxx), unauthenticated.
+    Ucx,
+    /// gpucluster's comm: TCP for messages, the transport for device frames between workers of
+    /// one host, every connection proving the cluster's secret.
+    Gpucluster,
+}
+
+impl Protocol {
+    /// The scheme, as Dask spells it (`--protocol`).
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
+            Protocol::Ucx => "ucx",
+            Protocol::Gpucluster => "gpucluster",
+        }
+    }
+
+    /// Whether peers must prove who they are before their first message.
+    pub fn authenticates(self) -> bool {
+        matches!(self, Protocol::Tls | Protocol::Gpucluster)
+    }
+}
+
+/// What `--protocol` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolRequest {
+    /// Choose (see [`choose_protocol`]).
+    Auto,
+    /// Dask's TCP comm (over TLS unless the cluster is insecure).
+    Tcp,
+    /// UCX.
+    Ucx,
+    /// gpucluster's comm.
+    Gpucluster,
+}
+
+/// What the cluster looks like to the protocol choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolFacts {
+    /// Every pair of workers is two whole GPUs with P2P over NVLink.
+    pub all_pairs_nvlink: bool,
+    /// Workers on this host.
+    pub workers: usize,
+    /// Whether the cluster must be closed to other users (`dask local` unless `--insecure`).
+    pub secure: bool,
+}
+
+/// The comm protocol for a cluster's workers, and why; pure.
 ///
-/// UCX pays off only where it can use NVLink: between whole GPUs with P2P over NVLink. MIG
-/// instances have no CUDA IPC, and UCX without it is slower than Dask's TCP comm path for large
-/// GPU messages on some sizes and no faster on others (`docs/benchmarks.md`), so anything else
-/// gets TCP. A `secure` cluster speaks TLS: UCX has no authentication, so it is never chosen then.
+/// With the `gpucluster` package installed and two workers or more on the host, device frames
+/// between them go over the transport (host-staged between MIG instances, cuda-ipc between
+/// workers of one GPU) and every connection proves the cluster's secret, so the cluster is closed
+/// without paying TLS on the data path. Otherwise: UCX only where it can use NVLink (whole GPUs
+/// with P2P over NVLink; without CUDA IPC it is no faster than TCP, `docs/benchmarks.md`) and
+/// only for an insecure cluster (it cannot authenticate peers); else TCP, over TLS when secure.
+///
+/// # Errors
+/// [`LauncherError::Protocol`] when the request cannot be met (what is missing, or insecure).
 pub fn choose_protocol(
-    all_pairs_nvlink: bool,
-    workers: usize,
+    request: ProtocolRequest,
+    facts: ProtocolFacts,
     python: &PythonInfo,
-    secure: bool,
-) -> (&'static str, String) {
-    let plain = if secure { "tls" } else { "tcp" };
-    match (all_pairs_nvlink && workers > 1, python.ucxx) {
-        (true, true) if secure => (
-            "tls",
-            "UCX could use NVLink here, but it cannot authenticate peers: TLS keeps the cluster closed \
-             (--insecure for UCX)"
+) -> Result<(Protocol, String), LauncherError> {
+    let tcp = if facts.secure { Protocol::Tls } else { Protocol::Tcp };
+    let refuse = |why: String| Err(LauncherError::Protocol(why));
+    match request {
+        ProtocolRequest::Tcp => Ok((tcp, "asked for with --protocol tcp".into())),
+        ProtocolRequest::Ucx if !python.ucxx => {
+            refuse("--protocol ucx: distributed-ucxx is not installed (pip install distributed-ucxx-cu13)".into())
+        }
+        ProtocolRequest::Ucx if facts.secure => refuse(
+            "--protocol ucx: UCX cannot authenticate peers, so anyone who reaches a worker could run code as you; \
+             add --insecure to accept that"
                 .into(),
         ),
-        (true, true) => (
-            "ucx",
-            "every pair of workers is two whole GPUs with P2P over NVLink, and distributed-ucxx is installed".into(),
-        ),
-        (true, false) => (
-            plain,
-            "the GPUs are NVLinked, but distributed-ucxx is not installed (pip install distributed-ucxx-cu13 for UCX)"
+        ProtocolRequest::Ucx => Ok((Protocol::Ucx, "asked for with --protocol ucx".into())),
+        ProtocolRequest::Gpucluster if !python.gpucluster => refuse(format!(
+            "--protocol gpucluster: the gpucluster package is not installed for `{}` (build and install its \
+             wheel: see the user guide, \"Dask\")",
+            python.python.to_string_lossy()
+        )),
+        ProtocolRequest::Gpucluster => Ok((Protocol::Gpucluster, "asked for with --protocol gpucluster".into())),
+        ProtocolRequest::Auto if python.gpucluster && facts.workers > 1 => Ok((
+            Protocol::Gpucluster,
+            "the gpucluster package is installed and workers share this host: device frames go over its transport, \
+             every connection proves the cluster's secret"
                 .into(),
-        ),
-        (false, _) => (
-            plain,
-            "MIG instances, GPUs without NVLink, or one worker: nothing for UCX's cuda_ipc/NVLink to use".into(),
-        ),
+        )),
+        ProtocolRequest::Auto => Ok(match (facts.all_pairs_nvlink && facts.workers > 1, python.ucxx) {
+            (true, true) if facts.secure => (
+                Protocol::Tls,
+                "UCX could use NVLink here, but it cannot authenticate peers: TLS keeps the cluster closed \
+                 (--insecure for UCX)"
+                    .into(),
+            ),
+            (true, true) => (
+                Protocol::Ucx,
+                "every pair of workers is two whole GPUs with P2P over NVLink, and distributed-ucxx is installed"
+                    .into(),
+            ),
+            (true, false) => (
+                tcp,
+                "the GPUs are NVLinked, but distributed-ucxx is not installed (pip install distributed-ucxx-cu13 for \
+                 UCX)"
+                    .into(),
+            ),
+            (false, _) if facts.workers > 1 => (
+                tcp,
+                "the gpucluster package is not installed for this Python (its comm would move device frames between \
+                 these workers), and nothing here is for UCX's cuda_ipc/NVLink"
+                    .into(),
+            ),
+            (false, _) => (tcp, "one worker: no device frames move between workers".into()),
+        }),
     }
 }
 
@@ -182,9 +273,10 @@ fn last_line(text: &str) -> String {
 /// # Errors
 /// [`LauncherError::NoDask`] saying how to install it.
 pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo, LauncherError> {
-    let script = "import dask, distributed, importlib.util; print(distributed.__version__); \
+    let script = "import dask, distributed, importlib.util, importlib.metadata as m; print(distributed.__version__); \
                   print(importlib.util.find_spec('dask_cuda') is not None); \
-                  print(importlib.util.find_spec('distributed_ucxx') is not None)";
+                  print(importlib.util.find_spec('distributed_ucxx') is not None); \
+                  print(any(e.name == 'gpucluster' for e in m.entry_points(group='distributed.comm.backends')))";
     let how = format!(
         "install it with `{0} -m pip install \"dask[distributed]\"` (and `dask-cuda` for GPU workers), \
          or pass --python with an interpreter that has it",
@@ -206,6 +298,7 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo
         distributed: version.to_owned(),
         dask_cuda: lines.next() == Some("True"),
         ucxx: lines.next() == Some("True"),
+        gpucluster: lines.next() == Some("True"),
     })
 }
 
@@ -479,8 +572,11 @@ pub struct DaskWorkers {
     pub host: Option<String>,
     /// Host memory per worker, bytes.
     pub host_memory_per_worker: Option<u64>,
-    /// `--protocol` for the workers, where it must be set (a local cluster on UCX).
-    pub protocol: Option<&'static str>,
+    /// `--protocol` for the workers, where it must be set (else they follow the scheduler's).
+    pub protocol: Option<Protocol>,
+    /// Every pair of these workers is host-staged (MIG instances): the gpucluster comm is told
+    /// so rather than finding out per connection.
+    pub host_staged_only: bool,
     /// TLS credentials, where the scheduler speaks TLS.
     pub tls: Option<TlsFiles>,
     /// The devices are simulated: plain `dask worker`, and nothing that asks the driver about
@@ -556,7 +652,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
                 args.extend(["--host".into(), host.clone().into()]);
             }
             if let Some(protocol) = config.protocol {
-                args.extend(["--protocol".into(), protocol.into()]);
+                args.extend(["--protocol".into(), protocol.scheme().into()]);
             }
             if let Some(tls) = &config.tls {
                 args.extend(tls.args());
@@ -566,6 +662,16 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if config.simulated {
                 env.insert("DASK_DISTRIBUTED__DIAGNOSTICS__NVML".into(), "False".into());
                 env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
+            }
+            // The device the gpucluster comm moves frames on (as the built-in worker's).
+            let device = match (config.simulated, w.kind) {
+                (false, _) => "cuda",
+                (true, cluster_core::DeviceKind::Mig) => "sim-mig",
+                (true, cluster_core::DeviceKind::Gpu) => "sim",
+            };
+            env.insert("GPUCLUSTER_DEVICE".into(), device.into());
+            if config.host_staged_only {
+                env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
             }
             env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), "fork".into());
             env.insert(
@@ -604,7 +710,7 @@ pub fn scheduler_spec(
     python: &PythonInfo,
     scheduler_file: &Path,
     host: Option<&str>,
-    protocol: &str,
+    protocol: Protocol,
     tls: Option<&TlsFiles>,
     local_directory: &Path,
 ) -> ProcessSpec {
@@ -613,7 +719,7 @@ pub fn scheduler_spec(
     args.extend(["--scheduler-file".into(), scheduler_file.as_os_str().to_owned(), "--no-dashboard".into()]);
     args.extend(["--dashboard-address".into(), HTTP_ADDRESS.into()]);
     args.extend(["--host".into(), host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
-    args.extend(["--protocol".into(), protocol.into()]);
+    args.extend(["--protocol".into(), protocol.scheme().into()]);
     if let Some(tls) = tls {
         args.extend(tls.args());
     }
@@ -737,11 +843,18 @@ mod tests {
         let snapshot = rt.block_on(spec.open().expect("open").snapshot()).expect("snapshot");
         let plan = cluster_core::plan(&snapshot, &cluster_core::PlanRequest::default()).expect("plan");
         let config = DaskWorkers {
-            python: PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda, ucxx: false },
+            python: PythonInfo {
+                python: "python3".into(),
+                distributed: "x".into(),
+                dask_cuda,
+                ucxx: false,
+                gpucluster: false,
+            },
             scheduler: SchedulerRef::File("s.json".into()),
             host: None,
             host_memory_per_worker: None,
             protocol: None,
+            host_staged_only: false,
             tls: None,
             simulated: true,
             local_directory: "/private/dir".into(),
@@ -816,16 +929,38 @@ mod tests {
     }
 
     #[test]
-    fn ucx_only_for_nvlinked_whole_gpus_with_ucxx() {
-        let mut python = PythonInfo { python: "python3".into(), distributed: "x".into(), dask_cuda: true, ucxx: true };
-        assert_eq!(choose_protocol(true, 8, &python, false).0, "ucx");
-        assert_eq!(choose_protocol(false, 8, &python, false).0, "tcp");
-        assert_eq!(choose_protocol(true, 1, &python, false).0, "tcp");
-        assert_eq!(choose_protocol(true, 8, &python, true).0, "tls", "UCX cannot authenticate peers");
-        assert_eq!(choose_protocol(false, 8, &python, true).0, "tls");
+    fn the_protocol_follows_what_is_installed_and_how_closed_the_cluster_is() {
+        use ProtocolRequest::*;
+        let mut python = PythonInfo {
+            python: "python3".into(),
+            distributed: "x".into(),
+            dask_cuda: true,
+            ucxx: true,
+            gpucluster: false,
+        };
+        let facts = |nvlink, workers, secure| ProtocolFacts { all_pairs_nvlink: nvlink, workers, secure };
+        let auto = |f, p: &PythonInfo| choose_protocol(Auto, f, p).expect("auto").0;
+        assert_eq!(auto(facts(true, 8, false), &python), Protocol::Ucx);
+        assert_eq!(auto(facts(false, 8, false), &python), Protocol::Tcp);
+        assert_eq!(auto(facts(true, 1, false), &python), Protocol::Tcp);
+        assert_eq!(auto(facts(true, 8, true), &python), Protocol::Tls, "UCX cannot authenticate peers");
+        assert_eq!(auto(facts(false, 8, true), &python), Protocol::Tls);
+        python.gpucluster = true;
+        assert_eq!(auto(facts(false, 8, true), &python), Protocol::Gpucluster);
+        assert_eq!(auto(facts(true, 8, false), &python), Protocol::Gpucluster);
+        assert_eq!(auto(facts(false, 1, true), &python), Protocol::Tls, "one worker moves no device frames");
+        // Requests: met where they can be, refused with the reason where they cannot.
+        assert_eq!(choose_protocol(Tcp, facts(false, 8, true), &python).expect("tcp").0, Protocol::Tls);
+        assert_eq!(choose_protocol(Tcp, facts(false, 8, false), &python).expect("tcp").0, Protocol::Tcp);
+        let err = choose_protocol(Ucx, facts(false, 8, true), &python).expect_err("insecure");
+        assert!(err.to_string().contains("--insecure"), "{err}");
+        assert_eq!(choose_protocol(Ucx, facts(false, 8, false), &python).expect("ucx").0, Protocol::Ucx);
+        python.gpucluster = false;
         python.ucxx = false;
-        let (protocol, why) = choose_protocol(true, 8, &python, false);
-        assert_eq!(protocol, "tcp");
+        assert!(choose_protocol(Gpucluster, facts(false, 8, true), &python).is_err());
+        assert!(choose_protocol(Ucx, facts(false, 8, false), &python).is_err());
+        let (protocol, why) = choose_protocol(Auto, facts(true, 8, false), &python).expect("auto");
+        assert_eq!(protocol, Protocol::Tcp);
         assert!(why.contains("distributed-ucxx"), "{why}");
     }
 

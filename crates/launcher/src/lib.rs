@@ -71,6 +71,9 @@ pub enum LauncherError {
         /// The scheduler's address.
         address: String,
     },
+    /// A comm protocol that cannot be used as asked.
+    #[error("{0}")]
+    Protocol(String),
     /// TLS credentials that someone else could have changed.
     #[error("the TLS credentials cannot be trusted: {0}")]
     UntrustedCredentials(String),
