@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::device::{Device, DeviceBuffer};
+use crate::device::{Device, DeviceBuffer, DevicePtr};
 use crate::gate::{self, Admitted, Check, Deadline, Gate, Limits, RefusalLog, Refusals, Workers};
 use crate::ring::{self, Geometry, Liveness, Received};
 use crate::shm::{self, Segment};
@@ -196,9 +196,27 @@ impl Drop for Pinned {
     }
 }
 
+/// The socket whose shutdown ends a connection at once ([`Connection::abort`]): the control
+/// socket of a local connection (both rings watch it), the TCP stream itself.
+enum AbortHandle {
+    Local(Arc<UnixStream>),
+    Tcp(TcpStream),
+}
+
+impl AbortHandle {
+    fn shutdown(&self) -> std::io::Result<()> {
+        match self {
+            AbortHandle::Local(s) => s.shutdown(std::net::Shutdown::Both),
+            AbortHandle::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+}
+
 struct Inner {
     path: Path,
     fallback: Option<String>,
+    abort: AbortHandle,
+    aborted: std::sync::atomic::AtomicBool,
     // Field order is drop order: the halves first, then the pinning, then the socket.
     halves: Halves,
     _pinned: Option<Pinned>,
@@ -241,18 +259,75 @@ impl Connection {
         if len > buf.len() {
             return Err(TransportError::BufferTooSmall { needed: len as u64, capacity: buf.len() as u64 });
         }
+        // SAFETY: `buf` owns at least `len` bytes (checked) and is borrowed for the whole call.
+        unsafe { self.send_raw(tag, buf.ptr(), len) }
+    }
+
+    /// Sends `len` bytes at the device address `src` (memory this process did not allocate
+    /// through [`DeviceBuffer`]: a CuPy or RMM array), blocking until that memory may be reused.
+    ///
+    /// # Safety
+    /// `src..src+len` must lie in one live allocation of this connection's device, hold the data
+    /// already (every write to it finished, on any stream), and stay allocated, unwritten, for
+    /// the whole call. The simulated device checks the range and fails instead.
+    ///
+    /// # Errors
+    /// As [`Connection::send_blocking`].
+    pub unsafe fn send_raw(&self, tag: u64, src: DevicePtr, len: usize) -> Result<(), TransportError> {
+        self.check_aborted()?;
         match &self.inner.halves {
             Halves::Local { sender, .. } => {
                 let mut s = sender.lock().map_err(|_| TransportError::poisoned())?;
                 match self.inner.path {
-                    Path::CudaIpc => s.send_ipc(tag, buf.ptr(), len),
-                    _ => s.send_staged(tag, buf.ptr(), len),
+                    Path::CudaIpc => s.send_ipc(tag, src, len),
+                    _ => s.send_staged(tag, src, len),
                 }
             }
-            Halves::Tcp { sender, .. } => {
-                sender.lock().map_err(|_| TransportError::poisoned())?.send(tag, buf.ptr(), len)
+            Halves::Tcp { sender, .. } => sender.lock().map_err(|_| TransportError::poisoned())?.send(tag, src, len),
+        }
+    }
+
+    /// Receives the next message into the device memory at `dst` (of `capacity` bytes), waiting
+    /// at most `wait` for it to begin (unbounded with `None`). When it returns, the bytes are in
+    /// place: the copies into `dst` have finished.
+    ///
+    /// # Safety
+    /// `dst..dst+capacity` must lie in one live allocation of this connection's device, which
+    /// nothing else reads or writes during the call. The simulated device checks the range and
+    /// fails instead.
+    ///
+    /// # Errors
+    /// As [`Connection::recv_blocking_timeout`].
+    pub unsafe fn recv_raw(
+        &self,
+        dst: DevicePtr,
+        capacity: usize,
+        wait: Option<Duration>,
+    ) -> Result<Received, TransportError> {
+        self.check_aborted()?;
+        match &self.inner.halves {
+            Halves::Local { receiver, .. } => {
+                receiver.lock().map_err(|_| TransportError::poisoned())?.recv(dst, capacity, wait)
+            }
+            Halves::Tcp { receiver, .. } => {
+                receiver.lock().map_err(|_| TransportError::poisoned())?.recv(dst, capacity, wait)
             }
         }
+    }
+
+    /// Ends the connection now, from any thread: a send or receive under way on either side
+    /// fails with [`TransportError::PeerGone`] within milliseconds, and so does every later one.
+    /// (Dropping the last clone also ends it, but only once no call holds it.)
+    pub fn abort(&self) {
+        self.inner.aborted.store(true, std::sync::atomic::Ordering::Release);
+        let _ = self.inner.abort.shutdown();
+    }
+
+    fn check_aborted(&self) -> Result<(), TransportError> {
+        if self.inner.aborted.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(TransportError::PeerGone("the connection was aborted here".into()));
+        }
+        Ok(())
     }
 
     /// Receives the next message into `buf`, blocking until it has arrived; waiting for it to
@@ -276,14 +351,8 @@ impl Connection {
     }
 
     fn recv_within(&self, buf: &DeviceBuffer, wait: Option<Duration>) -> Result<Received, TransportError> {
-        match &self.inner.halves {
-            Halves::Local { receiver, .. } => {
-                receiver.lock().map_err(|_| TransportError::poisoned())?.recv(buf.ptr(), buf.len(), wait)
-            }
-            Halves::Tcp { receiver, .. } => {
-                receiver.lock().map_err(|_| TransportError::poisoned())?.recv(buf.ptr(), buf.len(), wait)
-            }
-        }
+        // SAFETY: `buf` owns `buf.len()` bytes and is borrowed for the whole call.
+        unsafe { self.recv_raw(buf.ptr(), buf.len(), wait) }
     }
 
     /// Sends the first `len` bytes of `buf` with `tag`.
@@ -608,6 +677,8 @@ fn local_connection(
             path,
             fallback,
             halves: Halves::Local { sender: Mutex::new(sender), receiver: Mutex::new(receiver) },
+            abort: AbortHandle::Local(control.clone()),
+            aborted: false.into(),
             _pinned: Some(pinned),
             _control: Some(control),
         }),
@@ -615,12 +686,15 @@ fn local_connection(
 }
 
 fn tcp_connection(stream: TcpStream, device: &Arc<dyn Device>, stall: Duration) -> Result<Connection, TransportError> {
+    let abort = AbortHandle::Tcp(stream.try_clone().map_err(TransportError::io("dup socket"))?);
     let (sender, receiver) = tcp::halves(stream, device, stall)?;
     Ok(Connection {
         inner: Arc::new(Inner {
             path: Path::Tcp,
             fallback: None,
             halves: Halves::Tcp { sender: Mutex::new(sender), receiver: Mutex::new(receiver) },
+            abort,
+            aborted: false.into(),
             _pinned: None,
             _control: None,
         }),

@@ -33,6 +33,7 @@ mod path;
 pub mod peer;
 pub mod rendezvous;
 mod ring;
+mod secret_file;
 pub mod shm;
 mod tcp;
 
@@ -41,4 +42,5 @@ pub use error::TransportError;
 pub use gate::Refusals;
 pub use path::{Endpoint, Path, PathChoice, PathRule, choose_path};
 pub use ring::Received;
-pub use tcp::{SECRET_ENV, Secret};
+pub use secret_file::{SECRET_FILE_ENV, default_secret_file};
+pub use tcp::{ANSWER_LEN, NONCE_BYTES, PROOF_BYTES, SECRET_ENV, Secret};

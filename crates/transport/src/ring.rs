@@ -400,6 +400,10 @@ impl Sender {
     }
 }
 
+/// Most peer allocations a receiver keeps open; past it, all are closed and opened again as
+/// they come.
+const MAX_OPENED: usize = 64;
+
 /// What a receive delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Received {
@@ -472,6 +476,15 @@ impl Receiver {
         let (base, size) = match self.opened.get(&handle) {
             Some(&opened) => opened,
             None => {
+                if self.opened.len() >= MAX_OPENED {
+                    // A sender whose memory comes and goes (a pool that frees) would otherwise
+                    // keep every allocation it ever sent mapped here, and alive on its device.
+                    for (_, (base, _)) in self.opened.drain() {
+                        // SAFETY: opened in an earlier call, closed once; every copy from it was
+                        // waited for before that call returned.
+                        unsafe { self.device.ipc_close(base) };
+                    }
+                }
                 let opened = self.device.ipc_open(&handle)?;
                 self.opened.insert(handle, opened);
                 opened

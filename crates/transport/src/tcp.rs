@@ -155,11 +155,7 @@ pub(crate) fn check_answer(
 pub(crate) fn authenticate_client(stream: &mut TcpStream, secret: &Secret) -> Result<(), TransportError> {
     let mut challenge = [0u8; NONCE];
     stream.read_exact(&mut challenge).map_err(TransportError::io("read challenge"))?;
-    let ours = random_bytes::<NONCE>()?;
-    let tag = secret.mac(b"gpucluster client", &challenge, &ours).finalize().into_bytes();
-    let mut answer = Vec::with_capacity(NONCE + TAG_BYTES);
-    answer.extend_from_slice(&ours);
-    answer.extend_from_slice(&tag);
+    let answer = secret.answer(&challenge)?;
     stream.write_all(&answer).map_err(TransportError::io("answer challenge"))?;
     let mut proof = [0u8; TAG_BYTES];
     stream.read_exact(&mut proof).map_err(|e| match e.kind() {
@@ -170,11 +166,73 @@ pub(crate) fn authenticate_client(stream: &mut TcpStream, secret: &Secret) -> Re
         ),
         _ => TransportError::io("read proof")(e),
     })?;
-    secret
-        .mac(b"gpucluster server", &ours, &challenge)
-        .verify_slice(&proof)
-        .map_err(|_| TransportError::Authentication("the peer does not hold the cluster's secret".into()))
+    secret.check_proof(&challenge, &answer, &proof)
 }
+
+/// The challenge-response without a socket, for callers that carry it over a connection of
+/// their own (the Python comm carries it over Dask's TCP streams). The exchange: the listener
+/// sends [`Secret::challenge`] ([`NONCE_BYTES`]); the connector sends [`Secret::answer`]
+/// ([`ANSWER_LEN`]); the listener checks it with [`Secret::check_answer`] and sends the proof it
+/// returns ([`PROOF_BYTES`]); the connector checks that with [`Secret::check_proof`].
+impl Secret {
+    /// A fresh random challenge.
+    ///
+    /// # Errors
+    /// [`TransportError::Io`] if the system has no randomness to give.
+    pub fn challenge() -> Result<[u8; NONCE], TransportError> {
+        random_bytes::<NONCE>()
+    }
+
+    /// The connector's answer to `challenge`: a nonce of its own and its HMAC.
+    ///
+    /// # Errors
+    /// [`TransportError::Protocol`] for a challenge of the wrong size; no randomness.
+    pub fn answer(&self, challenge: &[u8]) -> Result<Vec<u8>, TransportError> {
+        if challenge.len() != NONCE {
+            return Err(TransportError::Protocol("a challenge of the wrong size".into()));
+        }
+        let ours = random_bytes::<NONCE>()?;
+        let tag = self.mac(b"gpucluster client", challenge, &ours).finalize().into_bytes();
+        let mut answer = Vec::with_capacity(ANSWER_BYTES);
+        answer.extend_from_slice(&ours);
+        answer.extend_from_slice(&tag);
+        Ok(answer)
+    }
+
+    /// The listener's check of the `answer` to its challenge `ours`; returns the proof to send
+    /// back.
+    ///
+    /// # Errors
+    /// [`TransportError::Authentication`] if the answer was not made with this secret;
+    /// [`TransportError::Protocol`] for sizes that are wrong.
+    pub fn check_answer(&self, ours: &[u8], answer: &[u8]) -> Result<[u8; TAG_BYTES], TransportError> {
+        let ours: &[u8; NONCE] =
+            ours.try_into().map_err(|_| TransportError::Protocol("a challenge of the wrong size".into()))?;
+        check_answer(self, ours, answer)
+    }
+
+    /// The connector's check of the listener's `proof`, given the `challenge` it received and the
+    /// `answer` it sent.
+    ///
+    /// # Errors
+    /// [`TransportError::Authentication`] if the listener does not hold this secret;
+    /// [`TransportError::Protocol`] for sizes that are wrong.
+    pub fn check_proof(&self, challenge: &[u8], answer: &[u8], proof: &[u8]) -> Result<(), TransportError> {
+        if challenge.len() != NONCE || answer.len() != ANSWER_BYTES {
+            return Err(TransportError::Protocol("a challenge or answer of the wrong size".into()));
+        }
+        self.mac(b"gpucluster server", &answer[..NONCE], challenge)
+            .verify_slice(proof)
+            .map_err(|_| TransportError::Authentication("the peer does not hold the cluster's secret".into()))
+    }
+}
+
+/// Bytes of a challenge ([`Secret::challenge`]).
+pub const NONCE_BYTES: usize = NONCE;
+/// Bytes of an answer ([`Secret::answer`]).
+pub const ANSWER_LEN: usize = ANSWER_BYTES;
+/// Bytes of a proof ([`Secret::check_answer`]).
+pub const PROOF_BYTES: usize = TAG_BYTES;
 
 /// Pinned staging slots and their events.
 #[derive(Debug)]

@@ -326,6 +326,43 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
 }
 
 #[test]
+fn abort_ends_a_receive_and_a_send_under_way_from_another_thread() {
+    for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+        // A receive waiting (unbounded) for a message that never comes.
+        let (device, conn, _peer) = connect_pair(path, Duration::from_secs(30), &["echo", "100000"]);
+        let buf = Arc::new(DeviceBuffer::new(&device, 100_000).expect("buffer"));
+        let waiting = {
+            let (conn, buf) = (conn.clone(), buf.clone());
+            std::thread::spawn(move || conn.recv_blocking(&buf))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        conn.abort();
+        eventually("the receive ends", Duration::from_secs(2), || waiting.is_finished());
+        let err = waiting.join().expect("join").expect_err("aborted");
+        assert!(matches!(err, TransportError::PeerGone(_)), "{path:?}: {err}");
+        assert!(t.elapsed() < Duration::from_secs(1), "{path:?}: after {:?}", t.elapsed());
+        let err = conn.send_blocking(1, &buf, 100_000).expect_err("and every later call");
+        assert!(matches!(err, TransportError::PeerGone(_)), "{path:?}: {err}");
+    }
+    // A send the peer stopped taking (it would wait for the stall bound, 30 s, without abort).
+    for (path, size) in [(Path::HostStaged, 40 * CHUNK), (Path::Tcp, 64 << 20)] {
+        let (device, conn, peer) = connect_pair(path, Duration::from_secs(30), &["echo", &size.to_string()]);
+        let buf = Arc::new(DeviceBuffer::new(&device, size).expect("buffer"));
+        peer.signal(libc::SIGSTOP);
+        let sending = {
+            let (conn, buf) = (conn.clone(), buf.clone());
+            std::thread::spawn(move || conn.send_blocking(1, &buf, size))
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        conn.abort();
+        eventually("the send ends", Duration::from_secs(2), || sending.is_finished());
+        let err = sending.join().expect("join").expect_err("aborted");
+        assert!(matches!(err, TransportError::PeerGone(_)), "{path:?}: {err}");
+    }
+}
+
+#[test]
 fn waiting_for_the_next_message_can_time_out_and_the_connection_goes_on() {
     for path in [Path::HostStaged, Path::Tcp] {
         let (device, conn, _peer) = connect_pair(path, Duration::from_millis(400), &["echo", "100000"]);

@@ -32,13 +32,30 @@ fn check(call: &'static str, r: CUresult) -> Result<(), TransportError> {
     Err(TransportError::Device { call, reason: text })
 }
 
+/// How many CUDA devices this process sees (0 without a usable driver), without making a
+/// context: cheap enough to ask in any process, GPU or not.
+pub fn device_count() -> usize {
+    // SAFETY: only probes whether the library can be loaded.
+    if !unsafe { sys::is_culib_present() } {
+        return 0;
+    }
+    let mut count = 0;
+    // SAFETY: plain driver calls with an out-pointer to a local.
+    let ok = unsafe {
+        sys::cuInit(0) == sys::CUresult::CUDA_SUCCESS
+            && sys::cuDeviceGetCount(&mut count) == sys::CUresult::CUDA_SUCCESS
+    };
+    if ok { usize::try_from(count).unwrap_or(0) } else { 0 }
+}
+
 /// A CUDA device with its primary context.
 #[derive(Debug)]
 pub struct CudaDevice {
     ordinal: i32,
     context: usize,
     name: String,
-    exported: Mutex<HashMap<DevicePtr, IpcHandle>>,
+    /// Handles exported so far, by base address, with the allocation's buffer id.
+    exported: Mutex<HashMap<DevicePtr, (u64, IpcHandle)>>,
 }
 
 impl CudaDevice {
@@ -143,7 +160,20 @@ impl Device for CudaDevice {
         let (mut base, mut size) = (0, 0);
         // SAFETY: out-pointers to locals.
         check("cuMemGetAddressRange", unsafe { sys::cuMemGetAddressRange_v2(&mut base, &mut size, ptr) })?;
-        if let Some(h) = self.exported.lock().map_err(|_| TransportError::poisoned())?.get(&base) {
+        // The allocation's id tells a cached handle from a stale one: memory of another library
+        // (a CuPy or RMM pool) can be freed and another allocation made at the same base.
+        let mut id = 0u64;
+        // SAFETY: out-pointer to a u64, the type of this attribute.
+        check("cuPointerGetAttribute", unsafe {
+            sys::cuPointerGetAttribute(
+                (&mut id as *mut u64).cast(),
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_BUFFER_ID,
+                base,
+            )
+        })?;
+        if let Some((cached, h)) = self.exported.lock().map_err(|_| TransportError::poisoned())?.get(&base)
+            && *cached == id
+        {
             return Ok((*h, ptr - base));
         }
         let mut h = MaybeUninit::<sys::CUipcMemHandle>::uninit();
@@ -152,7 +182,7 @@ impl Device for CudaDevice {
         // SAFETY: initialised by the successful call above.
         let h = unsafe { h.assume_init() };
         let handle = IpcHandle(h.reserved.map(|c| c as u8));
-        self.exported.lock().map_err(|_| TransportError::poisoned())?.insert(base, handle);
+        self.exported.lock().map_err(|_| TransportError::poisoned())?.insert(base, (id, handle));
         Ok((handle, ptr - base))
     }
 
@@ -181,6 +211,15 @@ impl Device for CudaDevice {
             // SAFETY: the caller passes an open base from `ipc_open` that no copy uses.
             unsafe { sys::cuIpcCloseMemHandle(ptr) };
         }
+    }
+
+    unsafe fn synchronize_foreign(&self, stream: u64) -> Result<(), TransportError> {
+        self.bind()?;
+        // 0 and 1 are the legacy default stream (CU_STREAM_LEGACY), 2 the per-thread one
+        // (CU_STREAM_PER_THREAD): the driver takes these values as they are.
+        let handle = if stream == 0 { 1 } else { stream };
+        // SAFETY: the caller passes a live stream of this context or one of the special values.
+        check("cuStreamSynchronize", unsafe { sys::cuStreamSynchronize(handle as usize as sys::CUstream) })
     }
 
     fn ipc_event(&self) -> Result<(Box<dyn Event>, IpcHandle), TransportError> {

@@ -123,6 +123,18 @@ pub trait Device: Send + Sync + fmt::Debug {
     /// since, and no queued copy may still use it.
     unsafe fn ipc_close(&self, ptr: DevicePtr);
 
+    /// Waits for the work queued on `stream`, a stream of this device that another library
+    /// made (CuPy's, numba's, as `__cuda_array_interface__` names it), so that memory it was
+    /// writing is complete before a transfer reads it. `0` and `1` mean the legacy default
+    /// stream, `2` the per-thread default stream. The simulated device has nothing to wait for.
+    ///
+    /// # Safety
+    /// `stream` must be 0, 1, 2 or a live stream of this device's context.
+    ///
+    /// # Errors
+    /// A driver failure, including one from the work waited for.
+    unsafe fn synchronize_foreign(&self, stream: u64) -> Result<(), TransportError>;
+
     /// An event that can be recorded here and waited on in another process, with its handle.
     ///
     /// # Errors
@@ -305,6 +317,19 @@ pub enum DeviceKind {
     Cuda,
     /// Simulated device memory.
     Simulated,
+}
+
+/// How many CUDA devices this process sees, without making a context (0 without a driver, or
+/// in a build without the `cuda` feature).
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        cuda::device_count()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
 }
 
 /// Opens the device memory of `kind`.

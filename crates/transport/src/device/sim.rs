@@ -127,6 +127,10 @@ impl Device for SimDevice {
         Ok(())
     }
 
+    unsafe fn synchronize_foreign(&self, _stream: u64) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     fn ipc_export(&self, ptr: DevicePtr) -> Result<(IpcHandle, u64), TransportError> {
         let (offset, fd, len) = self.segment_of(ptr).ok_or_else(|| TransportError::Device {
             call: "ipc_export",
