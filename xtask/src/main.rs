@@ -4,9 +4,11 @@
 //!   `tests/scenarios/` and diffs its output against the golden `expected.txt`; `--bless`
 //!   rewrites the golden files instead.
 //! - `ci`: exactly what CI runs: fmt, clippy (warnings as errors, with and without default
-//!   features), tests (with the Dask environment, required), simulate, docs.
-//! - `dask-env`: a Python virtual environment with the pinned Dask of
-//!   `tests/dask-requirements.txt` in `target/dask-venv`, for the Dask end-to-end tests.
+//!   features), tests (with the Dask environment, required), pytest, simulate, docs.
+//! - `dask-env`: a Python virtual environment with the pinned Dask, maturin and pytest of
+//!   `tests/dask-requirements.txt` in `target/dask-venv`, and the gpucluster wheel built from
+//!   this checkout (`crates/gpucluster-py`) installed in it: the environment of the Dask
+//!   end-to-end tests and of `tests/python/` (pytest).
 //! - `bench`: the criterion benchmarks (`benches/`).
 //! - `gpu-bundle`: release binaries for the GPU machine, copied into `.gpu-bundle/` (git-ignored)
 //!   so the device tool can carry them.
@@ -83,28 +85,54 @@ fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
 }
 
 /// A Python virtual environment with the pinned Dask of `tests/dask-requirements.txt`, in
-/// `target/dask-venv`, made once; returns its interpreter.
+/// `target/dask-venv` (made once), and the gpucluster wheel built from this checkout installed
+/// in it (every time: it is the code under test); returns its interpreter.
 fn dask_env() -> anyhow::Result<PathBuf> {
     let venv = root().join("target").join("dask-venv");
     let python = venv.join("bin").join("python");
     let requirements = root().join("tests").join("dask-requirements.txt");
     let stamp = venv.join("requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).context("reading tests/dask-requirements.txt")?;
-    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
-        return Ok(python);
+    if !(python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)) {
+        step("create the Python environment (target/dask-venv)", {
+            let mut c = Command::new("python3");
+            c.args(["-m", "venv", "--clear"]).arg(&venv);
+            c
+        })?;
+        step("install Dask, maturin and pytest (tests/dask-requirements.txt)", {
+            let mut c = Command::new(&python);
+            c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
+            c
+        })?;
+        std::fs::write(&stamp, wanted)?;
     }
-    step("create the Dask environment", {
-        let mut c = Command::new("python3");
-        c.args(["-m", "venv", "--clear"]).arg(&venv);
-        c
-    })?;
-    step("install Dask", {
+    let wheel = build_wheel(&venv, &python)?;
+    step("install the gpucluster wheel", {
         let mut c = Command::new(&python);
-        c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
+        c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--force-reinstall"]);
+        c.arg(&wheel);
         c
     })?;
-    std::fs::write(&stamp, wanted)?;
     Ok(python)
+}
+
+/// Builds the gpucluster wheel (abi3, release) with the environment's maturin into
+/// `target/wheels/`, and returns its path.
+fn build_wheel(venv: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let out = root().join("target").join("wheels");
+    let _ = std::fs::remove_dir_all(&out);
+    step("build the gpucluster wheel (crates/gpucluster-py)", {
+        let mut c = Command::new(venv.join("bin").join("maturin"));
+        c.current_dir(root());
+        c.args(["build", "--quiet", "--release", "-m", "crates/gpucluster-py/Cargo.toml", "-o"]).arg(&out);
+        c.arg("-i").arg(python);
+        c
+    })?;
+    std::fs::read_dir(&out)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "whl"))
+        .context("maturin built no wheel")
 }
 
 fn ci() -> anyhow::Result<()> {
@@ -131,6 +159,12 @@ fn ci() -> anyhow::Result<()> {
         &["test", "--workspace"],
         &[deny[0], ("GPUCLUSTER_TEST_PYTHON", python.as_str()), ("GPUCLUSTER_REQUIRE_DASK", "1")],
     )?;
+    step("pytest (tests/python)", {
+        let mut c = Command::new(&python);
+        c.current_dir(root());
+        c.args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/python"]);
+        c
+    })?;
     simulate(false, &[])?;
     run("doc", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings"), deny[0]])?;
     println!("==> ci passed");
@@ -139,7 +173,8 @@ fn ci() -> anyhow::Result<()> {
 
 /// Release binaries for a GPU machine (which has no cargo): the gpucluster binary, the
 /// transport's peer and example, its cross-process test binary (run there with `GPU_TESTS=1` and
-/// `TRANSPORT_PEER=.gpu-bundle/transport-peer`), and the anchor scripts from `../shared`.
+/// `TRANSPORT_PEER=.gpu-bundle/transport-peer`), the gpucluster wheel, and the anchor scripts
+/// from `../shared`.
 fn gpu_bundle() -> anyhow::Result<()> {
     step("build release binaries", {
         let mut c = cargo();
@@ -179,6 +214,14 @@ fn gpu_bundle() -> anyhow::Result<()> {
         .context("cargo did not report the test binary")?;
     std::fs::copy(executable, bundle.join("transport-protocols")).context("copying the test binary")?;
     std::fs::copy(root().join("tests").join("gpu").join("dask_local_check.py"), bundle.join("dask_local_check.py"))?;
+    // The Python package (abi3: the GPU machine's Python 3.12 takes it), built as the tests use it.
+    dask_env()?;
+    for entry in std::fs::read_dir(root().join("target").join("wheels"))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|x| x == "whl") {
+            std::fs::copy(&path, bundle.join(path.file_name().unwrap_or_default()))?;
+        }
+    }
     let anchors = root().join("..").join("shared").join("tools").join("anchors");
     if anchors.is_dir() {
         std::fs::create_dir_all(bundle.join("anchors"))?;

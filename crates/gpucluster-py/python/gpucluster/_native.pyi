@@ -1,0 +1,79 @@
+"""Type stubs of gpucluster._native, the Rust transport (crates/gpucluster-py/src/lib.rs)."""
+
+TOKEN_BYTES: int
+
+class TransportError(ConnectionError):
+    """A transport failure (base class)."""
+
+class PeerGone(TransportError):
+    """The peer closed the channel, died, or it was aborted."""
+
+class Timeout(TransportError):
+    """The peer did not answer in time."""
+
+class AuthenticationError(TransportError):
+    """The peer does not hold the cluster's secret."""
+
+class Engine:
+    """One process's end of the transport: a local listener (an unguessable abstract socket
+    name, open to this user only) and the channels it opens and accepts."""
+
+    def __init__(self, device: str) -> None:
+        """Opens ``device`` (``cuda``, ``sim`` or ``sim-mig``) and starts listening."""
+    @property
+    def local_name(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    def connect(self, peer: str, token: bytes, path: str = "auto", timeout: float = 30.0) -> Channel:
+        """Opens a channel to the engine at ``peer``, named ``token`` (16 bytes), over ``path``
+        (``auto``, ``host-staged`` or ``cuda-ipc``)."""
+    def accept(self, token: bytes, timeout: float = 30.0) -> Channel:
+        """Waits for the channel a peer opened with ``token``."""
+    def alloc(self, nbytes: int) -> DeviceBuffer:
+        """``nbytes`` of this engine's device memory."""
+    def close(self) -> None:
+        """Stops listening; open channels go on until closed."""
+
+class Channel:
+    """One direction of device frames between two processes."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def fallback(self) -> str | None: ...
+    def send(self, ptr: int, nbytes: int, stream: int = 0) -> None:
+        """Sends ``nbytes`` at device address ``ptr`` once ``stream``'s work has finished."""
+    def recv(self, ptr: int, capacity: int, timeout: float | None = None) -> int:
+        """Receives the next message into ``ptr`` and returns its size."""
+    def abort(self) -> None:
+        """Ends the channel at once; copies in flight on either side fail with PeerGone."""
+    def close(self) -> None: ...
+
+class DeviceBuffer:
+    """Device memory of an engine, with a ``__cuda_array_interface__``."""
+
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def __cuda_array_interface__(self) -> dict: ...
+    def write(self, data: bytes, offset: int = 0) -> None: ...
+    def read(self, n: int, offset: int = 0) -> bytes: ...
+    def __len__(self) -> int: ...
+
+class ClusterSecret:
+    """The cluster's secret, held in Rust."""
+
+    def answer(self, challenge: bytes) -> bytes: ...
+    def check_answer(self, challenge: bytes, answer: bytes) -> bytes: ...
+    def check_proof(self, challenge: bytes, answer: bytes, proof: bytes) -> None: ...
+
+def cluster_secret() -> ClusterSecret:
+    """GPUCLUSTER_SECRET, else GPUCLUSTER_SECRET_FILE, else ~/.config/gpucluster/secret."""
+
+def challenge() -> bytes: ...
+def boot_id() -> str: ...
+def net_namespace() -> str: ...
+def uid() -> int: ...
+def cuda_available() -> bool: ...
