@@ -414,18 +414,40 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
 
 /// Writes an SVG plot: GB/s against message size, one line per path and per ceiling.
 pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Result<()> {
+    // (label, points, is a ceiling)
+    let mut series: Vec<Series> = Vec::new();
+    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
+    paths.dedup();
+    for p in paths {
+        let points = report.results.iter().filter(|m| m.path == p).map(|m| (m.bytes.max(1) as f64, m.gbps)).collect();
+        series.push((p.name().to_owned(), points, false));
+    }
+    for name in [D2D, STAGED] {
+        let points =
+            report.ceilings.iter().filter(|c| c.name == name).map(|c| (c.bytes.max(1) as f64, c.gbps)).collect();
+        series.push((format!("ceiling: {name}"), points, true));
+    }
+    plot_series(&format!("gpucluster transport: {}", report.device), "message size (bytes)", &series, file)
+}
+
+/// A line of a plot: its label, its (size, GB/s) points, and whether it is a ceiling (drawn thin).
+pub(crate) type Series = (String, Vec<(f64, f64)>, bool);
+
+/// Draws GB/s against size, both on log scales, one line per series, as SVG.
+pub(crate) fn plot_series(title: &str, x_desc: &str, series: &[Series], file: &std::path::Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
     let root = SVGBackend::new(file, (900, 560)).into_drawing_area();
     let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", file.display());
     root.fill(&WHITE).map_err(|e| draw(&e))?;
-    let all: Vec<f64> = report.results.iter().map(|m| m.gbps).chain(report.ceilings.iter().map(|c| c.gbps)).collect();
+    let all: Vec<f64> = series.iter().flat_map(|(_, points, _)| points.iter().map(|p| p.1)).collect();
     let top = all.iter().copied().fold(1e-3, f64::max) * 2.0;
     let bottom = all.iter().copied().filter(|v| *v > 0.0).fold(top, f64::min).max(1e-6) / 2.0;
-    let sizes: Vec<usize> = report.results.iter().map(|m| m.bytes.max(1)).collect();
-    let (lo, hi) =
-        (sizes.iter().copied().min().unwrap_or(1) as f64, sizes.iter().copied().max().unwrap_or(2) as f64 * 1.5);
+    let sizes: Vec<f64> = series.iter().flat_map(|(_, points, _)| points.iter().map(|p| p.0.max(1.0))).collect();
+    let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = sizes.iter().copied().fold(0.0, f64::max);
+    let (lo, hi) = if lo.is_finite() { (lo, hi * 1.5) } else { (1.0, 2.0) };
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("gpucluster transport: {}", report.device), ("sans-serif", 20))
+        .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -433,42 +455,20 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
         .map_err(|e| draw(&e))?;
     chart
         .configure_mesh()
-        .x_desc("message size (bytes)")
+        .x_desc(x_desc)
         .y_desc("GB/s")
         .x_label_formatter(&|v| decimal(*v))
         .draw()
         .map_err(|e| draw(&e))?;
     let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
-    // (label, points, is a ceiling)
-    type Series = (String, Vec<(f64, f64)>, bool);
-    let mut series: Vec<Series> = Vec::new();
-    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
-    paths.dedup();
-    for p in paths {
-        let points = report
-            .results
-            .iter()
-            .filter(|m| m.path == p)
-            .map(|m| (m.bytes.max(1) as f64, m.gbps.max(bottom)))
-            .collect();
-        series.push((p.name().to_owned(), points, false));
-    }
-    for name in [D2D, STAGED] {
-        let points = report
-            .ceilings
-            .iter()
-            .filter(|c| c.name == name)
-            .map(|c| (c.bytes.max(1) as f64, c.gbps.max(bottom)))
-            .collect();
-        series.push((format!("ceiling: {name}"), points, true));
-    }
-    for (i, (label, points, dashed)) in series.into_iter().enumerate() {
+    for (i, (label, points, dashed)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];
-        let style = if dashed { colour.stroke_width(1) } else { colour.stroke_width(3) };
+        let style = if *dashed { colour.stroke_width(1) } else { colour.stroke_width(3) };
+        let points: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x, y.max(bottom))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), style))
             .map_err(|e| draw(&e))?
-            .label(label)
+            .label(label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
         chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(|e| draw(&e))?;
     }

@@ -112,13 +112,18 @@ enum BenchCommand {
     /// Bandwidth and latency of every path between two worker processes, against ceilings measured
     /// in the same run. Real GPU memory with --topology nvml, simulated memory otherwise.
     Transport(BenchArgs),
+    /// A device array between two Dask workers, over each comm protocol (gpucluster, TCP, UCX
+    /// where installed): GB/s from the receiving worker's transfer log and from wall time; also
+    /// dask-cuda's transpose_sum where dask-cuda is installed. Two workers on the one device
+    /// where there is one.
+    Dask(crate::bench_dask::BenchDaskArgs),
 }
 
 #[derive(Debug, Args)]
 struct BenchArgs {
     /// Message sizes, comma-separated, with K, M, G (binary) units. Default: 8 B to 1 GiB on a GPU,
     /// 8 B to 16 MiB on simulated memory.
-    #[arg(long, value_parser = parse_size_list, allow_negative_numbers = true, value_name = "SIZES")]
+    #[arg(long, value_parser = size_list, allow_negative_numbers = true, value_name = "SIZES")]
     sizes: Option<SizeList>,
     /// Timed round trips per size from 2 MiB up (20 times as many below); the median counts.
     #[arg(long, default_value_t = 10, value_parser = repeats, allow_negative_numbers = true, value_name = "N")]
@@ -149,9 +154,9 @@ struct BenchArgs {
 
 /// A list of sizes as one argument (clap would otherwise take `Vec` as repeated values).
 #[derive(Debug, Clone)]
-struct SizeList(Vec<usize>);
+pub(crate) struct SizeList(pub(crate) Vec<usize>);
 
-fn parse_size_list(s: &str) -> Result<SizeList, String> {
+pub(crate) fn size_list(s: &str) -> Result<SizeList, String> {
     crate::bench::parse_sizes(s).map(SizeList)
 }
 
@@ -171,7 +176,7 @@ fn count(s: &str, low: u64, high: u64) -> Result<u64, String> {
         .ok_or_else(|| format!("{n} is out of range: give {low} to {high}"))
 }
 
-fn repeats(s: &str) -> Result<usize, String> {
+pub(crate) fn repeats(s: &str) -> Result<usize, String> {
     count(s, 1, 10_000).map(|n| n as usize)
 }
 
@@ -323,7 +328,7 @@ impl SelectionArgs {
 }
 
 /// Reads the snapshot the user pointed at.
-async fn load(spec: &TopologySpec) -> anyhow::Result<Snapshot> {
+pub(crate) async fn load(spec: &TopologySpec) -> anyhow::Result<Snapshot> {
     let source = spec.open()?;
     let snapshot = source
         .snapshot()
@@ -370,6 +375,9 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             doctor::report(&findings, out)
         }
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
+        Command::Bench(BenchCommand::Dask(args)) => {
+            crate::bench_dask::run(&spec, &cli.global.topology, args, out).await
+        }
         Command::Up(args) => {
             crate::up::run(
                 &spec,

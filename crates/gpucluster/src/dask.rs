@@ -215,10 +215,15 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     // scheduler file and the credentials): never a shared scratch space another user may own.
     let dir = PrivateDir::create("gpucluster-dask")?;
     let request = dask::ProtocolRequest::from(args.protocol);
-    let facts = |secure| dask::ProtocolFacts { all_pairs_nvlink: all_nvlink, workers: plan.workers.len(), secure };
+    let facts = |secure, encrypted| dask::ProtocolFacts {
+        all_pairs_nvlink: all_nvlink,
+        workers: plan.workers.len(),
+        secure,
+        encrypted,
+    };
     let (scheduler, tls, protocol, why, host) = match joined {
         Ok(insecure) => {
-            let (protocol, why) = dask::choose_protocol(request, facts(!insecure), &python)?;
+            let (protocol, why) = dask::choose_protocol(request, facts(!insecure, false), &python)?;
             // TLS only where it is the protocol: gpucluster's comm proves the cluster's secret.
             let tls = if protocol == dask::Protocol::Tls {
                 let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
@@ -238,9 +243,11 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
             // Joining workers listen as the scheduler speaks, unless gpucluster's comm can move
             // their device frames or --protocol says otherwise.
             let (protocol, why) = match request {
-                dask::ProtocolRequest::Auto if !(python.gpucluster && plan.workers.len() > 1) => (None, String::new()),
+                dask::ProtocolRequest::Auto if !(python.gpucluster && plan.workers.len() > 1) || tls.is_some() => {
+                    (None, String::new())
+                }
                 _ => {
-                    let (p, why) = dask::choose_protocol(request, facts(tls.is_some()), &python)?;
+                    let (p, why) = dask::choose_protocol(request, facts(tls.is_some(), tls.is_some()), &python)?;
                     (Some(p), why)
                 }
             };

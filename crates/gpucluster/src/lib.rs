@@ -6,6 +6,7 @@
 //! in process; `main.rs` only hands it the real arguments and streams.
 
 mod bench;
+mod bench_dask;
 mod cli;
 mod dask;
 mod doctor;

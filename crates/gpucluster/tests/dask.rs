@@ -199,7 +199,8 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     let pwned = dir.join("pwned");
     std::fs::write(tmp.join("dask.py"), format!("open({:?}, 'a').write('x')\n", pwned.display().to_string()))
         .expect("plant");
-    let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5"]);
+    // TLS, as users get it where the gpucluster package is not installed.
+    let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5", "--protocol", "tcp"]);
     c.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR").current_dir(&tmp);
     c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
     let mut launcher = Proc(c.spawn().expect("launcher"));
@@ -253,6 +254,93 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     assert_eq!(launcher.0.wait().expect("wait").code(), Some(130), "Ctrl-C ends with 130");
     assert!(processes_with(&file.display().to_string()).is_empty(), "no scheduler or worker left");
     assert!(!file.parent().expect("dir").exists(), "the private folder (file, credentials) is removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const DEVICE_FRAMES: &str = r#"
+import os, sys
+from distributed import Client
+from gpucluster.sim import DeviceArray
+def make(n):
+    return DeviceArray.from_bytes(bytes(range(256)) * (n // 256))
+def check(x, n):
+    return x.tobytes() == bytes(range(256)) * (n // 256), x.via
+with Client(scheduler_file=sys.argv[1], timeout=30) as c:
+    a, b = list(c.scheduler_info()["workers"])[:2]
+    print("address", c.scheduler.address)
+    for n in (0, 256, 64 << 20):
+        x = c.submit(make, n, workers=[a], pure=False)
+        print(n, *c.submit(check, x, n, workers=[b], pure=False).result(timeout=60))
+"#;
+
+const INTRUDE: &str = "import sys\nfrom distributed import Client\ntry:\n    c = Client(sys.argv[1], timeout=5)\n    \
+                       print('INTRUDED', c.run(lambda: 1))\nexcept Exception as e:\n    print('refused', type(e).__name__)\n";
+
+#[test]
+fn dask_local_speaks_gpucluster_where_it_is_installed_and_only_to_holders_of_the_secret() {
+    let Some(python) = python() else { return };
+    let dir = scratch("gpucluster");
+    let log = dir.join("out.txt");
+    // The user's secret file lives here, not in the home of whoever runs the tests.
+    let config = dir.join("config");
+    let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--grace", "5"]);
+    c.env("XDG_CONFIG_HOME", &config).env_remove("GPUCLUSTER_SECRET").env_remove("GPUCLUSTER_SECRET_FILE");
+    c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
+    let mut launcher = Proc(c.spawn().expect("launcher"));
+    wait_until("the ready line", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
+    });
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("protocol gpucluster"), "{text}");
+    let file = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scheduler file: "))
+        .and_then(|l| l.split(' ').next())
+        .map(PathBuf::from)
+        .expect("scheduler file");
+    // The user's own client, from the same secret file: device arrays move over side channels.
+    let out = Command::new(&python)
+        .args(["-c", DEVICE_FRAMES, &file.display().to_string()])
+        .env("XDG_CONFIG_HOME", &config)
+        .output()
+        .expect("client");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    for n in ["0", "256", &(64 << 20).to_string()] {
+        assert!(report.contains(&format!("\n{n} True device frame")), "{n} bytes: {report}");
+    }
+    let address = report.lines().find_map(|l| l.strip_prefix("address ")).expect("address").to_owned();
+    assert!(address.starts_with("gpucluster://"), "{address}");
+    // Without the secret (another secret, plain TCP to the same port, another user): nothing.
+    let plain = address.replacen("gpucluster://", "tcp://", 1);
+    let wrong = [("GPUCLUSTER_SECRET", "00".repeat(32))];
+    for (target, env) in [(&address, &wrong[..]), (&plain, &[][..])] {
+        let out = Command::new(&python)
+            .args(["-c", INTRUDE, target])
+            .env("XDG_CONFIG_HOME", &config)
+            .envs(env.iter().cloned())
+            .output()
+            .expect("intruder");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("refused") && !text.contains("INTRUDED"), "{target}: {text}");
+    }
+    // SAFETY: getuid cannot fail.
+    if unsafe { libc::getuid() } == 0 {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&python)
+            .args(["-c", INTRUDE, &address])
+            .env("HOME", "/nonexistent")
+            .env("XDG_CONFIG_HOME", "/nonexistent")
+            .output()
+            .expect("setpriv");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("INTRUDED"), "another user got in: {text}");
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.0.id() as i32, libc::SIGINT) };
+    assert_eq!(launcher.0.wait().expect("wait").code(), Some(130), "Ctrl-C ends with 130");
+    assert!(processes_with(&file.display().to_string()).is_empty(), "no scheduler or worker left");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -99,6 +99,9 @@ pub struct ProtocolFacts {
     pub workers: usize,
     /// Whether the cluster must be closed to other users (`dask local` unless `--insecure`).
     pub secure: bool,
+    /// Whether the scheduler requires every connection to be encrypted (a TLS scheduler that
+    /// workers join): gpucluster's comm authenticates every connection but encrypts none.
+    pub encrypted: bool,
 }
 
 /// The comm protocol for a cluster's workers, and why; pure.
@@ -119,7 +122,14 @@ pub fn choose_protocol(
 ) -> Result<(Protocol, String), LauncherError> {
     let tcp = if facts.secure { Protocol::Tls } else { Protocol::Tcp };
     let refuse = |why: String| Err(LauncherError::Protocol(why));
+    let unencrypted = "the scheduler speaks TLS and Dask then refuses every connection that is not encrypted";
     match request {
+        ProtocolRequest::Ucx | ProtocolRequest::Gpucluster if facts.encrypted => refuse(format!(
+            "--protocol {}: {unencrypted}; gpucluster's comm authenticates but does not encrypt (use --protocol tcp, \
+             or start the cluster with `gpucluster dask local`, which speaks gpucluster throughout)",
+            if request == ProtocolRequest::Ucx { "ucx" } else { "gpucluster" }
+        )),
+        ProtocolRequest::Auto if facts.encrypted => Ok((Protocol::Tls, format!("{unencrypted}, so workers speak TLS"))),
         ProtocolRequest::Tcp => Ok((tcp, "asked for with --protocol tcp".into())),
         ProtocolRequest::Ucx if !python.ucxx => {
             refuse("--protocol ucx: distributed-ucxx is not installed (pip install distributed-ucxx-cu13)".into())
@@ -938,7 +948,8 @@ mod tests {
             ucxx: true,
             gpucluster: false,
         };
-        let facts = |nvlink, workers, secure| ProtocolFacts { all_pairs_nvlink: nvlink, workers, secure };
+        let facts =
+            |nvlink, workers, secure| ProtocolFacts { all_pairs_nvlink: nvlink, workers, secure, encrypted: false };
         let auto = |f, p: &PythonInfo| choose_protocol(Auto, f, p).expect("auto").0;
         assert_eq!(auto(facts(true, 8, false), &python), Protocol::Ucx);
         assert_eq!(auto(facts(false, 8, false), &python), Protocol::Tcp);
@@ -949,6 +960,11 @@ mod tests {
         assert_eq!(auto(facts(false, 8, true), &python), Protocol::Gpucluster);
         assert_eq!(auto(facts(true, 8, false), &python), Protocol::Gpucluster);
         assert_eq!(auto(facts(false, 1, true), &python), Protocol::Tls, "one worker moves no device frames");
+        // Joining a TLS scheduler: Dask refuses unencrypted comms there, ours included.
+        let tls_scheduler = ProtocolFacts { encrypted: true, ..facts(false, 8, true) };
+        assert_eq!(auto(tls_scheduler, &python), Protocol::Tls);
+        let err = choose_protocol(Gpucluster, tls_scheduler, &python).expect_err("not encrypted");
+        assert!(err.to_string().contains("--protocol tcp"), "{err}");
         // Requests: met where they can be, refused with the reason where they cannot.
         assert_eq!(choose_protocol(Tcp, facts(false, 8, true), &python).expect("tcp").0, Protocol::Tls);
         assert_eq!(choose_protocol(Tcp, facts(false, 8, false), &python).expect("tcp").0, Protocol::Tcp);

@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod dask;
+pub mod dask_bench;
 pub mod guard;
 mod supervise;
 mod up;
@@ -71,6 +72,9 @@ pub enum LauncherError {
         /// The scheduler's address.
         address: String,
     },
+    /// `bench dask` could not run a variant.
+    #[error("bench dask: {0}")]
+    Bench(String),
     /// A comm protocol that cannot be used as asked.
     #[error("{0}")]
     Protocol(String),

@@ -1,0 +1,183 @@
+//! `gpucluster bench dask`: device arrays between two Dask workers, over each comm protocol;
+//! the measuring is `launcher::dask_bench`'s, the table, JSON and plot are here.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use gpu_topology::TopologySpec;
+use launcher::dask::{self};
+use launcher::dask_bench::{DaskBench, Variant, VariantResult};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchDaskArgs {
+    /// Variants to measure, comma-separated: gpucluster, gpucluster-host-staged (what MIG
+    /// instances get), tcp, tls, ucx, ucx-no-ipc. Default: the gpucluster ones and tcp, and the
+    /// UCX ones where distributed-ucxx is installed.
+    #[arg(long, value_delimiter = ',', value_name = "VARIANTS")]
+    variants: Vec<String>,
+    /// Array sizes, comma-separated, with K, M, G (binary) units. Default: 16M,256M,1G on a GPU,
+    /// 16M,64M on simulated memory.
+    #[arg(long, value_parser = crate::cli::size_list, value_name = "SIZES")]
+    sizes: Option<crate::cli::SizeList>,
+    /// Timed runs per size after one warm-up; the median counts.
+    #[arg(long, default_value_t = 5, value_parser = crate::cli::repeats, value_name = "N")]
+    repeats: usize,
+    /// The Python interpreter with Dask and the gpucluster package.
+    #[arg(long, env = "GPUCLUSTER_PYTHON", default_value = "python3", value_name = "PYTHON")]
+    python: OsString,
+    /// Skip dask-cuda's transpose_sum benchmark (run where dask-cuda is installed).
+    #[arg(long)]
+    no_transpose_sum: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also draw the results as an SVG plot.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+}
+
+/// What `bench dask` found.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct DaskReport {
+    pub(crate) memory: String,
+    pub(crate) workers_per_device: u32,
+    pub(crate) variants: Vec<VariantResult>,
+}
+
+pub(crate) async fn run(
+    spec: &TopologySpec,
+    topology: &str,
+    args: BenchDaskArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let mut signals = launcher::Signals::install()?;
+    let probe = args.python.clone();
+    let python = match signals.or_blocking(move |cancel| dask::probe_python(&probe, cancel)).await {
+        Ok(python) => python?,
+        Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
+    };
+    let snapshot = crate::cli::load(spec).await?;
+    let devices: usize = snapshot
+        .hosts
+        .first()
+        .map(|h| h.gpus.iter().map(|g| if g.mig_enabled { g.mig_instances.len() } else { 1 }).sum())
+        .unwrap_or(0);
+    let real = spec.is_real();
+    let names: Vec<String> = if args.variants.is_empty() {
+        let mut v = vec!["gpucluster-host-staged".to_owned(), "gpucluster".to_owned(), "tcp".to_owned()];
+        if python.ucxx {
+            v.extend(["ucx".to_owned(), "ucx-no-ipc".to_owned()]);
+        }
+        v
+    } else {
+        args.variants.clone()
+    };
+    let variants = names.iter().map(|n| Variant::named(n)).collect::<Result<Vec<_>, _>>()?;
+    if variants.iter().any(|v| v.protocol == "gpucluster") && !python.gpucluster {
+        anyhow::bail!(
+            "the gpucluster package is not installed for `{}`: install its wheel (`cargo xtask dask-env` makes one), \
+             or measure --variants tcp",
+            python.python.to_string_lossy()
+        );
+    }
+    let sizes = args
+        .sizes
+        .map(|s| s.0)
+        .unwrap_or_else(|| if real { vec![16 << 20, 256 << 20, 1 << 30] } else { vec![16 << 20, 64 << 20] });
+    let bench = DaskBench {
+        program: std::env::current_exe().context("finding this program")?.into(),
+        global_args: vec!["--topology".into(), topology.into()],
+        python: python.python.clone(),
+        sizes: sizes.iter().map(|&s| s as u64).collect(),
+        repeats: args.repeats as u32,
+        array: if real { "cupy" } else { "sim" },
+        workers_per_device: if devices == 1 { 2 } else { 1 },
+        transpose_sum: !args.no_transpose_sum && python.dask_cuda && real,
+    };
+    let mut report = DaskReport {
+        memory: if real { "GPU memory (CuPy)".into() } else { "simulated device memory".into() },
+        workers_per_device: bench.workers_per_device,
+        variants: Vec::new(),
+    };
+    for variant in variants {
+        if !args.json {
+            eprintln!("bench dask: {} ...", variant.name);
+        }
+        let (b, v) = (bench.clone(), variant.clone());
+        match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
+            Ok(result) => report.variants.push(result?),
+            Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
+        }
+    }
+    if let Some(file) = &args.plot {
+        plot(&report, file)?;
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &report)?;
+        writeln!(out)?;
+    } else {
+        table(&report, out)?;
+        if let Some(file) = &args.plot {
+            writeln!(out, "plot: {}", file.display())?;
+        }
+    }
+    Ok(0)
+}
+
+fn table(report: &DaskReport, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "bench dask: {}, two workers{}; GB/s from the receiving worker's transfer log (wall time in brackets)",
+        report.memory,
+        if report.workers_per_device == 2 { " on the one device" } else { "" }
+    )?;
+    let mut t = crate::table::Table::default();
+    let mut header = vec!["SIZE".to_owned()];
+    header.extend(report.variants.iter().map(|v| v.variant.name.clone()));
+    t.row(header);
+    let mut sizes: Vec<u64> = report.variants.iter().flat_map(|v| v.results.iter().map(|m| m.bytes)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for bytes in sizes {
+        let mut row = vec![crate::bench::human(bytes as usize)];
+        for v in &report.variants {
+            row.push(match v.results.iter().find(|m| m.bytes == bytes) {
+                Some(m) => {
+                    format!("{} ({:.2})", m.log_gbps.map_or_else(|| "-".to_owned(), |g| format!("{g:.2}")), m.wall_gbps)
+                }
+                None => "-".into(),
+            });
+        }
+        t.row(row);
+    }
+    t.write(out, "")?;
+    for v in &report.variants {
+        for note in &v.notes {
+            writeln!(out, "note: {}: {note}", v.variant.name)?;
+        }
+        if !v.transpose_sum.is_empty() {
+            writeln!(out, "\ntranspose_sum over {}:", v.variant.name)?;
+            for line in &v.transpose_sum {
+                writeln!(out, "  {line}")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn plot(report: &DaskReport, file: &std::path::Path) -> anyhow::Result<()> {
+    let series: Vec<crate::bench::Series> = report
+        .variants
+        .iter()
+        .map(|v| {
+            let points = v.results.iter().filter_map(|m| m.log_gbps.map(|g| (m.bytes.max(1) as f64, g))).collect();
+            (v.variant.name.clone(), points, false)
+        })
+        .collect();
+    let title = format!("Dask, a device array between two workers: {}", report.memory);
+    crate::bench::plot_series(&title, "array size (bytes)", &series, file)
+}
