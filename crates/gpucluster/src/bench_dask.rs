@@ -38,6 +38,9 @@ pub(crate) struct BenchDaskArgs {
     /// Also draw the results as an SVG plot.
     #[arg(long, value_name = "FILE")]
     plot: Option<PathBuf>,
+    /// Measure nothing: print the table (and --plot) of a report saved with --json.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// What `bench dask` found.
@@ -54,6 +57,12 @@ pub(crate) async fn run(
     args: BenchDaskArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    if let Some(file) = &args.report {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let report: DaskReport = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a report of `bench dask --json`", file.display()))?;
+        return finish(&report, &args, out);
+    }
     let mut signals = launcher::Signals::install()?;
     let probe = args.python.clone();
     let python = match signals.or_blocking(move |cancel| dask::probe_python(&probe, cancel)).await {
@@ -86,7 +95,8 @@ pub(crate) async fn run(
     }
     let sizes = args
         .sizes
-        .map(|s| s.0)
+        .as_ref()
+        .map(|s| s.0.clone())
         .unwrap_or_else(|| if real { vec![16 << 20, 256 << 20, 1 << 30] } else { vec![16 << 20, 64 << 20] });
     let bench = DaskBench {
         program: std::env::current_exe().context("finding this program")?.into(),
@@ -104,23 +114,26 @@ pub(crate) async fn run(
         variants: Vec::new(),
     };
     for variant in variants {
-        if !args.json {
-            eprintln!("bench dask: {} ...", variant.name);
-        }
+        // Progress on stderr, also with --json: a variant takes tens of seconds.
+        eprintln!("bench dask: {} ...", variant.name);
         let (b, v) = (bench.clone(), variant.clone());
         match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
             Ok(result) => report.variants.push(result?),
             Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
         }
     }
+    finish(&report, &args, out)
+}
+
+fn finish(report: &DaskReport, args: &BenchDaskArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     if let Some(file) = &args.plot {
-        plot(&report, file)?;
+        plot(report, file)?;
     }
     if args.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
+        serde_json::to_writer_pretty(&mut *out, report)?;
         writeln!(out)?;
     } else {
-        table(&report, out)?;
+        table(report, out)?;
         if let Some(file) = &args.plot {
             writeln!(out, "plot: {}", file.display())?;
         }

@@ -283,6 +283,15 @@ fn last_line(text: &str) -> String {
 /// # Errors
 /// [`LauncherError::NoDask`] saying how to install it.
 pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo, LauncherError> {
+    // Python runs from `/` (never from a directory another user may have planted modules in), so
+    // a relative path such as `target/dask-venv/bin/python` is made absolute here, against the
+    // directory the user typed it in; a bare name is looked up in PATH as before.
+    let absolute = std::path::Path::new(python);
+    let python = &if absolute.is_relative() && absolute.components().count() > 1 {
+        std::path::absolute(absolute).map_or_else(|_| python.clone(), std::path::PathBuf::into_os_string)
+    } else {
+        python.clone()
+    };
     let script = "import dask, distributed, importlib.util, importlib.metadata as m; print(distributed.__version__); \
                   print(importlib.util.find_spec('dask_cuda') is not None); \
                   print(importlib.util.find_spec('distributed_ucxx') is not None); \

@@ -250,7 +250,8 @@ pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult
 fn run_transpose_sum(bench: &DaskBench, file: &std::path::Path) -> Result<Vec<String>, String> {
     let mut command = Command::new(&bench.python);
     command.args(["-m", "dask_cuda.benchmarks.local_cupy", "--operation", "transpose_sum", "-s", "20000"]);
-    command.args(["-c", "128MiB", "--runs", "3", "--scheduler-file"]).arg(file);
+    // Chunks of 4000 x 4000 float64 (128 MB), as dask-cuda counts them: elements per side.
+    command.args(["-c", "4000", "--runs", "3", "--scheduler-file"]).arg(file);
     if let Some(dir) = file.parent().filter(|d| d.join("ca.pem").is_file()) {
         command.arg("--tls-ca-file").arg(dir.join("ca.pem"));
         command.arg("--tls-cert").arg(dir.join("cert.pem"));

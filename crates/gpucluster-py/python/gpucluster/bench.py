@@ -25,7 +25,7 @@ import time
 
 #: How long one array may take to be made or moved before the benchmark gives up (a cluster
 #: that cannot move it retries for ever; say so instead).
-TIMEOUT = 300
+TIMEOUT = 120
 
 
 def _make(n: int, kind: str):

@@ -194,7 +194,7 @@ class GpuclusterComm(TCP):
         self._send_channel = None  # ours, opened on the first device frame we write
         self._send_token = os.urandom(16)
         self._recv_channels: dict[bytes, Any] = {}
-        self._in_flight: set = set()
+        self._in_flight: dict[int, tuple] = {}
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -307,11 +307,11 @@ class GpuclusterComm(TCP):
         has returned, even if this coroutine is cancelled (the memory must outlive the DMA)."""
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(_copies(), call, *args)
-        holder = (future, buffer)
-        self._in_flight.add(holder)
+        # By the future's identity: buffers (CuPy arrays) are not hashable.
+        self._in_flight[id(future)] = (future, buffer)
 
         def done(f) -> None:
-            self._in_flight.discard(holder)
+            self._in_flight.pop(id(f), None)
             # Retrieved here, so that a copy whose awaiter was cancelled logs nothing.
             if not f.cancelled():
                 f.exception()

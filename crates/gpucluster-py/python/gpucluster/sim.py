@@ -32,6 +32,10 @@ def _device():
 class DeviceArray:
     """``nbytes`` bytes of simulated device memory, shaped as a 1-D array of ``uint8``."""
 
+    # Unhashable, as CuPy and NumPy arrays are: code that moves frames must not rely on hashing
+    # them.
+    __hash__ = None  # type: ignore[assignment]
+
     def __init__(self, buffer, via: str = "made here"):
         self.buffer = buffer
         #: How it reached this process: "made here", "device frame" (over a side channel) or
@@ -79,7 +83,8 @@ def register() -> None:
 
     @cuda_serialize.register(DeviceArray)
     def _cuda_serialize(x):
-        return {"nbytes": x.nbytes}, [x.buffer]
+        # The array itself is the frame (it has a __cuda_array_interface__), as for CuPy.
+        return {"nbytes": x.nbytes}, [x]
 
     @cuda_deserialize.register(DeviceArray)
     def _cuda_deserialize(header, frames):

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root, with .gpu-bundle/ (cargo xtask gpu-bundle: the
+# binary and the gpucluster wheel) and .whl/ (Dask, distributed, dask-cuda and their missing
+# dependencies) carried: the gpucluster comm on CUDA (tests/gpu/comm_check.py), then
+# `bench dask` for gpucluster (host-staged and automatic) and TCP, with dask-cuda's transpose_sum.
+# Writes what it saw to $OUT (or ./gpu-out).
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+# BUNDLE: the folder with the binary and the wheels to install beside .whl/ (.gpu-bundle, or a
+# folder that also holds the UCX wheels: they and .gpu-bundle do not fit one call together).
+BUNDLE=${BUNDLE:-.gpu-bundle}
+B=$PWD/$BUNDLE/gpucluster
+log() { printf '\n== %s\n' "$*"; }
+# EXTRA: a folder of further wheels (.whl-ucx: distributed-ucxx, ucxx, libucxx, libucx, rmm,
+# librmm), carried in a call of its own on the same warm machine: the folders carried before stay.
+EXTRA=${EXTRA:-}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+  .whl/*.whl $BUNDLE/*.whl $(ls .whl-nvtx/*.whl 2>/dev/null) $([ -n "$EXTRA" ] && ls "$EXTRA"/*.whl) || exit 1
+export PYTHONPATH=/tmp/site
+log machine; nvidia-smi -L; python3 -c 'import cupy, gpucluster; print("cupy", cupy.__version__)'
+python3 -m pip list 2>/dev/null | grep -iE '^(cuda|nvidia|numba|numpy|rmm|ucx|pynvml)' | tr '\n' ' '; echo
+
+if [ -z "${SKIP_CHECK:-}" ]; then
+  log "comm check: CuPy arrays between two workers on the one GPU"
+  (cd /tmp && timeout 400 python3 "$OLDPWD/tests/gpu/comm_check.py" 2>"$OUT/comm-check.err"); echo "exit $?"
+fi
+
+log "bench dask (two workers on the one GPU; gpucluster-host-staged stands for two MIG instances)"
+timeout ${BENCH_TIMEOUT:-420} $B bench dask --python python3 --variants ${VARIANTS:-gpucluster-host-staged,gpucluster,tcp} \
+  --sizes ${SIZES:-16M,256M,1G} --repeats 5 ${BENCH_ARGS:-} --json > "$OUT/bench-dask.json"; echo "exit $?"
+$B bench dask --report "$OUT/bench-dask.json" --plot "$OUT/bench-dask.svg"
