@@ -22,7 +22,7 @@ python3 -m pip list 2>/dev/null | grep -iE '^(cuda|nvidia|numba|numpy|rmm|ucx|py
 
 if [ -z "${SKIP_CHECK:-}" ]; then
   log "comm check: CuPy arrays between two workers on the one GPU"
-  (cd /tmp && timeout 400 python3 "$OLDPWD/tests/gpu/comm_check.py" 2>"$OUT/comm-check.err"); echo "exit $?"
+  (cd /tmp && timeout ${CHECK_TIMEOUT:-400} python3 "$OLDPWD/tests/gpu/comm_check.py" 2>"$OUT/comm-check.err"); echo "exit $?"
 fi
 
 log "bench dask (two workers on the one GPU; gpucluster-host-staged stands for two MIG instances)"

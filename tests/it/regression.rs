@@ -205,3 +205,25 @@ fn item_15_unclear_messages_are_clear() {
     assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
     assert!(err.contains("control character"), "{err}");
 }
+
+/// Item 18: the path notes contradicted each other. `plan --workers-per-device 2` on MIG said
+/// cuda-ipc within one instance while `up` then fell back with another reason, and
+/// `bench --paths cuda-ipc` on MIG printed "using host-staged", then a host-staged table, and
+/// exited 0. One rule now answers: host-staged, with one reason, and bench refuses. (`up`, which
+/// starts processes, is checked against the same rule in `crates/gpucluster/tests/up.rs`: never
+/// run it in process here, where its workers would be this test binary.)
+#[test]
+fn item_18_plan_and_bench_agree_on_the_path_between_mig_workers() {
+    refused(
+        &["--topology", "sim:a30", "bench", "transport", "--paths", "cuda-ipc", "--sizes", "1M"],
+        1,
+        "--paths cuda-ipc: not available",
+    );
+    let (_, out, err) = gpucluster(&["--topology", "sim:a30", "bench", "transport", "--paths", "cuda-ipc"]);
+    assert!(!out.contains("GB/s") && !err.contains("using host-staged"), "no table was measured:\n{out}\n{err}");
+
+    let (status, plan, err) = gpucluster(&["--topology", "sim:a30", "plan", "--workers-per-device", "2"]);
+    assert_eq!(status, 0, "{err}");
+    assert!(!plan.contains("cuda-ipc"), "MIG workers never plan cuda-ipc:\n{plan}");
+    assert!(plan.contains("both use MIG instance"), "the same-instance pairs say why:\n{plan}");
+}

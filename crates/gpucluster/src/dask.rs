@@ -214,6 +214,8 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     // A private directory for the workers' files (and, for `dask local`, the scheduler's, its
     // scheduler file and the credentials): never a shared scratch space another user may own.
     let dir = PrivateDir::create("gpucluster-dask")?;
+    // Should this launcher be killed (SIGKILL), its guards remove the directory.
+    supervision.private_dir = Some(dir.path().to_owned());
     let request = dask::ProtocolRequest::from(args.protocol);
     let facts = |secure, encrypted| dask::ProtocolFacts {
         all_pairs_nvlink: all_nvlink,

@@ -534,3 +534,38 @@ fn missing_dask_and_bad_scheduler_files_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Dask scheduler file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 9, item 9: a launcher killed by SIGKILL cannot remove its private directory (which
+/// holds the cluster's TLS key); its guards do, once they have stopped its scheduler and workers.
+#[test]
+fn a_killed_dask_local_leaves_no_process_and_no_private_directory() {
+    let Some(python) = python() else { return };
+    let dir = scratch("sigkill");
+    let log = dir.join("out.txt");
+    let mut c = gpucluster(&["--topology", "sim:a30", "dask", "local", "--protocol", "tcp"]);
+    c.env("TMPDIR", &dir).env_remove("XDG_RUNTIME_DIR");
+    c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
+    let mut launcher = Proc(c.spawn().expect("launcher"));
+    let mut scheduler_file = None;
+    wait_until("the scheduler file", Duration::from_secs(60), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        scheduler_file = text
+            .lines()
+            .find_map(|l| l.strip_prefix("scheduler file: "))
+            .and_then(|l| l.split(' ').next())
+            .map(PathBuf::from)
+            .filter(|p| p.exists());
+        scheduler_file.is_some()
+    });
+    let file = scheduler_file.expect("file");
+    let private = file.parent().expect("private directory").to_owned();
+    assert!(private.join("key.pem").exists(), "TLS credentials in the private directory");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(launcher.0.id() as i32, libc::SIGKILL) };
+    let _ = launcher.0.wait();
+    wait_until("the private directory to go", Duration::from_secs(10), || !private.exists());
+    wait_until("every process of the cluster to go", Duration::from_secs(10), || {
+        processes_with(&private.display().to_string()).is_empty()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+}

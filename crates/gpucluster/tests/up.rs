@@ -46,6 +46,21 @@ fn the_built_in_worker_checks_every_device_and_measures_every_pair() {
     assert!(text.lines().any(|l| l.contains("-gpu0-mig0  MIG-") && l.contains("(1g.10gb)")), "{text}");
 }
 
+/// Issue 9, item 18: two workers of one MIG instance were planned cuda-ipc and then fell back at
+/// run time with another reason; `up` measures every pair over the path the plan chose.
+#[test]
+fn mig_workers_sharing_an_instance_are_host_staged_as_planned() {
+    let out = gpucluster().args(["--topology", "sim:a30", "up", "--workers-per-device", "2"]).output().expect("run");
+    let (text, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}\n{err}");
+    // 8 workers on 4 instances: all 28 pairs measured, the 4 within an instance included.
+    let pairs: Vec<&str> =
+        text.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|to| to.starts_with("a30-gpu0-mig"))).collect();
+    assert_eq!(pairs.len(), 28, "{text}");
+    assert!(pairs.iter().all(|l| l.split_whitespace().nth(2) == Some("host-staged")), "{text}");
+    assert!(!text.contains("cuda-ipc") && !err.contains("cuda-ipc"), "no fallback, no second reason:\n{text}\n{err}");
+}
+
 #[test]
 fn an_inventory_is_a_description_and_runs_on_simulated_memory() {
     // A saved snapshot of a GPU machine, on a machine without a GPU: no CUDA is asked for.

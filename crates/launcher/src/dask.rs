@@ -1019,3 +1019,97 @@ mod tests {
         assert!(err.to_string().contains("Dask is not installed"), "{err}");
     }
 }
+
+/// The scheduler-file parser against arbitrary input (issue 9, item 16): no bytes make it panic
+/// or take long, and what it accepts is an address that reads back as itself.
+#[cfg(test)]
+mod properties {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::{parse_address, scheduler_address};
+
+    /// A private directory for the property's files, removed at the end.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            use std::os::unix::fs::DirBuilderExt;
+            let nonce: u64 = rand_nonce();
+            let dir = std::env::temp_dir().join(format!("gpucluster-prop-{name}-{}-{nonce:x}", std::process::id()));
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).expect("a fresh private directory");
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rand_nonce() -> u64 {
+        let mut bytes = [0u8; 8];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .expect("/dev/urandom");
+        u64::from_ne_bytes(bytes)
+    }
+
+    /// Text shaped like a scheduler file more often than not, so the parser's later branches are
+    /// reached: JSON with an "address" of arbitrary text, arbitrary JSON, or arbitrary bytes.
+    fn file_contents() -> impl Strategy<Value = Vec<u8>> {
+        let address =
+            prop_oneof!["(tcp|tls|ucx|gpucluster|)://[a-z0-9.\\[\\]:]{0,20}:[0-9]{0,6}", ".{0,60}", "\\PC{0,30}",];
+        prop_oneof![
+            address.prop_map(|a| serde_json::json!({"type": "Scheduler", "address": a}).to_string().into_bytes()),
+            any::<i64>().prop_map(|n| format!("{{\"address\": {n}}}").into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..256),
+            ".{0,80}".prop_map(String::into_bytes),
+        ]
+    }
+
+    /// An accepted address written back from its parts.
+    fn reassembled(address: &str) -> String {
+        let parts = parse_address(address).expect("accepted");
+        let host = if parts.host.contains(':') { format!("[{}]", parts.host) } else { parts.host };
+        format!("{}://{}:{}", parts.scheme, host, parts.port)
+    }
+
+    proptest! {
+        #[test]
+        fn no_address_makes_the_parser_panic_and_what_it_accepts_reads_back(text in "\\PC{0,40}|.{0,40}") {
+            if parse_address(&text).is_ok() {
+                let again = reassembled(&text);
+                prop_assert_eq!(parse_address(&again), parse_address(&text));
+            }
+        }
+
+        #[test]
+        fn no_scheduler_file_makes_the_reader_panic_or_dawdle(contents in file_contents()) {
+            let scratch = Scratch::new("scheduler-file");
+            let file = scratch.0.join("scheduler.json");
+            std::fs::write(&file, &contents).expect("write");
+            let started = Instant::now();
+            let read = scheduler_address(&file);
+            prop_assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+            match read {
+                Ok(address) => {
+                    // What is accepted is the file's own address, and a valid one.
+                    let json: serde_json::Value = serde_json::from_slice(contents.strip_prefix(b"\xef\xbb\xbf".as_slice()).unwrap_or(&contents))
+                        .expect("accepted files are JSON");
+                    prop_assert_eq!(json.get("address").and_then(serde_json::Value::as_str), Some(address.as_str()));
+                    prop_assert!(parse_address(&address).is_ok());
+                    prop_assert_eq!(parse_address(&reassembled(&address)), parse_address(&address));
+                }
+                Err(e) => {
+                    // The error names the file and carries no raw control characters.
+                    let message = e.to_string();
+                    prop_assert!(message.contains("scheduler.json"), "{message}");
+                    prop_assert!(!message.chars().any(|c| c.is_control() && c != '\n'), "{message:?}");
+                }
+            }
+        }
+    }
+}

@@ -16,7 +16,11 @@
 //!   guard has no child left;
 //! - kills the whole subtree at once on SIGUSR1 (the launcher's grace period is over) or on
 //!   SIGUSR2, its own parent-death signal (the launcher died, even by SIGKILL);
-//! - exits as the worker did: with its exit code, or killed by the same signal.
+//! - exits as the worker did: with its exit code, or killed by the same signal;
+//! - given the launcher's private directory (`--private-dir`), removes it once its subtree is
+//!   gone if the launcher died without doing so (SIGKILL leaves it no chance): the directory
+//!   holds the cluster's credentials, and nothing may be left behind. Only a private directory
+//!   of ours whose `owner` file names the dead launcher is removed ([`crate::workdir`]).
 //!
 //! The start-up race (the launcher dying between `fork` and `prctl`) is closed by comparing
 //! `getppid()` with the launcher's pid, passed on the command line, not with 1: with a
@@ -28,6 +32,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -52,16 +57,21 @@ pub fn handled_signals() -> libc::sigset_t {
     }
 }
 
-/// The arguments after `gpucluster guard`: the launcher's pid, the grace period, and the
-/// worker's program and arguments.
-pub fn arguments(launcher: u32, grace: Duration, program: &OsString, args: &[OsString]) -> Vec<OsString> {
-    let mut out: Vec<OsString> = vec![
-        "guard".into(),
-        launcher.to_string().into(),
-        grace.as_millis().to_string().into(),
-        "--".into(),
-        program.clone(),
-    ];
+/// The arguments after `gpucluster guard`: the launcher's pid, the grace period, the launcher's
+/// private directory if it has one, and the worker's program and arguments.
+pub fn arguments(
+    launcher: u32,
+    grace: Duration,
+    private_dir: Option<&Path>,
+    program: &OsString,
+    args: &[OsString],
+) -> Vec<OsString> {
+    let mut out: Vec<OsString> =
+        vec!["guard".into(), launcher.to_string().into(), grace.as_millis().to_string().into()];
+    if let Some(dir) = private_dir {
+        out.extend(["--private-dir".into(), dir.as_os_str().to_owned()]);
+    }
+    out.extend(["--".into(), program.clone()]);
     out.extend(args.iter().cloned());
     out
 }
@@ -69,6 +79,7 @@ pub fn arguments(launcher: u32, grace: Duration, program: &OsString, args: &[OsS
 struct Parsed {
     launcher: i32,
     grace: Duration,
+    private_dir: Option<PathBuf>,
     program: OsString,
     args: Vec<OsString>,
 }
@@ -77,17 +88,21 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
     let number = |i: usize| args.get(i)?.to_str()?.parse::<u64>().ok();
     let launcher = i32::try_from(number(0)?).ok()?;
     let grace = Duration::from_millis(number(1)?.min(3_600_000));
-    if args.get(2)? != "--" {
+    let (private_dir, rest) =
+        if args.get(2)? == "--private-dir" { (Some(PathBuf::from(args.get(3)?)), 4) } else { (None, 2) };
+    if args.get(rest)? != "--" {
         return None;
     }
-    Some(Parsed { launcher, grace, program: args.get(3)?.clone(), args: args[4..].to_vec() })
+    Some(Parsed { launcher, grace, private_dir, program: args.get(rest + 1)?.clone(), args: args[rest + 2..].to_vec() })
 }
 
 /// Runs the guard with the arguments after `gpucluster guard`; returns the exit status to use
 /// (a worker killed by a signal makes the guard kill itself with the same signal instead).
 pub fn run(args: &[OsString]) -> u8 {
     let Some(parsed) = parse(args) else {
-        eprintln!("gpucluster guard: started by gpucluster itself, as `guard LAUNCHER_PID GRACE_MS -- PROGRAM ARGS`");
+        eprintln!(
+            "gpucluster guard: started by gpucluster itself, as `guard LAUNCHER_PID GRACE_MS [--private-dir DIR] -- PROGRAM ARGS`"
+        );
         return 2;
     };
     let set = handled_signals();
@@ -128,6 +143,14 @@ pub fn run(args: &[OsString]) -> u8 {
         }
     };
     let status = watch(worker, &set, parsed.grace);
+    // SAFETY: getppid cannot fail.
+    if let Some(dir) = &parsed.private_dir
+        && unsafe { libc::getppid() } != parsed.launcher
+    {
+        // The launcher is gone and everything under us with it: its directory goes too, if it
+        // could not remove it itself.
+        crate::workdir::remove_if_orphaned(dir, parsed.launcher.unsigned_abs());
+    }
     finish(status)
 }
 
@@ -278,11 +301,18 @@ mod tests {
 
     #[test]
     fn arguments_round_trip() {
-        let args = arguments(42, Duration::from_millis(2500), &"sh".into(), &["-c".into(), "true".into()]);
+        let args = arguments(42, Duration::from_millis(2500), None, &"sh".into(), &["-c".into(), "true".into()]);
         assert_eq!(args[0], "guard");
         let parsed = parse(&args[1..]).expect("parse");
         assert_eq!((parsed.launcher, parsed.grace, parsed.program), (42, Duration::from_millis(2500), "sh".into()));
         assert_eq!(parsed.args, vec![OsString::from("-c"), "true".into()]);
+        assert_eq!(parsed.private_dir, None);
+        let dir = Path::new("/run/user/1/gpucluster-dask-0123456789abcdef");
+        let args = arguments(42, Duration::ZERO, Some(dir), &"sh".into(), &["--".into()]);
+        let parsed = parse(&args[1..]).expect("parse");
+        assert_eq!((parsed.private_dir.as_deref(), parsed.program), (Some(dir), "sh".into()));
+        assert_eq!(parsed.args, vec![OsString::from("--")]);
+        assert!(parse(&["1".into(), "2".into(), "--private-dir".into()]).is_none());
         assert!(parse(&["x".into()]).is_none());
         assert!(parse(&["1".into(), "2".into(), "3".into()]).is_none());
     }

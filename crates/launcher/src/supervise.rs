@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -99,6 +100,9 @@ pub struct Supervision {
     pub stop_when: StopWhen,
     /// The program that runs `guard` (the gpucluster binary), if workers run under a guard.
     pub guard: Option<OsString>,
+    /// The launcher's private directory (see [`crate::workdir`]), which the guards remove once
+    /// their workers are gone if the launcher died without removing it (SIGKILL).
+    pub private_dir: Option<PathBuf>,
     /// Called when the job starts stopping.
     pub on_stop: Option<StopHook>,
     /// Stops the job if it has not ended this long after it started (a job that is meant to end,
@@ -113,6 +117,7 @@ impl std::fmt::Debug for Supervision {
             .field("restart", &self.restart)
             .field("stop_when", &self.stop_when)
             .field("guard", &self.guard)
+            .field("private_dir", &self.private_dir)
             .field("on_stop", &self.on_stop.as_ref().map(|_| ".."))
             .field("time_limit", &self.time_limit)
             .finish()
@@ -147,6 +152,7 @@ impl Default for Supervision {
             restart: Restart::Never,
             stop_when: StopWhen::Signalled,
             guard: None,
+            private_dir: None,
             on_stop: None,
             time_limit: None,
         }
@@ -344,7 +350,8 @@ fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {
     let mut cmd = match &config.guard {
         Some(guard_program) => {
             let mut cmd = Command::new(guard_program);
-            cmd.args(guard::arguments(std::process::id(), config.grace, &spec.program, &spec.args));
+            let dir = config.private_dir.as_deref();
+            cmd.args(guard::arguments(std::process::id(), config.grace, dir, &spec.program, &spec.args));
             cmd
         }
         None => {

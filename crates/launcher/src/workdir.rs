@@ -9,8 +9,10 @@
 //! tmpfs) where that is private, else in the temporary directory.
 //!
 //! The directory is removed when its [`PrivateDir`] is dropped. A launcher killed by SIGKILL
-//! cannot do that, so each directory holds an `owner` file (the launcher's pid and start time),
-//! and [`PrivateDir::create`] first removes this user's directories whose launcher is gone.
+//! cannot do that, so each directory holds an `owner` file (the launcher's pid and start time):
+//! the launcher's guards ([`crate::guard`]), which outlive it just long enough to stop its
+//! workers, remove it with [`remove_if_orphaned`]; and [`PrivateDir::create`] first removes this
+//! user's directories whose launcher is gone, should a guard have been killed too.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -143,20 +145,45 @@ fn sweep_stale(parent: &Path, prefix: &str) {
             continue;
         }
         let path = entry.path();
-        // Only real directories of ours, closed to others: nothing anyone else could have placed.
-        let ours = std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.is_dir() && m.uid() == me && m.permissions().mode() & 0o077 == 0);
-        if !ours {
-            continue;
-        }
-        let Ok(owner) = std::fs::read_to_string(path.join("owner")) else { continue };
-        let mut words = owner.split_whitespace().map(str::parse::<u64>);
-        let (Some(Ok(pid)), Some(Ok(started))) = (words.next(), words.next()) else { continue };
-        let alive = u32::try_from(pid).ok().and_then(start_time).is_some_and(|t| t == started);
-        if !alive {
+        if owner_if_dead(&path, me).is_some() {
             let _ = std::fs::remove_dir_all(&path);
         }
     }
+}
+
+/// The pid of the launcher that made `path`, if `path` is a private directory of user `me`
+/// (a real directory, closed to others: nothing anyone else could have placed) whose launcher
+/// has ended (a zombie has ended too).
+fn owner_if_dead(path: &Path, me: u32) -> Option<u32> {
+    let ours = std::fs::symlink_metadata(path)
+        .is_ok_and(|m| m.is_dir() && m.uid() == me && m.permissions().mode() & 0o077 == 0);
+    if !ours {
+        return None;
+    }
+    let owner = std::fs::read_to_string(path.join("owner")).ok()?;
+    let mut words = owner.split_whitespace().map(str::parse::<u64>);
+    let (Some(Ok(pid)), Some(Ok(started))) = (words.next(), words.next()) else { return None };
+    let pid = u32::try_from(pid).ok()?;
+    let alive = start_time(pid).is_some_and(|t| t == started) && !ended(pid);
+    (!alive).then_some(pid)
+}
+
+/// Whether process `pid` has ended but not yet been reaped (a zombie).
+fn ended(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned)))
+        .is_some_and(|state| state == "Z" || state == "X")
+}
+
+/// Removes `path` if it is a private directory of ours made by `launcher`, and that launcher has
+/// ended: what a guard calls once its worker is gone, when the launcher died without removing its
+/// directory. Returns whether it removed it.
+pub fn remove_if_orphaned(path: &Path, launcher: u32) -> bool {
+    if owner_if_dead(path, my_uid()) != Some(launcher) {
+        return false;
+    }
+    std::fs::remove_dir_all(path).is_ok() || !path.exists()
 }
 
 #[cfg(test)]
@@ -203,5 +230,37 @@ mod tests {
         assert!(!stale.exists(), "a dead launcher's directory is removed");
         assert!(live.exists(), "a live launcher's directory is kept");
         let _ = std::fs::remove_dir_all(&live);
+    }
+
+    #[test]
+    fn a_dead_launchers_directory_is_removed_by_its_guard_and_no_other() {
+        let dir = PrivateDir::create("gpucluster-orphan-test").expect("dir");
+        let path = dir.path().to_owned();
+        let me = std::process::id();
+        // Our own (live) directory: never removed, whoever asks.
+        assert!(!remove_if_orphaned(&path, me));
+        assert!(path.exists());
+        // Named as another launcher's, that launcher being alive: kept.
+        let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        let other = sleeper.id();
+        std::fs::remove_file(path.join("owner")).expect("rm owner");
+        std::fs::write(path.join("owner"), format!("{other} {}\n", start_time(other).expect("start"))).expect("owner");
+        assert!(!remove_if_orphaned(&path, other));
+        // That launcher dead but not yet reaped (a zombie), then reaped: removed, by its guard.
+        sleeper.kill().expect("kill");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(!remove_if_orphaned(&path, other.wrapping_add(1)), "only the named launcher's directory");
+        assert!(remove_if_orphaned(&path, other), "a zombie launcher has ended");
+        let _ = sleeper.wait();
+        assert!(!path.exists());
+        // Not a private directory of ours: never touched.
+        let open = std::env::temp_dir().join(format!("gpucluster-orphan-open-{me}"));
+        std::fs::create_dir_all(&open).expect("open dir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::write(open.join("owner"), "4194304 1\n").expect("owner");
+        assert!(!remove_if_orphaned(&open, 4_194_304));
+        assert!(open.exists());
+        let _ = std::fs::remove_dir_all(&open);
+        drop(dir);
     }
 }
