@@ -113,16 +113,43 @@ pub(crate) async fn run(
         workers_per_device: bench.workers_per_device,
         variants: Vec::new(),
     };
+    let mut failed = 0;
     for variant in variants {
         // Progress on stderr, also with --json: a variant takes tens of seconds.
         eprintln!("bench dask: {} ...", variant.name);
         let (b, v) = (bench.clone(), variant.clone());
         match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
-            Ok(result) => report.variants.push(result?),
+            Ok(Ok(result)) => report.variants.push(result),
+            // One variant that cannot run (a protocol whose cluster never comes up, say) costs
+            // neither the figures of the others nor the report: it is a note, and the exit is 1.
+            Ok(Err(e)) => {
+                eprintln!("{e}");
+                failed += 1;
+                report.variants.push(VariantResult {
+                    variant,
+                    results: Vec::new(),
+                    transpose_sum: Vec::new(),
+                    notes: vec![format!("did not run: {}", summary(&e.to_string()))],
+                });
+            }
             Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
         }
     }
-    finish(&report, &args, out)
+    let status = finish(&report, &args, out)?;
+    Ok(if failed > 0 { 1 } else { status })
+}
+
+/// An error in one line: its first line (without the command's name) and, where the cluster's
+/// last lines follow, the last of them, which says why.
+fn summary(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let first = first.strip_prefix("bench dask: ").unwrap_or(first);
+    let first = first.strip_suffix("; its last lines:").unwrap_or(first);
+    match lines.last() {
+        Some(last) => format!("{first}: {}", last.strip_prefix("error: ").unwrap_or(last)),
+        None => first.to_owned(),
+    }
 }
 
 fn finish(report: &DaskReport, args: &BenchDaskArgs, out: &mut dyn Write) -> anyhow::Result<u8> {

@@ -569,3 +569,45 @@ fn a_killed_dask_local_leaves_no_process_and_no_private_directory() {
     });
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench dask` on simulated device memory: each variant's cluster comes up, device arrays move
+/// and are measured; a variant that cannot run (UCX without distributed-ucxx) is a note and exit
+/// 1, never the loss of the other variants' figures; the saved report prints and plots again.
+#[test]
+fn bench_dask_measures_each_protocol_and_a_failing_one_costs_nothing_else() {
+    let Some(python) = python() else { return };
+    let dir = scratch("bench");
+    let out = gpucluster(&["--topology", "sim:a30", "bench", "dask", "--variants", "gpucluster,ucx,tcp"])
+        .args(["--sizes", "1M", "--repeats", "1", "--json", "--python"])
+        .arg(&python)
+        .env("TMPDIR", &dir)
+        .output()
+        .expect("bench dask");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "one variant could not run: {err}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a report, though one variant failed");
+    let variants = report["variants"].as_array().expect("variants");
+    let names: Vec<&str> = variants.iter().filter_map(|v| v["variant"]["name"].as_str()).collect();
+    assert_eq!(names, ["gpucluster", "ucx", "tcp"]);
+    for v in [&variants[0], &variants[2]] {
+        let results = v["results"].as_array().expect("results");
+        assert_eq!(results.len(), 1, "{v}");
+        assert_eq!(results[0]["bytes"], 1 << 20);
+        assert!(results[0]["wall_gbps"].as_f64().is_some_and(|g| g > 0.0), "{v}");
+    }
+    let note = variants[1]["notes"][0].as_str().unwrap_or_default();
+    assert!(note.starts_with("did not run") && note.contains("distributed-ucxx"), "{note}\n{err}");
+    let saved = dir.join("report.json");
+    std::fs::write(&saved, &out.stdout).expect("save");
+    let plot = dir.join("plot.svg");
+    let again =
+        gpucluster(&["bench", "dask", "--report"]).arg(&saved).arg("--plot").arg(&plot).output().expect("report");
+    let table = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(
+        table.contains("gpucluster") && table.contains("1 MiB") && table.contains("note: ucx: did not run"),
+        "{table}"
+    );
+    assert!(std::fs::read_to_string(&plot).is_ok_and(|svg| svg.starts_with("<svg")));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -611,6 +611,15 @@ impl DaskWorkers {
     pub fn uses_dask_cuda(&self) -> bool {
         self.python.dask_cuda && !self.simulated
     }
+
+    /// Whether workers speak UCX: asked for, or joining a `ucx://` scheduler as it speaks.
+    pub fn speaks_ucx(&self) -> bool {
+        match (&self.protocol, &self.scheduler) {
+            (Some(protocol), _) => *protocol == Protocol::Ucx,
+            (None, SchedulerRef::Address(address)) => address.starts_with("ucx://") || address.starts_with("ucxx://"),
+            (None, SchedulerRef::File(_)) => false,
+        }
+    }
 }
 
 /// The environment every Dask process of ours gets: its scratch space in our private directory,
@@ -640,6 +649,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             // The CLI entry points directly: `python -m dask` imports every CLI plugin first.
             let mut args: Vec<OsString> = vec!["-c".into()];
             let dask_cuda = config.uses_dask_cuda();
+            let forks = !config.speaks_ucx();
             if dask_cuda {
                 args.push(cli_entry("dask_cuda.cli", "worker", "dask-cuda-worker").into());
             } else {
@@ -659,11 +669,14 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             }
             // The nanny forks its worker instead of spawning a fresh interpreter that imports
             // Dask (and dask-cuda, pandas, ...) all over again: that halves start-up. The nanny
-            // never touches CUDA (dask-cuda reads the device through NVML), so forking is safe.
+            // never touches CUDA (dask-cuda reads the device through NVML), so forking is safe,
+            // except over UCX: the nanny has set UCX up to listen, and UCX does not survive a
+            // fork (the forked worker never starts; seen on the H100 with distributed-ucxx 0.52).
+            let method = if forks { "fork" } else { "spawn" };
             if dask_cuda {
                 let limit = w.device_memory_limit_bytes.map_or_else(|| "0".to_owned(), |b| b.to_string());
                 args.extend(["--device-memory-limit".into(), limit.into()]);
-                args.extend(["--multiprocessing-method".into(), "fork".into()]);
+                args.extend(["--multiprocessing-method".into(), method.into()]);
             } else {
                 args.extend(["--nworkers".into(), "1".into()]);
             }
@@ -692,7 +705,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if config.host_staged_only {
                 env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
             }
-            env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), "fork".into());
+            env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), method.into());
             env.insert(
                 "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
                 w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
@@ -945,6 +958,26 @@ mod tests {
         let real = DaskWorkers { simulated: false, ..config };
         assert!(real.uses_dask_cuda());
         assert!(worker_specs(&plan.workers, &real)[0].args[1].to_string_lossy().contains("dask_cuda"));
+    }
+
+    #[test]
+    fn nannies_fork_their_worker_except_over_ucx() {
+        let (plan, config) = a30_workers(false);
+        let method = |config: &DaskWorkers| {
+            let spec = &worker_specs(&plan.workers, config)[0];
+            let args: Vec<String> = spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            let flag = args.windows(2).find(|w| w[0] == "--multiprocessing-method").map(|w| w[1].clone());
+            let env = spec.env.get("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD").cloned();
+            assert_eq!(flag.as_ref().or(env.as_ref()), env.as_ref(), "the flag and the environment agree");
+            env.unwrap_or_default()
+        };
+        assert_eq!(method(&config), "fork", "start-up halves when the nanny forks");
+        // UCX, set up by the nanny to listen, does not survive a fork: the worker never started.
+        let ucx = DaskWorkers { protocol: Some(Protocol::Ucx), ..config.clone() };
+        assert_eq!(method(&ucx), "spawn");
+        let joins_ucx =
+            DaskWorkers { protocol: None, scheduler: SchedulerRef::Address("ucx://10.0.0.1:8786".into()), ..config };
+        assert_eq!(method(&joins_ucx), "spawn");
     }
 
     #[test]

@@ -145,7 +145,8 @@ impl Cluster {
             command.arg("--insecure");
         }
         command.envs(variant.env.iter().map(|(k, v)| (k, v)));
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        // Both streams are read: the reason a cluster could not start is on its stderr.
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // SAFETY: prctl is async-signal-safe; the cluster dies with this process.
         unsafe {
             command.pre_exec(|| {
@@ -154,17 +155,21 @@ impl Cluster {
             });
         }
         let mut child = command.spawn().map_err(|e| LauncherError::Bench(format!("cannot start dask local: {e}")))?;
-        let stdout = child.stdout.take();
         let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            if let Some(out) = stdout {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
+        let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ];
+        for stream in streams.into_iter().flatten() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if tx.send(line).is_err() {
                         break;
                     }
                 }
-            }
-        });
+            });
+        }
         Ok(Self { child, lines })
     }
 
@@ -188,12 +193,15 @@ impl Cluster {
                     }
                     seen.push(line);
                 }
-                Err(_) => {
-                    return Err(LauncherError::Bench(format!(
-                        "the cluster was not ready within {} s; its last lines:\n{}",
-                        READY.as_secs(),
-                        seen.join("\n")
-                    )));
+                Err(e) => {
+                    // Disconnected: the launcher closed its output, so it ended before its
+                    // workers were ready (it said why in its last lines).
+                    let what = if matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
+                        "the cluster ended before its workers were ready".to_owned()
+                    } else {
+                        format!("the cluster was not ready within {} s", READY.as_secs())
+                    };
+                    return Err(LauncherError::Bench(format!("{what}; its last lines:\n{}", seen.join("\n"))));
                 }
             }
         }
