@@ -146,7 +146,7 @@ fn summary(text: &str) -> String {
     let first = lines.next().unwrap_or_default();
     let first = first.strip_prefix("bench dask: ").unwrap_or(first);
     let first = first.strip_suffix("; its last lines:").unwrap_or(first);
-    match lines.last() {
+    match lines.next_back() {
         Some(last) => format!("{first}: {}", last.strip_prefix("error: ").unwrap_or(last)),
         None => first.to_owned(),
     }

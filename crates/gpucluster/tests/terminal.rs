@@ -221,3 +221,54 @@ fn sigterm_or_sigkill_of_bench_alone_takes_its_peer_with_it() {
         }
     }
 }
+
+/// The Python with Dask of `cargo xtask dask-env` (which CI requires), if there is one.
+fn dask_python() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dask-venv/bin/python");
+    let found = std::env::var_os("GPUCLUSTER_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .or_else(|| venv.exists().then_some(venv));
+    if found.is_none() {
+        assert!(std::env::var("GPUCLUSTER_REQUIRE_DASK").is_err(), "no Python with Dask: run `cargo xtask dask-env`");
+        eprintln!("no Python with Dask here; run `cargo xtask dask-env` to run this test");
+    }
+    found
+}
+
+/// `dask local` as a terminal user runs it: it says when its workers are ready, `--insecure`
+/// says loudly what it gives up, and Ctrl-C ends it with 130, leaving no Dask process behind.
+#[test]
+fn dask_local_in_a_terminal_warns_when_insecure_and_ctrl_c_stops_it() {
+    let Some(python) = dask_python() else { return };
+    let python = python.display().to_string();
+    let args = ["--topology", "sim:a30", "dask", "local", "--insecure", "--protocol", "tcp", "--python", &python];
+    let mut t = Terminal::run(&args);
+    t.expect("all 4 Dask worker(s) registered after", Duration::from_secs(90));
+    assert!(t.text().contains("warning: --insecure: no TLS; any user who can reach"), "{}", t.text());
+    let scheduler = t
+        .text()
+        .lines()
+        .find_map(|l| l.split_once("scheduler file: ").map(|(_, f)| f.split(' ').next().unwrap_or("").to_owned()))
+        .expect("the scheduler file is printed");
+    t.ctrl_c();
+    let status = t.wait(Duration::from_secs(20)).expect("Ctrl-C did not stop dask local");
+    assert_eq!(status.code(), Some(130), "{}", t.text());
+    let start = Instant::now();
+    while processes_with_anywhere(&scheduler) > 0 {
+        assert!(start.elapsed() < Duration::from_secs(5), "a Dask process outlived dask local");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Processes whose command line mentions `needle` anywhere.
+fn processes_with_anywhere(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
+        })
+        .count()
+}
