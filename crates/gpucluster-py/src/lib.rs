@@ -3,7 +3,8 @@
 //! host-staged and cuda-ipc connections as gpucluster's own workers.
 //!
 //! This crate owns only the binding: what Python sees (`Engine`, `Channel`, `DeviceBuffer`,
-//! `ClusterSecret`, the exceptions) and the rule that no copy ever holds the GIL. Rings, IPC, authentication and the secret's file are `transport`'s; the Dask glue is
+//! `ClusterSecret`, `topology`, the exceptions) and the rule that no copy or driver call ever
+//! holds the GIL. Rings, IPC, authentication and the secret's file are `transport`'s; the Dask glue is
 //! Python's. The type stubs (`python/gpucluster/_native.pyi`) say the same in Python terms.
 //!
 //! **Pointers from Python.** `Channel.send` and `Channel.recv` take device addresses
@@ -27,6 +28,12 @@ pyo3::create_exception!(_native, TransportError_, PyConnectionError, "A transpor
 pyo3::create_exception!(_native, PeerGone, TransportError_, "The peer closed the channel, died, or it was aborted.");
 pyo3::create_exception!(_native, Timeout, TransportError_, "The peer did not answer in time.");
 pyo3::create_exception!(_native, AuthenticationError, TransportError_, "The peer does not hold the cluster's secret.");
+pyo3::create_exception!(
+    _native,
+    TopologyError,
+    pyo3::exceptions::PyRuntimeError,
+    "The machine's topology could not be read: an unknown source, a malformed file, no driver."
+);
 
 /// Bytes of a channel's token: the first message on every channel, naming it to the acceptor.
 const TOKEN_BYTES: usize = 16;
@@ -452,6 +459,28 @@ fn cuda_available(py: Python<'_>) -> bool {
     py.detach(|| device::cuda_device_count() > 0)
 }
 
+/// The machine that `source` describes, as `gpucluster list --json` prints it (the snapshot's
+/// JSON text; the Python side turns it into objects): `nvml` (this machine, through the driver),
+/// `sim:NAME`, `file:PATH` or `smi:PATH`, as `--topology` takes them.
+#[pyfunction]
+#[pyo3(signature = (source = "nvml"))]
+fn topology_json(py: Python<'_>, source: &str) -> PyResult<String> {
+    let source = source.to_owned();
+    py.detach(move || {
+        let spec: gpu_topology::TopologySpec = source.parse().map_err(|e| TopologyError::new_err(format!("{e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| TopologyError::new_err(format!("cannot start a runtime to read the topology: {e}")))?;
+        let snapshot = runtime.block_on(async { spec.open()?.snapshot().await }).map_err(|e| {
+            TopologyError::new_err(format!(
+                "reading the topology from {}: {e}",
+                gpu_topology::text::printable(&spec.to_string())
+            ))
+        })?;
+        serde_json::to_string_pretty(&snapshot).map_err(|e| TopologyError::new_err(format!("{e}")))
+    })
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -459,6 +488,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PeerGone", py.get_type::<PeerGone>())?;
     m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
+    m.add("TopologyError", py.get_type::<TopologyError>())?;
     m.add_class::<Engine>()?;
     m.add_class::<Channel>()?;
     m.add_class::<DeviceBuffer>()?;
@@ -469,6 +499,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(net_namespace, m)?)?;
     m.add_function(wrap_pyfunction!(uid, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(topology_json, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     Ok(())
 }

@@ -14,6 +14,9 @@ class Timeout(TransportError):
 class AuthenticationError(TransportError):
     """The peer does not hold the cluster's secret."""
 
+class TopologyError(RuntimeError):
+    """The machine's topology could not be read: an unknown source, a malformed file, no driver."""
+
 class Engine:
     """One process's end of the transport: a local listener (an unguessable abstract socket
     name, open to this user only) and the channels it opens and accepts."""
@@ -77,3 +80,5 @@ def boot_id() -> str: ...
 def net_namespace() -> str: ...
 def uid() -> int: ...
 def cuda_available() -> bool: ...
+def topology_json(source: str = "nvml") -> str:
+    """The snapshot ``gpucluster --topology SOURCE list --json`` prints (use ``gpucluster.topology``)."""

@@ -1,0 +1,57 @@
+"""``gpucluster.topology()``: the same data as ``gpucluster list --json``, errors as exceptions
+with the command line's message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import gpucluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The gpucluster binary of this checkout (cargo builds it before the tests run)."""
+    binary = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "debug" / "gpucluster"
+    assert binary.exists(), f"{binary}: run `cargo build -p gpucluster` (cargo xtask ci does)"
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUCLUSTER_TOPOLOGY", "CUDA_VISIBLE_DEVICES")}
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("preset", ["a30", "dgx-a100", "a100-80gb-mixed", "legacy-r460"])
+def test_a_simulated_machine_is_what_list_json_prints(preset):
+    want = cli("--topology", f"sim:{preset}", "list", "--json")
+    assert want.returncode == 0, want.stderr
+    got = gpucluster.topology(f"sim:{preset}")
+    assert got == json.loads(want.stdout)
+    # Plain data: every MIG instance with its own memory, never the parent's.
+    for gpu in got["hosts"][0]["gpus"]:
+        for mig in gpu["mig_instances"]:
+            assert 0 < mig["memory_bytes"] < gpu["memory_bytes"]
+
+
+def test_a_saved_snapshot_reads_back_unchanged(tmp_path):
+    saved = tmp_path / "machine.json"
+    saved.write_text(json.dumps(gpucluster.topology("sim:h200")))
+    assert gpucluster.topology(f"file:{saved}") == gpucluster.topology("sim:h200")
+
+
+def test_errors_are_typed_and_say_what_the_command_line_says(tmp_path):
+    with pytest.raises(gpucluster.TopologyError, match="unknown simulated machine `nope`; the presets are: .*a30"):
+        gpucluster.topology("sim:nope")
+    with pytest.raises(gpucluster.TopologyError, match="unknown topology source"):
+        gpucluster.topology("gpu:0")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("GPU 0: NVIDIA A100 (UUID: not-a-uuid)\n")
+    with pytest.raises(gpucluster.TopologyError) as raised:
+        gpucluster.topology(f"smi:{bad}")
+    said = cli("--topology", f"smi:{bad}", "list")
+    assert said.returncode != 0
+    assert str(raised.value) in said.stderr
+    with pytest.raises(TypeError):
+        gpucluster.topology(None)  # type: ignore[arg-type]
