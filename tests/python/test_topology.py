@@ -55,3 +55,52 @@ def test_errors_are_typed_and_say_what_the_command_line_says(tmp_path):
     assert str(raised.value) in said.stderr
     with pytest.raises(TypeError):
         gpucluster.topology(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, flags",
+    [
+        ("sim:a30", {}, []),
+        ("sim:dgx-a100", {"device_memory_limit": "0.5"}, ["--device-memory-limit", "0.5"]),
+        ("sim:a100-80gb-mixed", {"policy": "grouped"}, ["--policy", "grouped"]),
+        ("sim:a30", {"workers_per_device": 2}, ["--workers-per-device", "2"]),
+        ("sim:h100-mixed", {"devices": ["2", "3"]}, ["--devices", "2,3"]),
+    ],
+)
+def test_a_plan_is_what_plan_json_prints(monkeypatch, source, kwargs, flags):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    want = cli("--topology", source, "plan", "--json", *flags)
+    assert want.returncode == 0, want.stderr
+    got = gpucluster.plan(source, **kwargs)
+    assert got == json.loads(want.stdout)
+    # Each worker sees its own device first; a MIG worker sees nothing else.
+    for worker in got["workers"]:
+        visible = worker["env"]["CUDA_VISIBLE_DEVICES"].split(",")
+        assert visible[0] == worker["device_uuid"]
+        assert worker["kind"] != "mig" or visible == [worker["device_uuid"]]
+
+
+def test_cuda_visible_devices_selects_as_on_the_command_line(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert [w["gpu_index"] for w in gpucluster.plan("sim:hgx-h100")["workers"]] == [0]
+
+
+def test_unlike_slices_are_refused_with_the_command_lines_classes_and_fixes(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(gpucluster.PlanError) as raised:
+        gpucluster.plan("sim:a100-80gb-mixed")
+    said = cli("--topology", "sim:a100-80gb-mixed", "plan")
+    assert said.returncode != 0
+    message = str(raised.value)
+    assert "not alike" in message and "class A" in message and "class B" in message
+    assert message in said.stderr
+    with pytest.raises(gpucluster.PlanError, match="policy"):
+        gpucluster.plan("sim:a30", policy="lenient")
+    with pytest.raises(gpucluster.PlanError, match="out of range"):
+        gpucluster.plan("sim:a30", workers_per_device=0)
+    with pytest.raises(gpucluster.PlanError, match="out of range"):
+        gpucluster.plan("sim:a30", memory_tolerance=-1)
+    with pytest.raises(gpucluster.PlanError, match="is not a device"):
+        gpucluster.plan("sim:a30", devices="GPU-zz")
+    with pytest.raises(gpucluster.TopologyError):
+        gpucluster.plan("sim:nope")

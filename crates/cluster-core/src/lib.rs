@@ -36,7 +36,8 @@ pub use doctor::{Environment, doctor};
 pub use finding::{Finding, Severity};
 pub use inventory::{InventoryError, merge_inventories};
 pub use plan::{
-    DEFAULT_MEMORY_TOLERANCE_PCT, DeviceKind, Plan, PlanError, PlanRequest, Policy, SpecSource, WorkerPlan, plan,
+    DEFAULT_MEMORY_TOLERANCE_PCT, DeviceKind, MEMORY_TOLERANCE_PCT, Plan, PlanError, PlanRequest, Policy, SpecSource,
+    WORKERS_PER_DEVICE, WorkerPlan, plan,
 };
 pub use spec::{DeviceSpec, SpecEntry, SpecError};
 

@@ -104,6 +104,12 @@ impl Default for PlanRequest {
 /// 20096 MiB in NVIDIA's guide) and drivers move sizes by about 2 %; a memory slice is 12.5 %.
 pub const DEFAULT_MEMORY_TOLERANCE_PCT: f64 = 2.0;
 
+/// The memory tolerances a request may give, in percent.
+pub const MEMORY_TOLERANCE_PCT: std::ops::RangeInclusive<f64> = 0.0..=100.0;
+
+/// How many workers may share one device.
+pub const WORKERS_PER_DEVICE: std::ops::RangeInclusive<u32> = 1..=64;
+
 /// Whether a worker drives a whole GPU or one MIG instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

@@ -3,7 +3,7 @@
 //! host-staged and cuda-ipc connections as gpucluster's own workers.
 //!
 //! This crate owns only the binding: what Python sees (`Engine`, `Channel`, `DeviceBuffer`,
-//! `ClusterSecret`, `topology`, the exceptions) and the rule that no copy or driver call ever
+//! `ClusterSecret`, `topology`, `plan`, the exceptions) and the rule that no copy or driver call ever
 //! holds the GIL. Rings, IPC, authentication and the secret's file are `transport`'s; the Dask glue is
 //! Python's. The type stubs (`python/gpucluster/_native.pyi`) say the same in Python terms.
 //!
@@ -28,6 +28,12 @@ pyo3::create_exception!(_native, TransportError_, PyConnectionError, "A transpor
 pyo3::create_exception!(_native, PeerGone, TransportError_, "The peer closed the channel, died, or it was aborted.");
 pyo3::create_exception!(_native, Timeout, TransportError_, "The peer did not answer in time.");
 pyo3::create_exception!(_native, AuthenticationError, TransportError_, "The peer does not hold the cluster's secret.");
+pyo3::create_exception!(
+    _native,
+    PlanError,
+    PyValueError,
+    "No plan can be made as asked: unknown devices, slices that are not alike under the policy, a limit that cannot be meant."
+);
 pyo3::create_exception!(
     _native,
     TopologyError,
@@ -467,17 +473,72 @@ fn cuda_available(py: Python<'_>) -> bool {
 fn topology_json(py: Python<'_>, source: &str) -> PyResult<String> {
     let source = source.to_owned();
     py.detach(move || {
-        let spec: gpu_topology::TopologySpec = source.parse().map_err(|e| TopologyError::new_err(format!("{e}")))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .map_err(|e| TopologyError::new_err(format!("cannot start a runtime to read the topology: {e}")))?;
-        let snapshot = runtime.block_on(async { spec.open()?.snapshot().await }).map_err(|e| {
-            TopologyError::new_err(format!(
-                "reading the topology from {}: {e}",
-                gpu_topology::text::printable(&spec.to_string())
-            ))
-        })?;
+        let snapshot = read_topology(&source)?;
         serde_json::to_string_pretty(&snapshot).map_err(|e| TopologyError::new_err(format!("{e}")))
+    })
+}
+
+/// The snapshot of `source`, or the command line's error for it.
+fn read_topology(source: &str) -> PyResult<gpu_topology::Snapshot> {
+    let spec: gpu_topology::TopologySpec = source.parse().map_err(|e| TopologyError::new_err(format!("{e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| TopologyError::new_err(format!("cannot start a runtime to read the topology: {e}")))?;
+    runtime.block_on(async { spec.open()?.snapshot().await }).map_err(|e| {
+        let shown = gpu_topology::text::printable(&spec.to_string()).into_owned();
+        TopologyError::new_err(format!("reading the topology from {shown}: {e}"))
+    })
+}
+
+/// What `gpucluster plan --json` prints for the machine `source` describes: the workers, each
+/// with its device, environment, limits and resources, what was left out and why, and the path
+/// between every pair of workers. `devices` is `--devices` (when `None`, `CUDA_VISIBLE_DEVICES`
+/// as the command line reads it); the rest are `plan`'s flags of the same names.
+#[pyfunction]
+#[pyo3(signature = (source = "nvml", devices = None, policy = "strict", memory_tolerance = 2.0,
+                    device_memory_limit = "default", workers_per_device = 1))]
+fn plan_json(
+    py: Python<'_>,
+    source: &str,
+    devices: Option<String>,
+    policy: &str,
+    memory_tolerance: f64,
+    device_memory_limit: &str,
+    workers_per_device: u32,
+) -> PyResult<String> {
+    let policy: cluster_core::Policy = policy.parse().map_err(|e| PlanError::new_err(format!("policy: {e}")))?;
+    let (tolerances, counts) = (cluster_core::MEMORY_TOLERANCE_PCT, cluster_core::WORKERS_PER_DEVICE);
+    if !tolerances.contains(&memory_tolerance) {
+        return Err(PlanError::new_err(format!(
+            "memory_tolerance {memory_tolerance} is out of range: give a percentage from {} to {}",
+            tolerances.start(),
+            tolerances.end()
+        )));
+    }
+    if !counts.contains(&workers_per_device) {
+        return Err(PlanError::new_err(format!(
+            "workers_per_device {workers_per_device} is out of range: give {} to {}",
+            counts.start(),
+            counts.end()
+        )));
+    }
+    let devices = match devices {
+        Some(d) => Some((d, cluster_core::SpecSource::Flag)),
+        None => std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|d| (d, cluster_core::SpecSource::Environment)),
+    };
+    let request = cluster_core::PlanRequest {
+        devices,
+        policy,
+        memory_tolerance_pct: memory_tolerance,
+        device_memory_limit: device_memory_limit.to_owned(),
+        workers_per_device,
+    };
+    let source = source.to_owned();
+    py.detach(move || {
+        let snapshot = read_topology(&source)?;
+        let plan = cluster_core::plan(&snapshot, &request).map_err(|e| PlanError::new_err(e.to_string()))?;
+        let output = launcher::plan_paths::PlanOutput::new(&snapshot, &plan);
+        serde_json::to_string_pretty(&output).map_err(|e| PlanError::new_err(format!("{e}")))
     })
 }
 
@@ -489,6 +550,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("AuthenticationError", py.get_type::<AuthenticationError>())?;
     m.add("TopologyError", py.get_type::<TopologyError>())?;
+    m.add("PlanError", py.get_type::<PlanError>())?;
     m.add_class::<Engine>()?;
     m.add_class::<Channel>()?;
     m.add_class::<DeviceBuffer>()?;
@@ -500,6 +562,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(uid, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(topology_json, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     Ok(())
 }

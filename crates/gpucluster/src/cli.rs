@@ -217,12 +217,13 @@ pub(crate) fn grace(s: &str) -> Result<f64, String> {
 }
 
 fn workers_per_device(s: &str) -> Result<u32, String> {
-    count(s, 1, 64).map(|n| n as u32)
+    let range = cluster_core::WORKERS_PER_DEVICE;
+    count(s, u64::from(*range.start()), u64::from(*range.end())).map(|n| n as u32)
 }
 
 fn tolerance(s: &str) -> Result<f64, String> {
     let pct: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a percentage; give 0 to 100"))?;
-    if (0.0..=100.0).contains(&pct) {
+    if cluster_core::MEMORY_TOLERANCE_PCT.contains(&pct) {
         Ok(pct)
     } else {
         Err(format!("{pct} is out of range: give a percentage from 0 to 100"))

@@ -207,7 +207,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let plan = cluster_core::plan(&snapshot, &args.selection.request())?;
     let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
-    let all_nvlink = output.paths().iter().all(|p| p.rule() == transport::PathRule::NvLink);
+    let all_nvlink = output.paths().iter().all(|p| p.rule == transport::PathRule::NvLink);
     let host_staged_only = output.paths().iter().all(|p| p.path == transport::Path::HostStaged);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
 

@@ -14,6 +14,7 @@ pub mod builtin;
 pub mod dask;
 pub mod dask_bench;
 pub mod guard;
+pub mod plan_paths;
 mod supervise;
 mod up;
 pub mod workdir;

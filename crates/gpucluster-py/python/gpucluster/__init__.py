@@ -8,7 +8,9 @@ its ``distributed.comm.backends`` entry point, so ``dask worker --protocol gpucl
 
 :func:`topology` reads a machine's GPUs and MIG instances (this machine through NVML, a
 simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and returns what
-``gpucluster list --json`` prints, as Python objects.
+``gpucluster list --json`` prints, as Python objects; :func:`plan` returns what
+``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
+and resources, the homogeneity policy applied, and the path between every pair of workers.
 
 Modules: :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
 simulated device memory, for trying the comm without a GPU), :mod:`gpucluster.bench` (the
@@ -21,10 +23,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gpucluster._native import AuthenticationError, PeerGone, Timeout, TopologyError, TransportError
+from gpucluster._native import AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError
+from gpucluster._native import plan_json as _plan_json
 from gpucluster._native import topology_json as _topology_json
 
-__all__ = ["AuthenticationError", "PeerGone", "Timeout", "TopologyError", "TransportError", "topology"]
+__all__ = [
+    "AuthenticationError",
+    "PeerGone",
+    "PlanError",
+    "Timeout",
+    "TopologyError",
+    "TransportError",
+    "plan",
+    "topology",
+]
 
 
 def topology(source: str = "nvml") -> dict[str, Any]:
@@ -44,3 +56,45 @@ def topology(source: str = "nvml") -> dict[str, Any]:
     if not isinstance(source, str):
         raise TypeError(f"topology(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
     return json.loads(_topology_json(source))
+
+
+def plan(
+    source: str = "nvml",
+    *,
+    devices: str | list[str] | None = None,
+    policy: str = "strict",
+    memory_tolerance: float = 2.0,
+    device_memory_limit: str | float | int = "default",
+    workers_per_device: int = 1,
+) -> dict[str, Any]:
+    """The cluster ``gpucluster plan --json`` would plan on the machine ``source`` describes.
+
+    ``source`` is as for :func:`topology`. ``devices`` selects devices in the
+    ``CUDA_VISIBLE_DEVICES`` grammar (indices, ``GPU-``/``MIG-`` UUIDs or unique prefixes; a list
+    is joined with commas); when ``None``, ``CUDA_VISIBLE_DEVICES`` is read, as the command line
+    does. ``policy`` is ``"strict"`` (slices that are not alike are refused), ``"warn"``,
+    ``"largest-group"`` or ``"grouped"``; ``memory_tolerance`` is in percent;
+    ``device_memory_limit`` is Dask-CUDA's grammar (``"default"`` = 80 %, ``"auto"``, a
+    fraction, bytes or a size such as ``"10GB"``), computed from each worker's own device.
+
+    Returns ``{"policy": ..., "workers": [...], "excluded": [...], "classes": [...],
+    "findings": [...], "paths": [...]}``: each worker with its name, device UUID, ``env``
+    (``CUDA_VISIBLE_DEVICES`` is its own device), limits and resources. Raises
+    :class:`PlanError` with the command line's message (for ``strict``, every class of device
+    and the flags that would make it work), and :class:`TopologyError` when ``source`` cannot be
+    read.
+    """
+    if not isinstance(source, str):
+        raise TypeError(f"plan(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
+    if isinstance(devices, (list, tuple)):
+        devices = ",".join(str(d) for d in devices)
+    return json.loads(
+        _plan_json(
+            source,
+            devices=None if devices is None else str(devices),
+            policy=str(policy),
+            memory_tolerance=float(memory_tolerance),
+            device_memory_limit=str(device_memory_limit),
+            workers_per_device=int(workers_per_device),
+        )
+    )

@@ -14,6 +14,9 @@ class Timeout(TransportError):
 class AuthenticationError(TransportError):
     """The peer does not hold the cluster's secret."""
 
+class PlanError(ValueError):
+    """No plan can be made as asked: unknown devices, slices that are not alike under the policy."""
+
 class TopologyError(RuntimeError):
     """The machine's topology could not be read: an unknown source, a malformed file, no driver."""
 
@@ -82,3 +85,12 @@ def uid() -> int: ...
 def cuda_available() -> bool: ...
 def topology_json(source: str = "nvml") -> str:
     """The snapshot ``gpucluster --topology SOURCE list --json`` prints (use ``gpucluster.topology``)."""
+def plan_json(
+    source: str = "nvml",
+    devices: str | None = None,
+    policy: str = "strict",
+    memory_tolerance: float = 2.0,
+    device_memory_limit: str = "default",
+    workers_per_device: int = 1,
+) -> str:
+    """What ``gpucluster plan --json`` prints (use ``gpucluster.plan``)."""
