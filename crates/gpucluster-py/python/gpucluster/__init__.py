@@ -12,7 +12,8 @@ simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and re
 ``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
 and resources, the homogeneity policy applied, and the path between every pair of workers.
 
-Modules: :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
+Modules: :mod:`gpucluster.dask` (``LocalCluster``: one Dask worker per compute device, planned
+as above, speaking the comm), :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
 simulated device memory, for trying the comm without a GPU), :mod:`gpucluster.bench` (the
 client that ``gpucluster bench dask`` runs). The native module, ``gpucluster._native``, is the
 Rust transport.

@@ -1,0 +1,135 @@
+"""``gpucluster.dask.LocalCluster`` on simulated machines: the planned workers, each with its own
+device, limits and resources; the strict refusal; device arrays moving between its workers over
+the gpucluster comm; nothing left behind after ``close()``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from distributed import Client
+
+import gpucluster
+from gpucluster.dask import LocalCluster
+from gpucluster.sim import DeviceArray
+
+
+def own_env():
+    keys = ("CUDA_VISIBLE_DEVICES", "GPUCLUSTER_DEVICE", "GPUCLUSTER_DEVICE_MEMORY_LIMIT", "GPUCLUSTER_COMM_PATH")
+    return {k: os.environ.get(k) for k in keys}
+
+
+def children() -> set[int]:
+    """This process's live (not zombie) children, but multiprocessing's resource tracker (Python's
+    own helper, which lives as long as this process)."""
+    found = set()
+    for task in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:
+            with open(f"/proc/{os.getpid()}/task/{task}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except OSError:
+            pass
+    alive = set()
+    for pid in found:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                tracker = b"multiprocessing.resource_tracker" in f.read()
+        except OSError:
+            continue
+        if not zombie and not tracker:
+            alive.add(pid)
+    return alive
+
+
+def test_one_worker_per_mig_instance_each_with_its_own_device_and_limits(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    before = children()
+    plan = gpucluster.plan("sim:a30")
+    with LocalCluster(topology="sim:a30", memory_limit="2GiB") as cluster, Client(cluster) as client:
+        assert cluster.scheduler_address.startswith("gpucluster://127.0.0.1:")
+        client.wait_for_workers(4, timeout=60)
+        info = client.scheduler_info(n_workers=-1)["workers"]
+        by_name = {w["name"]: (address, w) for address, w in info.items()}
+        assert sorted(by_name) == sorted(w["name"] for w in plan["workers"])
+        envs = client.run(own_env)
+        for planned in plan["workers"]:
+            address, w = by_name[planned["name"]]
+            assert w["resources"] == {"GPU": 1.0}
+            assert w["memory_limit"] == 2 << 30
+            env = envs[address]
+            assert env["CUDA_VISIBLE_DEVICES"] == planned["device_uuid"], "a MIG worker sees exactly its instance"
+            assert env["GPUCLUSTER_DEVICE"] == "sim-mig"
+            assert env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] == str(planned["device_memory_limit_bytes"])
+            assert env["GPUCLUSTER_COMM_PATH"] == "host-staged", "MIG instances have no CUDA IPC"
+        # A device array made on one worker and taken by a task on another: a device frame.
+        a, b = list(info)[:2]
+        x = client.submit(DeviceArray.from_bytes, bytes(range(256)) * 4096, workers=[a], pure=False)
+        ok, via = client.submit(lambda x: (x.tobytes() == bytes(range(256)) * 4096, x.via), x, workers=[b]).result(60)
+        assert (ok, via) == (True, "device frame")
+    deadline = time.monotonic() + 10
+    while children() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not children() - before, "close() leaves no worker or nanny behind"
+
+
+def test_the_policies_are_the_planners(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(gpucluster.PlanError, match="not alike") as raised:
+        LocalCluster(topology="sim:a100-80gb-mixed")
+    assert "class A" in str(raised.value) and "--policy" in str(raised.value)
+    with LocalCluster(topology="sim:a100-80gb-mixed", policy="grouped", n_workers=2) as cluster:
+        assert len(cluster.worker_spec) == 2
+        resources = [spec["options"]["resources"] for spec in cluster.worker_spec.values()]
+        assert all(r["GPU"] == 1.0 and len(r) == 2 for r in resources), resources
+
+
+def test_devices_are_chosen_as_with_local_cuda_cluster(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    plan = gpucluster.plan("sim:a30")
+    second = plan["workers"][1]["device_uuid"]
+    with LocalCluster(topology="sim:a30", CUDA_VISIBLE_DEVICES=[second[:12]]) as cluster:
+        assert [s["options"]["env"]["CUDA_VISIBLE_DEVICES"] for s in cluster.worker_spec.values()] == [second]
+    with pytest.raises(ValueError, match="either devices or CUDA_VISIBLE_DEVICES"):
+        LocalCluster(topology="sim:a30", devices="0", CUDA_VISIBLE_DEVICES="0")
+    with pytest.raises(ValueError, match="n_workers"):
+        LocalCluster(topology="sim:a30", n_workers=0)
+    with pytest.raises(gpucluster.TopologyError):
+        LocalCluster(topology="sim:nope")
+
+
+KILLED_CLIENT = """
+import os, sys, time
+from distributed import Client
+from gpucluster.dask import LocalCluster
+if __name__ == "__main__":
+    with LocalCluster(topology="sim:a30", n_workers=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        print(*client.run(os.getpid).values(), flush=True)
+        time.sleep(120)
+"""
+
+
+def test_a_killed_client_process_takes_its_workers_with_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    script = tmp_path / "client.py"
+    script.write_text(KILLED_CLIENT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        pids = [int(p) for p in proc.stdout.readline().split()]
+        assert len(pids) == 2, "the workers' pids"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "workers outlived their killed client"
+    finally:
+        proc.kill()
+        proc.wait()
