@@ -78,10 +78,14 @@ pub(crate) struct DaskLocalArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("scheduler").required(true).args(["address", "scheduler_file"]))]
 pub(crate) struct DaskWorkerArgs {
+    /// The scheduler to join, as Dask's CLI takes it: tcp://HOST:PORT, tls://..., gpucluster://...
+    #[arg(value_name = "SCHEDULER_ADDRESS")]
+    address: Option<String>,
     /// The scheduler file of the cluster to join (written by `dask scheduler --scheduler-file`).
     #[arg(long, value_name = "FILE")]
-    scheduler_file: PathBuf,
+    scheduler_file: Option<PathBuf>,
     /// The CA certificate of a TLS scheduler (default: `ca.pem` beside the scheduler file).
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     tls_ca_file: Option<PathBuf>,
@@ -130,8 +134,16 @@ impl Write for ReadyWatch {
 enum Scheduler {
     /// `dask local`: ours, in a private directory, secured unless `insecure`.
     Local { insecure: bool },
-    /// `dask worker`: someone else's, from its scheduler file.
-    Join { file: PathBuf, tls: Option<TlsFiles> },
+    /// `dask worker`: someone else's, from its scheduler file or its address.
+    Join { at: JoinAt, tls: Option<TlsFiles> },
+}
+
+/// How `dask worker` was told where its scheduler is.
+enum JoinAt {
+    /// `--scheduler-file FILE` (TLS credentials may lie beside it).
+    File(PathBuf),
+    /// The address, as Dask's CLI takes it.
+    Address(String),
 }
 
 pub(crate) async fn local(spec: &TopologySpec, args: DaskLocalArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
@@ -143,7 +155,13 @@ pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut 
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,
     };
-    run(spec, args.common, Scheduler::Join { file: args.scheduler_file, tls }, out).await
+    let at = match (args.address, args.scheduler_file) {
+        (Some(address), None) => JoinAt::Address(address),
+        (None, Some(file)) => JoinAt::File(file),
+        // clap's group: exactly one of the two.
+        _ => anyhow::bail!("give the scheduler's address or --scheduler-file FILE, not both"),
+    };
+    run(spec, args.common, Scheduler::Join { at, tls }, out).await
 }
 
 async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mut dyn Write) -> anyhow::Result<u8> {
@@ -165,12 +183,21 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
     // local cluster (insecure or not); `Err`: joining the scheduler of this file.
     let joined = match scheduler {
-        Scheduler::Join { file, tls } => {
-            let address = dask::scheduler_address(&file)?;
+        Scheduler::Join { at, tls } => {
+            let (address, file) = match at {
+                JoinAt::File(file) => (dask::scheduler_address(&file)?, Some(file)),
+                JoinAt::Address(address) => {
+                    dask::parse_address(&address).map_err(|why| {
+                        anyhow::anyhow!("the scheduler address {} {why}", crate::table::escape(&format!("{address:?}")))
+                    })?;
+                    (address, None)
+                }
+            };
             let tls = match tls {
                 Some(t) => Some(t),
                 None if address.starts_with("tls://") => Some(
-                    TlsFiles::beside(&file)
+                    file.as_deref()
+                        .and_then(TlsFiles::beside)
                         .ok_or_else(|| launcher::LauncherError::TlsNeeded { address: address.clone() })?,
                 ),
                 None => None,
@@ -188,7 +215,9 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 Err(signal) => return interrupted(signal),
             }
             writeln!(out, "joining the Dask scheduler at {address}")?;
-            if tls.is_none() {
+            // gpucluster:// proves the cluster's secret on every connection; tls:// has its
+            // certificates; anything else lets in whoever reaches it.
+            if tls.is_none() && !address.starts_with("gpucluster://") {
                 eprintln!(
                     "warning: the scheduler at {address} does not authenticate its peers: anyone who can reach it \
                      can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"

@@ -311,6 +311,30 @@ fn dask_local_speaks_gpucluster_where_it_is_installed_and_only_to_holders_of_the
     }
     let address = report.lines().find_map(|l| l.strip_prefix("address ")).expect("address").to_owned();
     assert!(address.starts_with("gpucluster://"), "{address}");
+    // Workers of another launcher of ours join by the address, as Dask's CLI takes it; they hold
+    // the secret, so nothing warns that the scheduler is open.
+    let joined = Command::new(env!("CARGO_BIN_EXE_gpucluster"))
+        .args(["--topology", "sim:rapids-a100-pcie", "dask", "worker", &address, "--python"])
+        .arg(&python)
+        .env("XDG_CONFIG_HOME", &config)
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("joiner");
+    let mut joiner = Proc(joined);
+    let count = "import sys\nfrom distributed import Client\nc = Client(sys.argv[1], timeout=30)\n\
+                 c.wait_for_workers(7, timeout=60)\nprint(len(c.scheduler_info(n_workers=-1)['workers']))\n";
+    let out =
+        Command::new(&python).args(["-c", count, &address]).env("XDG_CONFIG_HOME", &config).output().expect("count");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "7", "{}", String::from_utf8_lossy(&out.stderr));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(joiner.0.id() as i32, libc::SIGTERM) };
+    let status = joiner.0.wait().expect("wait");
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut joiner.0.stderr.take().expect("stderr"), &mut said).expect("read");
+    assert_eq!(status.code(), Some(143), "{said}");
+    assert!(!said.contains("does not authenticate"), "gpucluster:// is authenticated: {said}");
     // Without the secret (another secret, plain TCP to the same port, another user): nothing.
     let plain = address.replacen("gpucluster://", "tcp://", 1);
     let wrong = [("GPUCLUSTER_SECRET", "00".repeat(32))];
@@ -498,6 +522,25 @@ fn joining_a_scheduler_that_does_not_answer_fails_at_once() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("does not answer") && err.contains(&port.to_string()), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    // The same, given the address as Dask's CLI takes it; and addresses that are not ones.
+    let address = format!("tcp://127.0.0.1:{port}");
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", &address]).arg("--python").arg(&python).output();
+    let err = String::from_utf8_lossy(&out.as_ref().expect("run").stderr).into_owned();
+    assert_eq!(out.expect("run").status.code(), Some(1), "{err}");
+    assert!(err.contains("does not answer") && err.contains(&port.to_string()), "{err}");
+    for bad in ["127.0.0.1:8786", "tcp://:0", "tcp://h\u{1b}[2J:1"] {
+        let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", bad]).arg("--python").arg(&python).output();
+        let out = out.expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bad}: {err}");
+        assert!(err.contains("the scheduler address") && !err.contains('\u{1b}'), "{bad}: {err}");
+    }
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "worker", "tls://127.0.0.1:1"])
+        .arg("--python")
+        .arg(&python)
+        .output();
+    let out = out.expect("run");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("speaks TLS: give --tls-ca-file"), "{out:?}");
     // A port that accepts connections but never speaks Dask: the handshake is what counts.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     std::fs::write(&file, format!("{{\"address\": \"tcp://{}\"}}", silent.local_addr().expect("addr"))).expect("write");
