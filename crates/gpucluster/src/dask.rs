@@ -37,6 +37,10 @@ pub(crate) struct DaskArgs {
     /// host, else TCP, over TLS for `dask local`), tcp, ucx or gpucluster.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto, value_name = "PROTOCOL")]
     protocol: ProtocolArg,
+    /// Show every line Dask logs; by default its INFO lines are left out (warnings, errors and
+    /// tracebacks are always shown), so that the lines that matter are not buried.
+    #[arg(short, long)]
+    verbose: bool,
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
     #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
@@ -105,12 +109,23 @@ struct ReadyWatch {
     started: Instant,
     expected: usize,
     registered: usize,
+    /// Whether Dask's INFO lines are shown (`--verbose`).
+    verbose: bool,
+}
+
+/// Whether a line of Dask's output is one of its INFO log lines (`... - distributed.x - INFO - ...`).
+fn dask_info(line: &[u8]) -> bool {
+    line.windows(8).any(|w| w == b" - INFO ")
 }
 
 impl Write for ReadyWatch {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let registered = String::from_utf8_lossy(buf).matches("Registered to:").count();
-        self.out.write_all(buf)?;
+        for line in buf.split_inclusive(|b| *b == b'\n') {
+            if self.verbose || !dask_info(line) {
+                self.out.write_all(line)?;
+            }
+        }
         if registered > 0 && self.registered < self.expected {
             self.registered += registered;
             if self.registered >= self.expected {
@@ -310,6 +325,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         started,
         expected: plan.workers.len(),
         registered: 0,
+        verbose: args.verbose,
     }));
     let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
     // The scheduler file, the credentials and the workers' files go with the cluster.
@@ -351,8 +367,8 @@ fn header(
                 writeln!(out, "client = {}", tls.client_code(scheduler_file))?;
                 writeln!(
                     out,
-                    "(Dask's own log lines name a dashboard address: its HTTP server serves nothing, so that \
-                     nobody else can read task names, call stacks or logs)"
+                    "(with -v, Dask's own log lines name a dashboard address: its HTTP server serves nothing, so \
+                     that nobody else can read task names, call stacks or logs)"
                 )?;
             }
             None => {

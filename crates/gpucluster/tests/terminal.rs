@@ -245,6 +245,7 @@ fn dask_local_in_a_terminal_warns_when_insecure_and_ctrl_c_stops_it() {
     let mut t = Terminal::run(&args);
     t.expect("all 4 Dask worker(s) registered after", Duration::from_secs(90));
     assert!(t.text().contains("warning: --insecure: no TLS; any user who can reach"), "{}", t.text());
+    assert!(!t.text().contains(" - INFO - "), "Dask's INFO lines only with -v:\n{}", t.text());
     let scheduler = t
         .text()
         .lines()
