@@ -227,3 +227,37 @@ fn item_18_plan_and_bench_agree_on_the_path_between_mig_workers() {
     assert!(!plan.contains("cuda-ipc"), "MIG workers never plan cuda-ipc:\n{plan}");
     assert!(plan.contains("both use MIG instance"), "the same-instance pairs say why:\n{plan}");
 }
+
+/// A third attack round, on `bench`'s files: a report that never ends was read into memory, a
+/// plot that could not be written threw the measurement away (or, on `/dev/full`, claimed to be
+/// drawn), and a report's text reached the terminal with its escape sequences.
+#[test]
+fn bench_reports_and_plots_are_bounded_checked_and_escaped() {
+    refused(&["bench", "dask", "--report", "/dev/zero"], 1, "larger than 16 MiB");
+    // Refused before anything is measured (and before any process is started).
+    refused(
+        &["--topology", "sim:a30", "bench", "transport", "--sizes", "1M", "--plot", "/nonexistent/x.svg"],
+        1,
+        "cannot be written",
+    );
+    let scratch = Scratch::new("bench-files");
+    refused(
+        &["--topology", "sim:a30", "bench", "dask", "--plot", &scratch.0.display().to_string()],
+        1,
+        "is a directory",
+    );
+    let report = r#"{"memory": "\u001b]0;pwned\u0007GPU", "workers_per_device": 2, "variants": [{"variant":
+        {"name": "tcp\u001b[2J", "protocol": "tcp", "insecure": true, "env": []},
+        "results": [{"bytes": 1048576, "log_gbps": 1.5, "wall_gbps": 1.0, "repeats": 5}],
+        "transpose_sum": ["\u001b[31mred"], "notes": ["a \u001b[1Anote"]}]}"#;
+    let file = write(&scratch, "report.json", report);
+    let (status, out, err) = gpucluster(&["bench", "dask", "--report", &file]);
+    assert_eq!(status, 0, "{err}");
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("1.50 (1.00)") && out.contains("note: tcp"), "{out}");
+    // The figures are printed before the plot is drawn; a plot that cannot be written says so.
+    let (status, out, err) = gpucluster(&["bench", "dask", "--report", &file, "--plot", "/dev/full"]);
+    assert_eq!(status, 1, "{out}");
+    assert!(out.contains("1.50 (1.00)"), "the figures come first: {out}");
+    assert!(err.contains("No space left on device"), "{err}");
+}

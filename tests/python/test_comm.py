@@ -120,8 +120,9 @@ def test_a_tcp_scheduler_with_gpucluster_workers(tmp_path):
             p.wait(timeout=30)
 
 
-def test_a_client_without_the_secret_gets_nothing(cluster, tmp_path):
+def test_a_client_without_the_secret_gets_nothing(cluster, tmp_path, caplog):
     cl, client = cluster
+    comm._refused["since"] = 0.0  # the first refusal of this test warns at once
     code = (
         "import sys\n"
         "from distributed import Client\n"
@@ -136,3 +137,7 @@ def test_a_client_without_the_secret_gets_nothing(cluster, tmp_path):
     assert "refused" in out.stdout and "INTRUDED" not in out.stdout, out.stdout + out.stderr
     # The cluster goes on.
     assert client.submit(lambda: 42).result() == 42
+    # And says so in its log, as a warning (INFO lines are hidden by the launcher), once a minute.
+    warned = [r for r in caplog.records if r.name == "gpucluster.comm" and "did not prove" in r.getMessage()]
+    assert warned and all(r.levelname == "WARNING" for r in warned), caplog.text
+    assert len(warned) == 1, "a client retrying its way in costs one line a minute"

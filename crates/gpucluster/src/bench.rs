@@ -430,15 +430,54 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
     plot_series(&format!("gpucluster transport: {}", report.device), "message size (bytes)", &series, file)
 }
 
+/// Checks, before anything is measured, that `file` can be written (a plot asked for at a path
+/// that cannot take it would otherwise be found out only after minutes of measuring). Creates
+/// the file if it is missing; never truncates one.
+pub(crate) fn check_output(file: &std::path::Path) -> anyhow::Result<()> {
+    let shown = || crate::table::escape(&file.display().to_string()).into_owned();
+    if file.is_dir() {
+        anyhow::bail!("--plot {}: is a directory; give a file name such as bench.svg", shown());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(file)
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("--plot {}: cannot be written ({e})", shown()))
+}
+
 /// A line of a plot: its label, its (size, GB/s) points, and whether it is a ceiling (drawn thin).
 pub(crate) type Series = (String, Vec<(f64, f64)>, bool);
 
 /// Draws GB/s against size, both on log scales, one line per series, as SVG.
 pub(crate) fn plot_series(title: &str, x_desc: &str, series: &[Series], file: &std::path::Path) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let root = SVGBackend::new(file, (900, 560)).into_drawing_area();
+    // Drawn in memory, then written: plotters' file backend does not report a failed write
+    // (`--plot /dev/full` said it had drawn).
+    let mut svg = String::new();
     let draw = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing {}: {e}", file.display());
-    root.fill(&WHITE).map_err(|e| draw(&e))?;
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+        draw_series(&root, title, x_desc, series).map_err(|e| draw(&e))?;
+        root.present().map_err(|e| draw(&e))?;
+    }
+    std::fs::write(file, svg).map_err(|e| anyhow::anyhow!("writing the plot {}: {e}", file.display()))
+}
+
+/// The chart of [`plot_series`] on `root`.
+fn draw_series<DB: plotters::prelude::DrawingBackend>(
+    root: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    x_desc: &str,
+    series: &[Series],
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let draw = |e: DrawingAreaErrorKind<DB::ErrorType>| -> Box<dyn std::error::Error> { Box::new(e) };
+    root.fill(&WHITE).map_err(draw)?;
     let all: Vec<f64> = series.iter().flat_map(|(_, points, _)| points.iter().map(|p| p.1)).collect();
     let top = all.iter().copied().fold(1e-3, f64::max) * 2.0;
     let bottom = all.iter().copied().filter(|v| *v > 0.0).fold(top, f64::min).max(1e-6) / 2.0;
@@ -452,14 +491,8 @@ pub(crate) fn plot_series(title: &str, x_desc: &str, series: &[Series], file: &s
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d((lo..hi).log_scale(), (bottom..top).log_scale())
-        .map_err(|e| draw(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc("GB/s")
-        .x_label_formatter(&|v| decimal(*v))
-        .draw()
-        .map_err(|e| draw(&e))?;
+        .map_err(draw)?;
+    chart.configure_mesh().x_desc(x_desc).y_desc("GB/s").x_label_formatter(&|v| decimal(*v)).draw().map_err(draw)?;
     let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, (label, points, dashed)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];
@@ -467,10 +500,10 @@ pub(crate) fn plot_series(title: &str, x_desc: &str, series: &[Series], file: &s
         let points: Vec<(f64, f64)> = points.iter().map(|&(x, y)| (x, y.max(bottom))).collect();
         chart
             .draw_series(LineSeries::new(points.clone(), style))
-            .map_err(|e| draw(&e))?
+            .map_err(draw)?
             .label(label.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3)));
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(|e| draw(&e))?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(draw)?;
     }
     chart
         .configure_series_labels()
@@ -478,8 +511,7 @@ pub(crate) fn plot_series(title: &str, x_desc: &str, series: &[Series], file: &s
         .border_style(BLACK)
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
-        .map_err(|e| draw(&e))?;
-    root.present().map_err(|e| draw(&e))?;
+        .map_err(draw)?;
     Ok(())
 }
 

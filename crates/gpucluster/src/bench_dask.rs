@@ -58,10 +58,14 @@ pub(crate) async fn run(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     if let Some(file) = &args.report {
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        // Bounded, as `bench transport --report` reads: a report is a few kilobytes.
+        let text = gpu_topology::text::read_text(file, 16 << 20)?;
         let report: DaskReport = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a report of `bench dask --json`", file.display()))?;
         return finish(&report, &args, out);
+    }
+    if let Some(file) = &args.plot {
+        crate::bench::check_output(file)?;
     }
     let mut signals = launcher::Signals::install()?;
     let probe = args.python.clone();
@@ -132,7 +136,14 @@ pub(crate) async fn run(
                     notes: vec![format!("did not run: {}", summary(&e.to_string()))],
                 });
             }
-            Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
+            Err(signal) => {
+                eprintln!(
+                    "bench dask interrupted ({}) during {}; nothing reported",
+                    launcher::signal_name(signal),
+                    crate::table::escape(&variant.name)
+                );
+                return Ok(128u8.saturating_add(signal as u8));
+            }
         }
     }
     let status = finish(&report, &args, out)?;
@@ -152,17 +163,18 @@ fn summary(text: &str) -> String {
     }
 }
 
+/// Prints the report, then draws it: a plot that cannot be written costs the figures nothing.
 fn finish(report: &DaskReport, args: &BenchDaskArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    if let Some(file) = &args.plot {
-        plot(report, file)?;
-    }
     if args.json {
         serde_json::to_writer_pretty(&mut *out, report)?;
         writeln!(out)?;
     } else {
         table(report, out)?;
-        if let Some(file) = &args.plot {
-            writeln!(out, "plot: {}", file.display())?;
+    }
+    if let Some(file) = &args.plot {
+        plot(report, file)?;
+        if !args.json {
+            writeln!(out, "plot: {}", crate::table::escape(&file.display().to_string()))?;
         }
     }
     Ok(0)
@@ -172,7 +184,7 @@ fn table(report: &DaskReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "bench dask: {}, two workers{}; GB/s from the receiving worker's transfer log (wall time in brackets)",
-        report.memory,
+        crate::table::escape(&report.memory),
         if report.workers_per_device == 2 { " on the one device" } else { "" }
     )?;
     let mut t = crate::table::Table::default();
@@ -195,14 +207,16 @@ fn table(report: &DaskReport, out: &mut dyn Write) -> std::io::Result<()> {
         t.row(row);
     }
     t.write(out, "")?;
+    // Text from a report file (or from dask-cuda's output) reaches the terminal escaped.
+    let shown = crate::table::escape;
     for v in &report.variants {
         for note in &v.notes {
-            writeln!(out, "note: {}: {note}", v.variant.name)?;
+            writeln!(out, "note: {}: {}", shown(&v.variant.name), shown(note))?;
         }
         if !v.transpose_sum.is_empty() {
-            writeln!(out, "\ntranspose_sum over {}:", v.variant.name)?;
+            writeln!(out, "\ntranspose_sum over {}:", shown(&v.variant.name))?;
             for line in &v.transpose_sum {
-                writeln!(out, "  {line}")?;
+                writeln!(out, "  {}", shown(line))?;
             }
         }
     }

@@ -483,7 +483,12 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
                 format!("{} is not a saved bench report", crate::table::escape(&file.display().to_string()))
             })?
         }
-        None => match measure(spec, &args).await? {
+        None => match {
+            if let Some(file) = &args.plot {
+                crate::bench::check_output(file)?;
+            }
+            measure(spec, &args).await?
+        } {
             Ok(report) => report,
             Err(signal) => {
                 eprintln!("bench interrupted ({})", launcher::signal_name(signal));
@@ -491,16 +496,17 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
             }
         },
     };
-    if let Some(file) = &args.plot {
-        crate::bench::plot(&report, file)?;
-    }
+    // The figures first: a plot that cannot be written costs them nothing.
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
     } else {
         crate::bench::table(&report, out)?;
-        if let Some(file) = &args.plot {
-            writeln!(out, "plot: {}", file.display())?;
+    }
+    if let Some(file) = &args.plot {
+        crate::bench::plot(&report, file)?;
+        if !args.json {
+            writeln!(out, "plot: {}", crate::table::escape(&file.display().to_string()))?;
         }
     }
     Ok(0)

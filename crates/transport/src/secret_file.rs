@@ -59,9 +59,12 @@ fn check_private(path: &Path, meta: &std::fs::Metadata, file: bool) -> Result<()
 }
 
 fn read_secret(path: &Path) -> Result<Secret, TransportError> {
+    // O_NONBLOCK: opening a FIFO someone planted there would otherwise wait for a writer for
+    // ever (and be retried after Ctrl-C); it opens at once and is refused below as not a regular
+    // file. On a regular file the flag changes nothing.
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
         .map_err(|e| refuse(path, e))?;
     let meta = file.metadata().map_err(|e| refuse(path, e))?;
@@ -175,6 +178,23 @@ mod tests {
         std::fs::write(&path, "not hex").expect("write");
         let err = read_secret(&path).expect_err("garbage");
         assert!(err.to_string().contains("hexadecimal"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fifo_or_a_device_in_its_place_is_refused_at_once_not_waited_on() {
+        let dir = scratch("fifo");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let fifo = dir.join("secret");
+        let name = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo");
+        let started = std::time::Instant::now();
+        let err = read_secret(&fifo).expect_err("a FIFO");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "waited {:?}", started.elapsed());
+        let err = read_secret(Path::new("/dev/zero")).expect_err("a device");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -37,6 +37,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -475,10 +476,37 @@ class GpuclusterListener(TCPListener):
             await asyncio.wait_for(_authenticate_server(stream), AUTH_TIMEOUT)
         except (StreamClosedError, asyncio.TimeoutError, _native.AuthenticationError, OSError) as e:
             # A stranger, a port scanner or a client without the secret: nothing was read.
-            logger.info("%s: refused a connection from %s that did not prove the secret (%r)", PREFIX, address, e)
+            _report_refused(address, e)
             stream.close()
             return None
         return stream
+
+
+#: Refused connections since the last warning, and when that was (a flood must not flood the log).
+_refused = {"count": 0, "since": 0.0}
+#: At most one warning about refused connections per this many seconds.
+REFUSED_EVERY = 60.0
+
+
+def _report_refused(address: str, error: BaseException) -> None:
+    """Warns that a connection did not prove the secret: the first at once, then at most once a
+    minute with a count, so that a client with the wrong secret is seen in the cluster's log
+    (it is not an INFO line) and a flood of strangers costs one line a minute."""
+
+    now = time.monotonic()
+    _refused["count"] += 1
+    if now - _refused["since"] < REFUSED_EVERY:
+        return
+    count, _refused["count"], _refused["since"] = _refused["count"], 0, now
+    logger.warning(
+        "%s: refused %d connection(s) that did not prove the cluster's secret (the latest from %s: %r); "
+        "a client of yours needs the gpucluster package and your secret file (GPUCLUSTER_SECRET_FILE or "
+        "$XDG_CONFIG_HOME/gpucluster/secret)",
+        PREFIX,
+        count,
+        address,
+        error,
+    )
 
 
 class GpuclusterBackend(TCPBackend):
