@@ -485,7 +485,7 @@ where
     let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = sizes.iter().copied().fold(0.0, f64::max);
     let (lo, hi) = if lo.is_finite() { (lo, hi * 1.5) } else { (1.0, 2.0) };
-    let mut chart = ChartBuilder::on(&root)
+    let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)

@@ -483,18 +483,18 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
                 format!("{} is not a saved bench report", crate::table::escape(&file.display().to_string()))
             })?
         }
-        None => match {
+        None => {
             if let Some(file) = &args.plot {
                 crate::bench::check_output(file)?;
             }
-            measure(spec, &args).await?
-        } {
-            Ok(report) => report,
-            Err(signal) => {
-                eprintln!("bench interrupted ({})", launcher::signal_name(signal));
-                return Ok(128u8.saturating_add(signal as u8));
+            match measure(spec, &args).await? {
+                Ok(report) => report,
+                Err(signal) => {
+                    eprintln!("bench interrupted ({})", launcher::signal_name(signal));
+                    return Ok(128u8.saturating_add(signal as u8));
+                }
             }
-        },
+        }
     };
     // The figures first: a plot that cannot be written costs them nothing.
     if args.json {
