@@ -90,6 +90,22 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The scheduler file `dask local` names in its output `log`, once the scheduler has written it.
+fn scheduler_file_in(log: &Path, timeout: Duration) -> PathBuf {
+    let mut found = None;
+    wait_until("the scheduler file", timeout, || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        found = text
+            .lines()
+            .find_map(|l| l.strip_prefix("scheduler file: "))
+            .and_then(|l| l.split(' ').next())
+            .map(PathBuf::from)
+            .filter(|p| p.exists());
+        found.is_some()
+    });
+    found.expect("the scheduler file")
+}
+
 /// Processes whose command line mentions `needle`.
 fn processes_with(needle: &str) -> Vec<i32> {
     std::fs::read_dir("/proc")
@@ -204,18 +220,7 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     c.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR").current_dir(&tmp);
     c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
     let mut launcher = Proc(c.spawn().expect("launcher"));
-    let mut scheduler_file = None;
-    wait_until("the scheduler file", Duration::from_secs(30), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        scheduler_file = text
-            .lines()
-            .find_map(|l| l.strip_prefix("scheduler file: "))
-            .and_then(|l| l.split(' ').next())
-            .map(PathBuf::from)
-            .filter(|p| p.exists());
-        scheduler_file.is_some()
-    });
-    let file = scheduler_file.expect("file");
+    let file = scheduler_file_in(&log, Duration::from_secs(30));
     let workers = check(&python, &file, 4);
     let planned = planned("sim:a30");
     for (name, uuid) in &planned {
@@ -589,18 +594,7 @@ fn a_killed_dask_local_leaves_no_process_and_no_private_directory() {
     c.env("TMPDIR", &dir).env_remove("XDG_RUNTIME_DIR");
     c.arg("--python").arg(&python).stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
     let mut launcher = Proc(c.spawn().expect("launcher"));
-    let mut scheduler_file = None;
-    wait_until("the scheduler file", Duration::from_secs(60), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        scheduler_file = text
-            .lines()
-            .find_map(|l| l.strip_prefix("scheduler file: "))
-            .and_then(|l| l.split(' ').next())
-            .map(PathBuf::from)
-            .filter(|p| p.exists());
-        scheduler_file.is_some()
-    });
-    let file = scheduler_file.expect("file");
+    let file = scheduler_file_in(&log, Duration::from_secs(60));
     let private = file.parent().expect("private directory").to_owned();
     assert!(private.join("key.pem").exists(), "TLS credentials in the private directory");
     // SAFETY: signalling our own child.

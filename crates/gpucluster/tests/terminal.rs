@@ -94,14 +94,19 @@ impl Terminal {
     }
 }
 
+/// Processes whose command line starts with `marker`.
 fn processes_with(marker: &str) -> usize {
+    processes_where(|cmdline| cmdline.starts_with(marker))
+}
+
+/// Processes whose command line (arguments joined by spaces) satisfies `test`.
+fn processes_where(test: impl Fn(&str) -> bool) -> usize {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").starts_with(marker))
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| test(&String::from_utf8_lossy(&c).replace('\0', " ")))
         })
         .count()
 }
@@ -255,21 +260,8 @@ fn dask_local_in_a_terminal_warns_when_insecure_and_ctrl_c_stops_it() {
     let status = t.wait(Duration::from_secs(20)).expect("Ctrl-C did not stop dask local");
     assert_eq!(status.code(), Some(130), "{}", t.text());
     let start = Instant::now();
-    while processes_with_anywhere(&scheduler) > 0 {
+    while processes_where(|cmdline| cmdline.contains(&scheduler)) > 0 {
         assert!(start.elapsed() < Duration::from_secs(5), "a Dask process outlived dask local");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Processes whose command line mentions `needle` anywhere.
-fn processes_with_anywhere(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(needle))
-        })
-        .count()
 }
