@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -68,6 +70,16 @@ def test_one_worker_per_mig_instance_each_with_its_own_device_and_limits(monkeyp
             assert env["GPUCLUSTER_DEVICE"] == "sim-mig"
             assert env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] == str(planned["device_memory_limit_bytes"])
             assert env["GPUCLUSTER_COMM_PATH"] == "host-staged", "MIG instances have no CUDA IPC"
+        # No dashboard asked for: the HTTP servers listen on this host only and serve nothing
+        # (distributed's default routes show task names, call stacks and logs to anyone).
+        http = [(cluster.scheduler.http_server.address, cluster.scheduler.http_server.port)]
+        http += list(client.run(lambda dask_worker: (dask_worker.http_server.address, dask_worker.http_server.port)).values())
+        for address, port in http:
+            assert address == "127.0.0.1", http
+            for route in ("/health", "/info/main/workers.html", "/metrics", "/json/counts.json"):
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=5)
+                assert refused.value.code == 404, (port, route)
         # A device array made on one worker and taken by a task on another: a device frame.
         a, b = list(info)[:2]
         x = client.submit(DeviceArray.from_bytes, bytes(range(256)) * 4096, workers=[a], pure=False)

@@ -30,9 +30,11 @@ This module holds the Dask glue only; planning is Rust (``gpucluster._native``).
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
+import dask.config
 from distributed import Nanny, Scheduler, SpecCluster
 
 import gpucluster
@@ -41,6 +43,23 @@ __all__ = ["LocalCluster"]
 
 #: Where workers and the scheduler listen unless told otherwise: this host only.
 DEFAULT_HOST = "127.0.0.1"
+
+
+class _QuietScheduler(Scheduler):
+    """A scheduler whose HTTP server serves nothing: distributed's default routes (``/info``,
+    ``/metrics``, ...) show task names, call stacks and worker logs to whoever reaches the port,
+    so without a dashboard asked for there are none (as ``gpucluster dask local`` does)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with dask.config.set({"distributed.scheduler.http.routes": []}):
+            super().__init__(*args, **kwargs)
+
+
+def _without_worker_routes() -> dict[str, Any]:
+    """distributed's configuration section with the worker's HTTP routes removed."""
+    section = copy.deepcopy(dask.config.get("distributed"))
+    section.setdefault("worker", {}).setdefault("http", {})["routes"] = []
+    return section
 
 
 def _host_memory() -> int | None:
@@ -134,6 +153,8 @@ class LocalCluster(SpecCluster):
             total = _host_memory()
             memory_limit = total // len(planned) if total else "auto"
 
+        # Without a dashboard, the HTTP servers listen on this host only and serve nothing.
+        http_address = dashboard_address if dashboard_address is not None else f"{host}:0"
         workers = {}
         for w in planned:
             env = dict(w["env"])
@@ -155,20 +176,25 @@ class LocalCluster(SpecCluster):
                 "memory_limit": memory_limit,
                 "protocol": protocol,
                 "host": host,
-                "dashboard_address": dashboard_address if dashboard_address is not None else ":0",
+                "dashboard_address": http_address,
                 "dashboard": dashboard_address is not None,
                 "security": security,
             }
+            if dashboard_address is None:
+                # The worker process's own configuration (an environment variable would come too
+                # late: the nanny sets its env after the worker has imported distributed).
+                # The nanny merges it shallowly over its own: the whole `distributed` section.
+                options["config"] = {"distributed": _without_worker_routes()}
             if local_directory is not None:
                 options["local_directory"] = local_directory
             workers[w["name"]] = {"cls": Nanny, "options": options}
 
         scheduler = {
-            "cls": Scheduler,
+            "cls": Scheduler if dashboard_address is not None else _QuietScheduler,
             "options": {
                 "protocol": protocol,
                 "host": host,
-                "dashboard_address": dashboard_address if dashboard_address is not None else ":0",
+                "dashboard_address": http_address,
                 "dashboard": dashboard_address is not None,
                 "security": security,
             },
