@@ -41,6 +41,11 @@ pub(crate) struct DaskArgs {
     /// tracebacks are always shown), so that the lines that matter are not buried.
     #[arg(short, long)]
     verbose: bool,
+    /// Further options for every worker, after `--` (e.g. `-- --lifetime 1h --rmm-pool-size 10GB`
+    /// for dask-cuda workers): passed after gpucluster's own, so they win where Dask takes an
+    /// option's last value.
+    #[arg(last = true, value_name = "WORKER_OPTIONS")]
+    worker_args: Vec<std::ffi::OsString>,
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
     #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
@@ -310,6 +315,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         tls: tls.clone(),
         simulated,
         local_directory: dir.path().to_owned(),
+        extra_args: args.worker_args.clone(),
     };
     let mut specs = dask::worker_specs(&plan.workers, &config);
     if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {

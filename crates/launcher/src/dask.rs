@@ -604,6 +604,9 @@ pub struct DaskWorkers {
     /// A private directory for the workers' files (spilled data, uploaded code, locks): never the
     /// shared `dask-scratch-space` of the temporary directory, which another user may own.
     pub local_directory: PathBuf,
+    /// Further options for every worker, from after `--` on the command line: appended after
+    /// ours, so that where Dask's CLI takes an option's last value, the user's wins.
+    pub extra_args: Vec<OsString>,
 }
 
 impl DaskWorkers {
@@ -689,6 +692,7 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if let Some(tls) = &config.tls {
                 args.extend(tls.args());
             }
+            args.extend(config.extra_args.iter().cloned());
             let mut env: BTreeMap<String, String> = w.env();
             env.extend(private_env(&config.local_directory));
             if config.simulated {
@@ -890,6 +894,7 @@ mod tests {
             tls: None,
             simulated: true,
             local_directory: "/private/dir".into(),
+            extra_args: Vec::new(),
         };
         (plan, config)
     }
@@ -958,6 +963,19 @@ mod tests {
         let real = DaskWorkers { simulated: false, ..config };
         assert!(real.uses_dask_cuda());
         assert!(worker_specs(&plan.workers, &real)[0].args[1].to_string_lossy().contains("dask_cuda"));
+    }
+
+    #[test]
+    fn options_after_the_separator_reach_every_worker_last() {
+        let (plan, mut config) = a30_workers(true);
+        config.extra_args = vec!["--nthreads".into(), "4".into(), "--lifetime".into(), "1h".into()];
+        for spec in worker_specs(&plan.workers, &config) {
+            let args: Vec<String> = spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+            assert_eq!(&args[args.len() - 4..], ["--nthreads", "4", "--lifetime", "1h"], "{args:?}");
+            // Ours come first: Dask's CLI keeps an option's last value, so the user's wins.
+            let ours = args.iter().position(|a| a == "--nthreads").expect("ours");
+            assert!(ours < args.len() - 4, "{args:?}");
+        }
     }
 
     #[test]
