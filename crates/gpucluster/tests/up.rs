@@ -180,7 +180,9 @@ fn a_killed_worker_stops_the_job_within_a_second() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(killed.elapsed() < Duration::from_secs(2), "took {:?} after the kill:\n{text}", killed.elapsed());
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(text.contains("stopped: ") && text.contains("failed (killed by signal 9 (SIGKILL))"), "{text}");
+    // The job stops on the first failure it sees: the killed worker, or a peer that lost it a
+    // moment earlier (which one wins is a race); either way the killed one is reported.
+    assert!(text.contains("stopped: ") && text.contains("killed by signal 9 (SIGKILL)"), "{text}");
     assert!(workers().is_empty(), "no worker is left");
 }
 
