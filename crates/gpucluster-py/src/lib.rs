@@ -542,6 +542,12 @@ fn plan_json(
     })
 }
 
+/// This host's memory in bytes, as `gpucluster dask local` reads it to split it between workers.
+#[pyfunction]
+fn host_memory() -> Option<u64> {
+    launcher::dask::host_memory()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -563,6 +569,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(topology_json, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
+    m.add_function(wrap_pyfunction!(host_memory, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     Ok(())
 }

@@ -94,3 +94,5 @@ def plan_json(
     workers_per_device: int = 1,
 ) -> str:
     """What ``gpucluster plan --json`` prints (use ``gpucluster.plan``)."""
+def host_memory() -> int | None:
+    """This host's memory in bytes, as ``gpucluster dask local`` splits it between workers."""

@@ -31,13 +31,13 @@ This module holds the Dask glue only; planning is Rust (``gpucluster._native``).
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import dask.config
 from distributed import Nanny, Scheduler, SpecCluster
 
 import gpucluster
+from gpucluster import _native
 
 __all__ = ["LocalCluster"]
 
@@ -60,14 +60,6 @@ def _without_worker_routes() -> dict[str, Any]:
     section = copy.deepcopy(dask.config.get("distributed"))
     section.setdefault("worker", {}).setdefault("http", {})["routes"] = []
     return section
-
-
-def _host_memory() -> int | None:
-    """This host's memory in bytes, as the command line's launcher reads it."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return None
 
 
 def _devices(devices: Any) -> str | None:
@@ -102,8 +94,8 @@ class LocalCluster(SpecCluster):
       ``"sim:NAME"``, ``"file:PATH"``, ``"smi:PATH"``).
 
     Further keyword arguments go to :class:`distributed.SpecCluster` (``asynchronous``,
-    ``silence_logs``, ``name``, ...). ``gpucluster_plan`` holds the plan the cluster was built from (``plan`` is Dask's: the workers it
-    wants).
+    ``silence_logs``, ``name``, ...). ``gpucluster_plan`` holds the plan the cluster was built
+    from (``plan`` is Dask's: the workers it wants).
     """
 
     def __init__(
@@ -140,7 +132,7 @@ class LocalCluster(SpecCluster):
             device_memory_limit=device_memory_limit,
             workers_per_device=workers_per_device,
         )
-        planned = self.gpucluster_plan["workers"][:n_workers] if n_workers is not None else self.gpucluster_plan["workers"]
+        planned = self.gpucluster_plan["workers"][:n_workers]
         if not planned:
             raise gpucluster.PlanError(
                 f"no compute device to start a worker on ({topology}); `gpucluster list` shows what the machine has"
@@ -150,7 +142,7 @@ class LocalCluster(SpecCluster):
         host_staged_only = bool(paths) and all(p["path"] == "host-staged" for p in paths)
         protocol = protocol or "gpucluster"
         if memory_limit is None:
-            total = _host_memory()
+            total = _native.host_memory()
             memory_limit = total // len(planned) if total else "auto"
 
         # Without a dashboard, the HTTP servers listen on this host only and serve nothing.
