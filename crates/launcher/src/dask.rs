@@ -636,6 +636,19 @@ fn private_env(local_directory: &Path) -> BTreeMap<String, String> {
     ])
 }
 
+/// What every process speaking UCX needs: a CUDA context made before UCX starts, or UCX does
+/// not recognise device memory and a transfer of a CuPy array never completes (seen on the H100
+/// with distributed-ucxx 0.52, which makes the context itself only when `UCX_TLS` names `cuda`
+/// and does not exclude it). dask-cuda's `LocalCUDACluster` sets the same.
+pub const UCX_CUDA_CONTEXT_ENV: [(&str, &str); 2] = [
+    ("DASK_DISTRIBUTED_UCXX__CREATE_CUDA_CONTEXT", "True"),
+    ("DASK_DISTRIBUTED__COMM__UCX__CREATE_CUDA_CONTEXT", "True"),
+];
+
+fn ucx_env() -> impl Iterator<Item = (String, String)> {
+    UCX_CUDA_CONTEXT_ENV.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+}
+
 /// Where the Dask HTTP servers listen: loopback, a free port (they serve nothing, see
 /// [`private_env`]).
 const HTTP_ADDRESS: &str = "127.0.0.1:0";
@@ -709,6 +722,9 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             if config.host_staged_only {
                 env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
             }
+            if config.speaks_ucx() && !config.simulated {
+                env.extend(ucx_env());
+            }
             env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), method.into());
             env.insert(
                 "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
@@ -759,11 +775,15 @@ pub fn scheduler_spec(
     if let Some(tls) = tls {
         args.extend(tls.args());
     }
+    let mut env = private_env(local_directory);
+    if protocol == Protocol::Ucx {
+        env.extend(ucx_env());
+    }
     ProcessSpec {
         name: "scheduler".into(),
         program: python.python.clone(),
         args,
-        env: private_env(local_directory),
+        env,
         cpu_affinity: None,
         essential: true,
         cwd: Some(local_directory.to_owned()),
@@ -996,6 +1016,29 @@ mod tests {
         let joins_ucx =
             DaskWorkers { protocol: None, scheduler: SchedulerRef::Address("ucx://10.0.0.1:8786".into()), ..config };
         assert_eq!(method(&joins_ucx), "spawn");
+    }
+
+    #[test]
+    fn every_process_speaking_ucx_makes_its_cuda_context_first() {
+        // Without it, distributed-ucxx starts UCX before CUDA when UCX_TLS is unset or excludes
+        // cuda_ipc, and device memory is not recognised.
+        let (plan, config) = a30_workers(false);
+        let config = DaskWorkers { simulated: false, ..config };
+        let key = UCX_CUDA_CONTEXT_ENV[0].0;
+        assert!(!worker_specs(&plan.workers, &config)[0].env.contains_key(key), "only over UCX");
+        let ucx = DaskWorkers { protocol: Some(Protocol::Ucx), ..config.clone() };
+        for spec in worker_specs(&plan.workers, &ucx) {
+            assert_eq!(spec.env.get(key).map(String::as_str), Some("True"), "{}", spec.name);
+        }
+        let python = config.python.clone();
+        let dir = Path::new("/tmp/x");
+        let scheduler = scheduler_spec(&python, &dir.join("s.json"), None, Protocol::Ucx, None, dir);
+        assert_eq!(scheduler.env.get(key).map(String::as_str), Some("True"));
+        let tcp = scheduler_spec(&python, &dir.join("s.json"), None, Protocol::Tcp, None, dir);
+        assert!(!tcp.env.contains_key(key));
+        // Simulated devices have no CUDA to make a context on.
+        let simulated = DaskWorkers { simulated: true, ..ucx };
+        assert!(!worker_specs(&plan.workers, &simulated)[0].env.contains_key(key));
     }
 
     #[test]

@@ -52,8 +52,12 @@ impl Variant {
             "gpucluster-host-staged" => v("gpucluster", false, &[("GPUCLUSTER_COMM_PATH", "host-staged")]),
             "tcp" => v("tcp", true, &[]),
             "tls" => v("tcp", false, &[]),
-            "ucx" => v("ucx", true, &[]),
-            "ucx-no-ipc" => v("ucx", true, &[("UCX_TLS", "^cuda_ipc")]),
+            // The client speaks UCX too, and needs the CUDA context the cluster's processes get.
+            "ucx" => v("ucx", true, &crate::dask::UCX_CUDA_CONTEXT_ENV),
+            "ucx-no-ipc" => {
+                let [a, b] = crate::dask::UCX_CUDA_CONTEXT_ENV;
+                v("ucx", true, &[("UCX_TLS", "^cuda_ipc"), a, b])
+            }
             other => {
                 return Err(LauncherError::Protocol(format!(
                     "unknown variant `{other}`: gpucluster, gpucluster-host-staged, tcp, tls, ucx or ucx-no-ipc"
@@ -208,8 +212,9 @@ impl Cluster {
     }
 }
 
-fn client(bench: &DaskBench, file: &std::path::Path) -> Command {
+fn client(bench: &DaskBench, variant: &Variant, file: &std::path::Path) -> Command {
     let mut command = Command::new(&bench.python);
+    command.envs(variant.env.iter().map(|(k, v)| (k, v)));
     command.arg("-m").arg("gpucluster.bench").arg("--scheduler-file").arg(file);
     // A TLS cluster's credentials lie beside its scheduler file.
     if let Some(dir) = file.parent().filter(|d| d.join("ca.pem").is_file()) {
@@ -228,7 +233,7 @@ fn client(bench: &DaskBench, file: &std::path::Path) -> Command {
 pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult, LauncherError> {
     let mut cluster = Cluster::start(bench, variant)?;
     let file = cluster.ready()?;
-    let output = client(bench, &file)
+    let output = client(bench, variant, &file)
         .output()
         .map_err(|e| LauncherError::Bench(format!("cannot run the benchmark client: {e}")))?;
     if !output.status.success() {
@@ -245,7 +250,7 @@ pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult
     let mut notes = Vec::new();
     let mut transpose_sum = Vec::new();
     if bench.transpose_sum {
-        match run_transpose_sum(bench, &file) {
+        match run_transpose_sum(bench, variant, &file) {
             Ok(lines) => transpose_sum = lines,
             Err(why) => notes.push(format!("transpose_sum: {why}")),
         }
@@ -255,8 +260,9 @@ pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult
 }
 
 /// dask-cuda's `local_cupy transpose_sum` against the running cluster; its summary lines.
-fn run_transpose_sum(bench: &DaskBench, file: &std::path::Path) -> Result<Vec<String>, String> {
+fn run_transpose_sum(bench: &DaskBench, variant: &Variant, file: &std::path::Path) -> Result<Vec<String>, String> {
     let mut command = Command::new(&bench.python);
+    command.envs(variant.env.iter().map(|(k, v)| (k, v)));
     command.args(["-m", "dask_cuda.benchmarks.local_cupy", "--operation", "transpose_sum", "-s", "20000"]);
     // Chunks of 4000 x 4000 float64 (128 MB), as dask-cuda counts them: elements per side.
     command.args(["-c", "4000", "--runs", "3", "--scheduler-file"]).arg(file);

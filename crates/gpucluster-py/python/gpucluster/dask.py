@@ -31,6 +31,7 @@ This module holds the Dask glue only; planning is Rust (``gpucluster._native``).
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import dask.config
@@ -40,6 +41,13 @@ import gpucluster
 from gpucluster import _native
 
 __all__ = ["LocalCluster"]
+
+#: What every process speaking UCX needs (as ``gpucluster dask local --protocol ucx`` sets it): a
+#: CUDA context made before UCX starts, or UCX does not recognise device memory.
+_UCX_CUDA_CONTEXT = {
+    "DASK_DISTRIBUTED_UCXX__CREATE_CUDA_CONTEXT": "True",
+    "DASK_DISTRIBUTED__COMM__UCX__CREATE_CUDA_CONTEXT": "True",
+}
 
 #: Where workers and the scheduler listen unless told otherwise: this host only.
 DEFAULT_HOST = "127.0.0.1"
@@ -158,6 +166,8 @@ class LocalCluster(SpecCluster):
                 env["GPUCLUSTER_DEVICE"] = "cuda"
             if host_staged_only:
                 env["GPUCLUSTER_COMM_PATH"] = "host-staged"
+            if protocol.startswith("ucx") and not simulated:
+                env.update(_UCX_CUDA_CONTEXT)
             limit = w.get("device_memory_limit_bytes")
             env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] = "" if limit is None else str(limit)
             options: dict[str, Any] = {
@@ -191,7 +201,15 @@ class LocalCluster(SpecCluster):
                 "security": security,
             },
         }
+        if protocol.startswith("ucx") and not simulated:
+            # The scheduler runs in this process: its UCX needs the CUDA context first too (as
+            # LocalCUDACluster sets it).
+            dask.config.set({"distributed-ucxx.create-cuda-context": True, "distributed.comm.ucx.create-cuda-context": True})
         kwargs.setdefault("name", f"gpucluster {topology}")
+        # As distributed's LocalCluster: Dask's INFO lines hidden unless asked for.
+        silence_logs = kwargs.setdefault("silence_logs", logging.WARN)
+        for spec in workers.values():
+            spec["options"]["silence_logs"] = silence_logs
         super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
 
     def __repr__(self) -> str:
