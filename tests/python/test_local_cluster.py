@@ -145,3 +145,43 @@ def test_a_killed_client_process_takes_its_workers_with_it(tmp_path, monkeypatch
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_workers_keep_their_files_in_a_private_directory_removed_on_close(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with LocalCluster(topology="sim:h100", n_workers=1) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=60)
+        where = client.run(lambda dask_worker: dask_worker.local_directory)
+        (directory,) = where.values()
+        # Not the shared dask-scratch-space of /tmp: a directory of this user's alone.
+        tempdir = os.path.realpath(__import__("tempfile").gettempdir())
+        top = os.path.relpath(os.path.realpath(directory), tempdir).split(os.sep)[0]
+        private = os.path.join(tempdir, top)
+        assert top.startswith("gpucluster-dask-"), directory
+        st = os.stat(private)
+        assert st.st_uid == os.getuid() and st.st_mode & 0o077 == 0, oct(st.st_mode)
+    assert not os.path.exists(private), f"{private} is left after close()"
+
+
+def test_rmm_pool_size_is_checked_before_any_worker_starts(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    before = children()
+    with pytest.raises(ValueError, match="simulated"):
+        LocalCluster(topology="sim:h100", rmm_pool_size="1GB")
+    assert children() == before
+
+
+def test_workers_get_the_device_environment_dask_local_gives():
+    # One Rust definition for both launchers: the comm's device, the path, NVML off when simulated.
+    env = gpucluster._native.worker_device_env(
+        "mig", simulated=True, host_staged_only=True, ucx=False, device_memory_limit=123
+    )
+    assert env["GPUCLUSTER_DEVICE"] == "sim-mig"
+    assert env["GPUCLUSTER_COMM_PATH"] == "host-staged"
+    assert env["DASK_DISTRIBUTED__DIAGNOSTICS__NVML"] == "False"
+    assert env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] == "123"
+    real = gpucluster._native.worker_device_env("gpu", simulated=False, host_staged_only=False, ucx=True)
+    assert real["GPUCLUSTER_DEVICE"] == "cuda" and real["DASK_DISTRIBUTED_UCXX__CREATE_CUDA_CONTEXT"] == "True"
+    assert "GPUCLUSTER_COMM_PATH" not in real
+    with pytest.raises(ValueError, match="gpu"):
+        gpucluster._native.worker_device_env("tpu", simulated=True, host_staged_only=False, ucx=False)

@@ -548,6 +548,37 @@ fn host_memory() -> Option<u64> {
     launcher::dask::host_memory()
 }
 
+/// The CPUs of a Linux cpulist (`0-3,8,10-11`), as the launcher pins workers to them.
+#[pyfunction]
+fn cpu_list(list: &str) -> Vec<usize> {
+    launcher::parse_cpus(list)
+}
+
+/// The environment a Dask worker gets for its device (`launcher::dask::worker_device_env`, the
+/// one definition `gpucluster dask local` uses too): `kind` is the plan's `"gpu"` or `"mig"`.
+#[pyfunction]
+#[pyo3(signature = (kind, *, simulated, host_staged_only, ucx, device_memory_limit = None))]
+fn worker_device_env(
+    kind: &str,
+    simulated: bool,
+    host_staged_only: bool,
+    ucx: bool,
+    device_memory_limit: Option<u64>,
+) -> PyResult<std::collections::BTreeMap<String, String>> {
+    let kind = match kind {
+        "gpu" => cluster_core::DeviceKind::Gpu,
+        "mig" => cluster_core::DeviceKind::Mig,
+        other => return Err(PyValueError::new_err(format!("kind: \"gpu\" or \"mig\", not {other:?}"))),
+    };
+    Ok(launcher::dask::worker_device_env(&launcher::dask::WorkerDeviceEnv {
+        kind,
+        simulated,
+        host_staged_only,
+        ucx,
+        device_memory_limit,
+    }))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -570,6 +601,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(topology_json, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(host_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_list, m)?)?;
+    m.add_function(wrap_pyfunction!(worker_device_env, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     Ok(())
 }

@@ -636,6 +636,52 @@ fn private_env(local_directory: &Path) -> BTreeMap<String, String> {
     ])
 }
 
+/// What decides a Dask worker's device environment, beyond its plan's own (`WorkerPlan::env`).
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerDeviceEnv {
+    /// The kind of device it runs on.
+    pub kind: cluster_core::DeviceKind,
+    /// The devices are simulated.
+    pub simulated: bool,
+    /// Every pair of workers is host-staged (MIG instances): the comm need not try cuda-ipc.
+    pub host_staged_only: bool,
+    /// The worker speaks UCX.
+    pub ucx: bool,
+    /// Its device memory limit in bytes.
+    pub device_memory_limit: Option<u64>,
+}
+
+/// The environment a Dask worker of ours gets for its device, the one definition that
+/// `gpucluster dask local`/`dask worker` and the Python `gpucluster.dask.LocalCluster` share:
+/// the device the gpucluster comm moves frames on (`GPUCLUSTER_DEVICE`), the path it takes,
+/// distributed's NVML diagnostics off on simulated devices (nothing asks a driver about a device
+/// that does not exist), the CUDA context UCX needs, and the device memory limit.
+pub fn worker_device_env(facts: &WorkerDeviceEnv) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
+    if facts.simulated {
+        env.insert("DASK_DISTRIBUTED__DIAGNOSTICS__NVML".into(), "False".into());
+        env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
+    }
+    // The device the gpucluster comm moves frames on (as the built-in worker's).
+    let device = match (facts.simulated, facts.kind) {
+        (false, _) => "cuda",
+        (true, cluster_core::DeviceKind::Mig) => "sim-mig",
+        (true, cluster_core::DeviceKind::Gpu) => "sim",
+    };
+    env.insert("GPUCLUSTER_DEVICE".into(), device.into());
+    if facts.host_staged_only {
+        env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
+    }
+    if facts.ucx && !facts.simulated {
+        env.extend(ucx_env());
+    }
+    env.insert(
+        "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
+        facts.device_memory_limit.map(|b| b.to_string()).unwrap_or_default(),
+    );
+    env
+}
+
 /// What every process speaking UCX needs: a CUDA context made before UCX starts, or UCX does
 /// not recognise device memory and a transfer of a CuPy array never completes (seen on the H100
 /// with distributed-ucxx 0.52, which makes the context itself only when `UCX_TLS` names `cuda`
@@ -708,28 +754,14 @@ pub fn worker_specs(workers: &[WorkerPlan], config: &DaskWorkers) -> Vec<Process
             args.extend(config.extra_args.iter().cloned());
             let mut env: BTreeMap<String, String> = w.env();
             env.extend(private_env(&config.local_directory));
-            if config.simulated {
-                env.insert("DASK_DISTRIBUTED__DIAGNOSTICS__NVML".into(), "False".into());
-                env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
-            }
-            // The device the gpucluster comm moves frames on (as the built-in worker's).
-            let device = match (config.simulated, w.kind) {
-                (false, _) => "cuda",
-                (true, cluster_core::DeviceKind::Mig) => "sim-mig",
-                (true, cluster_core::DeviceKind::Gpu) => "sim",
-            };
-            env.insert("GPUCLUSTER_DEVICE".into(), device.into());
-            if config.host_staged_only {
-                env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
-            }
-            if config.speaks_ucx() && !config.simulated {
-                env.extend(ucx_env());
-            }
+            env.extend(worker_device_env(&WorkerDeviceEnv {
+                kind: w.kind,
+                simulated: config.simulated,
+                host_staged_only: config.host_staged_only,
+                ucx: config.speaks_ucx(),
+                device_memory_limit: w.device_memory_limit_bytes,
+            }));
             env.insert("DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD".into(), method.into());
-            env.insert(
-                "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
-                w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
-            );
             ProcessSpec {
                 name: w.name.clone(),
                 program: config.python.python.clone(),

@@ -21,7 +21,7 @@ pub mod workdir;
 
 pub use supervise::{
     Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
-    signal_name, supervise,
+    parse_cpus, signal_name, supervise,
 };
 pub use up::{BUILTIN_TIME_LIMIT, Job, Memory, UpReport, pairs_to_measure, up};
 

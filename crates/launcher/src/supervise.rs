@@ -331,7 +331,7 @@ pub struct Supervised {
 pub type Sink = Arc<Mutex<dyn Write + Send>>;
 
 /// Parses a Linux cpulist (`0-3,8,10-11`); nonsense parts are skipped.
-pub(crate) fn parse_cpus(list: &str) -> Vec<usize> {
+pub fn parse_cpus(list: &str) -> Vec<usize> {
     let mut cpus = Vec::new();
     for part in list.split(',') {
         match part.split_once('-') {

@@ -96,3 +96,15 @@ def plan_json(
     """What ``gpucluster plan --json`` prints (use ``gpucluster.plan``)."""
 def host_memory() -> int | None:
     """This host's memory in bytes, as ``gpucluster dask local`` splits it between workers."""
+def cpu_list(list: str) -> list[int]:
+    """The CPUs of a Linux cpulist (``0-3,8,10-11``), as the launcher pins workers to them."""
+def worker_device_env(
+    kind: str,
+    *,
+    simulated: bool,
+    host_staged_only: bool,
+    ucx: bool,
+    device_memory_limit: int | None = None,
+) -> dict[str, str]:
+    """The environment a Dask worker gets for its device (``kind``: ``"gpu"`` or ``"mig"``), as
+    ``gpucluster dask local`` gives it."""

@@ -31,23 +31,23 @@ This module holds the Dask glue only; planning is Rust (``gpucluster._native``).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
+import os
+import shutil
+import tempfile
+import weakref
 from typing import Any
 
 import dask.config
+from dask.utils import parse_bytes
 from distributed import Nanny, Scheduler, SpecCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 import gpucluster
 from gpucluster import _native
 
 __all__ = ["LocalCluster"]
-
-#: What every process speaking UCX needs (as ``gpucluster dask local --protocol ucx`` sets it): a
-#: CUDA context made before UCX starts, or UCX does not recognise device memory.
-_UCX_CUDA_CONTEXT = {
-    "DASK_DISTRIBUTED_UCXX__CREATE_CUDA_CONTEXT": "True",
-    "DASK_DISTRIBUTED__COMM__UCX__CREATE_CUDA_CONTEXT": "True",
-}
 
 #: Where workers and the scheduler listen unless told otherwise: this host only.
 DEFAULT_HOST = "127.0.0.1"
@@ -68,6 +68,73 @@ def _without_worker_routes() -> dict[str, Any]:
     section = copy.deepcopy(dask.config.get("distributed"))
     section.setdefault("worker", {}).setdefault("http", {})["routes"] = []
     return section
+
+
+class _CPUAffinity(WorkerPlugin):
+    """Pins every thread of the worker process to the CPUs near its device (the plan's
+    ``cpu_affinity``), as ``gpucluster up`` pins its workers and dask-cuda's ``CPUAffinity`` does
+    (which pins only the thread it runs on)."""
+
+    name = "gpucluster-cpu-affinity"
+
+    def __init__(self, cpus: list[int]) -> None:
+        self.cpus = cpus
+
+    def setup(self, worker: Any) -> None:
+        for task in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setaffinity(int(task), self.cpus)
+            except (OSError, ValueError):  # a thread that ended meanwhile
+                pass
+
+
+class _RMMPool(WorkerPlugin):
+    """An RMM memory pool of ``size`` bytes on the worker's device, used by CuPy too (what
+    dask-cuda's ``rmm_pool_size`` sets up)."""
+
+    name = "gpucluster-rmm-pool"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def setup(self, worker: Any) -> None:
+        import rmm
+
+        rmm.reinitialize(pool_allocator=True, initial_pool_size=self.size)
+        try:
+            import cupy
+            from rmm.allocators.cupy import rmm_cupy_allocator
+        except ImportError:
+            return
+        cupy.cuda.set_allocator(rmm_cupy_allocator)
+
+
+def _affinity(cpu_list: str | None, simulated: bool) -> list[int]:
+    """The CPUs to pin a worker to: its device's, where they are this machine's and fewer than
+    this process may use (a simulated machine's CPUs are not this machine's)."""
+    if simulated or not cpu_list:
+        return []
+    allowed = os.sched_getaffinity(0)
+    cpus = [c for c in _native.cpu_list(cpu_list) if c in allowed]
+    return cpus if cpus and len(cpus) < len(allowed) else []
+
+
+def _rmm_pool_bytes(size: str | int | None, simulated: bool) -> int | None:
+    """``rmm_pool_size`` in bytes (Dask's grammar: ``"10GB"``, ``"10GiB"`` or a number), checked
+    before any worker starts."""
+    if size is None:
+        return None
+    if simulated:
+        raise ValueError("rmm_pool_size: RMM allocates on real GPUs; a simulated topology has none")
+    if importlib.util.find_spec("rmm") is None:
+        raise ValueError("rmm_pool_size needs RMM in this Python: pip install rmm-cu12 (or rmm-cu13)")
+    try:
+        n = parse_bytes(size) if isinstance(size, str) else int(size)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"rmm_pool_size: a size such as \"10GB\" or a number of bytes, not {size!r}") from e
+    if n <= 0:
+        raise ValueError(f"rmm_pool_size: more than 0 bytes, not {size!r}")
+    return n
 
 
 def _devices(devices: Any) -> str | None:
@@ -96,7 +163,12 @@ class LocalCluster(SpecCluster):
     - ``protocol``: ``"gpucluster"`` (default), ``"tcp"`` or another Dask protocol;
       ``security``: a :class:`distributed.Security`, for TLS.
     - ``threads_per_worker`` (1), ``dashboard_address`` (``None``: no dashboard, the default;
-      ``":8787"`` to serve one), ``local_directory``, ``host`` (``127.0.0.1``).
+      ``":8787"`` to serve one), ``host`` (``127.0.0.1``).
+    - ``local_directory``: where workers keep their files; by default a private directory of
+      this user's, removed when the cluster is closed.
+    - ``rmm_pool_size``: an RMM pool of this size on each worker's device (``"10GB"``, bytes),
+      used by CuPy too; needs RMM installed.
+    Each worker's threads are pinned to the CPUs near its device, where the machine says which.
     - ``policy`` (``"strict"``, ``"warn"``, ``"largest-group"``, ``"grouped"``),
       ``memory_tolerance`` (percent), ``workers_per_device``, ``topology`` (``"nvml"``, or
       ``"sim:NAME"``, ``"file:PATH"``, ``"smi:PATH"``).
@@ -120,6 +192,7 @@ class LocalCluster(SpecCluster):
         threads_per_worker: int = 1,
         dashboard_address: str | None = None,
         local_directory: str | None = None,
+        rmm_pool_size: str | int | None = None,
         host: str = DEFAULT_HOST,
         policy: str = "strict",
         memory_tolerance: float = 2.0,
@@ -153,23 +226,32 @@ class LocalCluster(SpecCluster):
             total = _native.host_memory()
             memory_limit = total // len(planned) if total else "auto"
 
+        pool_bytes = _rmm_pool_bytes(rmm_pool_size, simulated)
+        self._private_directory = None
+        if local_directory is None:
+            # Workers' files (spilled data, uploaded code, locks) in a directory of this user's
+            # own, never the shared `dask-scratch-space` of the temporary directory, which another
+            # user may have made first; removed when the cluster is closed or collected.
+            local_directory = tempfile.mkdtemp(prefix="gpucluster-dask-")
+            self._private_directory = weakref.finalize(self, shutil.rmtree, local_directory, True)
+
         # Without a dashboard, the HTTP servers listen on this host only and serve nothing.
         http_address = dashboard_address if dashboard_address is not None else f"{host}:0"
         workers = {}
         for w in planned:
             env = dict(w["env"])
-            # The device the gpucluster comm moves frames on, as `gpucluster dask local` says it.
-            if simulated:
-                env["GPUCLUSTER_DEVICE"] = "sim-mig" if w["kind"] == "mig" else "sim"
-                env["DASK_DISTRIBUTED__DIAGNOSTICS__NVML"] = "False"
-            else:
-                env["GPUCLUSTER_DEVICE"] = "cuda"
-            if host_staged_only:
-                env["GPUCLUSTER_COMM_PATH"] = "host-staged"
-            if protocol.startswith("ucx") and not simulated:
-                env.update(_UCX_CUDA_CONTEXT)
-            limit = w.get("device_memory_limit_bytes")
-            env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] = "" if limit is None else str(limit)
+            # The device the gpucluster comm moves frames on and the path it takes, the NVML
+            # diagnostics, UCX's CUDA context and the device limit: one definition, in Rust,
+            # shared with `gpucluster dask local`.
+            env.update(
+                _native.worker_device_env(
+                    w["kind"],
+                    simulated=simulated,
+                    host_staged_only=host_staged_only,
+                    ucx=protocol.startswith("ucx"),
+                    device_memory_limit=w.get("device_memory_limit_bytes"),
+                )
+            )
             options: dict[str, Any] = {
                 "name": w["name"],
                 "env": env,
@@ -187,8 +269,15 @@ class LocalCluster(SpecCluster):
                 # late: the nanny sets its env after the worker has imported distributed).
                 # The nanny merges it shallowly over its own: the whole `distributed` section.
                 options["config"] = {"distributed": _without_worker_routes()}
-            if local_directory is not None:
-                options["local_directory"] = local_directory
+            options["local_directory"] = local_directory
+            plugins = []
+            cpus = _affinity(w.get("cpu_affinity"), simulated)
+            if cpus:
+                plugins.append(_CPUAffinity(cpus))
+            if pool_bytes is not None:
+                plugins.append(_RMMPool(pool_bytes))
+            if plugins:
+                options["plugins"] = plugins
             workers[w["name"]] = {"cls": Nanny, "options": options}
 
         scheduler = {
@@ -211,6 +300,13 @@ class LocalCluster(SpecCluster):
         for spec in workers.values():
             spec["options"]["silence_logs"] = silence_logs
         super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
+
+    async def _close(self) -> None:
+        await super()._close()
+        # The workers are gone: their private directory goes too (once; collection would too).
+        private = getattr(self, "_private_directory", None)
+        if private is not None:
+            private()
 
     def __repr__(self) -> str:
         return f"<gpucluster.dask.LocalCluster {self.name!r}: {len(self.worker_spec)} worker(s), {self.scheduler_address}>"
