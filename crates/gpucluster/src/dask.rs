@@ -84,6 +84,11 @@ pub(crate) struct DaskLocalArgs {
     /// can connect to the scheduler and run code as you. Only on a machine nobody else uses.
     #[arg(long)]
     insecure: bool,
+    /// Serve Dask's dashboard from the scheduler, at ADDRESS (default 127.0.0.1:8787: this host
+    /// only; it shows task names, call stacks and logs to whoever reaches it). Off by default:
+    /// the scheduler's HTTP server then serves nothing.
+    #[arg(long, value_name = "ADDRESS", num_args = 0..=1, default_missing_value = "127.0.0.1:8787")]
+    dashboard: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -116,6 +121,19 @@ struct ReadyWatch {
     registered: usize,
     /// Whether Dask's INFO lines are shown (`--verbose`).
     verbose: bool,
+    /// The scheduler file of a cluster serving a dashboard: its URL is said once workers are ready.
+    dashboard: Option<std::path::PathBuf>,
+}
+
+/// `HOST:PORT` of the dashboard: the scheduler's host (from its file's address), the port it
+/// serves the dashboard on.
+fn dashboard_host(file: &std::path::Path, port: u16) -> String {
+    let host = dask::scheduler_address(file)
+        .ok()
+        .and_then(|a| a.split_once("://").map(|(_, rest)| rest.to_owned()))
+        .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h.to_owned()))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    format!("{host}:{port}")
 }
 
 /// Whether a line of Dask's output is one of its INFO log lines (`... - distributed.x - INFO - ...`).
@@ -127,7 +145,9 @@ impl Write for ReadyWatch {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let registered = String::from_utf8_lossy(buf).matches("Registered to:").count();
         for line in buf.split_inclusive(|b| *b == b'\n') {
-            if self.verbose || !dask_info(line) {
+            // Without a dashboard, no line may claim one (Dask names its HTTP server's port so).
+            let false_claim = self.dashboard.is_none() && line.windows(13).any(|w| w == b"dashboard at:");
+            if (self.verbose || !dask_info(line)) && !false_claim {
                 self.out.write_all(line)?;
             }
         }
@@ -140,6 +160,12 @@ impl Write for ReadyWatch {
                     self.expected,
                     self.started.elapsed().as_secs_f64()
                 )?;
+                if let Some(file) = &self.dashboard {
+                    match dask::dashboard_port(file) {
+                        Some(port) => writeln!(self.out, "dashboard: http://{}/status", dashboard_host(file, port))?,
+                        None => writeln!(self.out, "dashboard: the scheduler did not say where it serves it")?,
+                    }
+                }
             }
         }
         Ok(buf.len())
@@ -152,8 +178,9 @@ impl Write for ReadyWatch {
 
 /// Where the workers find their scheduler.
 enum Scheduler {
-    /// `dask local`: ours, in a private directory, secured unless `insecure`.
-    Local { insecure: bool },
+    /// `dask local`: ours, in a private directory, secured unless `insecure`, serving a dashboard
+    /// at `dashboard` where asked.
+    Local { insecure: bool, dashboard: Option<String> },
     /// `dask worker`: someone else's, from its scheduler file or its address.
     Join { at: JoinAt, tls: Option<TlsFiles> },
 }
@@ -167,7 +194,7 @@ enum JoinAt {
 }
 
 pub(crate) async fn local(spec: &TopologySpec, args: DaskLocalArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    run(spec, args.common, Scheduler::Local { insecure: args.insecure }, out).await
+    run(spec, args.common, Scheduler::Local { insecure: args.insecure, dashboard: args.dashboard }, out).await
 }
 
 pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
@@ -191,6 +218,10 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         eprintln!("interrupted ({}) while setting up", launcher::signal_name(signal));
         Ok(128u8.saturating_add(signal as u8))
     };
+    let dashboard = match &scheduler {
+        Scheduler::Local { dashboard, .. } => dashboard.clone(),
+        Scheduler::Join { .. } => None,
+    };
     let started = Instant::now();
     let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;
     supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
@@ -200,6 +231,13 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         Ok(python) => python?,
         Err(signal) => return interrupted(signal),
     };
+    if dashboard.is_some() && !python.bokeh {
+        anyhow::bail!(
+            "--dashboard: Dask's dashboard needs bokeh, which {} does not have; install it with `{0} -m pip install \
+             bokeh`, or leave out --dashboard",
+            python.python.to_string_lossy()
+        );
+    }
     // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
     // local cluster (insecure or not); `Err`: joining the scheduler of this file.
     let joined = match scheduler {
@@ -245,7 +283,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
             }
             Err((address, tls))
         }
-        Scheduler::Local { insecure } => Ok(insecure),
+        Scheduler::Local { insecure, .. } => Ok(insecure),
     };
     let snapshot = args.selection.snapshot(spec).await?;
     if snapshot.hosts.len() > 1 {
@@ -320,7 +358,18 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let mut specs = dask::worker_specs(&plan.workers, &config);
     if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {
         let host = config.host.as_deref();
-        specs.insert(0, dask::scheduler_spec(&python, file, host, protocol, tls.as_ref(), dir.path()));
+        specs.insert(
+            0,
+            dask::scheduler_spec(&dask::SchedulerConfig {
+                python: &python,
+                scheduler_file: file,
+                host,
+                protocol,
+                tls: tls.as_ref(),
+                local_directory: dir.path(),
+                dashboard: dashboard.as_deref(),
+            }),
+        );
         header(out, &plan, &config, Some(file), Some((protocol, why.as_str())))?;
     } else {
         header(out, &plan, &config, None, protocol.map(|p| (p, why.as_str())))?;
@@ -332,6 +381,10 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         expected: plan.workers.len(),
         registered: 0,
         verbose: args.verbose,
+        dashboard: match (&dashboard, &scheduler) {
+            (Some(_), dask::SchedulerRef::File(file)) => Some(file.clone()),
+            _ => None,
+        },
     }));
     let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
     // The scheduler file, the credentials and the workers' files go with the cluster.
@@ -371,11 +424,6 @@ fn header(
                 // Unindented, so it pastes into a Python prompt as it is.
                 writeln!(out, "from distributed import Client, Security")?;
                 writeln!(out, "client = {}", tls.client_code(scheduler_file))?;
-                writeln!(
-                    out,
-                    "(with -v, Dask's own log lines name a dashboard address: its HTTP server serves nothing, so \
-                     that nobody else can read task names, call stacks or logs)"
-                )?;
             }
             None => {
                 let warning =

@@ -262,6 +262,47 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn dask_local_serves_a_dashboard_only_when_asked() {
+    let Some(python) = python() else { return };
+    let dir = scratch("dashboard");
+    let run = |extra: &[&str], until: &str| {
+        let log = dir.join(format!("out{}.txt", extra.len()));
+        let mut c = gpucluster(&["--topology", "sim:h100", "dask", "local", "--protocol", "tcp", "--insecure"]);
+        c.args(["--verbose", "--grace", "5"]).args(extra).arg("--python").arg(&python);
+        c.stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
+        let mut launcher = Proc(c.spawn().expect("launcher"));
+        wait_until(until, Duration::from_secs(60), || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains(until)
+        });
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(launcher.0.id() as i32, libc::SIGINT) };
+        assert_eq!(launcher.0.wait().expect("wait").code(), Some(130));
+        std::fs::read_to_string(&log).expect("log")
+    };
+    // Off (the default): even with every Dask line shown (-v), none claims a dashboard.
+    let off = run(&[], "registered after");
+    assert!(!off.contains("dashboard at:"), "{off}");
+    assert!(!off.contains("dashboard:"), "{off}");
+    // Asked for where the dashboard cannot be served (the tests' Python has no bokeh, which Dask's
+    // dashboard needs): refused at once, saying how to fix it, rather than a URL serving nothing.
+    let refused = gpucluster(&["--topology", "sim:h100", "dask", "local", "--insecure", "--dashboard", "--python"])
+        .arg(&python)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    if err.contains("needs bokeh") {
+        assert_eq!(refused.status.code(), Some(1), "{err}");
+        assert!(err.contains("-m pip install bokeh"), "{err}");
+    } else {
+        // A Python with bokeh: the launcher says where the dashboard is.
+        let on = run(&["--dashboard", "127.0.0.1:0"], "dashboard: ");
+        let line = on.lines().find(|l| l.starts_with("dashboard: ")).expect("a dashboard line");
+        assert!(line.starts_with("dashboard: http://127.0.0.1:"), "{line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 const DEVICE_FRAMES: &str = r#"
 import os, sys
 from distributed import Client

@@ -44,6 +44,8 @@ pub struct PythonInfo {
     pub ucxx: bool,
     /// Whether the `gpucluster` package's comm is registered with distributed.
     pub gpucluster: bool,
+    /// Whether `bokeh`, which Dask's dashboard needs, can be imported.
+    pub bokeh: bool,
 }
 
 /// A Dask comm protocol (the scheme of its addresses).
@@ -295,7 +297,8 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo
     let script = "import dask, distributed, importlib.util, importlib.metadata as m; print(distributed.__version__); \
                   print(importlib.util.find_spec('dask_cuda') is not None); \
                   print(importlib.util.find_spec('distributed_ucxx') is not None); \
-                  print(any(e.name == 'gpucluster' for e in m.entry_points(group='distributed.comm.backends')))";
+                  print(any(e.name == 'gpucluster' for e in m.entry_points(group='distributed.comm.backends'))); \
+                  print(importlib.util.find_spec('bokeh') is not None)";
     let how = format!(
         "install it with `{0} -m pip install \"dask[distributed]\"` (and `dask-cuda` for GPU workers), \
          or pass --python with an interpreter that has it",
@@ -318,6 +321,7 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo
         dask_cuda: lines.next() == Some("True"),
         ucxx: lines.next() == Some("True"),
         gpucluster: lines.next() == Some("True"),
+        bokeh: lines.next() == Some("True"),
     })
 }
 
@@ -788,38 +792,67 @@ fn cli_entry(module: &str, function: &str, program: &str) -> String {
 /// from 3.11 only). The processes also run in our private directory.
 const NO_CWD_IMPORTS: &str = "import sys; sys.path[:] = [p for p in sys.path if p]; ";
 
-/// The scheduler of `dask local`, writing `scheduler_file`, with its files in `local_directory`;
-/// it speaks TLS where `tls` is given.
-pub fn scheduler_spec(
-    python: &PythonInfo,
-    scheduler_file: &Path,
-    host: Option<&str>,
-    protocol: Protocol,
-    tls: Option<&TlsFiles>,
-    local_directory: &Path,
-) -> ProcessSpec {
+/// The scheduler of `dask local`.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig<'a> {
+    /// The Python that runs it.
+    pub python: &'a PythonInfo,
+    /// The scheduler file it writes.
+    pub scheduler_file: &'a Path,
+    /// Where it listens (default 127.0.0.1).
+    pub host: Option<&'a str>,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its TLS credentials, where it speaks TLS.
+    pub tls: Option<&'a TlsFiles>,
+    /// Its files' directory (and its working directory).
+    pub local_directory: &'a Path,
+    /// Where its dashboard listens (`HOST:PORT`, `:PORT`), where one was asked for: then its HTTP
+    /// server serves distributed's routes; without, it serves nothing.
+    pub dashboard: Option<&'a str>,
+}
+
+/// The scheduler process of `dask local`.
+pub fn scheduler_spec(config: &SchedulerConfig<'_>) -> ProcessSpec {
     let mut args: Vec<OsString> =
         vec!["-c".into(), cli_entry("distributed.cli.dask_scheduler", "main", "dask-scheduler").into()];
-    args.extend(["--scheduler-file".into(), scheduler_file.as_os_str().to_owned(), "--no-dashboard".into()]);
-    args.extend(["--dashboard-address".into(), HTTP_ADDRESS.into()]);
-    args.extend(["--host".into(), host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
-    args.extend(["--protocol".into(), protocol.scheme().into()]);
-    if let Some(tls) = tls {
+    args.extend(["--scheduler-file".into(), config.scheduler_file.as_os_str().to_owned()]);
+    let mut env = private_env(config.local_directory);
+    match config.dashboard {
+        Some(address) => {
+            args.extend(["--dashboard".into(), "--dashboard-address".into(), address.into()]);
+            env.remove("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES");
+        }
+        None => args.extend(["--no-dashboard".into(), "--dashboard-address".into(), HTTP_ADDRESS.into()]),
+    }
+    args.extend(["--host".into(), config.host.unwrap_or("127.0.0.1").into(), "--port".into(), "0".into()]);
+    args.extend(["--protocol".into(), config.protocol.scheme().into()]);
+    if let Some(tls) = config.tls {
         args.extend(tls.args());
     }
-    let mut env = private_env(local_directory);
-    if protocol == Protocol::Ucx {
+    if config.protocol == Protocol::Ucx {
         env.extend(ucx_env());
     }
     ProcessSpec {
         name: "scheduler".into(),
-        program: python.python.clone(),
+        program: config.python.python.clone(),
         args,
         env,
         cpu_affinity: None,
         essential: true,
-        cwd: Some(local_directory.to_owned()),
+        cwd: Some(config.local_directory.to_owned()),
     }
+}
+
+/// The dashboard's port, from a scheduler file (distributed writes `"services": {"dashboard":
+/// PORT}`), where the scheduler serves one.
+pub fn dashboard_port(scheduler_file: &Path) -> Option<u16> {
+    // A scheduler file is a few hundred bytes: read at most 1 MiB of it.
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(scheduler_file).ok()?, 1 << 20), &mut text)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    value.get("services")?.get("dashboard")?.as_u64().and_then(|p| u16::try_from(p).ok())
 }
 
 /// This host's memory, from `/proc/meminfo`.
@@ -937,6 +970,7 @@ mod tests {
                 dask_cuda,
                 ucxx: false,
                 gpucluster: false,
+                bokeh: false,
             },
             scheduler: SchedulerRef::File("s.json".into()),
             host: None,
@@ -1051,6 +1085,37 @@ mod tests {
     }
 
     #[test]
+    fn the_scheduler_serves_a_dashboard_only_when_asked() {
+        let (_, config) = a30_workers(false);
+        let dir = Path::new("/tmp/x");
+        let file = dir.join("s.json");
+        let quiet = SchedulerConfig {
+            python: &config.python,
+            scheduler_file: &file,
+            host: None,
+            protocol: Protocol::Tcp,
+            tls: None,
+            local_directory: dir,
+            dashboard: None,
+        };
+        let args = |spec: &ProcessSpec| spec.args.iter().map(|a| a.to_string_lossy().into_owned()).collect::<Vec<_>>();
+        let spec = scheduler_spec(&quiet);
+        assert!(args(&spec).contains(&"--no-dashboard".to_owned()));
+        assert_eq!(spec.env.get("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES").map(String::as_str), Some("[]"));
+        let spec = scheduler_spec(&SchedulerConfig { dashboard: Some(":8787"), ..quiet });
+        let a = args(&spec);
+        assert!(a.windows(3).any(|w| w == ["--dashboard", "--dashboard-address", ":8787"]), "{a:?}");
+        assert!(!a.contains(&"--no-dashboard".to_owned()));
+        assert!(!spec.env.contains_key("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"), "distributed's routes served");
+        let f = std::env::temp_dir().join(format!("gpucluster-dashboard-{}.json", std::process::id()));
+        std::fs::write(&f, r#"{"address": "tcp://127.0.0.1:1", "services": {"dashboard": 8787}}"#).expect("write");
+        assert_eq!(dashboard_port(&f), Some(8787));
+        std::fs::write(&f, r#"{"address": "tcp://127.0.0.1:1", "services": {}}"#).expect("write");
+        assert_eq!(dashboard_port(&f), None);
+        let _ = std::fs::remove_file(&f);
+    }
+
+    #[test]
     fn every_process_speaking_ucx_makes_its_cuda_context_first() {
         // Without it, distributed-ucxx starts UCX before CUDA when UCX_TLS is unset or excludes
         // cuda_ipc, and device memory is not recognised.
@@ -1064,9 +1129,19 @@ mod tests {
         }
         let python = config.python.clone();
         let dir = Path::new("/tmp/x");
-        let scheduler = scheduler_spec(&python, &dir.join("s.json"), None, Protocol::Ucx, None, dir);
+        let file = dir.join("s.json");
+        let config = SchedulerConfig {
+            python: &python,
+            scheduler_file: &file,
+            host: None,
+            protocol: Protocol::Ucx,
+            tls: None,
+            local_directory: dir,
+            dashboard: None,
+        };
+        let scheduler = scheduler_spec(&config);
         assert_eq!(scheduler.env.get(key).map(String::as_str), Some("True"));
-        let tcp = scheduler_spec(&python, &dir.join("s.json"), None, Protocol::Tcp, None, dir);
+        let tcp = scheduler_spec(&SchedulerConfig { protocol: Protocol::Tcp, ..config });
         assert!(!tcp.env.contains_key(key));
         // Simulated devices have no CUDA to make a context on.
         let simulated = DaskWorkers { simulated: true, ..ucx };
@@ -1082,6 +1157,7 @@ mod tests {
             dask_cuda: true,
             ucxx: true,
             gpucluster: false,
+            bokeh: false,
         };
         let facts =
             |nvlink, workers, secure| ProtocolFacts { all_pairs_nvlink: nvlink, workers, secure, encrypted: false };
