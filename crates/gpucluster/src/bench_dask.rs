@@ -21,10 +21,10 @@ pub(crate) struct BenchDaskArgs {
     variants: Vec<String>,
     /// Array sizes, comma-separated, with K, M, G (binary) units. Default: 16M,256M,1G on a GPU,
     /// 16M,64M on simulated memory.
-    #[arg(long, value_parser = crate::cli::size_list, value_name = "SIZES")]
-    sizes: Option<crate::cli::SizeList>,
+    #[arg(long, value_parser = crate::args::size_list, value_name = "SIZES")]
+    sizes: Option<crate::args::SizeList>,
     /// Timed runs per size after one warm-up; the median counts.
-    #[arg(long, default_value_t = 5, value_parser = crate::cli::repeats, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::repeats, value_name = "N")]
     repeats: usize,
     /// The Python interpreter with Dask and the gpucluster package.
     #[arg(long, env = "GPUCLUSTER_PYTHON", default_value = "python3", value_name = "PYTHON")]
@@ -73,7 +73,7 @@ pub(crate) async fn run(
         Ok(python) => python?,
         Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
     };
-    let snapshot = crate::cli::load(spec).await?;
+    let snapshot = crate::args::load(spec).await?;
     let devices: usize = snapshot
         .hosts
         .first()

@@ -13,7 +13,7 @@ use launcher::dask::{self, DaskWorkers, TlsFiles};
 use launcher::workdir::PrivateDir;
 use launcher::{Signals, Stop, StopWhen, Supervision};
 
-use crate::cli::{RestartArg, SelectionArgs};
+use crate::args::{RestartArg, SelectionArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct DaskArgs {
@@ -31,7 +31,7 @@ pub(crate) struct DaskArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure, value_name = "WHEN")]
     restart: RestartArg,
     /// Most restarts per worker.
-    #[arg(long, default_value_t = 3, value_parser = crate::cli::max_restarts, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::max_restarts, allow_negative_numbers = true, value_name = "N")]
     max_restarts: u32,
     /// The comm protocol: auto (gpucluster where its package is installed and workers share the
     /// host, else TCP, over TLS for `dask local`), tcp, ucx or gpucluster.
@@ -47,7 +47,7 @@ pub(crate) struct DaskArgs {
     #[arg(last = true, value_name = "WORKER_OPTIONS")]
     worker_args: Vec<std::ffi::OsString>,
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
-    #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
 }
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use gpu_topology::{Snapshot, TopologySpec};
 use launcher::{Job, Memory, Supervision};
 
-use crate::cli::SelectionArgs;
+use crate::args::SelectionArgs;
 use crate::table::Table;
 
 pub(crate) struct Options {
