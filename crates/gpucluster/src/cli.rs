@@ -10,10 +10,14 @@ use gpu_topology::TopologySpec;
 use crate::args::{RestartArg, SelectionArgs, SizeList, count, grace, load, max_restarts, repeats, size_list};
 use crate::{doctor, list, plan};
 
+/// What `--version` says: the version, the commit it was built from (`-dirty` when the tree had
+/// changes; `unknown` outside a git checkout) and the cargo features it was built with.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GPUCLUSTER_BUILD"), ")");
+
 /// Turns the GPUs and MIG instances of one or many hosts into a correctly configured cluster of
 /// workers, one per compute device.
 #[derive(Debug, Parser)]
-#[command(name = "gpucluster", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "gpucluster", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,

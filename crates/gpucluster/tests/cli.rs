@@ -1,0 +1,43 @@
+//! The command line's own surface as a real process: `--version`, shell completions, `doctor`'s
+//! report and exit statuses, `-v`/`-q`, `--topology sim:list`. Nothing here starts a worker.
+
+use std::process::{Command, Output};
+
+fn gpucluster(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gpucluster"))
+        .args(args)
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .env_remove("GPUCLUSTER_TOPOLOGY")
+        .env_remove("UCX_TLS")
+        .output()
+        .expect("run gpucluster")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn version_names_the_release_the_commit_and_the_features() {
+    let out = gpucluster(&["--version"]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    let version = env!("CARGO_PKG_VERSION");
+    assert_ne!(version, "0.0.0", "the workspace has a real version");
+    assert!(text.starts_with(&format!("gpucluster {version} (commit ")), "{text}");
+    // A short hash (possibly `-dirty`), or `unknown` outside a git checkout.
+    let commit = text.split("(commit ").nth(1).and_then(|r| r.split(';').next()).unwrap_or_default();
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(
+        hash == "unknown" || (hash.len() >= 7 && hash.chars().all(|c| c.is_ascii_hexdigit())),
+        "commit `{commit}` in {text}"
+    );
+    let features = text.split("features: ").nth(1).unwrap_or_default();
+    assert_eq!(features.contains("nvml"), cfg!(feature = "nvml"), "{text}");
+    // Subcommands say the same.
+    assert_eq!(stdout(&gpucluster(&["plan", "--version"])), text.replacen("gpucluster", "gpucluster-plan", 1));
+}
