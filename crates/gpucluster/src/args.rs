@@ -76,6 +76,7 @@ impl SelectionArgs {
         let mut inventories = Vec::new();
         let mut hosts = 0;
         for path in &self.inventory {
+            tracing::info!("reading the inventory {}", crate::table::escape(&path.display().to_string()));
             let snapshot = FileSource::new(path.clone()).snapshot().await.with_context(|| {
                 format!("reading the inventory {}", crate::table::escape(&path.display().to_string()))
             })?;
@@ -92,11 +93,19 @@ impl SelectionArgs {
 
 /// Reads the snapshot the user pointed at.
 pub(crate) async fn load(spec: &TopologySpec) -> anyhow::Result<Snapshot> {
+    let shown = crate::table::escape(&spec.to_string()).into_owned();
+    tracing::info!("reading the topology from {shown}");
     let source = spec.open()?;
-    let snapshot = source
-        .snapshot()
-        .await
-        .with_context(|| format!("reading the topology from {}", crate::table::escape(&spec.to_string())))?;
+    let snapshot = source.snapshot().await.with_context(|| format!("reading the topology from {shown}"))?;
+    for host in &snapshot.hosts {
+        tracing::debug!(
+            "host {}: {} GPU(s), {} MIG instance(s), driver {}",
+            crate::table::escape(&host.hostname),
+            host.gpus.len(),
+            host.gpus.iter().map(|g| g.mig_instances.len()).sum::<usize>(),
+            host.driver_version.as_deref().map_or("unknown".into(), crate::table::escape)
+        );
+    }
     Ok(snapshot)
 }
 

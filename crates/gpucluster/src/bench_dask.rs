@@ -120,14 +120,14 @@ pub(crate) async fn run(
     let mut failed = 0;
     for variant in variants {
         // Progress on stderr, also with --json: a variant takes tens of seconds.
-        eprintln!("bench dask: {} ...", variant.name);
+        tracing::info!(target: crate::logging::PROGRESS, "bench dask: {} ...", variant.name);
         let (b, v) = (bench.clone(), variant.clone());
         match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
             Ok(Ok(result)) => report.variants.push(result),
             // One variant that cannot run (a protocol whose cluster never comes up, say) costs
             // neither the figures of the others nor the report: it is a note, and the exit is 1.
             Ok(Err(e)) => {
-                eprintln!("{e}");
+                tracing::error!("{e}");
                 failed += 1;
                 report.variants.push(VariantResult {
                     variant,
@@ -137,7 +137,7 @@ pub(crate) async fn run(
                 });
             }
             Err(signal) => {
-                eprintln!(
+                tracing::warn!(
                     "bench dask interrupted ({}) during {}; nothing reported",
                     launcher::signal_name(signal),
                     crate::table::escape(&variant.name)

@@ -32,6 +32,13 @@ struct GlobalArgs {
     /// a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
     #[arg(long, global = true, env = "GPUCLUSTER_TOPOLOGY", default_value = "nvml", value_name = "SRC")]
     topology: String,
+    /// Say more on stderr: -v what the command is doing (and, for `dask local` and `dask worker`,
+    /// Dask's INFO lines), -vv debug, -vvv trace. By default only warnings and progress.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Say nothing on stderr but errors: no warnings, no progress.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +193,7 @@ struct PlanArgs {
 }
 
 pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
+    crate::logging::init(crate::logging::level(cli.global.verbose, cli.global.quiet));
     let spec: TopologySpec = cli.global.topology.parse()?;
     match cli.command {
         Command::List(args) => {
@@ -242,8 +250,9 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             )
             .await
         }
-        Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, out).await,
-        Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, out).await,
+        // With -v, Dask's own INFO lines are shown too.
+        Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, cli.global.verbose > 0, out).await,
+        Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, cli.global.verbose > 0, out).await,
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
@@ -337,7 +346,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
             match measure(spec, &args).await? {
                 Ok(report) => report,
                 Err(signal) => {
-                    eprintln!("bench interrupted ({})", launcher::signal_name(signal));
+                    tracing::warn!("bench interrupted ({})", launcher::signal_name(signal));
                     return Ok(128u8.saturating_add(signal as u8));
                 }
             }

@@ -37,10 +37,6 @@ pub(crate) struct DaskArgs {
     /// host, else TCP, over TLS for `dask local`), tcp, ucx or gpucluster.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto, value_name = "PROTOCOL")]
     protocol: ProtocolArg,
-    /// Show every line Dask logs; by default its INFO lines are left out (warnings, errors and
-    /// tracebacks are always shown), so that the lines that matter are not buried.
-    #[arg(short, long)]
-    verbose: bool,
     /// Further options for every worker, after `--` (e.g. `-- --lifetime 1h --rmm-pool-size 10GB`
     /// for dask-cuda workers): passed after gpucluster's own, so they win where Dask takes an
     /// option's last value.
@@ -114,8 +110,9 @@ struct ReadyWatch {
     started: Instant,
     expected: usize,
     registered: usize,
-    /// Whether Dask's INFO lines are shown (`--verbose`).
-    verbose: bool,
+    /// Whether Dask's INFO lines are shown (the global `-v`); by default they are left out
+    /// (warnings, errors and tracebacks always pass), so that the lines that matter are not buried.
+    dask_info: bool,
 }
 
 /// Whether a line of Dask's output is one of its INFO log lines (`... - distributed.x - INFO - ...`).
@@ -127,13 +124,15 @@ impl Write for ReadyWatch {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let registered = String::from_utf8_lossy(buf).matches("Registered to:").count();
         for line in buf.split_inclusive(|b| *b == b'\n') {
-            if self.verbose || !dask_info(line) {
+            if self.dask_info || !dask_info(line) {
                 self.out.write_all(line)?;
             }
         }
         if registered > 0 && self.registered < self.expected {
             self.registered += registered;
+            tracing::debug!("{} of {} Dask worker(s) registered", self.registered.min(self.expected), self.expected);
             if self.registered >= self.expected {
+                tracing::info!("ready: every Dask worker registered with the scheduler");
                 writeln!(
                     self.out,
                     "all {} Dask worker(s) registered after {:.2} s",
@@ -166,11 +165,23 @@ enum JoinAt {
     Address(String),
 }
 
-pub(crate) async fn local(spec: &TopologySpec, args: DaskLocalArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    run(spec, args.common, Scheduler::Local { insecure: args.insecure }, out).await
+/// `dask local`; `dask_info`: whether Dask's INFO lines are shown.
+pub(crate) async fn local(
+    spec: &TopologySpec,
+    args: DaskLocalArgs,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    run(spec, args.common, Scheduler::Local { insecure: args.insecure }, dask_info, out).await
 }
 
-pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// `dask worker`; `dask_info`: whether Dask's INFO lines are shown.
+pub(crate) async fn worker(
+    spec: &TopologySpec,
+    args: DaskWorkerArgs,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let tls = match (args.tls_ca_file, args.tls_cert, args.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,
@@ -181,14 +192,20 @@ pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut 
         // clap's group: exactly one of the two.
         _ => anyhow::bail!("give the scheduler's address or --scheduler-file FILE, not both"),
     };
-    run(spec, args.common, Scheduler::Join { at, tls }, out).await
+    run(spec, args.common, Scheduler::Join { at, tls }, dask_info, out).await
 }
 
-async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mut dyn Write) -> anyhow::Result<u8> {
+async fn run(
+    spec: &TopologySpec,
+    args: DaskArgs,
+    scheduler: Scheduler,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     // Watched before anything is set up: a signal during set-up stops the cluster cleanly.
     let mut signals = Signals::install()?;
     let interrupted = |signal: i32| {
-        eprintln!("interrupted ({}) while setting up", launcher::signal_name(signal));
+        tracing::warn!("interrupted ({}) while setting up", launcher::signal_name(signal));
         Ok(128u8.saturating_add(signal as u8))
     };
     let started = Instant::now();
@@ -200,6 +217,14 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         Ok(python) => python?,
         Err(signal) => return interrupted(signal),
     };
+    tracing::info!(
+        "Python {}: distributed {}{}{}{}",
+        python.python.to_string_lossy(),
+        python.distributed,
+        if python.dask_cuda { ", dask-cuda" } else { "" },
+        if python.ucxx { ", distributed-ucxx" } else { "" },
+        if python.gpucluster { ", the gpucluster package" } else { "" }
+    );
     // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
     // local cluster (insecure or not); `Err`: joining the scheduler of this file.
     let joined = match scheduler {
@@ -234,12 +259,13 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 Ok(answer) => answer?,
                 Err(signal) => return interrupted(signal),
             }
+            tracing::info!("the scheduler at {address} answered the Dask handshake");
             writeln!(out, "joining the Dask scheduler at {address}")?;
             // gpucluster:// proves the cluster's secret on every connection; tls:// has its
             // certificates; anything else lets in whoever reaches it.
             if tls.is_none() && !address.starts_with("gpucluster://") {
-                eprintln!(
-                    "warning: the scheduler at {address} does not authenticate its peers: anyone who can reach it \
+                tracing::warn!(
+                    "the scheduler at {address} does not authenticate its peers: anyone who can reach it \
                      can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
                 );
             }
@@ -256,6 +282,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let plan = cluster_core::plan(&snapshot, &args.selection.request())?;
     let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
+    crate::plan::log(&output);
     let all_nvlink = output.paths().iter().all(|p| p.rule == transport::PathRule::NvLink);
     let host_staged_only = output.paths().iter().all(|p| p.path == transport::Path::HostStaged);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
@@ -326,12 +353,23 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         header(out, &plan, &config, None, protocol.map(|p| (p, why.as_str())))?;
     }
     out.flush()?;
+    if let Some(protocol) = protocol {
+        tracing::info!("protocol {}: {why}", protocol.scheme());
+    }
+    tracing::info!(
+        "starting {} process(es): {}",
+        specs.len(),
+        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    for s in &specs {
+        tracing::debug!("{}: {:?} {:?}", s.name, s.program, s.args);
+    }
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
         started,
         expected: plan.workers.len(),
         registered: 0,
-        verbose: args.verbose,
+        dask_info,
     }));
     let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
     // The scheduler file, the credentials and the workers' files go with the cluster.
@@ -342,6 +380,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         None if supervised.outcomes.iter().all(|o| o.exit.success()) => 0,
         None => 1,
     };
+    tracing::info!("stopped after {:.2} s, exit status {status}", started.elapsed().as_secs_f64());
     // Best effort: after SIGHUP the terminal may be gone.
     let _ = summary(&supervised, started, out);
     Ok(status)
@@ -379,9 +418,9 @@ fn header(
             }
             None => {
                 let warning =
-                    "warning: --insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
-                writeln!(out, "{warning}")?;
-                eprintln!("{warning}");
+                    "--insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
+                writeln!(out, "warning: {warning}")?;
+                tracing::warn!("{warning}");
             }
         }
     }

@@ -12,6 +12,7 @@ mod cli;
 mod dask;
 mod doctor;
 mod list;
+mod logging;
 mod plan;
 mod table;
 mod up;

@@ -41,3 +41,28 @@ fn version_names_the_release_the_commit_and_the_features() {
     // Subcommands say the same.
     assert_eq!(stdout(&gpucluster(&["plan", "--version"])), text.replacen("gpucluster", "gpucluster-plan", 1));
 }
+
+#[test]
+fn v_tells_on_stderr_what_the_command_does_and_q_leaves_only_errors() {
+    let plain = gpucluster(&["--topology", "sim:a30", "list"]);
+    assert_eq!(plain.status.code(), Some(0), "{}", stderr(&plain));
+    assert_eq!(stderr(&plain), "", "by default, only warnings and progress");
+    // -v anywhere on the line, repeatable; the command's output stays the same.
+    let v = gpucluster(&["--topology", "sim:a30", "list", "-v"]);
+    assert_eq!(stdout(&v), stdout(&plain));
+    assert!(stderr(&v).contains("info: reading the topology from sim:a30"), "{}", stderr(&v));
+    assert!(!stderr(&v).contains("debug:"), "{}", stderr(&v));
+    let vv = gpucluster(&["-vv", "--topology", "sim:a30", "list"]);
+    assert!(stderr(&vv).contains("debug: host a30: 1 GPU(s), 4 MIG instance(s)"), "{}", stderr(&vv));
+    assert_eq!(gpucluster(&["--verbose", "--topology", "sim:a30", "list"]).stderr, v.stderr);
+    // -q: nothing but the error, which still says what went wrong.
+    let q = gpucluster(&["-q", "--topology", "sim:a30", "list"]);
+    assert_eq!((q.status.code(), stderr(&q)), (Some(0), String::new()));
+    assert_eq!(stdout(&q), stdout(&plain));
+    let failed = gpucluster(&["-q", "--topology", "sim:nope", "list"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(stderr(&failed).starts_with("error: unknown simulated machine `nope`"), "{}", stderr(&failed));
+    let both = gpucluster(&["-q", "-v", "--topology", "sim:a30", "list"]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(stderr(&both).contains("cannot be used with"), "{}", stderr(&both));
+}
