@@ -58,6 +58,13 @@ enum Command {
     /// Measure the transport.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a completion script for a shell, e.g. `gpucluster completions bash >
+    /// ~/.local/share/bash-completion/completions/gpucluster`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The built-in worker of `up` (started by gpucluster itself).
     #[command(hide = true)]
     Worker,
@@ -253,6 +260,13 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
         // With -v, Dask's own INFO lines are shown too.
         Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, cli.global.verbose > 0, out).await,
         Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, cli.global.verbose > 0, out).await,
+        Command::Completions { shell } => {
+            // Into a buffer first: the generator panics on a write error (`completions bash | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut completion_command(), "gpucluster", &mut script);
+            out.write_all(&script)?;
+            Ok(0)
+        }
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
@@ -260,6 +274,18 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             Ok(0)
         }
     }
+}
+
+/// The grammar as completions offer it: without the hidden commands that gpucluster starts
+/// itself (`worker`, `transport-peer`), which the bash and fish generators would offer too.
+fn completion_command() -> clap::Command {
+    let full = <Cli as clap::CommandFactory>::command();
+    let visible: Vec<clap::Command> = full.get_subcommands().filter(|c| !c.is_hide_set()).cloned().collect();
+    clap::Command::new("gpucluster")
+        .version(VERSION)
+        .propagate_version(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(visible)
 }
 
 /// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it

@@ -66,3 +66,43 @@ fn v_tells_on_stderr_what_the_command_does_and_q_leaves_only_errors() {
     assert_eq!(both.status.code(), Some(2));
     assert!(stderr(&both).contains("cannot be used with"), "{}", stderr(&both));
 }
+
+#[test]
+fn completions_offer_the_commands_users_type_and_not_the_internal_ones() {
+    let out = gpucluster(&["completions", "bash"]);
+    let script = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(script.contains("_gpucluster()") && script.contains("complete -F _gpucluster"), "{script}");
+    let top = script.lines().find(|l| l.contains("opts=\"") && l.contains(" plan ")).expect("top-level words");
+    for word in ["list", "plan", "doctor", "up", "dask", "bench", "completions", "--topology", "--verbose", "--quiet"] {
+        assert!(top.split(['"', ' ']).any(|w| w == word), "{word} missing from {top}");
+    }
+    for internal in ["worker", "transport-peer", "guard"] {
+        assert!(!top.split(['"', ' ']).any(|w| w == internal), "{internal} offered: {top}");
+    }
+    // The script works: bash completes `gpucluster da` and `gpucluster dask lo`.
+    let file = std::env::temp_dir().join(format!("gpucluster-completion-{}.bash", std::process::id()));
+    std::fs::write(&file, &script).expect("write the script");
+    let complete = |words: &str| {
+        let shell = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _gpucluster gpucluster \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[@]}}\"",
+            file.display()
+        );
+        Command::new("bash").args(["-c", &shell]).output().map(|o| stdout(&o).trim().to_owned())
+    };
+    match complete("gpucluster da") {
+        Ok(words) => {
+            assert_eq!(words, "dask");
+            assert_eq!(complete("gpucluster dask lo").expect("bash"), "local");
+        }
+        Err(e) => eprintln!("no bash here ({e}): the script was not run"),
+    }
+    let _ = std::fs::remove_file(&file);
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = gpucluster(&["completions", shell]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        assert!(stdout(&out).contains("gpucluster") && stdout(&out).contains("dask"), "{shell}");
+    }
+    assert_eq!(gpucluster(&["completions", "tcsh"]).status.code(), Some(2));
+}
