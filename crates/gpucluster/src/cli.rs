@@ -28,8 +28,8 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// Where the machine's topology comes from: `nvml` (this machine), `sim:NAME` (a built-in
-    /// simulated machine; `gpucluster list --presets` names them), `file:PATH` (a TOML fixture or
-    /// a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
+    /// simulated machine; `sim:list` or `gpucluster list --presets` names them), `file:PATH` (a
+    /// TOML fixture or a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
     #[arg(long, global = true, env = "GPUCLUSTER_TOPOLOGY", default_value = "nvml", value_name = "SRC")]
     topology: String,
     /// Say more on stderr: -v what the command is doing (and, for `dask local` and `dask worker`,
@@ -48,7 +48,8 @@ enum Command {
     /// Show which devices become workers, how each is configured, and the path between each pair.
     Plan(PlanArgs),
     /// Check the machine, the environment and the plan; exit 0 if clean, 1 on warnings, 2 on errors.
-    Doctor(SelectionArgs),
+    #[command(after_help = crate::doctor::EXIT_STATUS)]
+    Doctor(DoctorArgs),
     /// Launch one worker per planned device and supervise them; without a command, run the
     /// built-in worker (device check, transfers to its peers) and print the cluster's matrix.
     Up(UpArgs),
@@ -191,6 +192,16 @@ struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Print the findings as JSON: `{"findings": [{"severity", "code", "message", "explanation",
+    /// "fix"}], "errors", "warnings", "notes", "exit_status"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct PlanArgs {
     #[command(flatten)]
     selection: SelectionArgs,
@@ -201,10 +212,33 @@ struct PlanArgs {
 
 pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
     crate::logging::init(crate::logging::level(cli.global.verbose, cli.global.quiet));
-    let spec: TopologySpec = cli.global.topology.parse()?;
+    let spec = cli.global.topology.parse::<TopologySpec>();
+    let json = match &cli.command {
+        Command::List(ListArgs { json, .. }) | Command::Plan(PlanArgs { json, .. }) => *json,
+        Command::Doctor(DoctorArgs { json, .. }) => *json,
+        _ => false,
+    };
+    match (&cli.command, &spec) {
+        // Commands that read no machine: a topology, even a wrong one, changes nothing for them.
+        (Command::Completions { shell }, _) => {
+            // Into a buffer first: the generator panics on a write error (`completions bash | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut completion_command(), "gpucluster", &mut script);
+            out.write_all(&script)?;
+            return Ok(0);
+        }
+        (Command::Worker | Command::TransportPeer { .. }, _) => {}
+        // `--topology sim:list` names the simulated machines, whatever the command.
+        (_, Ok(TopologySpec::Sim(name))) if name == "list" => {
+            list::presets(json, out)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let spec = spec?;
     match cli.command {
         Command::List(args) => {
-            if args.presets || spec == TopologySpec::Sim("list".into()) {
+            if args.presets {
                 list::presets(args.json, out)?;
                 return Ok(0);
             }
@@ -228,15 +262,8 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             }
             Ok(0)
         }
-        Command::Doctor(selection) => {
-            let snapshot = selection.snapshot(&spec).await?;
-            let env = cluster_core::Environment {
-                cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
-                ucx_tls: std::env::var("UCX_TLS").ok(),
-            };
-            let findings = cluster_core::doctor(&snapshot, &selection.request(), &env);
-            doctor::report(&findings, out)
-        }
+        Command::Doctor(args) => doctor_command(&spec, args, out).await,
+        Command::Completions { .. } => unreachable!("run before the topology is checked"),
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
         Command::Bench(BenchCommand::Dask(args)) => {
             crate::bench_dask::run(&spec, &cli.global.topology, args, out).await
@@ -260,13 +287,6 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
         // With -v, Dask's own INFO lines are shown too.
         Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, cli.global.verbose > 0, out).await,
         Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, cli.global.verbose > 0, out).await,
-        Command::Completions { shell } => {
-            // Into a buffer first: the generator panics on a write error (`completions bash | head`).
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut completion_command(), "gpucluster", &mut script);
-            out.write_all(&script)?;
-            Ok(0)
-        }
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
@@ -274,6 +294,22 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             Ok(0)
         }
     }
+}
+
+/// `doctor`. A machine whose NVML cannot be used (no driver) is what doctor is asked about most:
+/// it is a finding with its fix, and exit status 2, not a failure of doctor.
+async fn doctor_command(spec: &TopologySpec, args: DoctorArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let findings = match args.selection.snapshot(spec).await {
+        Ok(snapshot) => {
+            let env = cluster_core::Environment {
+                cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+                ucx_tls: std::env::var("UCX_TLS").ok(),
+            };
+            cluster_core::doctor(&snapshot, &args.selection.request(), &env)
+        }
+        Err(e) => vec![doctor::unusable_nvml(&e).ok_or(e)?],
+    };
+    doctor::report(&findings, args.json, out)
 }
 
 /// The grammar as completions offer it: without the hidden commands that gpucluster starts

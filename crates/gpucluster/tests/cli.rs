@@ -106,3 +106,103 @@ fn completions_offer_the_commands_users_type_and_not_the_internal_ones() {
     }
     assert_eq!(gpucluster(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(out)))
+}
+
+#[test]
+fn doctor_reports_a_machine_without_nvml_as_an_error_with_its_fix() {
+    let dir = std::env::temp_dir().join(format!("gpucluster-cli-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch");
+    let fixture = dir.join("no-driver.toml");
+    std::fs::write(
+        &fixture,
+        "hostname = \"no-driver\"\n\n[[gpu]]\nproduct = \"H100-80GB\"\n\n[faults]\nnvml_missing = true\n",
+    )
+    .expect("fixture");
+    let topology = format!("file:{}", fixture.display());
+    let text = gpucluster(&["--topology", &topology, "doctor"]);
+    assert_eq!(text.status.code(), Some(2), "an error, not the 1 of warnings: {}{}", stdout(&text), stderr(&text));
+    assert!(
+        stdout(&text).starts_with("error   nvml-unavailable: cannot use NVML (libnvidia-ml.so.1)"),
+        "{}",
+        stdout(&text)
+    );
+    assert!(stdout(&text).contains("fix: install the NVIDIA driver"), "{}", stdout(&text));
+    assert!(stdout(&text).ends_with("doctor: 1 error(s), 0 warning(s), 0 note(s)\n"), "{}", stdout(&text));
+    assert_eq!(stderr(&text), "", "a finding, not a failure of doctor");
+    let out = gpucluster(&["--topology", &topology, "doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let report = json(&out);
+    assert_eq!(report["findings"][0]["severity"], "error");
+    assert_eq!(report["findings"][0]["code"], "nvml-unavailable");
+    assert!(report["findings"][0]["fix"].as_str().is_some_and(|f| f.contains("--topology sim:NAME")), "{report}");
+    assert_eq!((report["errors"].as_u64(), report["exit_status"].as_u64()), (Some(1), Some(2)));
+    // A --topology that names nothing is a mistake in the command, not a finding about the
+    // machine: doctor cannot run, says why on stderr, and prints no report.
+    let wrong = gpucluster(&["--topology", "cuda:0", "doctor", "--json"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).starts_with("error: unknown topology source `cuda:0`"), "{}", stderr(&wrong));
+    assert_eq!(stdout(&wrong), "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn doctor_json_carries_every_finding_and_the_exit_status() {
+    for (topology, status) in [("sim:hgx-h100", 0), ("sim:h100-mig-empty", 1)] {
+        let text = gpucluster(&["--topology", topology, "doctor"]);
+        let out = gpucluster(&["--topology", topology, "doctor", "--json"]);
+        assert_eq!((text.status.code(), out.status.code()), (Some(status), Some(status)), "{topology}");
+        let report = json(&out);
+        assert_eq!(report["exit_status"], status, "{topology}");
+        let findings = report["findings"].as_array().expect("findings");
+        // The same findings as the text, in the same order.
+        let codes: Vec<&str> = findings.iter().map(|f| f["code"].as_str().expect("code")).collect();
+        let printed = stdout(&text);
+        let listed: Vec<&str> = printed
+            .lines()
+            .filter(|l| !l.starts_with(' ') && !l.starts_with("doctor:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.strip_suffix(':'))
+            .collect();
+        assert_eq!(codes, listed, "{topology}: {}", stdout(&text));
+        for key in ["severity", "code", "message", "explanation", "fix"] {
+            assert!(findings.iter().all(|f| f[key].is_string()), "{key} in {report}");
+        }
+        let count = |s: &str| findings.iter().filter(|f| f["severity"] == s).count() as u64;
+        assert_eq!(report["warnings"].as_u64(), Some(count("warning")), "{topology}");
+        assert_eq!(report["notes"].as_u64(), Some(count("info")), "{topology}");
+    }
+    let help = stdout(&gpucluster(&["doctor", "--help"]));
+    assert!(help.contains("--json"), "{help}");
+    let statuses = help.split("Exit status").nth(1).unwrap_or_else(|| panic!("no exit statuses in:\n{help}"));
+    for line in ["  0  ", "  1  warnings", "  2  errors", "(no NVIDIA driver, NVML missing", "`error: ...` on stderr"] {
+        assert!(statuses.contains(line), "{line:?} in {statuses}");
+    }
+}
+
+#[test]
+fn topology_sim_list_names_the_presets_whatever_the_command() {
+    let presets = gpucluster(&["list", "--presets"]);
+    let table = stdout(&presets);
+    assert!(table.lines().any(|l| l.starts_with("sim:hgx-h100 ") && l.contains("H100")), "{table}");
+    assert!(table.lines().count() > 10, "one line per preset: {table}");
+    let commands: [&[&str]; 7] = [
+        &["list"],
+        &["plan"],
+        &["doctor"],
+        &["up"],
+        &["dask", "local", "--python", "/nonexistent/python"],
+        &["dask", "worker", "tcp://127.0.0.1:1", "--python", "/nonexistent/python"],
+        &["bench", "transport"],
+    ];
+    for command in commands {
+        let out = gpucluster(&[&["--topology", "sim:list"], command].concat());
+        assert_eq!(out.status.code(), Some(0), "{command:?}: {}", stderr(&out));
+        assert_eq!(stdout(&out), table, "{command:?}");
+    }
+    let listed = json(&gpucluster(&["--topology", "sim:list", "plan", "--json"]));
+    let names = listed["presets"].as_array().expect("presets");
+    assert_eq!(names.len(), table.lines().count() - 1, "{listed}");
+    assert!(names.iter().all(|p| p["topology"].as_str().is_some_and(|t| table.contains(t))), "{listed}");
+}
