@@ -104,7 +104,8 @@ pub(crate) fn report(findings: &[Finding], json: bool, out: &mut dyn Write) -> a
         0
     };
     if json {
-        crate::plan::write_json(&Report { findings, errors, warnings, notes, exit_status: status }, out)?;
+        serde_json::to_writer_pretty(&mut *out, &Report { findings, errors, warnings, notes, exit_status: status })?;
+        writeln!(out)?;
     } else {
         write_findings(findings, out)?;
         writeln!(out, "doctor: {errors} error(s), {warnings} warning(s), {notes} note(s)")?;
