@@ -13,6 +13,7 @@
 //! - `gpu-bundle`: release binaries for the GPU machine, copied into `.gpu-bundle/` (git-ignored)
 //!   so the device tool can carry them.
 //!
+//! Without a task, or with an unknown one, it prints the usage and exits with status 2.
 //! It needs nothing but cargo: no Makefile, no shell scripts.
 
 // xtask is a command-line tool: printing is its job.
@@ -26,10 +27,14 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
+const USAGE: &str = "usage: cargo xtask <simulate [--bless] [NAME...] | ci | dask-env | gpu-bundle | bench>";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (task, rest) = args.split_first().map_or(("help", &[][..]), |(t, r)| (t.as_str(), r));
-    match task {
+    // No task is a usage error (status 2, as for an unknown one): a script that forgot its task
+    // must not pass for one that ran it.
+    let Some((task, rest)) = args.split_first() else { usage_error("no task given") };
+    match task.as_str() {
         "simulate" => {
             let bless = rest.iter().any(|a| a == "--bless");
             let only: Vec<&str> = rest.iter().filter(|a| !a.starts_with("--")).map(String::as_str).collect();
@@ -43,11 +48,18 @@ fn main() -> anyhow::Result<()> {
             c
         }),
         "gpu-bundle" => gpu_bundle(),
-        _ => {
-            println!("usage: cargo xtask <simulate [--bless] [NAME...] | ci | dask-env | gpu-bundle | bench>");
-            if task == "help" || task == "--help" { Ok(()) } else { bail!("unknown task `{task}`") }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(())
         }
+        other => usage_error(&format!("unknown task `{other}`")),
     }
+}
+
+/// The usage and what was wrong, on stderr; exit status 2.
+fn usage_error(what: &str) -> ! {
+    eprintln!("{USAGE}\nerror: {what}");
+    std::process::exit(2)
 }
 
 fn root() -> PathBuf {
@@ -93,7 +105,12 @@ fn dask_env() -> anyhow::Result<PathBuf> {
     let requirements = root().join("tests").join("dask-requirements.txt");
     let stamp = venv.join("requirements.txt");
     let wanted = std::fs::read_to_string(&requirements).context("reading tests/dask-requirements.txt")?;
-    if !(python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted)) {
+    println!("==> dask-env: the Python environment of the Dask end-to-end tests and pytest, in {}", venv.display());
+    let pinned: Vec<&str> = wanted.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    println!("    pinned in tests/dask-requirements.txt: {}", pinned.join(", "));
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        println!("==> kept: it was made from these requirements already");
+    } else {
         step("create the Python environment (target/dask-venv)", {
             let mut c = Command::new("python3");
             c.args(["-m", "venv", "--clear"]).arg(&venv);
@@ -104,15 +121,17 @@ fn dask_env() -> anyhow::Result<PathBuf> {
             c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
             c
         })?;
-        std::fs::write(&stamp, wanted)?;
+        std::fs::write(&stamp, &wanted)?;
     }
     let wheel = build_wheel(&venv, &python)?;
+    println!("    built {}", wheel.display());
     step("install the gpucluster wheel", {
         let mut c = Command::new(&python);
         c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--force-reinstall"]);
         c.arg(&wheel);
         c
     })?;
+    println!("==> dask-env ready: {} (the tests find it there, or through GPUCLUSTER_TEST_PYTHON)", python.display());
     Ok(python)
 }
 

@@ -21,10 +21,10 @@ pub(crate) struct BenchDaskArgs {
     variants: Vec<String>,
     /// Array sizes, comma-separated, with K, M, G (binary) units. Default: 16M,256M,1G on a GPU,
     /// 16M,64M on simulated memory.
-    #[arg(long, value_parser = crate::cli::size_list, value_name = "SIZES")]
-    sizes: Option<crate::cli::SizeList>,
+    #[arg(long, value_parser = crate::args::size_list, value_name = "SIZES")]
+    sizes: Option<crate::args::SizeList>,
     /// Timed runs per size after one warm-up; the median counts.
-    #[arg(long, default_value_t = 5, value_parser = crate::cli::repeats, value_name = "N")]
+    #[arg(long, default_value_t = 5, value_parser = crate::args::repeats, value_name = "N")]
     repeats: usize,
     /// The Python interpreter with Dask and the gpucluster package.
     #[arg(long, env = "GPUCLUSTER_PYTHON", default_value = "python3", value_name = "PYTHON")]
@@ -73,7 +73,7 @@ pub(crate) async fn run(
         Ok(python) => python?,
         Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
     };
-    let snapshot = crate::cli::load(spec).await?;
+    let snapshot = crate::args::load(spec).await?;
     let devices: usize = snapshot
         .hosts
         .first()
@@ -120,14 +120,14 @@ pub(crate) async fn run(
     let mut failed = 0;
     for variant in variants {
         // Progress on stderr, also with --json: a variant takes tens of seconds.
-        eprintln!("bench dask: {} ...", variant.name);
+        tracing::info!(target: crate::logging::PROGRESS, "bench dask: {} ...", variant.name);
         let (b, v) = (bench.clone(), variant.clone());
         match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
             Ok(Ok(result)) => report.variants.push(result),
             // One variant that cannot run (a protocol whose cluster never comes up, say) costs
             // neither the figures of the others nor the report: it is a note, and the exit is 1.
             Ok(Err(e)) => {
-                eprintln!("{e}");
+                tracing::error!("{e}");
                 failed += 1;
                 report.variants.push(VariantResult {
                     variant,
@@ -137,7 +137,7 @@ pub(crate) async fn run(
                 });
             }
             Err(signal) => {
-                eprintln!(
+                tracing::warn!(
                     "bench dask interrupted ({}) during {}; nothing reported",
                     launcher::signal_name(signal),
                     crate::table::escape(&variant.name)

@@ -5,15 +5,19 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use cluster_core::{DEFAULT_MEMORY_TOLERANCE_PCT, PlanRequest, Policy, SpecSource};
-use gpu_topology::{FileSource, Snapshot, TopologySource, TopologySpec};
+use gpu_topology::TopologySpec;
 
+use crate::args::{RestartArg, SelectionArgs, SizeList, count, grace, load, max_restarts, repeats, size_list};
 use crate::{doctor, list, plan};
+
+/// What `--version` says: the version, the commit it was built from (`-dirty` when the tree had
+/// changes; `unknown` outside a git checkout) and the cargo features it was built with.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("GPUCLUSTER_BUILD"), ")");
 
 /// Turns the GPUs and MIG instances of one or many hosts into a correctly configured cluster of
 /// workers, one per compute device.
 #[derive(Debug, Parser)]
-#[command(name = "gpucluster", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "gpucluster", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
@@ -24,10 +28,17 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// Where the machine's topology comes from: `nvml` (this machine), `sim:NAME` (a built-in
-    /// simulated machine; `gpucluster list --presets` names them), `file:PATH` (a TOML fixture or
-    /// a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
+    /// simulated machine; `sim:list` or `gpucluster list --presets` names them), `file:PATH` (a
+    /// TOML fixture or a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
     #[arg(long, global = true, env = "GPUCLUSTER_TOPOLOGY", default_value = "nvml", value_name = "SRC")]
     topology: String,
+    /// Say more on stderr: -v what the command is doing (and, for `dask local` and `dask worker`,
+    /// Dask's INFO lines), -vv debug, -vvv trace. By default only warnings and progress.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Say nothing on stderr but errors: no warnings, no progress.
+    #[arg(short, long, global = true)]
+    quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,7 +48,8 @@ enum Command {
     /// Show which devices become workers, how each is configured, and the path between each pair.
     Plan(PlanArgs),
     /// Check the machine, the environment and the plan; exit 0 if clean, 1 on warnings, 2 on errors.
-    Doctor(SelectionArgs),
+    #[command(after_help = crate::doctor::EXIT_STATUS)]
+    Doctor(DoctorArgs),
     /// Launch one worker per planned device and supervise them; without a command, run the
     /// built-in worker (device check, transfers to its peers) and print the cluster's matrix.
     Up(UpArgs),
@@ -47,6 +59,13 @@ enum Command {
     /// Measure the transport.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a completion script for a shell, e.g. `gpucluster completions bash >
+    /// ~/.local/share/bash-completion/completions/gpucluster`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// The built-in worker of `up` (started by gpucluster itself).
     #[command(hide = true)]
     Worker,
@@ -78,24 +97,6 @@ struct UpArgs {
     /// The command to run per worker instead of the built-in worker (after `--`).
     #[arg(last = true, value_name = "CMD")]
     command: Vec<std::ffi::OsString>,
-}
-
-/// `--restart`: whether workers that fail are started again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum RestartArg {
-    /// They stay down.
-    Never,
-    /// They are started again, up to --max-restarts times.
-    OnFailure,
-}
-
-impl From<RestartArg> for launcher::RestartFlag {
-    fn from(r: RestartArg) -> Self {
-        match r {
-            RestartArg::Never => launcher::RestartFlag::Never,
-            RestartArg::OnFailure => launcher::RestartFlag::OnFailure,
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,32 +153,9 @@ struct BenchArgs {
     report: Option<PathBuf>,
 }
 
-/// A list of sizes as one argument (clap would otherwise take `Vec` as repeated values).
-#[derive(Debug, Clone)]
-pub(crate) struct SizeList(pub(crate) Vec<usize>);
-
-pub(crate) fn size_list(s: &str) -> Result<SizeList, String> {
-    crate::bench::parse_sizes(s).map(SizeList)
-}
-
 fn parse_one_size(s: &str) -> Result<usize, String> {
     let sizes = crate::bench::parse_sizes(s)?;
     sizes.first().copied().filter(|_| sizes.len() == 1).ok_or_else(|| format!("`{s}` is not one size"))
-}
-
-/// A whole number from `low` to `high`. Flags that take one accept a leading `-`
-/// (`allow_negative_numbers`), so that `-1` gets this message rather than clap's "unexpected
-/// argument" (whose tip, `-- -1`, would start `up`'s worker command).
-fn count(s: &str, low: u64, high: u64) -> Result<u64, String> {
-    let n: i128 = s.trim().parse().map_err(|_| format!("`{s}` is not a whole number; give {low} to {high}"))?;
-    u64::try_from(n)
-        .ok()
-        .filter(|n| (low..=high).contains(n))
-        .ok_or_else(|| format!("{n} is out of range: give {low} to {high}"))
-}
-
-pub(crate) fn repeats(s: &str) -> Result<usize, String> {
-    count(s, 1, 10_000).map(|n| n as usize)
 }
 
 /// The transport's ring takes 2 to 64 slots of whole 4 KiB pages (`transport::Options`); checked
@@ -194,39 +172,12 @@ fn chunk(s: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
-pub(crate) fn max_restarts(s: &str) -> Result<u32, String> {
-    count(s, 0, 1000).map(|n| n as u32)
-}
-
 fn time_limit(s: &str) -> Result<f64, String> {
     let seconds: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
     if seconds > 0.0 && seconds <= 1e6 {
         Ok(seconds)
     } else {
         Err(format!("{seconds} is out of range: give more than 0 and at most 1000000 seconds"))
-    }
-}
-
-pub(crate) fn grace(s: &str) -> Result<f64, String> {
-    let seconds: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds; give 0 to 3600"))?;
-    if (0.0..=3600.0).contains(&seconds) {
-        Ok(seconds)
-    } else {
-        Err(format!("{seconds} is out of range: give 0 to 3600 seconds"))
-    }
-}
-
-fn workers_per_device(s: &str) -> Result<u32, String> {
-    let range = cluster_core::WORKERS_PER_DEVICE;
-    count(s, u64::from(*range.start()), u64::from(*range.end())).map(|n| n as u32)
-}
-
-fn tolerance(s: &str) -> Result<f64, String> {
-    let pct: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a percentage; give 0 to 100"))?;
-    if cluster_core::MEMORY_TOLERANCE_PCT.contains(&pct) {
-        Ok(pct)
-    } else {
-        Err(format!("{pct} is out of range: give a percentage from 0 to 100"))
     }
 }
 
@@ -241,6 +192,16 @@ struct ListArgs {
 }
 
 #[derive(Debug, Args)]
+struct DoctorArgs {
+    #[command(flatten)]
+    selection: SelectionArgs,
+    /// Print the findings as JSON: `{"findings": [{"severity", "code", "message", "explanation",
+    /// "fix"}], "errors", "warnings", "notes", "exit_status"}`.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
 struct PlanArgs {
     #[command(flatten)]
     selection: SelectionArgs,
@@ -249,100 +210,35 @@ struct PlanArgs {
     json: bool,
 }
 
-/// Which devices become workers and how they are configured (shared by plan, doctor, up, dask).
-#[derive(Debug, Args)]
-pub(crate) struct SelectionArgs {
-    /// Devices to use, in the grammar of CUDA_VISIBLE_DEVICES: indices, GPU-<uuid>, MIG-<uuid>,
-    /// MIG-GPU-<uuid>/<gi>/<ci> or unique UUID prefixes, comma-separated. Default: CUDA_VISIBLE_DEVICES
-    /// if set, else every compute device.
-    #[arg(long, allow_negative_numbers = true, value_name = "SPEC")]
-    devices: Option<String>,
-    /// What to do when the devices are not alike in memory and SMs: strict (refuse, explaining),
-    /// warn, largest-group or grouped (a Dask resource per class).
-    #[arg(long, default_value = "strict", value_parser = parse_policy, value_name = "POLICY")]
-    policy: Policy,
-    /// Memory within this many percent counts as alike.
-    #[arg(
-        long,
-        default_value_t = DEFAULT_MEMORY_TOLERANCE_PCT,
-        value_parser = tolerance,
-        allow_negative_numbers = true,
-        value_name = "PCT"
-    )]
-    memory_tolerance: f64,
-    /// Device memory limit per worker: auto, default (80 %), a fraction, bytes or a size such as
-    /// 10GB; computed from each worker's own device.
-    #[arg(long, default_value = "default", allow_negative_numbers = true, value_name = "X")]
-    device_memory_limit: String,
-    /// Workers per device (a whole GPU or a MIG instance, 1 to 64); they split its memory limit.
-    #[arg(long, default_value_t = 1, value_parser = workers_per_device, allow_negative_numbers = true, value_name = "N")]
-    workers_per_device: u32,
-    /// Plan across hosts: the `gpucluster list --json` of each host (repeatable); replaces --topology.
-    #[arg(long, value_name = "FILE")]
-    inventory: Vec<PathBuf>,
-}
-
-fn parse_policy(s: &str) -> Result<Policy, String> {
-    s.parse()
-}
-
-impl SelectionArgs {
-    /// Whether the snapshot comes from `--inventory` files (a description, not this machine).
-    pub(crate) fn uses_inventories(&self) -> bool {
-        !self.inventory.is_empty()
-    }
-
-    pub(crate) fn request(&self) -> PlanRequest {
-        let devices = match &self.devices {
-            Some(d) => Some((d.clone(), SpecSource::Flag)),
-            None => std::env::var("CUDA_VISIBLE_DEVICES").ok().map(|d| (d, SpecSource::Environment)),
-        };
-        PlanRequest {
-            devices,
-            policy: self.policy,
-            memory_tolerance_pct: self.memory_tolerance,
-            device_memory_limit: self.device_memory_limit.clone(),
-            workers_per_device: self.workers_per_device,
-        }
-    }
-
-    /// The snapshot to plan on: the inventories if given, else the topology source.
-    pub(crate) async fn snapshot(&self, spec: &TopologySpec) -> anyhow::Result<Snapshot> {
-        if self.inventory.is_empty() {
-            return load(spec).await;
-        }
-        let mut inventories = Vec::new();
-        let mut hosts = 0;
-        for path in &self.inventory {
-            let snapshot = FileSource::new(path.clone()).snapshot().await.with_context(|| {
-                format!("reading the inventory {}", crate::table::escape(&path.display().to_string()))
-            })?;
-            hosts += snapshot.hosts.len();
-            inventories.push(snapshot);
-            // Past the limit, reading on only costs memory: joining refuses them anyway.
-            if hosts > gpu_topology::limits::MAX_HOSTS {
-                break;
-            }
-        }
-        Ok(cluster_core::merge_inventories(inventories)?)
-    }
-}
-
-/// Reads the snapshot the user pointed at.
-pub(crate) async fn load(spec: &TopologySpec) -> anyhow::Result<Snapshot> {
-    let source = spec.open()?;
-    let snapshot = source
-        .snapshot()
-        .await
-        .with_context(|| format!("reading the topology from {}", crate::table::escape(&spec.to_string())))?;
-    Ok(snapshot)
-}
-
 pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let spec: TopologySpec = cli.global.topology.parse()?;
+    crate::logging::init(crate::logging::level(cli.global.verbose, cli.global.quiet));
+    let spec = cli.global.topology.parse::<TopologySpec>();
+    let json = match &cli.command {
+        Command::List(ListArgs { json, .. }) | Command::Plan(PlanArgs { json, .. }) => *json,
+        Command::Doctor(DoctorArgs { json, .. }) => *json,
+        _ => false,
+    };
+    match (&cli.command, &spec) {
+        // Commands that read no machine: a topology, even a wrong one, changes nothing for them.
+        (Command::Completions { shell }, _) => {
+            // Into a buffer first: the generator panics on a write error (`completions bash | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut completion_command(), "gpucluster", &mut script);
+            out.write_all(&script)?;
+            return Ok(0);
+        }
+        (Command::Worker | Command::TransportPeer { .. }, _) => {}
+        // `--topology sim:list` names the simulated machines, whatever the command.
+        (_, Ok(TopologySpec::Sim(name))) if name == "list" => {
+            list::presets(json, out)?;
+            return Ok(0);
+        }
+        _ => {}
+    }
+    let spec = spec?;
     match cli.command {
         Command::List(args) => {
-            if args.presets || spec == TopologySpec::Sim("list".into()) {
+            if args.presets {
                 list::presets(args.json, out)?;
                 return Ok(0);
             }
@@ -366,15 +262,8 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             }
             Ok(0)
         }
-        Command::Doctor(selection) => {
-            let snapshot = selection.snapshot(&spec).await?;
-            let env = cluster_core::Environment {
-                cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
-                ucx_tls: std::env::var("UCX_TLS").ok(),
-            };
-            let findings = cluster_core::doctor(&snapshot, &selection.request(), &env);
-            doctor::report(&findings, out)
-        }
+        Command::Doctor(args) => doctor_command(&spec, args, out).await,
+        Command::Completions { .. } => unreachable!("run before the topology is checked"),
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
         Command::Bench(BenchCommand::Dask(args)) => {
             crate::bench_dask::run(&spec, &cli.global.topology, args, out).await
@@ -395,8 +284,9 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             )
             .await
         }
-        Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, out).await,
-        Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, out).await,
+        // With -v, Dask's own INFO lines are shown too.
+        Command::Dask(DaskCommand::Local(args)) => crate::dask::local(&spec, args, cli.global.verbose > 0, out).await,
+        Command::Dask(DaskCommand::Worker(args)) => crate::dask::worker(&spec, args, cli.global.verbose > 0, out).await,
         Command::Worker => Ok(tokio::task::spawn_blocking(launcher::builtin::run).await?),
         Command::TransportPeer { args } => {
             let parsed = transport::peer::PeerArgs::parse(&args).map_err(anyhow::Error::msg)?;
@@ -404,6 +294,34 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
             Ok(0)
         }
     }
+}
+
+/// `doctor`. A machine whose NVML cannot be used (no driver) is what doctor is asked about most:
+/// it is a finding with its fix, and exit status 2, not a failure of doctor.
+async fn doctor_command(spec: &TopologySpec, args: DoctorArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let findings = match args.selection.snapshot(spec).await {
+        Ok(snapshot) => {
+            let env = cluster_core::Environment {
+                cuda_visible_devices: std::env::var("CUDA_VISIBLE_DEVICES").ok(),
+                ucx_tls: std::env::var("UCX_TLS").ok(),
+            };
+            cluster_core::doctor(&snapshot, &args.selection.request(), &env)
+        }
+        Err(e) => vec![doctor::unusable_nvml(&e).ok_or(e)?],
+    };
+    doctor::report(&findings, args.json, out)
+}
+
+/// The grammar as completions offer it: without the hidden commands that gpucluster starts
+/// itself (`worker`, `transport-peer`), which the bash and fish generators would offer too.
+fn completion_command() -> clap::Command {
+    let full = <Cli as clap::CommandFactory>::command();
+    let visible: Vec<clap::Command> = full.get_subcommands().filter(|c| !c.is_hide_set()).cloned().collect();
+    clap::Command::new("gpucluster")
+        .version(VERSION)
+        .propagate_version(true)
+        .args(full.get_arguments().cloned())
+        .subcommands(visible)
 }
 
 /// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it
@@ -490,7 +408,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
             match measure(spec, &args).await? {
                 Ok(report) => report,
                 Err(signal) => {
-                    eprintln!("bench interrupted ({})", launcher::signal_name(signal));
+                    tracing::warn!("bench interrupted ({})", launcher::signal_name(signal));
                     return Ok(128u8.saturating_add(signal as u8));
                 }
             }

@@ -13,7 +13,7 @@ use launcher::dask::{self, DaskWorkers, TlsFiles};
 use launcher::workdir::PrivateDir;
 use launcher::{Signals, Stop, StopWhen, Supervision};
 
-use crate::cli::{RestartArg, SelectionArgs};
+use crate::args::{RestartArg, SelectionArgs};
 
 #[derive(Debug, Args)]
 pub(crate) struct DaskArgs {
@@ -31,23 +31,19 @@ pub(crate) struct DaskArgs {
     #[arg(long, value_enum, default_value_t = RestartArg::OnFailure, value_name = "WHEN")]
     restart: RestartArg,
     /// Most restarts per worker.
-    #[arg(long, default_value_t = 3, value_parser = crate::cli::max_restarts, allow_negative_numbers = true, value_name = "N")]
+    #[arg(long, default_value_t = 3, value_parser = crate::args::max_restarts, allow_negative_numbers = true, value_name = "N")]
     max_restarts: u32,
     /// The comm protocol: auto (gpucluster where its package is installed and workers share the
     /// host, else TCP, over TLS for `dask local`), tcp, ucx or gpucluster.
     #[arg(long, value_enum, default_value_t = ProtocolArg::Auto, value_name = "PROTOCOL")]
     protocol: ProtocolArg,
-    /// Show every line Dask logs; by default its INFO lines are left out (warnings, errors and
-    /// tracebacks are always shown), so that the lines that matter are not buried.
-    #[arg(short, long)]
-    verbose: bool,
     /// Further options for every worker, after `--` (e.g. `-- --lifetime 1h --rmm-pool-size 10GB`
     /// for dask-cuda workers): passed after gpucluster's own, so they win where Dask takes an
     /// option's last value.
     #[arg(last = true, value_name = "WORKER_OPTIONS")]
     worker_args: Vec<std::ffi::OsString>,
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
-    #[arg(long, default_value_t = 10.0, value_parser = crate::cli::grace, allow_negative_numbers = true, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_parser = crate::args::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
 }
 
@@ -119,8 +115,9 @@ struct ReadyWatch {
     started: Instant,
     expected: usize,
     registered: usize,
-    /// Whether Dask's INFO lines are shown (`--verbose`).
-    verbose: bool,
+    /// Whether Dask's INFO lines are shown (the global `-v`); by default they are left out
+    /// (warnings, errors and tracebacks always pass), so that the lines that matter are not buried.
+    dask_info: bool,
     /// The scheduler file of a cluster serving a dashboard: its URL is said once workers are ready.
     dashboard: Option<std::path::PathBuf>,
 }
@@ -147,13 +144,15 @@ impl Write for ReadyWatch {
         for line in buf.split_inclusive(|b| *b == b'\n') {
             // Without a dashboard, no line may claim one (Dask names its HTTP server's port so).
             let false_claim = self.dashboard.is_none() && line.windows(13).any(|w| w == b"dashboard at:");
-            if (self.verbose || !dask_info(line)) && !false_claim {
+            if (self.dask_info || !dask_info(line)) && !false_claim {
                 self.out.write_all(line)?;
             }
         }
         if registered > 0 && self.registered < self.expected {
             self.registered += registered;
+            tracing::debug!("{} of {} Dask worker(s) registered", self.registered.min(self.expected), self.expected);
             if self.registered >= self.expected {
+                tracing::info!("ready: every Dask worker registered with the scheduler");
                 writeln!(
                     self.out,
                     "all {} Dask worker(s) registered after {:.2} s",
@@ -193,11 +192,24 @@ enum JoinAt {
     Address(String),
 }
 
-pub(crate) async fn local(spec: &TopologySpec, args: DaskLocalArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    run(spec, args.common, Scheduler::Local { insecure: args.insecure, dashboard: args.dashboard }, out).await
+/// `dask local`; `dask_info`: whether Dask's INFO lines are shown.
+pub(crate) async fn local(
+    spec: &TopologySpec,
+    args: DaskLocalArgs,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let scheduler = Scheduler::Local { insecure: args.insecure, dashboard: args.dashboard };
+    run(spec, args.common, scheduler, dask_info, out).await
 }
 
-pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+/// `dask worker`; `dask_info`: whether Dask's INFO lines are shown.
+pub(crate) async fn worker(
+    spec: &TopologySpec,
+    args: DaskWorkerArgs,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let tls = match (args.tls_ca_file, args.tls_cert, args.tls_key) {
         (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
         _ => None,
@@ -208,14 +220,20 @@ pub(crate) async fn worker(spec: &TopologySpec, args: DaskWorkerArgs, out: &mut 
         // clap's group: exactly one of the two.
         _ => anyhow::bail!("give the scheduler's address or --scheduler-file FILE, not both"),
     };
-    run(spec, args.common, Scheduler::Join { at, tls }, out).await
+    run(spec, args.common, Scheduler::Join { at, tls }, dask_info, out).await
 }
 
-async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mut dyn Write) -> anyhow::Result<u8> {
+async fn run(
+    spec: &TopologySpec,
+    args: DaskArgs,
+    scheduler: Scheduler,
+    dask_info: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     // Watched before anything is set up: a signal during set-up stops the cluster cleanly.
     let mut signals = Signals::install()?;
     let interrupted = |signal: i32| {
-        eprintln!("interrupted ({}) while setting up", launcher::signal_name(signal));
+        tracing::warn!("interrupted ({}) while setting up", launcher::signal_name(signal));
         Ok(128u8.saturating_add(signal as u8))
     };
     let dashboard = match &scheduler {
@@ -238,6 +256,14 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
             python.python.to_string_lossy()
         );
     }
+    tracing::info!(
+        "Python {}: distributed {}{}{}{}",
+        python.python.to_string_lossy(),
+        python.distributed,
+        if python.dask_cuda { ", dask-cuda" } else { "" },
+        if python.ucxx { ", distributed-ucxx" } else { "" },
+        if python.gpucluster { ", the gpucluster package" } else { "" }
+    );
     // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
     // local cluster (insecure or not); `Err`: joining the scheduler of this file.
     let joined = match scheduler {
@@ -272,12 +298,13 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
                 Ok(answer) => answer?,
                 Err(signal) => return interrupted(signal),
             }
+            tracing::info!("the scheduler at {address} answered the Dask handshake");
             writeln!(out, "joining the Dask scheduler at {address}")?;
             // gpucluster:// proves the cluster's secret on every connection; tls:// has its
             // certificates; anything else lets in whoever reaches it.
             if tls.is_none() && !address.starts_with("gpucluster://") {
-                eprintln!(
-                    "warning: the scheduler at {address} does not authenticate its peers: anyone who can reach it \
+                tracing::warn!(
+                    "the scheduler at {address} does not authenticate its peers: anyone who can reach it \
                      can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
                 );
             }
@@ -294,6 +321,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
     let plan = cluster_core::plan(&snapshot, &args.selection.request())?;
     let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
+    crate::plan::log(&output);
     let all_nvlink = output.paths().iter().all(|p| p.rule == transport::PathRule::NvLink);
     let host_staged_only = output.paths().iter().all(|p| p.path == transport::Path::HostStaged);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
@@ -375,12 +403,23 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         header(out, &plan, &config, None, protocol.map(|p| (p, why.as_str())))?;
     }
     out.flush()?;
+    if let Some(protocol) = protocol {
+        tracing::info!("protocol {}: {why}", protocol.scheme());
+    }
+    tracing::info!(
+        "starting {} process(es): {}",
+        specs.len(),
+        specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    for s in &specs {
+        tracing::debug!("{}: {:?} {:?}", s.name, s.program, s.args);
+    }
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
         started,
         expected: plan.workers.len(),
         registered: 0,
-        verbose: args.verbose,
+        dask_info,
         dashboard: match (&dashboard, &scheduler) {
             (Some(_), dask::SchedulerRef::File(file)) => Some(file.clone()),
             _ => None,
@@ -395,6 +434,7 @@ async fn run(spec: &TopologySpec, args: DaskArgs, scheduler: Scheduler, out: &mu
         None if supervised.outcomes.iter().all(|o| o.exit.success()) => 0,
         None => 1,
     };
+    tracing::info!("stopped after {:.2} s, exit status {status}", started.elapsed().as_secs_f64());
     // Best effort: after SIGHUP the terminal may be gone.
     let _ = summary(&supervised, started, out);
     Ok(status)
@@ -427,9 +467,9 @@ fn header(
             }
             None => {
                 let warning =
-                    "warning: --insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
-                writeln!(out, "{warning}")?;
-                eprintln!("{warning}");
+                    "--insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
+                writeln!(out, "warning: {warning}")?;
+                tracing::warn!("{warning}");
             }
         }
     }

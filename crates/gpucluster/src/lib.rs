@@ -5,12 +5,14 @@
 //! no policy and touches no device itself. [`run`] is the whole program, so tests can drive it
 //! in process; `main.rs` only hands it the real arguments and streams.
 
+mod args;
 mod bench;
 mod bench_dask;
 mod cli;
 mod dask;
 mod doctor;
 mod list;
+mod logging;
 mod plan;
 mod table;
 mod up;

@@ -21,6 +21,40 @@ pub(crate) fn write_json(value: &impl Serialize, out: &mut dyn Write) -> io::Res
     buffered.flush()
 }
 
+/// The plan a launcher chose, as events: a line at info (`-v`), each worker and each device left
+/// out at debug (`-vv`; a plan may have thousands).
+pub(crate) fn log(output: &PlanOutput<'_>) {
+    let plan = output.plan();
+    let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in output.paths() {
+        *paths.entry(p.path.name()).or_default() += 1;
+    }
+    tracing::info!(
+        "plan: {} worker(s), policy {}, {} device(s) left out; paths: {}",
+        plan.workers.len(),
+        plan.policy,
+        plan.excluded.len(),
+        if paths.is_empty() {
+            "none (one worker)".to_owned()
+        } else {
+            paths.iter().map(|(path, n)| format!("{n} pair(s) {path}")).collect::<Vec<_>>().join(", ")
+        }
+    );
+    for w in &plan.workers {
+        tracing::debug!(
+            "worker {}: {} on host {}, memory limit {}, env {:?}",
+            w.name,
+            w.device_uuid,
+            escape(&w.host),
+            w.device_memory_limit_bytes.map_or_else(|| "none".to_owned(), gib),
+            w.env()
+        );
+    }
+    for e in &plan.excluded {
+        tracing::debug!("left out: {} of host {}: {}", e.uuid, escape(&e.host), escape(&e.reason));
+    }
+}
+
 pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dyn Write) -> io::Result<()> {
     let plan = output.plan();
     let mut hosts: Vec<&str> = plan.workers.iter().map(|w| w.host.as_str()).collect();

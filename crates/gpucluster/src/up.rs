@@ -8,7 +8,7 @@ use anyhow::Context;
 use gpu_topology::{Snapshot, TopologySpec};
 use launcher::{Job, Memory, Supervision};
 
-use crate::cli::SelectionArgs;
+use crate::args::SelectionArgs;
 use crate::table::Table;
 
 pub(crate) struct Options {
@@ -49,6 +49,7 @@ pub(crate) async fn run(
     supervision.time_limit = options.time_limit.map(std::time::Duration::from_secs_f64);
     let plan = cluster_core::plan(&snapshot, &selection.request())?;
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
+    crate::plan::log(&output);
     let paths: HashMap<(String, String), transport::Path> =
         output.paths().iter().map(|p| ((p.from.clone(), p.to.clone()), p.path)).collect();
     let memory = memory_for(spec, selection);
@@ -68,6 +69,16 @@ pub(crate) async fn run(
         }
     )?;
     out.flush()?;
+    tracing::info!(
+        "starting {} worker process(es){}; {}, grace {} s",
+        plan.workers.len(),
+        if builtin { " (the built-in worker)".to_owned() } else { format!(" running {:?}", options.command) },
+        match options.restart {
+            launcher::RestartFlag::Never => "no restarts".to_owned(),
+            launcher::RestartFlag::OnFailure => format!("restarts on failure, at most {}", options.max_restarts),
+        },
+        options.grace
+    );
     let job = Job {
         workers: plan.workers.clone(),
         paths,
@@ -83,6 +94,15 @@ pub(crate) async fn run(
         None if report.success() => 0,
         None => 1,
     };
+    // Only the built-in worker is bound to join the rendezvous; a command's workers may never.
+    match report.ready_after {
+        Some(after) if builtin => {
+            tracing::info!("ready: every worker joined the rendezvous after {:.2} s", after.as_secs_f64())
+        }
+        None if builtin => tracing::info!("not every worker joined the rendezvous"),
+        _ => {}
+    }
+    tracing::info!("the job ended after {:.2} s, exit status {status}", report.total.as_secs_f64());
     // The summary is best effort: after SIGHUP the terminal may be gone, and the exit status
     // must still say what happened.
     let _ = summary(&report, &plan, builtin, out);

@@ -231,22 +231,33 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
         std::fs::read_to_string(&log).unwrap_or_default().contains("all 4 Dask worker(s) registered after")
     });
     // Another launcher of ours joins this cluster with `dask worker`: it finds the credentials
-    // beside the scheduler file and its workers register over TLS.
+    // beside the scheduler file and its workers register over TLS. With -v it tells its story on
+    // stderr and lets Dask's INFO lines through.
+    let (joiner_out, joiner_err) = (dir.join("joiner-out.txt"), dir.join("joiner-err.txt"));
     let mut joiner = Proc(
-        gpucluster(&["--topology", "sim:rapids-a100-pcie", "dask", "worker", "--scheduler-file"])
+        gpucluster(&["--topology", "sim:rapids-a100-pcie", "dask", "worker", "-v", "--scheduler-file"])
             .arg(&file)
             .arg("--python")
             .arg(&python)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(std::fs::File::create(&joiner_out).expect("joiner log"))
+            .stderr(std::fs::File::create(&joiner_err).expect("joiner log"))
             .spawn()
             .expect("joiner"),
     );
     let both = check(&python, &file, 7);
     assert_eq!(both.as_object().map(|o| o.len()), Some(7), "4 local workers and 3 that joined");
+    wait_until("the joiner's ready line", Duration::from_secs(10), || {
+        std::fs::read_to_string(&joiner_err).unwrap_or_default().contains("info: ready: every Dask worker registered")
+    });
     // SAFETY: signalling our own child.
     unsafe { libc::kill(joiner.0.id() as i32, libc::SIGTERM) };
     assert_eq!(joiner.0.wait().expect("wait").code(), Some(143));
+    let said = std::fs::read_to_string(&joiner_err).unwrap_or_default();
+    for step in ["info: plan: 3 worker(s)", "info: starting 3 process(es)", "info: stopped after"] {
+        assert!(said.contains(step), "-v names each step ({step}):\n{said}");
+    }
+    let output = std::fs::read_to_string(&joiner_out).unwrap_or_default();
+    assert!(output.contains(" - INFO - "), "-v shows Dask's INFO lines:\n{output}");
     attack_as_another_client(&python, &file);
     assert_eq!(
         std::fs::read_dir(&planted).expect("planted").count(),
@@ -269,7 +280,7 @@ fn dask_local_serves_a_dashboard_only_when_asked() {
     let run = |extra: &[&str], until: &str| {
         let log = dir.join(format!("out{}.txt", extra.len()));
         let mut c = gpucluster(&["--topology", "sim:h100", "dask", "local", "--protocol", "tcp", "--insecure"]);
-        c.args(["--verbose", "--grace", "5"]).args(extra).arg("--python").arg(&python);
+        c.args(["-v", "--grace", "5"]).args(extra).arg("--python").arg(&python);
         c.stdout(std::fs::File::create(&log).expect("log")).stderr(Stdio::null());
         let mut launcher = Proc(c.spawn().expect("launcher"));
         wait_until(until, Duration::from_secs(60), || {

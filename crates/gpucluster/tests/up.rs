@@ -32,6 +32,32 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// `-v` tells the launcher's story on stderr, step by step; `-q` leaves stderr empty; neither
+/// changes what `up` prints on stdout (worker timings aside).
+#[test]
+fn up_tells_its_steps_with_v_and_nothing_with_q() {
+    let verbose = gpucluster().args(["--topology", "sim:a30", "up", "-v"]).output().expect("run");
+    let (text, said) = (String::from_utf8_lossy(&verbose.stdout), String::from_utf8_lossy(&verbose.stderr));
+    assert!(verbose.status.success(), "{text}\n{said}");
+    let steps = [
+        "info: reading the topology from sim:a30",
+        "info: plan: 4 worker(s), policy strict, 1 device(s) left out; paths: 6 pair(s) host-staged",
+        "info: starting 4 worker process(es) (the built-in worker); no restarts, grace 10 s",
+        "info: ready: every worker joined the rendezvous after",
+        "info: the job ended after",
+    ];
+    let mut at = 0;
+    for step in steps {
+        let found = said[at..].find(step).unwrap_or_else(|| panic!("no {step:?} after byte {at} of:\n{said}"));
+        at += found + step.len();
+    }
+    assert!(text.contains("summary: 4 worker(s), 4 ended well"), "{text}");
+    let quiet = gpucluster().args(["-q", "--topology", "sim:a30", "up"]).output().expect("run");
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "");
+    assert!(String::from_utf8_lossy(&quiet.stdout).contains("summary: 4 worker(s), 4 ended well"));
+}
+
 #[test]
 fn the_built_in_worker_checks_every_device_and_measures_every_pair() {
     let out = gpucluster().args(["--topology", "sim:a100-80gb-2x7", "up"]).output().expect("run");
