@@ -52,7 +52,7 @@ def run(path: str) -> None:
         protocol="gpucluster", host="127.0.0.1", n_workers=2, threads_per_worker=1, dashboard_address=None
     ) as cluster, Client(cluster) as client:
         a, b = list(client.scheduler_info()["workers"])
-        for n in (1, 4 * MiB - 1, 4 * MiB + 1, 64 * MiB, 1024 * MiB):
+        for n in (1, 8, 16 * 1024, 32 * 1024 - 1, 64 * 1024, 4 * MiB - 1, 4 * MiB + 1, 64 * MiB, 1024 * MiB):
             x = client.submit(make, n, n % 13, workers=[a], pure=False)
             ok = client.submit(digest, x, n, n % 13, workers=[b], pure=False).result(timeout=120)
             print(f"{path}: {n} bytes intact: {ok}", flush=True)

@@ -604,5 +604,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cpu_list, m)?)?;
     m.add_function(wrap_pyfunction!(worker_device_env, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
+    m.add("COPY_ENGINE_MIN", transport::COPY_ENGINE_MIN)?;
     Ok(())
 }

@@ -13,6 +13,16 @@
 //!   the receiver opens the handle (once per allocation and connection), copies device to device,
 //!   waits for that copy's event, and releases the slot, which is the sender's acknowledgement.
 //!
+//! - **small messages**: a host-to-device copy of less than [`COPY_ENGINE_MIN`] bytes does not
+//!   go to a copy engine: the driver puts it inline in the stream's command buffer, which the GPU
+//!   runs on its time-sliced graphics/compute engine, and between two processes (two contexts)
+//!   on one GPU each such copy waits about 140 us for the engine to switch contexts (measured on
+//!   the H100: `docs/benchmarks.md`). Device-to-host copies go to the copy engines at any size.
+//!   So the receiver copies a short chunk as [`COPY_ENGINE_MIN`] bytes where the destination
+//!   has that much room (its capacity: see [`Receiver::recv`]), and a cuda-ipc connection sends
+//!   messages of at most [`EAGER_MAX`] bytes host-staged ([`eager`]), since its device-to-device
+//!   copy runs on the same time-sliced engine.
+//!
 //! Waiting spins briefly (latency is microseconds), then yields, then sleeps; while waiting it
 //! watches the connection's Unix socket, so a peer that dies is noticed within milliseconds.
 //! The same check, every 200 us, bounds waits on a peer that is alive but stopped: waiting for
@@ -38,6 +48,33 @@ const CONTROL_BYTES: usize = 16 * 1024;
 pub(crate) const MAX_SLOTS: usize = 64;
 const DESC_BYTES: usize = 192;
 const HEADER_BYTES: usize = 256;
+
+/// The smallest host-to-device copy the driver gives to a copy engine (found on the H100 with
+/// `tests/gpu/small_copy_probe.py`: 16 KiB and less ran inline, 32 KiB on a copy engine).
+pub const COPY_ENGINE_MIN: usize = 32 << 10;
+
+/// The largest message a cuda-ipc connection sends host-staged: below it, two small copies on
+/// the copy engines beat one device-to-device copy that waits for the time-sliced engine; above
+/// it, cuda-ipc's single copy wins on bandwidth (64 KiB: 6.0 against 5.8 GB/s; 1 MiB: 91 against
+/// 34).
+pub const EAGER_MAX: usize = 64 << 10;
+
+/// Whether a message of `len` bytes on a cuda-ipc connection goes host-staged.
+pub(crate) fn eager(len: usize) -> bool {
+    len <= EAGER_MAX
+}
+
+/// Bytes to copy from a slot into the destination for a chunk of `len` bytes at `offset`: `len`,
+/// or [`COPY_ENGINE_MIN`] where `len` is shorter and both the slot (`chunk` bytes) and the
+/// destination (`capacity` bytes from its start) have the room, so that the copy runs on a copy
+/// engine. The bytes past the chunk are the slot's, written into the destination's spare room.
+pub(crate) fn padded_copy(len: usize, offset: usize, capacity: usize, chunk: usize) -> usize {
+    if len == 0 || len >= COPY_ENGINE_MIN {
+        return len;
+    }
+    let room = capacity.saturating_sub(offset).min(chunk);
+    if room >= COPY_ENGINE_MIN { COPY_ENGINE_MIN } else { len }
+}
 
 const KIND_CHUNK: u32 = 1;
 const KIND_IPC: u32 = 2;
@@ -429,6 +466,8 @@ impl Receiver {
     }
 
     /// Receives the next message into `dst` (of `capacity` bytes), whichever protocol sent it.
+    /// Bytes of `dst` past the message, up to `capacity`, may be overwritten (a short message is
+    /// copied padded: [`padded_copy`]).
     /// With `wait`, gives up with [`TransportError::Timeout`] (the connection still usable) if no
     /// message has begun by then.
     pub(crate) fn recv(
@@ -466,7 +505,7 @@ impl Receiver {
                 Err(TransportError::Protocol("an IPC descriptor's length differs from its message's".into()))
             }
             KIND_IPC => self.recv_ipc(start, &first, dst),
-            KIND_CHUNK => self.recv_staged(start, first.tag, len, dst),
+            KIND_CHUNK => self.recv_staged(start, first.tag, len, dst, capacity),
             other => Err(TransportError::Protocol(format!("unknown descriptor kind {other}"))),
         }
     }
@@ -509,7 +548,14 @@ impl Receiver {
         Ok(Received { tag: d.tag, len: d.len as usize })
     }
 
-    fn recv_staged(&mut self, start: u64, tag: u64, len: usize, dst: DevicePtr) -> Result<Received, TransportError> {
+    fn recv_staged(
+        &mut self,
+        start: u64,
+        tag: u64,
+        len: usize,
+        dst: DevicePtr,
+        capacity: usize,
+    ) -> Result<Received, TransportError> {
         let chunks = len.div_ceil(self.ring.geometry.chunk).max(1) as u64;
         let slots = self.ring.geometry.slots as u64;
         let mut issued = 0u64;
@@ -528,9 +574,13 @@ impl Receiver {
                     ));
                 }
                 if d.len > 0 {
+                    // A short chunk is copied padded, so that it goes to a copy engine.
+                    let copy = padded_copy(d.len as usize, d.offset as usize, capacity, self.ring.geometry.chunk);
                     // SAFETY: the slot was published and stays ours until released below; it holds
-                    // `chunk >= d.len` bytes, and `dst` holds `len >= d.offset + d.len` (checked).
-                    unsafe { self.stream.h2d(dst + d.offset, self.ring.slot_data(seq), d.len as usize)? };
+                    // `chunk >= copy` bytes, and `dst` holds `capacity >= d.offset + copy` bytes
+                    // (`len >= d.offset + d.len` is checked above, `capacity >= len` in `take`, and
+                    // `padded_copy` pads only within both).
+                    unsafe { self.stream.h2d(dst + d.offset, self.ring.slot_data(seq), copy)? };
                 }
                 self.stream.record(&*self.events[(seq % slots) as usize])?;
                 in_flight.push_back(seq);
@@ -596,6 +646,51 @@ mod tests {
 
     const CHUNK: Descriptor =
         Descriptor { kind: KIND_CHUNK, first: 1, tag: 1, message_len: 100, offset: 0, len: 100, handle: [0; 64] };
+
+    #[test]
+    fn short_chunks_are_copied_padded_within_the_room_there_is() {
+        let min = COPY_ENGINE_MIN;
+        let chunk = 4 << 20;
+        // Short, with room in the destination and the slot: padded to the copy engines' size.
+        assert_eq!(padded_copy(8, 0, 1 << 20, chunk), min);
+        assert_eq!(padded_copy(min - 1, 0, min, chunk), min);
+        // The last short chunk of a long message, with room after it.
+        assert_eq!(padded_copy(100, 2 * chunk, 2 * chunk + min, chunk), min);
+        // No room: in the destination, or in a slot smaller than the padding.
+        assert_eq!(padded_copy(8, 0, 8, chunk), 8);
+        assert_eq!(padded_copy(8, 0, min - 1, chunk), 8);
+        assert_eq!(padded_copy(100, 2 * chunk, 2 * chunk + 100, chunk), 100);
+        assert_eq!(padded_copy(8, 0, 1 << 20, 4096), 8);
+        // Long enough already, or nothing to copy.
+        assert_eq!(padded_copy(min, 0, 1 << 20, chunk), min);
+        assert_eq!(padded_copy(1 << 20, 0, 1 << 20, chunk), 1 << 20);
+        assert_eq!(padded_copy(0, 0, 1 << 20, chunk), 0);
+        // cuda-ipc sends small messages host-staged, large ones as handles.
+        assert!(eager(8) && eager(EAGER_MAX) && !eager(EAGER_MAX + 1));
+    }
+
+    #[test]
+    fn a_padded_copy_delivers_the_message_and_stays_inside_the_buffer() {
+        let device: Arc<dyn Device> = Arc::new(SimDevice::new());
+        let geometry = Geometry { slots: 4, chunk: 64 << 10 };
+        let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
+        let (a, _b) = UnixStream::pair().expect("pair");
+        let live = Liveness::new(Arc::new(a));
+        let (mut sender, _) = halves(segment.clone(), geometry, 0, &device, &live, Duration::from_secs(5)).expect("h");
+        let (_, mut receiver) = halves(segment, geometry, 1, &device, &live, Duration::from_secs(5)).expect("h");
+        let out = DeviceBuffer::new(&device, 64).expect("buffer");
+        out.write(&(0..64).collect::<Vec<u8>>()).expect("write");
+        for room in [8usize, COPY_ENGINE_MIN - 1, COPY_ENGINE_MIN, 48 << 10] {
+            // The simulated device refuses a copy past the allocation: a padded copy that went
+            // past `room` would fail the receive.
+            let back = DeviceBuffer::new(&device, room).expect("buffer");
+            sender.send_staged(7, out.ptr(), 8).expect("send");
+            assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag: 7, len: 8 });
+            let mut got = vec![0u8; 8];
+            back.read(&mut got).expect("read");
+            assert_eq!(got, (0..8).collect::<Vec<u8>>(), "{room} bytes of room");
+        }
+    }
 
     #[test]
     fn the_rings_still_carry_messages() {

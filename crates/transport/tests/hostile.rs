@@ -314,7 +314,10 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
         assert!(err.to_string().contains("unusable"), "{path:?}: {err}");
     }
     // Sending: the peer stops taking a message it has begun to take.
-    for (path, size) in [(Path::HostStaged, 40 * CHUNK), (Path::CudaIpc, CHUNK), (Path::Tcp, 64 << 20)] {
+    // cuda-ipc: past the size it sends host-staged, so that it waits for the peer's copy.
+    for (path, size) in
+        [(Path::HostStaged, 40 * CHUNK), (Path::CudaIpc, 2 * transport::EAGER_MAX), (Path::Tcp, 64 << 20)]
+    {
         let (device, conn, peer) = connect_pair(path, stall, &["echo", &size.to_string()]);
         let buf = DeviceBuffer::new(&device, size).expect("buffer");
         peer.signal(libc::SIGSTOP);

@@ -108,3 +108,7 @@ def worker_device_env(
 ) -> dict[str, str]:
     """The environment a Dask worker gets for its device (``kind``: ``"gpu"`` or ``"mig"``), as
     ``gpucluster dask local`` gives it."""
+
+#: Smallest host-to-device copy that runs on a copy engine; receive buffers of small device
+#: frames get this much room, so their copy is not queued behind another process's kernels.
+COPY_ENGINE_MIN: int

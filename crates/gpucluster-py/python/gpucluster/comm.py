@@ -162,29 +162,49 @@ def _device_pointer(frame) -> tuple[int, int]:
     return int(cai["data"][0]), int(stream) if stream else 0
 
 
+def _room(n: int) -> int:
+    """Bytes to allocate for a device frame of ``n`` bytes: a short frame gets the room the
+    transport needs to copy it padded, on a copy engine (``COPY_ENGINE_MIN``; a shorter
+    host-to-device copy waits for the GPU's time-sliced engine, about 140 us between processes)."""
+    return _native.COPY_ENGINE_MIN if 0 < n < _native.COPY_ENGINE_MIN else n
+
+
 def _allocate(n: int, kind: str):
-    """A receive buffer of ``n`` bytes, as distributed's deserializers expect it: RMM where it is
-    installed (its deserializer insists on ``rmm.DeviceBuffer``), else CuPy, else numba; on a
-    simulated device, simulated device memory."""
+    """A receive buffer of ``n`` bytes and its capacity (what the transport may write), as
+    distributed's deserializers expect it: RMM where it is installed (its deserializer insists on
+    ``rmm.DeviceBuffer``), else CuPy, else numba; on a simulated device, simulated device memory.
+    A short frame's buffer has the room of :func:`_room` behind it."""
     if kind in ("sim", "sim-mig"):
         eng = engine()
         if eng is None:  # pragma: no cover - a worker has an engine
             raise CommClosedError("no simulated device in this process")
-        return eng.alloc(n)
+        return eng.alloc(n), n
+    room = _room(n)
     try:
         import rmm
 
-        return rmm.DeviceBuffer(size=n)
+        buffer = rmm.DeviceBuffer(size=room)
+        if room != n:
+            # Shrinking within its capacity keeps the allocation where it is (RMM's resize); if
+            # this RMM did otherwise, the frame gets an exact buffer and an unpadded copy.
+            ptr = buffer.ptr
+            try:
+                buffer.resize(n)
+            except Exception:  # noqa: BLE001 - any RMM without it: unpadded, as before
+                return rmm.DeviceBuffer(size=n), n
+            if buffer.ptr != ptr or buffer.size != n:
+                return rmm.DeviceBuffer(size=n), n
+        return buffer, room
     except ImportError:
         pass
     try:
         import cupy
 
-        return cupy.empty(n, dtype="u1")
+        return cupy.empty(room, dtype="u1")[:n], room
     except ImportError:
         import numba.cuda
 
-        return numba.cuda.device_array((n,), dtype="u1")
+        return numba.cuda.device_array((room,), dtype="u1")[:n], room
 
 
 class GpuclusterComm(TCP):
@@ -386,10 +406,10 @@ class GpuclusterComm(TCP):
         for i in range(n):
             if not device[i]:
                 continue
-            buffer = _allocate(sizes[i], kind)
+            buffer, capacity = _allocate(sizes[i], kind)
             if sizes[i]:
                 ptr, _ = _device_pointer(buffer)
-                got = await self._copy(channel.recv, buffer, ptr, sizes[i])
+                got = await self._copy(channel.recv, buffer, ptr, capacity)
                 if got != sizes[i]:
                     raise CommClosedError(f"a device frame of {got} bytes where {sizes[i]} were announced")
             frames[i] = buffer
