@@ -386,6 +386,10 @@ async fn run(
     let mut specs = dask::worker_specs(&plan.workers, &config);
     if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {
         let host = config.host.as_deref();
+        // On a stop the scheduler goes first and closes its workers itself (cleanly: no worker
+        // is cut off mid-heartbeat); what it leaves running is signalled after it.
+        let preload = dask::write_scheduler_preload(dir.path()).context("writing the scheduler's preload")?;
+        supervision.essentials_first = true;
         specs.insert(
             0,
             dask::scheduler_spec(&dask::SchedulerConfig {
@@ -396,6 +400,7 @@ async fn run(
                 tls: tls.as_ref(),
                 local_directory: dir.path(),
                 dashboard: dashboard.as_deref(),
+                preload: Some(&preload),
             }),
         );
         header(out, &plan, &config, Some(file), Some((protocol, why.as_str())))?;

@@ -108,6 +108,10 @@ pub struct Supervision {
     /// Stops the job if it has not ended this long after it started (a job that is meant to end,
     /// like the built-in acceptance test, whose worker may be stopped or stuck).
     pub time_limit: Option<Duration>,
+    /// Stop the essential processes first, the others once those have ended: for a Dask
+    /// scheduler that closes its workers itself, cleanly, before it goes (what `dask local`
+    /// asks). By default the others go first and the essential ones last.
+    pub essentials_first: bool,
 }
 
 impl std::fmt::Debug for Supervision {
@@ -120,6 +124,7 @@ impl std::fmt::Debug for Supervision {
             .field("private_dir", &self.private_dir)
             .field("on_stop", &self.on_stop.as_ref().map(|_| ".."))
             .field("time_limit", &self.time_limit)
+            .field("essentials_first", &self.essentials_first)
             .finish()
     }
 }
@@ -155,6 +160,7 @@ impl Default for Supervision {
             private_dir: None,
             on_stop: None,
             time_limit: None,
+            essentials_first: false,
         }
     }
 }
@@ -544,6 +550,8 @@ struct Job<'a> {
     stop_signal: i32,
     /// Whether the essential processes have been sent it.
     essentials_stopped: bool,
+    /// Whether the others have been sent it, when essentials go first.
+    others_stopped: bool,
 }
 
 impl Job<'_> {
@@ -617,30 +625,49 @@ impl Job<'_> {
             |essential: bool| self.slots.iter().filter(move |s| s.pid.is_some() && s.spec.essential == essential);
         let (others, essentials): (usize, Vec<&str>) =
             (running(false).count(), running(true).map(|s| s.spec.name.as_str()).collect());
-        let then = if others > 0 && !essentials.is_empty() {
-            format!(", then to {} once they have ended", essentials.join(", "))
-        } else {
-            String::new()
+        let essentials_first = self.config.essentials_first && !essentials.is_empty();
+        let then = match (others > 0 && !essentials.is_empty(), essentials_first) {
+            (true, false) => format!(", then to {} once they have ended", essentials.join(", ")),
+            (true, true) => format!(", then to the {others} other process(es) still running once it has ended"),
+            (false, _) => String::new(),
         };
-        self.output.say(format_args!(
-            "stopping: {why}; {} sent to {} running process(es){then}",
-            signal_name(signal),
-            if others > 0 { others } else { essentials.len() }
-        ));
+        let first = if essentials_first || others == 0 {
+            essentials.join(", ")
+        } else {
+            format!("{others} running process(es)")
+        };
+        self.output.say(format_args!("stopping: {why}; {} sent to {first}{then}", signal_name(signal)));
         if let Some(hook) = &self.config.on_stop {
             hook(&why);
         }
-        // Workers first, essentials (a Dask scheduler) once they are gone: a scheduler that goes
-        // first leaves its workers retrying it until they are killed.
         self.stop_signal = signal;
-        self.signal_where(signal, |s| !s.spec.essential);
         self.stopping = Some((why, Instant::now()));
-        self.stop_essentials_when_alone();
+        if essentials_first {
+            // The essential process (a Dask scheduler) stops the others itself; those still
+            // running once it has ended get the signal then.
+            self.essentials_stopped = true;
+            self.signal_where(signal, |s| s.spec.essential);
+        } else {
+            // Workers first, essentials (a Dask scheduler) once they are gone: a scheduler that
+            // goes first leaves its workers retrying it until they are killed.
+            self.signal_where(signal, |s| !s.spec.essential);
+            self.stop_essentials_when_alone();
+        }
         // Processes waiting for a restart stay down.
         for slot in &mut self.slots {
             if slot.pid.is_none() {
                 slot.done = true;
             }
+        }
+    }
+
+    /// While stopping essentials first, once none runs, the others still running get the stop
+    /// signal.
+    fn stop_others_when_essentials_gone(&mut self) {
+        let essentials_running = self.slots.iter().any(|s| s.spec.essential && s.pid.is_some());
+        if self.stopping.is_some() && self.config.essentials_first && !self.others_stopped && !essentials_running {
+            self.others_stopped = true;
+            self.signal_where(self.stop_signal, |s| !s.spec.essential);
         }
     }
 
@@ -853,6 +880,7 @@ pub async fn supervise(
         started: Instant::now(),
         stop_signal: libc::SIGTERM,
         essentials_stopped: false,
+        others_stopped: false,
     };
     for i in 0..job.slots.len() {
         job.start(i);
@@ -871,6 +899,7 @@ pub async fn supervise(
                 Event::Exited(i, generation, status) if generation == job.slots[i].generation => {
                     job.exited(i, status);
                     job.stop_essentials_when_alone();
+                    job.stop_others_when_essentials_gone();
                     // Only a guard that died of a signal can have left orphans to us (one that
                     // exits, however its worker ended, has cleaned up first).
                     if config.guard.is_some() && status.signal().is_some() {
@@ -1132,6 +1161,28 @@ mod tests {
         assert_eq!(done.stop, Some(Stop::TimeLimit(Duration::from_millis(300))));
         let (w, s) = (text.find("worker stopped"), text.find("scheduler stopped"));
         assert!(w.is_some() && s.is_some() && w < s, "the worker stops before its scheduler:\n{text}");
+    }
+
+    #[test]
+    fn essentials_first_stops_the_scheduler_then_what_it_left_running() {
+        let config = Supervision {
+            time_limit: Some(Duration::from_millis(300)),
+            essentials_first: true,
+            stop_when: StopWhen::EssentialEndsOrNoneLeft,
+            ..Supervision::default()
+        };
+        // The scheduler takes its time to close its workers; one worker ends when told by it (here:
+        // on its own, like a worker the scheduler closed), the other only on a signal.
+        let scheduler = ProcessSpec {
+            essential: true,
+            ..sh("scheduler", "trap 'sleep 0.3; echo scheduler stopped; exit 0' TERM; while :; do sleep 0.02; done")
+        };
+        let worker = sh("worker", "trap 'echo worker stopped; exit 0' TERM; while :; do sleep 0.02; done");
+        let (done, text) = run(vec![scheduler, worker], config);
+        assert_eq!(done.stop, Some(Stop::TimeLimit(Duration::from_millis(300))));
+        let (w, s) = (text.find("[worker] worker stopped"), text.find("[scheduler] scheduler stopped"));
+        assert!(w.is_some() && s.is_some() && s < w, "the scheduler stops before its workers:\n{text}");
+        assert!(text.contains("SIGTERM sent to scheduler, then to the 1 other process(es) still running"), "{text}");
     }
 
     #[test]
