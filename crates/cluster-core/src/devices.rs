@@ -96,7 +96,7 @@ pub(crate) fn compute_devices(snapshot: &Snapshot) -> (Vec<DeviceRef>, Vec<Exclu
                 )
             } else {
                 format!(
-                    "GPU {} has MIG enabled: it is not a compute device itself, its {} MIG instance(s) are",
+                    "GPU {} has MIG enabled: its {} MIG instance(s) are the compute devices, not the GPU itself",
                     gpu.index,
                     gpu.mig_instances.len()
                 )

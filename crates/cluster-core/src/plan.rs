@@ -367,8 +367,10 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
         first_few(&resources)
     );
     let _ = writeln!(m, "  --policy warn            keep all as they are");
-    let devices = &classes[largest].devices;
-    if devices.len() <= 64 {
+    // Unique prefixes (which --devices takes), so the line fits a terminal.
+    let all: Vec<&str> = classes.iter().flat_map(|c| c.devices.iter().map(String::as_str)).collect();
+    let devices: Vec<&str> = classes[largest].devices.iter().map(|d| unique_prefix(d, &all)).collect();
+    if devices.len() <= 16 {
         let _ = writeln!(m, "  --devices {}", devices.join(","));
     } else {
         let _ = writeln!(m, "  --devices {},... ({} devices)", devices[..3].join(","), devices.len());
@@ -385,6 +387,17 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
 }
 
 /// The class `largest-group` keeps: most devices, then more memory, then more SMs, then first.
+/// The shortest prefix of `uuid` that names it alone among `all`: its `MIG-`/`GPU-` and at least
+/// 8 hex digits (a prefix `--devices` takes as the device).
+fn unique_prefix<'a>(uuid: &'a str, all: &[&str]) -> &'a str {
+    let start = uuid.find('-').map_or(0, |dash| dash + 1);
+    (start + 8..uuid.len())
+        .filter(|&end| uuid.is_char_boundary(end))
+        .map(|end| &uuid[..end])
+        .find(|prefix| all.iter().filter(|d| d.starts_with(prefix)).count() == 1)
+        .unwrap_or(uuid)
+}
+
 fn largest_class(classes: &[DeviceClass]) -> usize {
     (0..classes.len())
         .max_by(|&a, &b| {

@@ -64,7 +64,7 @@ fn compute_device(gpu: &PhysicalGpu) -> String {
     match (gpu.mig_enabled, gpu.mig_instances.len()) {
         (false, _) => "yes".into(),
         (true, 0) => "no: MIG enabled with no instances".into(),
-        (true, n) => format!("no: MIG enabled, its {n} instance(s) are"),
+        (true, n) => format!("no: MIG enabled, its {n} instance(s) are the compute devices"),
     }
 }
 

@@ -55,6 +55,35 @@ pub(crate) fn log(output: &PlanOutput<'_>) {
     }
 }
 
+/// Devices left out with the same reason on the same host, as one line: one device chosen with
+/// `--devices` on a 56-instance machine leaves 55 out for one reason. `--json` lists each.
+fn excluded(excluded: &[cluster_core::Excluded], out: &mut dyn Write) -> io::Result<()> {
+    /// UUIDs named per group before "and N more".
+    const NAMED: usize = 3;
+    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    for e in excluded {
+        match groups.iter_mut().find(|(host, reason, _)| *host == e.host && *reason == e.reason) {
+            Some(group) => group.2.push(&e.uuid),
+            None => groups.push((&e.host, &e.reason, vec![&e.uuid])),
+        }
+    }
+    let more = if groups.len() < excluded.len() { "; each one in --json" } else { "" };
+    writeln!(out, "\nexcluded ({} device(s){more}):", excluded.len())?;
+    for (host, reason, uuids) in groups {
+        let (host, reason) = (escape(host), escape(reason));
+        match uuids.as_slice() {
+            [one] => writeln!(out, "  {one} on {host}: {reason}")?,
+            many => {
+                let named = many.iter().take(NAMED).copied().collect::<Vec<_>>().join(", ");
+                let rest = many.len().saturating_sub(NAMED);
+                let rest = if rest > 0 { format!(" and {rest} more") } else { String::new() };
+                writeln!(out, "  {} device(s) on {host}: {reason}: {named}{rest}", many.len())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dyn Write) -> io::Result<()> {
     let plan = output.plan();
     let mut hosts: Vec<&str> = plan.workers.iter().map(|w| w.host.as_str()).collect();
@@ -102,10 +131,7 @@ pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dy
     t.write(out, "  ")?;
 
     if !plan.excluded.is_empty() {
-        writeln!(out, "\nexcluded:")?;
-        for e in &plan.excluded {
-            writeln!(out, "  {} on {}: {}", e.uuid, escape(&e.host), escape(&e.reason))?;
-        }
+        excluded(&plan.excluded, out)?;
     }
 
     let (within, across) = output.pairs();
