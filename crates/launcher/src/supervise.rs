@@ -330,20 +330,10 @@ pub struct Supervised {
 /// Where prefixed output goes.
 pub type Sink = Arc<Mutex<dyn Write + Send>>;
 
-/// Parses a Linux cpulist (`0-3,8,10-11`); nonsense parts are skipped.
+/// Parses a Linux cpulist (`0-3,8,10-11`) for pinning; nonsense parts are skipped
+/// ([`gpu_topology::cpulist::parse_lenient`]: the CPUs come back in order and once each).
 pub fn parse_cpus(list: &str) -> Vec<usize> {
-    let mut cpus = Vec::new();
-    for part in list.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
-                    cpus.extend(a..=b.min(a + 4096));
-                }
-            }
-            None => cpus.extend(part.trim().parse::<usize>().ok()),
-        }
-    }
-    cpus
+    gpu_topology::cpulist::parse_lenient(list)
 }
 
 fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::cpulist::CpuListError;
 use crate::products::{self, DeviceProfile, MigGeometry, Product};
 use crate::snapshot::{check_driver_version, check_hostname, check_text};
 use crate::text::{escape_controls, printable};
@@ -173,13 +174,6 @@ pub(crate) struct NvlinkGroup {
     pub(crate) switch: bool,
 }
 
-/// Driver R470 (470.42.01) introduced `MIG-<uuid>` names; before it MIG devices were
-/// `MIG-GPU-<uuid>/<gi>/<ci>`.
-pub(crate) fn uses_legacy_mig_names(driver_version: &str) -> bool {
-    let parts: Vec<u32> = driver_version.split('.').map_while(|p| p.parse().ok()).collect();
-    parts.as_slice() < [470, 42, 1].as_slice()
-}
-
 /// Parses and resolves a fixture. `path` is only used in error messages.
 ///
 /// Every bound of `limits` is checked before anything of that size is built, so a fixture
@@ -259,7 +253,7 @@ fn resolve(raw: RawFixture, text: &str, path: &Path) -> Result<Machine, Topology
     }
     // At most MAX_GPUS_PER_HOST, checked above.
     let total = total as u32;
-    let legacy = uses_legacy_mig_names(&driver_version);
+    let legacy = crate::driver_uses_legacy_mig_names(&driver_version);
     let mut named: HashMap<DeviceId, usize> = HashMap::new();
     let mut name_once = |id: &DeviceId, span: Range<usize>| {
         let line = line_column(text, span.start).0;
@@ -558,32 +552,15 @@ fn place(
 
 /// `"0-15,32-47"` -> the CPUs, each below `cpus` (the host's count), in order and once each.
 fn parse_cpulist(list: &str, cpus: u32) -> Result<Vec<u32>, String> {
-    let bad = || format!("`cpu_affinity = \"{}\"` is not a CPU list like \"0-15,32-47\"", printable(list));
-    if list.len() > limits::MAX_CPULIST_BYTES {
-        return Err(bad());
-    }
-    // A set of the host's CPUs, so that repeated ranges cost no memory.
-    let mut named = vec![false; cpus as usize];
-    for part in list.split(',').map(str::trim) {
-        let (a, b): (u32, u32) = match part.split_once('-') {
-            Some((a, b)) => (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?),
-            None => {
-                let cpu = part.parse().map_err(|_| bad())?;
-                (cpu, cpu)
-            }
-        };
-        if a > b {
-            return Err(bad());
+    crate::cpulist::parse(list, cpus).map_err(|e| match e {
+        CpuListError::Malformed => {
+            format!("`cpu_affinity = \"{}\"` is not a CPU list like \"0-15,32-47\"", printable(list))
         }
-        if b >= cpus {
-            return Err(format!(
-                "`cpu_affinity = \"{}\"` names CPU {b}, but the host has {cpus} CPUs (set `cpus`)",
-                printable(list)
-            ));
-        }
-        named[a as usize..=b as usize].iter_mut().for_each(|n| *n = true);
-    }
-    Ok((0..cpus).filter(|&c| named[c as usize]).collect())
+        CpuListError::OutOfRange { cpu } => format!(
+            "`cpu_affinity = \"{}\"` names CPU {cpu}, but the host has {cpus} CPUs (set `cpus`)",
+            printable(list)
+        ),
+    })
 }
 
 /// A stable, UUID-shaped name for a simulated device: the same fixture always yields the
