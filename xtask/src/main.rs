@@ -2,7 +2,8 @@
 //!
 //! - `simulate [--bless] [NAME...]`: runs the `gpucluster` binary over every scenario in
 //!   `tests/scenarios/` and diffs its output against the golden `expected.txt`; `--bless`
-//!   rewrites the golden files instead.
+//!   rewrites the golden files instead. The runner is `tests::scenarios`, which `cargo test`
+//!   runs too (`crates/gpucluster/tests/golden.rs`).
 //! - `ci`: exactly what CI runs: fmt, clippy (warnings as errors, with and without default
 //!   features), tests (with the Dask environment, required), pytest, simulate, docs.
 //! - `dask-env`: a Python virtual environment with the pinned Dask, maturin and pytest of
@@ -19,7 +20,6 @@
 // xtask is a command-line tool: printing is its job.
 #![allow(clippy::print_stdout)]
 
-mod scenarios;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -93,7 +93,15 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 
 fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
     let binary = build_binary()?;
-    scenarios::run_all(&binary, &root().join("tests").join("scenarios"), bless, only)
+    let failed =
+        tests::scenarios::run_all(&binary, &tests::scenarios::dir(), bless, only).map_err(anyhow::Error::msg)?;
+    if !failed.is_empty() {
+        bail!(
+            "scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// A Python virtual environment with the pinned Dask of `tests/dask-requirements.txt`, in
