@@ -1,7 +1,7 @@
 //! Device memory sizes as Dask-CUDA parses them (`parse_device_memory_limit`), computed from the
 //! worker's own device: for a MIG worker, its instance, never the parent GPU.
 //!
-//! The grammar follows Dask-CUDA exactly (its test cases are `tests/dask_cuda_conformance.rs`):
+//! The grammar follows Dask-CUDA exactly (its test cases are `mod dask_cuda_conformance` in `tests.rs`):
 //! `"auto"` is the whole device, `"default"` is 80 % of it; `None`, `0`, `"0"`, `0.0` and
 //! `"0 GiB"` mean no limit; an integer is bytes (`1` and `"1"` are one byte); a number with a
 //! fraction part in (0, 1] is a fraction of the device (`1.0` is all of it); anything else is a

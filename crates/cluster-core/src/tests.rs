@@ -1,5 +1,5 @@
 //! Plans and findings on simulated machines, and Dask-CUDA's own test cases
-//! (`dask-cuda.md` §4) with the MIG semantics fixed.
+//! (`shared/reference/dask-cuda.md` §4) with the MIG semantics fixed.
 
 use gpu_topology::{Snapshot, TopologySpec};
 
