@@ -1,1 +1,5 @@
-//! Cross-crate tests live in `it/`; this library is empty so the crate can hold them.
+//! Cross-crate tests live in `it/`; the library holds what other crates' tests and xtask share:
+//! the golden-scenario runner (`scenarios`) and the Dask tests' interpreter (`dask_env`).
+
+pub mod dask_env;
+pub mod scenarios;

@@ -2,9 +2,12 @@
 //!
 //! - `simulate [--bless] [NAME...]`: runs the `gpucluster` binary over every scenario in
 //!   `tests/scenarios/` and diffs its output against the golden `expected.txt`; `--bless`
-//!   rewrites the golden files instead.
+//!   rewrites the golden files instead. The runner is `tests::scenarios`, which `cargo test`
+//!   runs too (`crates/gpucluster/tests/golden.rs`).
 //! - `ci`: exactly what CI runs: fmt, clippy (warnings as errors, with and without default
-//!   features), tests (with the Dask environment, required), pytest, simulate, docs.
+//!   features), tests (with the Dask environment, required), pytest, simulate, docs, and
+//!   `cargo deny check` (`deny.toml`) where cargo-deny is installed (skipped, saying so, where
+//!   it is not, and its advisories where their database cannot be fetched).
 //! - `dask-env`: a Python virtual environment with the pinned Dask, maturin and pytest of
 //!   `tests/dask-requirements.txt` in `target/dask-venv`, and the gpucluster wheel built from
 //!   this checkout (`crates/gpucluster-py`) installed in it: the environment of the Dask
@@ -19,7 +22,6 @@
 // xtask is a command-line tool: printing is its job.
 #![allow(clippy::print_stdout)]
 
-mod scenarios;
 mod tidy;
 
 use std::path::{Path, PathBuf};
@@ -93,7 +95,15 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 
 fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
     let binary = build_binary()?;
-    scenarios::run_all(&binary, &root().join("tests").join("scenarios"), bless, only)
+    let failed =
+        tests::scenarios::run_all(&binary, &tests::scenarios::dir(), bless, only).map_err(anyhow::Error::msg)?;
+    if !failed.is_empty() {
+        bail!(
+            "scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)",
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// A Python virtual environment with the pinned Dask of `tests/dask-requirements.txt`, in
@@ -186,8 +196,46 @@ fn ci() -> anyhow::Result<()> {
     })?;
     simulate(false, &[])?;
     run("doc", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings"), deny[0]])?;
+    cargo_deny()?;
     println!("==> ci passed");
     Ok(())
+}
+
+/// `cargo deny check` against `deny.toml`, where cargo-deny is installed (it is not a
+/// dependency: `cargo install cargo-deny --locked`); skipped, saying so, where it is not.
+/// Licences, bans and sources need nothing from outside. Advisories need the RustSec database,
+/// fetched from GitHub: where it cannot be fetched, that check is skipped with the reason, and
+/// any other failure fails CI.
+fn cargo_deny() -> anyhow::Result<()> {
+    let installed = cargo().args(["deny", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !installed {
+        println!("==> cargo deny: SKIPPED, cargo-deny is not installed (`cargo install cargo-deny --locked`)");
+        return Ok(());
+    }
+    step("cargo deny (licences, bans, sources)", {
+        let mut c = cargo();
+        c.args(["deny", "check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
+        c
+    })?;
+    println!("==> cargo deny (advisories)");
+    let output = cargo()
+        .args(["deny", "check", "--hide-inclusion-graph", "advisories"])
+        .output()
+        .context("starting cargo deny")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    print!("{}", String::from_utf8_lossy(&output.stdout));
+    eprint!("{stderr}");
+    if output.status.success() {
+        Ok(())
+    } else if stderr.contains("failed to fetch advisory database") {
+        println!(
+            "==> cargo deny (advisories): SKIPPED, the advisory database could not be fetched (above); \
+             run `cargo deny check advisories` where GitHub is reachable"
+        );
+        Ok(())
+    } else {
+        bail!("cargo deny (advisories) failed ({})", output.status)
+    }
 }
 
 /// Release binaries for a GPU machine (which has no cargo): the gpucluster binary, the

@@ -16,12 +16,6 @@ pub struct Environment {
     pub ucx_tls: Option<String>,
 }
 
-/// Driver R470 (470.42.01) introduced `MIG-<uuid>` names.
-fn driver_before(version: &str, wanted: [u32; 3]) -> bool {
-    let parts: Vec<u32> = version.split('.').map_while(|p| p.parse().ok()).collect();
-    !parts.is_empty() && parts.as_slice() < wanted.as_slice()
-}
-
 /// Everything doctor finds, most serious first.
 pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> Vec<Finding> {
     let mut findings = Vec::new();
@@ -142,7 +136,7 @@ fn machine_findings(snapshot: &Snapshot, findings: &mut Vec<Finding>) {
         }
         let legacy =
             host.gpus.iter().flat_map(|g| &g.mig_instances).any(|m| matches!(m.uuid, DeviceId::LegacyMig { .. }));
-        let old_driver = host.driver_version.as_deref().is_some_and(|v| driver_before(v, [470, 42, 1]));
+        let old_driver = host.driver_version.as_deref().is_some_and(gpu_topology::driver_uses_legacy_mig_names);
         if legacy || old_driver {
             findings.push(Finding::new(
                 Severity::Warning,
@@ -208,12 +202,5 @@ mod tests {
         assert!(ucx_allows_cuda_ipc("^sm"));
         assert!(!ucx_allows_cuda_ipc("^cuda_ipc"));
         assert!(!ucx_allows_cuda_ipc("tcp,cuda_copy"));
-    }
-
-    #[test]
-    fn driver_versions_compare_numerically() {
-        assert!(driver_before("460.73.01", [470, 42, 1]));
-        assert!(!driver_before("470.42.01", [470, 42, 1]));
-        assert!(!driver_before("1000.1", [470, 42, 1]));
     }
 }

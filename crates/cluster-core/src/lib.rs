@@ -28,6 +28,7 @@ mod finding;
 mod inventory;
 pub mod memory;
 mod plan;
+mod size;
 pub mod spec;
 
 pub use classes::DeviceClass;
@@ -39,6 +40,7 @@ pub use plan::{
     DEFAULT_MEMORY_TOLERANCE_PCT, DeviceKind, MEMORY_TOLERANCE_PCT, Plan, PlanError, PlanRequest, Policy, SpecSource,
     WORKERS_PER_DEVICE, WorkerPlan, plan,
 };
+pub use size::{SizeError, parse_binary_size, parse_dask_size};
 pub use spec::{DeviceSpec, SpecEntry, SpecError};
 
 #[cfg(test)]

@@ -1,12 +1,12 @@
 //! Device memory sizes as Dask-CUDA parses them (`parse_device_memory_limit`), computed from the
 //! worker's own device: for a MIG worker, its instance, never the parent GPU.
 //!
-//! The grammar follows Dask-CUDA exactly (its test cases are `tests/dask_cuda_conformance.rs`):
+//! The grammar follows Dask-CUDA exactly (its test cases are `mod dask_cuda_conformance` in `tests.rs`):
 //! `"auto"` is the whole device, `"default"` is 80 % of it; `None`, `0`, `"0"`, `0.0` and
 //! `"0 GiB"` mean no limit; an integer is bytes (`1` and `"1"` are one byte); a number with a
 //! fraction part in (0, 1] is a fraction of the device (`1.0` is all of it); anything else is a
-//! size with units as `dask.utils.parse_bytes` reads them (`"10GB"` = 10^10, `"5000M"`,
-//! `"1.5 GiB"`). Results are floored to the alignment (256 bytes for pool sizes).
+//! size with units as `dask.utils.parse_bytes` reads them ([`parse_dask_size`]: `"10GB"` =
+//! 10^10, `"5000M"`, `"1.5 GiB"`). Results are floored to the alignment (256 bytes for pool sizes).
 //!
 //! Two inputs Dask-CUDA takes silently are refused here, since neither is ever meant: a number
 //! written with a fraction part above 1 (`2.0`, `1.5`), which Dask-CUDA reads as 2 or 1 bytes,
@@ -15,6 +15,8 @@
 //! plan warns about it (`device-memory-limit-small`).
 
 use gpu_topology::text::printable;
+
+use crate::size::parse_dask_size;
 
 /// What is wrong with a memory size.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -113,32 +115,8 @@ fn parse(text: &str) -> Result<Parsed, MemoryError> {
             Parsed::Bytes(f.floor() as u64)
         });
     }
-    let bytes = parse_bytes(t).ok_or_else(malformed)?;
+    let bytes = parse_dask_size(t).ok_or_else(malformed)?;
     Ok(if bytes == 0 { Parsed::None } else { Parsed::Bytes(bytes) })
-}
-
-/// `dask.utils.parse_bytes`: a number and a unit, spaces ignored, case ignored.
-fn parse_bytes(text: &str) -> Option<u64> {
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
-    let split = compact.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(compact.len());
-    let (number, unit) = compact.split_at(split);
-    let number: f64 = if number.is_empty() { 1.0 } else { number.parse().ok()? };
-    let multiplier: f64 = match unit {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" | "t" => 1e12,
-        "pb" | "p" => 1e15,
-        "kib" | "ki" => 1024.0,
-        "mib" | "mi" => 1024.0 * 1024.0,
-        "gib" | "gi" => 1024.0 * 1024.0 * 1024.0,
-        "tib" | "ti" => 1024.0_f64.powi(4),
-        "pib" | "pi" => 1024.0_f64.powi(5),
-        _ => return None,
-    };
-    let bytes = number * multiplier;
-    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 /// Parses `text` against a device of `total` bytes (`None` when unknown) named `device` in

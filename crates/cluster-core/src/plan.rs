@@ -331,11 +331,14 @@ fn first_few(items: &[String]) -> String {
 fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
     use std::fmt::Write;
     let mut m = format!(
-        "the selected devices are not alike (policy strict, memory tolerance {tolerance_pct}%): {} classes differ in \
-         memory or SMs, and mixing them risks imbalance and out-of-memory errors\n",
+        "the selected devices are not alike (policy strict, memory tolerance {tolerance_pct}%):\n\
+         {} classes differ in memory or SMs, and mixing them risks imbalance and out-of-memory errors\n",
         classes.len()
     );
     const CLASSES_SHOWN: usize = 8;
+    // Unique prefixes of the UUIDs (which --devices takes), so that the lines fit a terminal;
+    // `plan --json` has them whole.
+    let all: Vec<&str> = classes.iter().flat_map(|c| c.devices.iter().map(String::as_str)).collect();
     for c in classes.iter().take(CLASSES_SHOWN) {
         let _ = writeln!(
             m,
@@ -346,7 +349,7 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
             c.sm_count.map_or("unknown".to_owned(), |s| s.to_string()),
             first_few(&c.profiles),
             first_few(&c.hosts),
-            first_few(&c.devices)
+            first_few(&c.devices.iter().map(|d| unique_prefix(d, &all).to_owned()).collect::<Vec<_>>())
         );
     }
     if classes.len() > CLASSES_SHOWN {
@@ -367,13 +370,16 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
         first_few(&resources)
     );
     let _ = writeln!(m, "  --policy warn            keep all as they are");
-    // Unique prefixes (which --devices takes), so the line fits a terminal.
-    let all: Vec<&str> = classes.iter().flat_map(|c| c.devices.iter().map(String::as_str)).collect();
     let devices: Vec<&str> = classes[largest].devices.iter().map(|d| unique_prefix(d, &all)).collect();
     if devices.len() <= 16 {
         let _ = writeln!(m, "  --devices {}", devices.join(","));
     } else {
-        let _ = writeln!(m, "  --devices {},... ({} devices)", devices[..3].join(","), devices.len());
+        let _ = writeln!(
+            m,
+            "  --devices {},... ({} devices: `--policy largest-group` keeps the same ones)",
+            devices[..3].join(","),
+            devices.len()
+        );
     }
     let _ = writeln!(m, "                           use class {} only", classes[largest].name);
     let same_sms = classes.windows(2).all(|w| w[0].sm_count == w[1].sm_count);
@@ -413,6 +419,29 @@ fn largest_class(classes: &[DeviceClass]) -> usize {
 /// [`PlanError`] saying what to change: a wrong device spec, no device, a mix refused by
 /// `strict`, or a memory limit that does not fit a device.
 pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanError> {
+    check_request(request)?;
+    let (selected, explicit, mut excluded) = select_devices(snapshot, request)?;
+    let (classes, class_of) = classify(snapshot, &selected, request.memory_tolerance_pct);
+    let mut findings = Vec::new();
+    findings.extend(mig_and_whole(&selected, request.policy, explicit)?);
+    if classes.len() > 1 && request.policy == Policy::Strict {
+        return Err(PlanError::Mixed { classes, tolerance_pct: request.memory_tolerance_pct });
+    }
+    let keep =
+        apply_class_policy(snapshot, request.policy, &selected, &classes, &class_of, &mut excluded, &mut findings);
+    let kept: Vec<(DeviceRef, usize)> =
+        selected.iter().zip(&class_of).zip(&keep).filter(|(_, k)| **k).map(|((d, c), _)| (*d, *c)).collect();
+    let neighbours = Neighbours::index(snapshot, &kept);
+    check_workers_per_host(snapshot, &kept, request.workers_per_device as usize)?;
+    let (workers, small_limits) = build_workers(snapshot, &kept, &neighbours, &classes, request)?;
+    if small_limits > 0 {
+        findings.push(small_limit_finding(request, small_limits));
+    }
+    Ok(Plan { policy: request.policy, workers, excluded, classes, findings })
+}
+
+/// The request's own numbers, before any device is looked at.
+fn check_request(request: &PlanRequest) -> Result<(), PlanError> {
     if !(0.0..=100.0).contains(&request.memory_tolerance_pct) {
         return Err(PlanError::Tolerance(request.memory_tolerance_pct));
     }
@@ -420,6 +449,15 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
     if !(1..=64).contains(&request.workers_per_device) {
         return Err(PlanError::WorkersPerDevice(request.workers_per_device));
     }
+    Ok(())
+}
+
+/// The devices the request selects (every compute device, or those its spec names), whether
+/// they were named, and the devices left out with the reason for each.
+fn select_devices(
+    snapshot: &Snapshot,
+    request: &PlanRequest,
+) -> Result<(Vec<DeviceRef>, bool, Vec<Excluded>), PlanError> {
     let (defaults, mut excluded) = compute_devices(snapshot);
     let (selected, explicit) = match &request.devices {
         None => (defaults, false),
@@ -449,81 +487,96 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
         };
         return Err(PlanError::NoDevices { reason });
     }
+    Ok((selected, explicit, excluded))
+}
 
-    let (classes, class_of) = classify(snapshot, &selected, request.memory_tolerance_pct);
+/// MIG instances beside whole GPUs: refused by `strict` unless the devices were named, a
+/// warning otherwise.
+fn mig_and_whole(selected: &[DeviceRef], policy: Policy, explicit: bool) -> Result<Option<Finding>, PlanError> {
     let mig = selected.iter().filter(|d| d.mig.is_some()).count();
     let whole = selected.len() - mig;
-    let mut findings = Vec::new();
-    if mig > 0 && whole > 0 {
-        if request.policy == Policy::Strict && !explicit {
-            return Err(PlanError::MixedMigAndWhole { mig, whole });
-        }
-        findings.push(Finding::new(
-            Severity::Warning,
-            "mig-and-whole-gpus",
-            format!("the workers mix {mig} MIG instance(s) with {whole} whole GPU(s)"),
-            "MIG instances and whole GPUs differ in memory and speed, and data between them goes through host memory",
-            "name only one kind with --devices, unless the mix is intended",
-        ));
+    if mig == 0 || whole == 0 {
+        return Ok(None);
     }
-    let mut keep: Vec<bool> = vec![true; selected.len()];
-    if classes.len() > 1 {
-        match request.policy {
-            Policy::Strict => {
-                return Err(PlanError::Mixed { classes, tolerance_pct: request.memory_tolerance_pct });
-            }
-            Policy::Warn => findings.push(Finding::new(
-                Severity::Warning,
-                "mixed-classes",
-                format!("the workers fall into {} classes of memory and SMs (policy warn)", classes.len()),
-                "Dask balances work as if every worker were alike; the smaller devices run out of memory first",
-                "use --policy grouped to route work by size, or --policy largest-group to keep one class",
-            )),
-            Policy::LargestGroup => {
-                let kept = largest_class(&classes);
-                for (i, d) in selected.iter().enumerate() {
-                    if class_of[i] != kept {
-                        keep[i] = false;
-                        excluded.push(Excluded {
-                            uuid: d.ids(snapshot).0.to_string(),
-                            host: snapshot.hosts[d.host].hostname.clone(),
-                            reason: format!(
-                                "policy largest-group keeps class {} ({} devices); this device is in class {}",
-                                classes[kept].name,
-                                classes[kept].devices.len(),
-                                classes[class_of[i]].name
-                            ),
-                        });
-                    }
-                }
-                findings.push(Finding::new(
-                    Severity::Info,
-                    "largest-group",
-                    format!(
-                        "policy largest-group kept class {} and left out {} device(s)",
-                        classes[kept].name,
-                        keep.iter().filter(|k| !**k).count()
-                    ),
-                    "the classes differ in memory or SMs; see `classes` and `excluded`",
-                    "use --policy grouped to keep them all",
-                ));
-            }
-            Policy::Grouped => {}
-        }
+    if policy == Policy::Strict && !explicit {
+        return Err(PlanError::MixedMigAndWhole { mig, whole });
     }
+    Ok(Some(Finding::new(
+        Severity::Warning,
+        "mig-and-whole-gpus",
+        format!("the workers mix {mig} MIG instance(s) with {whole} whole GPU(s)"),
+        "MIG instances and whole GPUs differ in memory and speed, and data between them goes through host memory",
+        "name only one kind with --devices, unless the mix is intended",
+    )))
+}
 
-    let kept: Vec<(DeviceRef, usize)> =
-        selected.iter().zip(&class_of).zip(&keep).filter(|(_, k)| **k).map(|((d, c), _)| (*d, *c)).collect();
-    let mut neighbours = Neighbours::default();
-    for &(d, _) in &kept {
-        *neighbours.workers_per_gpu.entry((d.host, d.gpu)).or_default() += 1;
-        if d.mig.is_none() {
-            neighbours.whole_gpus.entry(d.host).or_default().push(d.ids(snapshot).0.to_string());
+/// Which selected devices the policy keeps when they fall into several classes (`strict`
+/// refused them before): `warn` and `grouped` keep all (`warn` says so), `largest-group` keeps
+/// the largest class and records the others as excluded.
+fn apply_class_policy(
+    snapshot: &Snapshot,
+    policy: Policy,
+    selected: &[DeviceRef],
+    classes: &[DeviceClass],
+    class_of: &[usize],
+    excluded: &mut Vec<Excluded>,
+    findings: &mut Vec<Finding>,
+) -> Vec<bool> {
+    let mut keep: Vec<bool> = vec![true; selected.len()];
+    if classes.len() <= 1 {
+        return keep;
+    }
+    match policy {
+        Policy::Strict | Policy::Grouped => {}
+        Policy::Warn => findings.push(Finding::new(
+            Severity::Warning,
+            "mixed-classes",
+            format!("the workers fall into {} classes of memory and SMs (policy warn)", classes.len()),
+            "Dask balances work as if every worker were alike; the smaller devices run out of memory first",
+            "use --policy grouped to route work by size, or --policy largest-group to keep one class",
+        )),
+        Policy::LargestGroup => {
+            let kept = largest_class(classes);
+            for (i, d) in selected.iter().enumerate() {
+                if class_of[i] != kept {
+                    keep[i] = false;
+                    excluded.push(Excluded {
+                        uuid: d.ids(snapshot).0.to_string(),
+                        host: snapshot.hosts[d.host].hostname.clone(),
+                        reason: format!(
+                            "policy largest-group keeps class {} ({} devices); this device is in class {}",
+                            classes[kept].name,
+                            classes[kept].devices.len(),
+                            classes[class_of[i]].name
+                        ),
+                    });
+                }
+            }
+            findings.push(Finding::new(
+                Severity::Info,
+                "largest-group",
+                format!(
+                    "policy largest-group kept class {} and left out {} device(s)",
+                    classes[kept].name,
+                    keep.iter().filter(|k| !**k).count()
+                ),
+                "the classes differ in memory or SMs; see `classes` and `excluded`",
+                "use --policy grouped to keep them all",
+            ));
         }
     }
-    let per_device = request.workers_per_device as usize;
+    keep
+}
+
+/// No host gets more than `limits::MAX_WORKERS_PER_HOST` workers (the first such host, by
+/// index, is named).
+fn check_workers_per_host(
+    snapshot: &Snapshot,
+    kept: &[(DeviceRef, usize)],
+    per_device: usize,
+) -> Result<(), PlanError> {
     let mut per_host: HashMap<usize, usize> = HashMap::new();
-    for &(d, _) in &kept {
+    for &(d, _) in kept {
         *per_host.entry(d.host).or_default() += per_device;
     }
     if let Some((&host, &workers)) =
@@ -535,10 +588,23 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
             limit: limits::MAX_WORKERS_PER_HOST,
         });
     }
+    Ok(())
+}
+
+/// The workers of the kept devices (`workers_per_device` of each, sharing its memory limit),
+/// and how many devices got a memory limit under 1 % of their memory.
+fn build_workers(
+    snapshot: &Snapshot,
+    kept: &[(DeviceRef, usize)],
+    neighbours: &Neighbours,
+    classes: &[DeviceClass],
+    request: &PlanRequest,
+) -> Result<(Vec<WorkerPlan>, usize), PlanError> {
+    let per_device = request.workers_per_device as usize;
     let mut workers = Vec::with_capacity(kept.len() * per_device);
     let mut small_limits = 0;
-    for &(d, class) in &kept {
-        let w = worker(snapshot, d, &neighbours, &classes[class], request)?;
+    for &(d, class) in kept {
+        let w = worker(snapshot, d, neighbours, &classes[class], request)?;
         if let (Some(limit), Some(memory)) = (w.device_memory_limit_bytes, w.device_memory_bytes)
             && limit < memory / 100
         {
@@ -566,20 +632,22 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
             });
         }
     }
-    if small_limits > 0 {
-        findings.push(Finding::new(
-            Severity::Warning,
-            "device-memory-limit-small",
-            format!(
-                "--device-memory-limit {} leaves {small_limits} device(s) a limit under 1 % of their memory",
-                printable(&request.device_memory_limit)
-            ),
-            "the limit is where a Dask-CUDA worker starts spilling device memory to the host: this low, every array \
-             spills at once, and the device is all but unused",
-            "give a fraction (0.8 is the default) or a size with units (10GB); bytes without units are bytes",
-        ));
-    }
-    Ok(Plan { policy: request.policy, workers, excluded, classes, findings })
+    Ok((workers, small_limits))
+}
+
+/// The warning for memory limits under 1 % of `small_limits` devices' memory.
+fn small_limit_finding(request: &PlanRequest, small_limits: usize) -> Finding {
+    Finding::new(
+        Severity::Warning,
+        "device-memory-limit-small",
+        format!(
+            "--device-memory-limit {} leaves {small_limits} device(s) a limit under 1 % of their memory",
+            printable(&request.device_memory_limit)
+        ),
+        "the limit is where a Dask-CUDA worker starts spilling device memory to the host: this low, every array \
+         spills at once, and the device is all but unused",
+        "give a fraction (0.8 is the default) or a size with units (10GB); bytes without units are bytes",
+    )
 }
 
 /// What a worker needs to know of the others, indexed once (plans reach 10^5 workers).
@@ -587,6 +655,20 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
 struct Neighbours {
     workers_per_gpu: HashMap<(usize, usize), usize>,
     whole_gpus: HashMap<usize, Vec<String>>,
+}
+
+impl Neighbours {
+    /// Workers per physical GPU, and each host's whole-GPU workers by UUID, of the kept devices.
+    fn index(snapshot: &Snapshot, kept: &[(DeviceRef, usize)]) -> Self {
+        let mut neighbours = Self::default();
+        for &(d, _) in kept {
+            *neighbours.workers_per_gpu.entry((d.host, d.gpu)).or_default() += 1;
+            if d.mig.is_none() {
+                neighbours.whole_gpus.entry(d.host).or_default().push(d.ids(snapshot).0.to_string());
+            }
+        }
+        neighbours
+    }
 }
 
 fn worker(

@@ -1,5 +1,5 @@
 //! Plans and findings on simulated machines, and Dask-CUDA's own test cases
-//! (`dask-cuda.md` §4) with the MIG semantics fixed.
+//! (`shared/reference/dask-cuda.md` §4) with the MIG semantics fixed.
 
 use gpu_topology::{Snapshot, TopologySpec};
 
@@ -270,13 +270,17 @@ fn prefixes_resolve_when_unique_and_list_candidates_when_not() {
     let shared = "MIG-";
     let err = plan(&m, &request(Some(shared), Policy::Strict)).expect_err("ambiguous");
     assert!(err.to_string().contains("comes a UUID"), "{err}");
-    // A one-digit prefix matches several of 56 instances.
-    let digit = &target[..5];
-    if uuids.iter().filter(|u| u.starts_with(digit)).count() > 1 {
-        let err = plan(&m, &request(Some(digit), Policy::Strict)).expect_err("ambiguous");
-        assert!(err.to_string().contains("is ambiguous"), "{err}");
-        assert!(err.to_string().contains(target.as_str()), "{err}");
-    }
+    // 56 instances over 16 hex digits: some one-digit prefix names several of them (pigeonhole),
+    // so this assertion always runs.
+    let digit = uuids
+        .iter()
+        .map(|u| &u[..5])
+        .find(|p| uuids.iter().filter(|u| u.starts_with(p)).count() > 1)
+        .expect("a one-digit prefix shared by two instances");
+    let first = uuids.iter().find(|u| u.starts_with(digit)).expect("a match");
+    let err = plan(&m, &request(Some(digit), Policy::Strict)).expect_err("ambiguous");
+    assert!(err.to_string().contains("is ambiguous"), "{err}");
+    assert!(err.to_string().contains(first.as_str()), "{err}");
 }
 
 #[test]
@@ -287,6 +291,11 @@ fn legacy_names_name_the_same_device_and_duplicates_are_caught() {
     let p = plan(&m, &request(Some(&legacy), Policy::Strict)).expect("legacy");
     assert_eq!(p.workers[0].device_uuid, legacy);
     assert_eq!(visible(&p.workers[0]), legacy);
+    // A planted duplicate: the same legacy name twice is refused, naming the second entry.
+    let twice = format!("{legacy},{legacy}");
+    let err = plan(&m, &request(Some(&twice), Policy::Strict)).expect_err("duplicate");
+    assert!(err.to_string().contains("already in the list"), "{err}");
+    assert!(err.to_string().contains(&legacy), "{err}");
 }
 
 #[test]

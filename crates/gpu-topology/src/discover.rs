@@ -1,7 +1,7 @@
 //! The NVML enumeration loop, written once against [`NvmlApi`] so that the real library,
 //! the simulator and the unit tests' mock all run the same discovery code.
 //!
-//! The loop follows what go-nvlib, Slurm and dask-cuda do (`mig-facts.md` §0): for every GPU
+//! The loop follows what go-nvlib, Slurm and dask-cuda do (`shared/reference/mig-facts.md` §0): for every GPU
 //! read its MIG mode; if MIG is on, walk slots `0..nvmlDeviceGetMaxMigDeviceCount`, skip the
 //! empty ones (`NotFound` / `InvalidArgument`), and read each instance's UUID, memory, SMs and
 //! GPU/compute instance ids from the instance's own handle. A parent GPU that answers

@@ -1,4 +1,4 @@
-//! Discovery against a mocked NVML, with the answers NVML really gives (mig-facts.md §4-5).
+//! Discovery against a mocked NVML, with the answers NVML really gives (`shared/reference/mig-facts.md` §4-5).
 
 use std::sync::Arc;
 

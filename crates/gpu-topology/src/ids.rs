@@ -10,6 +10,17 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+/// Whether a driver of `version` (NVML's `580.159.04` form) names MIG devices the legacy way,
+/// `MIG-GPU-<uuid>/<gi>/<ci>`: R470 (470.42.01) introduced `MIG-<uuid>`.
+///
+/// Parts are compared as numbers, in order (`460.73.01` < `470.42.01` < `1000.1`); a version
+/// that does not start with a number is not called legacy.
+pub fn driver_uses_legacy_mig_names(version: &str) -> bool {
+    const FIRST_WITH_MIG_UUIDS: [u32; 3] = [470, 42, 1];
+    let parts: Vec<u32> = version.split('.').map_while(|p| p.parse().ok()).collect();
+    !parts.is_empty() && parts.as_slice() < FIRST_WITH_MIG_UUIDS.as_slice()
+}
+
 /// The 128-bit UUID inside a device name, kept as the lowercase text NVML prints.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Uuid([u8; 16]);

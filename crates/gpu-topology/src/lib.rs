@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cpulist;
 mod discover;
 mod error;
 mod file;
@@ -56,7 +57,7 @@ use async_trait::async_trait;
 
 pub use error::{Limit, NvmlFailure, TopologyError};
 pub use file::{FileSource, snapshot_from_json};
-pub use ids::{DeviceId, IdError, Uuid};
+pub use ids::{DeviceId, IdError, Uuid, driver_uses_legacy_mig_names};
 pub use snapshot::{HostTopology, MigInstance, P2pStatus, PcieLevel, PeerLink, PhysicalGpu, Snapshot};
 pub use source::TopologySpec;
 

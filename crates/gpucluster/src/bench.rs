@@ -515,26 +515,22 @@ where
     Ok(())
 }
 
-/// Parses `8,64,1K,16M,1G` (binary units).
 /// The largest message: 64 GiB, under the largest GPU's memory, with room for the buffers.
 const MAX_SIZE: usize = 64 << 30;
 
+/// Parses `8,64,1K,16M,1G`: each a binary size ([`cluster_core::parse_binary_size`], so `1G` is
+/// 2^30 bytes), from 1 byte to [`MAX_SIZE`].
 pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
     text.split(',')
         .map(|s| {
             let s = s.trim();
-            let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-            let n: usize = number.parse().map_err(|_| format!("`{s}` is not a size like 8, 64K, 16M or 1G"))?;
-            let shift = match unit.to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
-                "" => 0,
-                "K" => 10,
-                "M" => 20,
-                "G" => 30,
-                _ => return Err(format!("`{s}` has an unknown unit; use K, M or G")),
+            let too_large =
+                || format!("`{s}` is larger than {} GiB, the largest message bench transport sends", MAX_SIZE >> 30);
+            let bytes = match cluster_core::parse_binary_size(s) {
+                Ok(bytes) => usize::try_from(bytes).ok().filter(|&b| b <= MAX_SIZE).ok_or_else(too_large)?,
+                Err(cluster_core::SizeError::Overflow { .. }) => return Err(too_large()),
+                Err(e) => return Err(e.to_string()),
             };
-            let bytes = n.checked_mul(1 << shift).filter(|&b| b <= MAX_SIZE).ok_or_else(|| {
-                format!("`{s}` is larger than {} GiB, the largest message bench transport sends", MAX_SIZE >> 30)
-            })?;
             if bytes == 0 {
                 return Err(format!("`{s}` is not a size: give at least 1 byte"));
             }

@@ -19,8 +19,9 @@ pub(crate) struct BenchDaskArgs {
     /// UCX ones where distributed-ucxx is installed.
     #[arg(long, value_delimiter = ',', value_name = "VARIANTS")]
     variants: Vec<String>,
-    /// Array sizes, comma-separated, with K, M, G (binary) units. Default: 16M,256M,1G on a GPU,
-    /// 16M,64M on simulated memory.
+    /// Array sizes, comma-separated, with binary K, M, G units (1G = 1GiB = 2^30 bytes, unlike
+    /// --device-memory-limit, where 1G is 10^9). Default: 16M,256M,1G on a GPU, 16M,64M on
+    /// simulated memory.
     #[arg(long, value_parser = crate::args::size_list, value_name = "SIZES")]
     sizes: Option<crate::args::SizeList>,
     /// Timed runs per size after one warm-up; the median counts.

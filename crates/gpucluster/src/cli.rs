@@ -122,8 +122,9 @@ enum BenchCommand {
 
 #[derive(Debug, Args)]
 struct BenchArgs {
-    /// Message sizes, comma-separated, with K, M, G (binary) units. Default: 8 B to 1 GiB on a GPU,
-    /// 8 B to 16 MiB on simulated memory.
+    /// Message sizes, comma-separated, with binary K, M, G units (1G = 1GiB = 2^30 bytes, unlike
+    /// --device-memory-limit, where 1G is 10^9). Default: 8 B to 1 GiB on a GPU, 8 B to 16 MiB on
+    /// simulated memory.
     #[arg(long, value_parser = size_list, allow_negative_numbers = true, value_name = "SIZES")]
     sizes: Option<SizeList>,
     /// Timed round trips per size from 2 MiB up (20 times as many below); the median counts.

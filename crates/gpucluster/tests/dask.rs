@@ -5,23 +5,16 @@
 //! `gpucluster dask local` gets the same checks on one host.
 //!
 //! The Python environment comes from `cargo xtask dask-env` (`target/dask-venv`, pinned Dask),
-//! which `cargo xtask ci` runs first and then requires with `GPUCLUSTER_REQUIRE_DASK=1`.
+//! which `cargo xtask ci` runs first and then requires with `GPUCLUSTER_REQUIRE_DASK=1`; without
+//! it each test prints `SKIPPED <test>: ...` on stderr and returns (`tests::dask_env`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The Python with Dask, or `None` (the test then returns, and says it skipped).
 fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dask-venv/bin/python");
-    let found = std::env::var_os("GPUCLUSTER_TEST_PYTHON").map(PathBuf::from).or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(
-            std::env::var("GPUCLUSTER_REQUIRE_DASK").is_err(),
-            "no Python with Dask: run `cargo xtask dask-env` (CI does)"
-        );
-        eprintln!("no Python with Dask here; run `cargo xtask dask-env` to run these tests");
-    }
-    found
+    tests::dask_env::python()
 }
 
 struct Proc(Child);

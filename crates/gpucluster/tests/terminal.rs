@@ -227,24 +227,11 @@ fn sigterm_or_sigkill_of_bench_alone_takes_its_peer_with_it() {
     }
 }
 
-/// The Python with Dask of `cargo xtask dask-env` (which CI requires), if there is one.
-fn dask_python() -> Option<std::path::PathBuf> {
-    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/dask-venv/bin/python");
-    let found = std::env::var_os("GPUCLUSTER_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .or_else(|| venv.exists().then_some(venv));
-    if found.is_none() {
-        assert!(std::env::var("GPUCLUSTER_REQUIRE_DASK").is_err(), "no Python with Dask: run `cargo xtask dask-env`");
-        eprintln!("no Python with Dask here; run `cargo xtask dask-env` to run this test");
-    }
-    found
-}
-
 /// `dask local` as a terminal user runs it: it says when its workers are ready, `--insecure`
 /// says loudly what it gives up, and Ctrl-C ends it with 130, leaving no Dask process behind.
 #[test]
 fn dask_local_in_a_terminal_warns_when_insecure_and_ctrl_c_stops_it() {
-    let Some(python) = dask_python() else { return };
+    let Some(python) = tests::dask_env::python() else { return };
     let python = python.display().to_string();
     let args = ["--topology", "sim:a30", "dask", "local", "--insecure", "--protocol", "tcp", "--python", &python];
     let mut t = Terminal::run(&args);

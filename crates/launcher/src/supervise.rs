@@ -336,20 +336,10 @@ pub struct Supervised {
 /// Where prefixed output goes.
 pub type Sink = Arc<Mutex<dyn Write + Send>>;
 
-/// Parses a Linux cpulist (`0-3,8,10-11`); nonsense parts are skipped.
+/// Parses a Linux cpulist (`0-3,8,10-11`) for pinning; nonsense parts are skipped
+/// ([`gpu_topology::cpulist::parse_lenient`]: the CPUs come back in order and once each).
 pub fn parse_cpus(list: &str) -> Vec<usize> {
-    let mut cpus = Vec::new();
-    for part in list.split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                if let (Ok(a), Ok(b)) = (a.trim().parse::<usize>(), b.trim().parse::<usize>()) {
-                    cpus.extend(a..=b.min(a + 4096));
-                }
-            }
-            None => cpus.extend(part.trim().parse::<usize>().ok()),
-        }
-    }
-    cpus
+    gpu_topology::cpulist::parse_lenient(list)
 }
 
 fn spawn(spec: &ProcessSpec, config: &Supervision) -> std::io::Result<Child> {
@@ -856,82 +846,42 @@ pub async fn supervise(
     // SAFETY: prctl on ourselves; failure only loses the reparenting of orphans.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
-    let slots = specs
-        .into_iter()
-        .map(|spec| Slot {
-            spec,
-            pid: None,
-            generation: 0,
-            restarts: 0,
-            last: None,
-            done: false,
-            last_lines: Arc::default(),
-        })
-        .collect();
     let (output, writer) = Output::start(sink);
-    let mut job = Job {
-        slots,
-        config,
-        output,
-        forwarding: Vec::new(),
-        tx,
-        stopping: None,
-        killed: None,
-        started: Instant::now(),
-        stop_signal: libc::SIGTERM,
-        essentials_stopped: false,
-        others_stopped: false,
-    };
+    let mut job = Job::new(specs, config, output, tx);
     for i in 0..job.slots.len() {
         job.start(i);
     }
-
     while job.slots.iter().any(|s| !s.done) {
-        let deadline = job.next_deadline();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some(event) = rx.recv() => match event {
-                Event::Exited(i, generation, status) if generation == job.slots[i].generation => {
-                    job.exited(i, status);
-                    job.stop_essentials_when_alone();
-                    job.stop_others_when_essentials_gone();
-                    // Only a guard that died of a signal can have left orphans to us (one that
-                    // exits, however its worker ended, has cleaned up first).
-                    if config.guard.is_some() && status.signal().is_some() {
-                        // A guard killed outright leaves its worker's children to us: they go now,
-                        // not when the job ends.
-                        let guards: Vec<i32> = job.slots.iter().filter_map(|s| s.pid).collect();
-                        kill_orphans(&guards);
-                    }
-                }
-                Event::Exited(..) => {}
-                Event::Restart(i) if job.stopping.is_none() => {
-                    job.slots[i].restarts += 1;
-                    job.start(i);
-                }
-                Event::Restart(i) => job.slots[i].done = true,
-            },
-            signal = signals.recv() => job.stop(Stop::Signal(signal), signal),
-            () = sleep => match (job.stopping.is_some(), config.time_limit) {
-                (false, Some(limit)) => job.stop(Stop::TimeLimit(limit), libc::SIGTERM),
-                _ => job.kill_remaining(),
-            },
-        }
+        job.next_event(&mut rx, signals).await;
     }
     if config.guard.is_some() {
         kill_orphans(&[]);
     }
-    // Every process is gone, so their pipes close and forwarding ends; then the writer drains.
-    // Nothing is dropped while the reader of our output takes it, however slowly; a reader that
-    // takes nothing for a while does not keep the job open.
     let forwarding = std::mem::take(&mut job.forwarding);
-    let written = job.output.written.clone();
-    let output = job.output;
+    drain_output(forwarding, job.output, writer).await;
+    let stop = job.stopping.map(|(why, _)| why);
+    let outcomes = job
+        .slots
+        .into_iter()
+        .map(|s| Outcome {
+            name: s.spec.name,
+            exit: s.last.unwrap_or(Exit::NotStarted),
+            restarts: s.restarts,
+            last_lines: s.last_lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
+        })
+        .collect();
+    Ok(Supervised { outcomes, stop })
+}
+
+/// Once every process is gone, their pipes close and forwarding ends; then the writer drains.
+/// Nothing is dropped while the reader of our output takes it, however slowly; a reader that
+/// takes nothing for `OUTPUT_STUCK` does not keep the job open.
+async fn drain_output(
+    forwarding: Vec<tokio::task::JoinHandle<()>>,
+    output: Output,
+    writer: std::thread::JoinHandle<()>,
+) {
+    let written = output.written.clone();
     let drained = async move {
         for task in forwarding {
             let _ = task.await;
@@ -949,18 +899,80 @@ pub async fn supervise(
             break;
         }
     }
-    let stop = job.stopping.map(|(why, _)| why);
-    let outcomes = job
-        .slots
-        .into_iter()
-        .map(|s| Outcome {
-            name: s.spec.name,
-            exit: s.last.unwrap_or(Exit::NotStarted),
-            restarts: s.restarts,
-            last_lines: s.last_lines.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default(),
-        })
-        .collect();
-    Ok(Supervised { outcomes, stop })
+}
+
+impl<'a> Job<'a> {
+    fn new(specs: Vec<ProcessSpec>, config: &'a Supervision, output: Output, tx: mpsc::UnboundedSender<Event>) -> Self {
+        let slots = specs
+            .into_iter()
+            .map(|spec| Slot {
+                spec,
+                pid: None,
+                generation: 0,
+                restarts: 0,
+                last: None,
+                done: false,
+                last_lines: Arc::default(),
+            })
+            .collect();
+        Job {
+            slots,
+            config,
+            output,
+            forwarding: Vec::new(),
+            tx,
+            stopping: None,
+            killed: None,
+            started: Instant::now(),
+            stop_signal: libc::SIGTERM,
+            essentials_stopped: false,
+            others_stopped: false,
+        }
+    }
+
+    /// Waits for the next thing that happens (a process exits or is due a restart, a signal
+    /// comes, a deadline passes: the time limit, or the grace period of a stop) and acts on it.
+    async fn next_event(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, signals: &mut Signals) {
+        let deadline = self.next_deadline();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(event) = rx.recv() => self.handle(event),
+            signal = signals.recv() => self.stop(Stop::Signal(signal), signal),
+            () = sleep => match (self.stopping.is_some(), self.config.time_limit) {
+                (false, Some(limit)) => self.stop(Stop::TimeLimit(limit), libc::SIGTERM),
+                _ => self.kill_remaining(),
+            },
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Exited(i, generation, status) if generation == self.slots[i].generation => {
+                self.exited(i, status);
+                self.stop_essentials_when_alone();
+                self.stop_others_when_essentials_gone();
+                // Only a guard that died of a signal can have left orphans to us (one that
+                // exits, however its worker ended, has cleaned up first).
+                if self.config.guard.is_some() && status.signal().is_some() {
+                    // A guard killed outright leaves its worker's children to us: they go now,
+                    // not when the job ends.
+                    let guards: Vec<i32> = self.slots.iter().filter_map(|s| s.pid).collect();
+                    kill_orphans(&guards);
+                }
+            }
+            Event::Exited(..) => {}
+            Event::Restart(i) if self.stopping.is_none() => {
+                self.slots[i].restarts += 1;
+                self.start(i);
+            }
+            Event::Restart(i) => self.slots[i].done = true,
+        }
+    }
 }
 
 /// Kills and reaps whatever was reparented to the launcher, `keep` apart (the running guards):

@@ -97,8 +97,45 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
     let started = Instant::now();
     let world = job.workers.len();
     let names: Vec<String> = job.workers.iter().map(|w| w.name.clone()).collect();
+    let assignment = assignment(&job, &names);
+    let expected_pairs = if job.command.is_none() { assignment.pairs.len() } else { 0 };
+    let secret = transport::Secret::random().map_err(LauncherError::Transport)?;
+    let server = start_rendezvous(&secret, world, &assignment)?;
+    let specs = worker_specs(&job, server.address(), &secret);
+    let server = Arc::new(server);
+    let ready = watch_ready(server.clone(), world, started);
+    let supervision = supervision_for(&job, server.clone());
+    let supervised = supervise(specs, &supervision, sink, signals).await?;
+    let (outcomes, stop) = (supervised.outcomes, supervised.stop);
+    let ready_after = if ready.is_finished() {
+        ready.await.ok()
+    } else {
+        ready.abort();
+        None
+    };
+    // A stopped job's missing reports will never come.
+    let expected_reports = if job.command.is_none() && stop.is_none() { world + expected_pairs } else { 0 };
+    wait_for_reports(&server, expected_reports).await;
+    let (checks, measured, failures) = read_reports(&server, &names);
+    Ok(UpReport {
+        names,
+        outcomes,
+        checks,
+        pairs: measured,
+        failures,
+        ready_after,
+        total: started.elapsed(),
+        expected_pairs,
+        stop,
+        refused: server.refused(),
+    })
+}
+
+/// What the built-in workers do: the pairs to measure, each with its planned path (host-staged
+/// where the plan has none), and how much to send (less on simulated memory).
+fn assignment(job: &Job, names: &[String]) -> Assignment {
     let simulated = job.memory == Memory::Simulated;
-    let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(world)
+    let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(names.len())
         .into_iter()
         .map(|(a, b)| {
             let path = job
@@ -110,35 +147,44 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
             (a, b, path)
         })
         .collect();
-    let expected_pairs = if job.command.is_none() { pairs.len() } else { 0 };
-    let assignment = Assignment {
-        names: names.clone(),
+    Assignment {
+        names: names.to_vec(),
         pairs,
         bytes: if simulated { 1 << 20 } else { 64 << 20 },
         messages: if simulated { 4 } else { 16 },
         round_trips: if simulated { 20 } else { 200 },
-    };
-    let secret = transport::Secret::random().map_err(LauncherError::Transport)?;
-    let extra = serde_json::to_value(&assignment).unwrap_or_default();
+    }
+}
+
+/// The job's rendezvous on loopback, handing every worker the assignment.
+fn start_rendezvous(
+    secret: &transport::Secret,
+    world: usize,
+    assignment: &Assignment,
+) -> Result<RendezvousServer, LauncherError> {
+    let extra = serde_json::to_value(assignment).unwrap_or_default();
     // Room for every worker's handshake at once, whatever strangers do meanwhile.
     let limits = transport::rendezvous::Limits {
         max_handshakes: (2 * world).max(transport::rendezvous::Limits::default().max_handshakes),
         ..transport::rendezvous::Limits::default()
     };
-    let server = RendezvousServer::start_with("127.0.0.1:0", secret.clone(), world, extra, limits)
-        .map_err(LauncherError::Transport)?;
+    RendezvousServer::start_with("127.0.0.1:0", secret.clone(), world, extra, limits).map_err(LauncherError::Transport)
+}
+
+/// One process per worker: the user's command or the built-in worker, with the plan's
+/// environment and the job's (rank, world, rendezvous, secret, device).
+fn worker_specs(job: &Job, rendezvous: &str, secret: &transport::Secret) -> Vec<ProcessSpec> {
+    let world = job.workers.len();
     // Names the workers' abstract sockets; one launcher process runs one job.
     let job_id = std::process::id().to_string();
-
-    let specs: Vec<ProcessSpec> = job
-        .workers
+    job.workers
         .iter()
         .enumerate()
         .map(|(rank, w)| {
             let mut env: BTreeMap<String, String> = w.env();
             env.insert("GPUCLUSTER_RANK".into(), rank.to_string());
             env.insert("GPUCLUSTER_WORLD_SIZE".into(), world.to_string());
-            env.insert("GPUCLUSTER_RENDEZVOUS".into(), server.address().to_owned());
+            env.insert("GPUCLUSTER_RENDEZVOUS".into(), rendezvous.to_owned());
             env.insert("GPUCLUSTER_SECRET".into(), secret.to_hex());
             env.insert("GPUCLUSTER_JOB".into(), job_id.clone());
             env.insert(
@@ -165,48 +211,52 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
                 cwd: None,
             }
         })
-        .collect();
+        .collect()
+}
 
-    let server = Arc::new(server);
-    let watcher = server.clone();
-    let ready = tokio::spawn(async move {
-        while watcher.joined() < world {
+/// How long after `started` every worker had joined the rendezvous, once they all have.
+fn watch_ready(server: Arc<RendezvousServer>, world: usize, started: Instant) -> tokio::task::JoinHandle<Duration> {
+    tokio::spawn(async move {
+        while server.joined() < world {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         started.elapsed()
-    });
-    // A job that stops releases the workers waiting at the rendezvous with the reason at once.
-    let aborter = server.clone();
+    })
+}
+
+/// `up` is all or nothing; a job that stops releases the workers waiting at the rendezvous with
+/// the reason at once; the built-in test gets a time limit.
+fn supervision_for(job: &Job, server: Arc<RendezvousServer>) -> Supervision {
     let earlier = job.supervision.on_stop.clone();
     let on_stop: StopHook = Arc::new(move |why: &Stop| {
-        aborter.abort(&format!("the job is stopping: {why}"));
+        server.abort(&format!("the job is stopping: {why}"));
         if let Some(hook) = &earlier {
             hook(why);
         }
     });
     // The built-in test is meant to end: a worker that stops or hangs must not hold it for ever.
+    let world = job.workers.len();
     let time_limit = job.command.is_none().then(|| BUILTIN_TIME_LIMIT + Duration::from_millis(250) * world as u32);
-    let supervision = Supervision {
+    Supervision {
         stop_when: StopWhen::AnyFails,
         on_stop: Some(on_stop),
         time_limit: job.supervision.time_limit.or(time_limit),
         ..job.supervision.clone()
-    };
-    let supervised = supervise(specs, &supervision, sink, signals).await?;
-    let (outcomes, stop) = (supervised.outcomes, supervised.stop);
-    let ready_after = if ready.is_finished() {
-        ready.await.ok()
-    } else {
-        ready.abort();
-        None
-    };
-    // Reports travel on their own connections; give the last ones a moment to land.
-    // (A stopped job's missing reports will never come.)
-    let expected_reports = if job.command.is_none() && stop.is_none() { world + expected_pairs } else { 0 };
+    }
+}
+
+/// Reports travel on their own connections; gives the last ones a moment (500 ms) to land.
+async fn wait_for_reports(server: &RendezvousServer, expected: usize) {
     let deadline = Instant::now() + Duration::from_millis(500);
-    while server.reports().len() < expected_reports && Instant::now() < deadline {
+    while server.reports().len() < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// The workers' reports, sorted: device checks by rank, pairs by ranks, and every failure (the
+/// rendezvous' own errors first).
+fn read_reports(server: &RendezvousServer, names: &[String]) -> (Vec<DeviceCheck>, Vec<PairResult>, Vec<String>) {
+    let world = names.len();
     let mut checks = Vec::new();
     let mut measured = Vec::new();
     let mut failures: Vec<String> = server.errors();
@@ -223,16 +273,5 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
     }
     checks.sort_by_key(|c| c.rank);
     measured.sort_by_key(|p| (p.from, p.to));
-    Ok(UpReport {
-        names,
-        outcomes,
-        checks,
-        pairs: measured,
-        failures,
-        ready_after,
-        total: started.elapsed(),
-        expected_pairs,
-        stop,
-        refused: server.refused(),
-    })
+    (checks, measured, failures)
 }

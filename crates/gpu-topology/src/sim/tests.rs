@@ -65,10 +65,13 @@ fn legacy_driver_gives_legacy_names() {
         other => panic!("expected a legacy name, got {other}"),
     }
     assert_eq!(host.gpus[1].mig_instances.len(), 2);
-    assert!(fixture::uses_legacy_mig_names("460.73.01"));
-    assert!(fixture::uses_legacy_mig_names("470.42.00"));
-    assert!(!fixture::uses_legacy_mig_names("470.42.01"));
-    assert!(!fixture::uses_legacy_mig_names("580.159.04"));
+    assert!(crate::driver_uses_legacy_mig_names("460.73.01"));
+    assert!(crate::driver_uses_legacy_mig_names("470.42.00"));
+    assert!(!crate::driver_uses_legacy_mig_names("470.42.01"));
+    assert!(!crate::driver_uses_legacy_mig_names("580.159.04"));
+    // Numbers, not text: 1000 is newer than 470 although "1" sorts before "4".
+    assert!(!crate::driver_uses_legacy_mig_names("1000.1"));
+    assert!(!crate::driver_uses_legacy_mig_names(""));
 }
 
 #[test]

@@ -4,19 +4,36 @@
 //!
 //! Commands run in the scenario's folder with a clean environment for the variables
 //! gpucluster reads, so results do not depend on the machine running them.
+//!
+//! This is the one runner: `cargo xtask simulate [--bless]` calls it, and so does the `golden`
+//! test of `crates/gpucluster` (`cargo test`, with `UPDATE_EXPECT=1` to rewrite the files).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use anyhow::{Context, bail};
 
 /// Variables that change gpucluster's behaviour; removed unless a scenario sets them.
 const CONTROLLED_ENV: &[&str] =
     &["CUDA_VISIBLE_DEVICES", "GPUCLUSTER_TOPOLOGY", "UCX_TLS", "NCCL_MULTI_RANK_GPU_ENABLE"];
 
-pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> anyhow::Result<()> {
+/// The scenarios folder of this checkout, `tests/scenarios`.
+pub fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+/// Runs the scenarios of `dir` named in `only` (every one when empty) with `binary`, and returns
+/// the names of those whose output differs from `expected.txt`. With `bless`, a differing
+/// `expected.txt` is rewritten instead (and the scenario does not count as failed).
+/// It reports one line per scenario (`ok`, `blessed`, `FAILED` with the first difference) and
+/// a count on stdout.
+///
+/// # Errors
+/// Text saying what went wrong when no scenario is found, a file cannot be read or written, a
+/// `cmd` line does not run `gpucluster`, or the binary cannot be started.
+// Printing is the report: xtask shows it, and `cargo test` shows it for a failed test.
+#[allow(clippy::print_stdout)]
+pub fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> Result<Vec<String>, String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
         .filter_map(Result::ok)
         .filter(|e| e.path().join("cmd").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -24,7 +41,7 @@ pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> 
         .collect();
     names.sort();
     if names.is_empty() {
-        bail!("no scenario found in {}", dir.display());
+        return Err(format!("no scenario found in {}", dir.display()));
     }
     let mut failed = Vec::new();
     for name in &names {
@@ -35,7 +52,7 @@ pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> 
         if actual == expected {
             println!("ok       {name}");
         } else if bless {
-            std::fs::write(&expected_path, &actual)?;
+            std::fs::write(&expected_path, &actual).map_err(|e| format!("writing {}: {e}", expected_path.display()))?;
             println!("blessed  {name}");
         } else {
             println!("FAILED   {name}");
@@ -44,17 +61,13 @@ pub(crate) fn run_all(binary: &Path, dir: &Path, bless: bool, only: &[&str]) -> 
         }
     }
     println!("{} passed, {} failed", names.len() - failed.len(), failed.len());
-    if !failed.is_empty() {
-        bail!(
-            "scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)",
-            failed.join(", ")
-        );
-    }
-    Ok(())
+    Ok(failed)
 }
 
-fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
-    let script = std::fs::read_to_string(folder.join("cmd"))?;
+/// What the commands of one scenario printed, as `expected.txt` holds it.
+fn run_scenario(binary: &Path, folder: &Path) -> Result<String, String> {
+    let cmd = folder.join("cmd");
+    let script = std::fs::read_to_string(&cmd).map_err(|e| format!("reading {}: {e}", cmd.display()))?;
     let mut transcript = String::new();
     for line in script.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -65,7 +78,7 @@ fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
             .collect();
         let args = &words[settings.len()..];
         let Some((&"gpucluster", args)) = args.split_first() else {
-            bail!("{}: each line of cmd must run `gpucluster ...`: {line}", folder.display());
+            return Err(format!("{}: each line of cmd must run `gpucluster ...`: {line}", folder.display()));
         };
         let mut command = Command::new(binary);
         command.args(args).current_dir(folder);
@@ -76,7 +89,7 @@ fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
         for (k, v) in &settings {
             command.env(k, v);
         }
-        let output = command.output().with_context(|| format!("running {}", binary.display()))?;
+        let output = command.output().map_err(|e| format!("running {}: {e}", binary.display()))?;
         transcript.push_str(&format!("$ {line}\n"));
         transcript.push_str(&String::from_utf8_lossy(&output.stdout));
         if !output.stderr.is_empty() {
@@ -89,6 +102,7 @@ fn run_scenario(binary: &Path, folder: &Path) -> anyhow::Result<String> {
     Ok(transcript)
 }
 
+#[allow(clippy::print_stdout)] // Part of run_all's report.
 fn print_diff(expected: &str, actual: &str) {
     let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
     let first = e.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(e.len().min(a.len()));
