@@ -197,8 +197,45 @@ fn ci() -> anyhow::Result<()> {
     simulate(false, &[])?;
     run("doc", &["doc", "--workspace", "--no-deps"], &[("RUSTDOCFLAGS", "-D warnings"), deny[0]])?;
     cargo_deny()?;
+    msrv()?;
     println!("==> ci passed");
     Ok(())
+}
+
+/// The oldest Rust the README promises, the workspace's `rust-version`: where rustup is available,
+/// that toolchain is installed (minimal profile) and the whole workspace checked with it, with the
+/// lock file as it is (`cargo +VERSION check --workspace --all-targets --locked`, in its own
+/// target directory); skipped, saying so, where rustup is missing or cannot download it. A
+/// failure of the check itself fails CI.
+fn msrv() -> anyhow::Result<()> {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).context("reading Cargo.toml")?;
+    let version = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version"))
+        .and_then(|rest| rest.split('"').nth(1))
+        .context("Cargo.toml names no rust-version")?
+        .to_owned();
+    let rustup = Command::new("rustup").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !rustup {
+        println!("==> Rust {version} (the oldest supported): SKIPPED, rustup is not installed");
+        return Ok(());
+    }
+    println!("==> Rust {version} (the oldest supported): install the toolchain");
+    let installed = Command::new("rustup")
+        .args(["toolchain", "install", &version, "--profile", "minimal", "--no-self-update"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        println!("==> Rust {version}: SKIPPED, rustup could not install it (above)");
+        return Ok(());
+    }
+    step(&format!("check the workspace with Rust {version}"), {
+        let mut c = Command::new("cargo");
+        c.current_dir(root()).arg(format!("+{version}"));
+        c.args(["check", "--workspace", "--all-targets", "--locked"]);
+        c.env("CARGO_TARGET_DIR", root().join("target").join("msrv"));
+        c
+    })
 }
 
 /// `cargo deny check` against `deny.toml`, where cargo-deny is installed (it is not a
