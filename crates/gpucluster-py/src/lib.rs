@@ -67,11 +67,14 @@ fn device_kind(kind: &str) -> PyResult<(Arc<dyn Device>, &'static str)> {
 }
 
 fn path_of(name: &str) -> PyResult<Path> {
-    match name {
+    match name.parse::<Path>() {
         // cuda-ipc where it works: the transport falls back to host-staged, with the reason.
-        "auto" | "cuda-ipc" => Ok(Path::CudaIpc),
-        "host-staged" => Ok(Path::HostStaged),
-        other => Err(PyValueError::new_err(format!("unknown path `{other}`: expected auto, cuda-ipc or host-staged"))),
+        _ if name == "auto" => Ok(Path::CudaIpc),
+        Ok(path @ (Path::CudaIpc | Path::HostStaged)) => Ok(path),
+        _ => Err(PyValueError::new_err(format!(
+            "unknown path `{}`: expected auto, cuda-ipc or host-staged",
+            name.escape_debug()
+        ))),
     }
 }
 

@@ -350,12 +350,7 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
     } else {
         let mut paths = Vec::new();
         for p in &args.paths {
-            let path = match p.as_str() {
-                "cuda-ipc" => Path::CudaIpc,
-                "host-staged" => Path::HostStaged,
-                "tcp" => Path::Tcp,
-                other => anyhow::bail!("unknown path `{}`: cuda-ipc, host-staged or tcp", crate::table::escape(other)),
-            };
+            let path: Path = p.parse()?;
             if !allowed.contains(&path) {
                 anyhow::bail!(
                     "--paths {}: not available between two workers of this machine's first device ({}); measure {}",

@@ -33,6 +33,32 @@ impl Path {
             Path::Tcp => "tcp",
         }
     }
+
+    /// Every path, in the order plans and reports list them.
+    pub const ALL: [Path; 3] = [Path::CudaIpc, Path::HostStaged, Path::Tcp];
+}
+
+/// A name that is not a path's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownPath(pub String);
+
+impl std::fmt::Display for UnknownPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = Path::ALL.iter().map(|p| p.name()).collect();
+        // Escaped: the name comes from a command line or an environment variable.
+        write!(f, "unknown path `{}`: {}", self.0.escape_debug(), names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownPath {}
+
+impl std::str::FromStr for Path {
+    type Err = UnknownPath;
+
+    /// The inverse of [`Path::name`].
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Path::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| UnknownPath(name.to_owned()))
+    }
 }
 
 /// Which rule chose the path: a stable key for grouping pairs in summaries.
@@ -200,6 +226,15 @@ fn serde_name(status: gpu_topology::P2pStatus) -> &'static str {
 mod tests {
     use super::*;
     use gpu_topology::{Snapshot, TopologySpec};
+
+    #[test]
+    fn path_names_read_back_as_their_paths_and_nothing_else_does() {
+        for path in Path::ALL {
+            assert_eq!(path.name().parse::<Path>(), Ok(path));
+        }
+        let err = "nvlink\n".parse::<Path>().expect_err("not a path");
+        assert_eq!(err.to_string(), "unknown path `nvlink\\n`: cuda-ipc, host-staged, tcp");
+    }
 
     fn host(preset: &str) -> HostTopology {
         let source = TopologySpec::Sim(preset.into()).open().expect("preset");

@@ -94,12 +94,7 @@ impl PeerArgs {
                 },
                 "--address" => address = Some(value("--address")?.parse::<Address>().map_err(|e| e.to_string())?),
                 "--path" => {
-                    options.path = match value("--path")?.as_str() {
-                        "cuda-ipc" => Path::CudaIpc,
-                        "host-staged" => Path::HostStaged,
-                        "tcp" => Path::Tcp,
-                        other => return Err(format!("unknown path `{other}`")),
-                    }
+                    options.path = value("--path")?.parse::<Path>().map_err(|e| e.to_string())?;
                 }
                 "--slots" => options.slots = value("--slots")?.parse().map_err(|_| "--slots takes a number")?,
                 "--chunk" => options.chunk = value("--chunk")?.parse().map_err(|_| "--chunk takes bytes")?,
