@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::{PyConnectionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
-use transport::device::{self, Device, DeviceKind};
+use transport::device::{self, Device};
 use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
 
 pyo3::create_exception!(_native, TransportError_, PyConnectionError, "A transport failure (base class).");
@@ -58,12 +58,9 @@ fn py_err(e: TransportError) -> PyErr {
 }
 
 fn device_kind(kind: &str) -> PyResult<(Arc<dyn Device>, &'static str)> {
-    match kind {
-        "cuda" => Ok((device::open(DeviceKind::Cuda).map_err(py_err)?, "cuda")),
-        "sim" => Ok((Arc::new(device::sim::SimDevice::new()), "sim")),
-        "sim-mig" => Ok((Arc::new(device::sim::SimDevice::mig()), "sim-mig")),
-        other => Err(PyValueError::new_err(format!("unknown device `{other}`: expected cuda, sim or sim-mig"))),
-    }
+    let device: device::WorkerDevice =
+        kind.parse().map_err(|e: TransportError| PyValueError::new_err(e.to_string()))?;
+    Ok((device.open().map_err(py_err)?, device.name()))
 }
 
 fn path_of(name: &str) -> PyResult<Path> {

@@ -234,11 +234,7 @@ fn peer_command(
     secret: Option<&Secret>,
     max: usize,
 ) -> Command {
-    let device = match (config.device, config.mig) {
-        (_, true) => "sim-mig",
-        (DeviceKind::Simulated, false) => "sim",
-        (DeviceKind::Cuda, false) => "cuda",
-    };
+    let device = transport::device::WorkerDevice::of(config.device, config.mig).name();
     let mut cmd = Command::new(exe);
     cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path.name()]);
     cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use transport::device::{self, Device, DeviceBuffer, DeviceKind};
+use transport::device::{self, Device, DeviceBuffer};
 use transport::rendezvous::Rendezvous;
 use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
 
@@ -90,12 +90,10 @@ fn number(name: &str) -> Result<usize, TransportError> {
 /// # Errors
 /// An unknown kind, or a device that cannot be opened.
 pub fn device_from_env() -> Result<Arc<dyn Device>, TransportError> {
-    match var("GPUCLUSTER_DEVICE")?.as_str() {
-        "cuda" => device::open(DeviceKind::Cuda),
-        "sim" => device::open(DeviceKind::Simulated),
-        "sim-mig" => Ok(Arc::new(device::sim::SimDevice::mig())),
-        other => Err(TransportError::Protocol(format!("GPUCLUSTER_DEVICE={other}: expected cuda, sim or sim-mig"))),
-    }
+    let name = var(device::WorkerDevice::ENV)?;
+    let device: device::WorkerDevice =
+        name.parse().map_err(|e| TransportError::Protocol(format!("{}: {e}", device::WorkerDevice::ENV)))?;
+    device.open()
 }
 
 fn check_device(device: &Arc<dyn Device>, rank: usize, bytes: usize) -> Result<DeviceCheck, TransportError> {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use transport::device::{DeviceKind, WorkerDevice};
 
 use cluster_core::WorkerPlan;
 
@@ -671,12 +672,9 @@ pub fn worker_device_env(facts: &WorkerDeviceEnv) -> BTreeMap<String, String> {
         env.insert("GPUCLUSTER_SIMULATED".into(), "1".into());
     }
     // The device the gpucluster comm moves frames on (as the built-in worker's).
-    let device = match (facts.simulated, facts.kind) {
-        (false, _) => "cuda",
-        (true, cluster_core::DeviceKind::Mig) => "sim-mig",
-        (true, cluster_core::DeviceKind::Gpu) => "sim",
-    };
-    env.insert("GPUCLUSTER_DEVICE".into(), device.into());
+    let memory = if facts.simulated { DeviceKind::Simulated } else { DeviceKind::Cuda };
+    let device = WorkerDevice::of(memory, facts.kind == cluster_core::DeviceKind::Mig);
+    env.insert(WorkerDevice::ENV.into(), device.name().into());
     if facts.host_staged_only {
         env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());
     }

@@ -191,12 +191,12 @@ fn worker_specs(job: &Job, rendezvous: &str, secret: &transport::Secret) -> Vec<
                 "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
                 w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
             );
-            let device = match (job.memory, w.kind) {
-                (Memory::Cuda, _) => "cuda",
-                (Memory::Simulated, WorkerKind::Mig) => "sim-mig",
-                (Memory::Simulated, WorkerKind::Gpu) => "sim",
+            let memory = match job.memory {
+                Memory::Cuda => transport::device::DeviceKind::Cuda,
+                Memory::Simulated => transport::device::DeviceKind::Simulated,
             };
-            env.insert("GPUCLUSTER_DEVICE".into(), device.into());
+            let device = transport::device::WorkerDevice::of(memory, w.kind == WorkerKind::Mig);
+            env.insert(transport::device::WorkerDevice::ENV.into(), device.name().into());
             let (program, args) = match &job.command {
                 Some(cmd) => (cmd[0].clone(), cmd[1..].to_vec()),
                 None => (job.program.clone(), vec![OsString::from("worker")]),

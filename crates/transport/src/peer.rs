@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::device::{self, Device, DeviceBuffer, DeviceKind};
+use crate::device::{self, Device, DeviceBuffer, DeviceKind, WorkerDevice};
 use crate::{Address, Connection, Options, Path, SECRET_ENV, Secret, TransportError, connect_blocking};
 
 /// What the peer does once connected.
@@ -86,11 +86,10 @@ impl PeerArgs {
         while let Some(a) = it.next() {
             let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
             match a.as_str() {
-                "--device" => match value("--device")?.as_str() {
-                    "sim" => device = DeviceKind::Simulated,
-                    "sim-mig" => (device, mig) = (DeviceKind::Simulated, true),
-                    "cuda" => device = DeviceKind::Cuda,
-                    other => return Err(format!("unknown device `{other}`: sim, sim-mig or cuda")),
+                "--device" => match value("--device")?.parse::<WorkerDevice>().map_err(|e| e.to_string())? {
+                    WorkerDevice::Sim => device = DeviceKind::Simulated,
+                    WorkerDevice::SimMig => (device, mig) = (DeviceKind::Simulated, true),
+                    WorkerDevice::Cuda => device = DeviceKind::Cuda,
                 },
                 "--address" => address = Some(value("--address")?.parse::<Address>().map_err(|e| e.to_string())?),
                 "--path" => {

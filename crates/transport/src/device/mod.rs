@@ -319,6 +319,69 @@ pub enum DeviceKind {
     Simulated,
 }
 
+/// The device a worker process moves data on, as launchers name it to the worker in
+/// [`WorkerDevice::ENV`]: `cuda`, `sim` (simulated memory of a whole GPU) or `sim-mig`
+/// (simulated memory of a MIG instance, whose IPC handles peers cannot open). The one
+/// definition of these names: `gpucluster up`, `dask local`, `bench` and the Python comm use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerDevice {
+    /// CUDA device 0 of the process.
+    Cuda,
+    /// Simulated memory of a whole GPU.
+    Sim,
+    /// Simulated memory of a MIG instance.
+    SimMig,
+}
+
+impl WorkerDevice {
+    /// The variable that carries the name to a worker.
+    pub const ENV: &'static str = "GPUCLUSTER_DEVICE";
+
+    /// Every kind, as named.
+    pub const ALL: [WorkerDevice; 3] = [WorkerDevice::Cuda, WorkerDevice::Sim, WorkerDevice::SimMig];
+
+    /// The device of `memory`, for a MIG instance (`mig`) or a whole GPU.
+    pub fn of(memory: DeviceKind, mig: bool) -> Self {
+        match (memory, mig) {
+            (DeviceKind::Cuda, _) => WorkerDevice::Cuda,
+            (DeviceKind::Simulated, true) => WorkerDevice::SimMig,
+            (DeviceKind::Simulated, false) => WorkerDevice::Sim,
+        }
+    }
+
+    /// Its name: `cuda`, `sim`, `sim-mig`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerDevice::Cuda => "cuda",
+            WorkerDevice::Sim => "sim",
+            WorkerDevice::SimMig => "sim-mig",
+        }
+    }
+
+    /// Opens it.
+    ///
+    /// # Errors
+    /// As [`open`].
+    pub fn open(self) -> Result<Arc<dyn Device>, TransportError> {
+        match self {
+            WorkerDevice::Cuda => open(DeviceKind::Cuda),
+            WorkerDevice::Sim => open(DeviceKind::Simulated),
+            WorkerDevice::SimMig => Ok(Arc::new(sim::SimDevice::mig())),
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerDevice {
+    type Err = TransportError;
+
+    /// The inverse of [`WorkerDevice::name`].
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        WorkerDevice::ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
+            TransportError::Protocol(format!("unknown device `{}`: expected cuda, sim or sim-mig", name.escape_debug()))
+        })
+    }
+}
+
 /// How many CUDA devices this process sees, without making a context (0 without a driver, or
 /// in a build without the `cuda` feature).
 pub fn cuda_device_count() -> usize {
@@ -345,5 +408,27 @@ pub fn open(kind: DeviceKind) -> Result<Arc<dyn Device>, TransportError> {
         DeviceKind::Cuda => Err(TransportError::CudaUnavailable {
             reason: "this build has no `cuda` feature; rebuild with default features".into(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_device_names_read_back_and_follow_memory_and_mig() {
+        for d in WorkerDevice::ALL {
+            assert_eq!(d.name().parse::<WorkerDevice>().expect("a name"), d);
+        }
+        assert!("gpu".parse::<WorkerDevice>().expect_err("not a device").to_string().contains("cuda, sim or sim-mig"));
+        assert_eq!(WorkerDevice::of(DeviceKind::Cuda, true), WorkerDevice::Cuda);
+        assert_eq!(WorkerDevice::of(DeviceKind::Simulated, true), WorkerDevice::SimMig);
+        assert_eq!(WorkerDevice::of(DeviceKind::Simulated, false), WorkerDevice::Sim);
+        // A simulated MIG instance refuses IPC, as CUDA does across MIG instances.
+        let mig = WorkerDevice::SimMig.open().expect("open");
+        let other = WorkerDevice::Sim.open().expect("open");
+        let buf = DeviceBuffer::new(&other, 64).expect("buffer");
+        let (handle, _) = other.ipc_export(buf.ptr()).expect("export");
+        assert!(mig.ipc_open(&handle).is_err());
     }
 }
