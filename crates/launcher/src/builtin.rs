@@ -76,13 +76,16 @@ pub enum Report {
 }
 
 fn var(name: &str) -> Result<String, TransportError> {
-    std::env::var(name).map_err(|_| {
-        TransportError::Protocol(format!("{name} is not set: the built-in worker is started by `gpucluster up`"))
+    std::env::var(name).map_err(|_| TransportError::Environment {
+        variable: name.to_owned(),
+        problem: "is not set: the built-in worker is started by `gpucluster up`".into(),
     })
 }
 
 fn number(name: &str) -> Result<usize, TransportError> {
-    var(name)?.parse().map_err(|_| TransportError::Protocol(format!("{name} is not a number")))
+    var(name)?
+        .parse()
+        .map_err(|_| TransportError::Environment { variable: name.to_owned(), problem: "is not a number".into() })
 }
 
 /// Opens the device the launcher named in `GPUCLUSTER_DEVICE` (`cuda`, `sim` or `sim-mig`).
@@ -91,8 +94,10 @@ fn number(name: &str) -> Result<usize, TransportError> {
 /// An unknown kind, or a device that cannot be opened.
 pub fn device_from_env() -> Result<Arc<dyn Device>, TransportError> {
     let name = var(device::WorkerDevice::ENV)?;
-    let device: device::WorkerDevice =
-        name.parse().map_err(|e| TransportError::Protocol(format!("{}: {e}", device::WorkerDevice::ENV)))?;
+    let device: device::WorkerDevice = name.parse().map_err(|e| TransportError::Environment {
+        variable: device::WorkerDevice::ENV.into(),
+        problem: format!("names {e}"),
+    })?;
     device.open()
 }
 
@@ -106,7 +111,7 @@ fn check_device(device: &Arc<dyn Device>, rank: usize, bytes: usize) -> Result<D
     let mut back = vec![0u8; bytes];
     b.read(&mut back)?;
     if back != data {
-        return Err(TransportError::Protocol("the device returned different bytes than were copied".into()));
+        return Err(TransportError::Corrupted("the device returned different bytes than were copied".into()));
     }
     Ok(DeviceCheck { rank, device: device.describe(), bytes })
 }
@@ -196,7 +201,7 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
                 served.push(std::thread::spawn(move || transport::peer::echo(&conn, &device, max)));
             }
             for s in served {
-                s.join().map_err(|_| TransportError::Protocol("an echo thread panicked".into()))??;
+                s.join().map_err(|_| TransportError::Internal("an echo thread panicked".into()))??;
             }
             Ok(())
         })
@@ -228,5 +233,5 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
             }
         }
     }
-    echoes.join().map_err(|_| TransportError::Protocol("the echo thread panicked".into()))?
+    echoes.join().map_err(|_| TransportError::Internal("the echo thread panicked".into()))?
 }

@@ -58,7 +58,9 @@ impl FromStr for Address {
     type Err = TransportError;
 
     fn from_str(s: &str) -> Result<Self, TransportError> {
-        let bad = || TransportError::Protocol(format!("`{s}` is not an address: expected local:NAME or tcp:HOST:PORT"));
+        let bad = || {
+            TransportError::InvalidArgument(format!("`{s}` is not an address: expected local:NAME or tcp:HOST:PORT"))
+        };
         match s.split_once(':') {
             Some(("local", name)) if !name.is_empty() => Ok(Address::Local(name.to_owned())),
             Some(("tcp", addr)) if addr.contains(':') => Ok(Address::Tcp(addr.to_owned())),
@@ -368,7 +370,7 @@ impl Connection {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.send_blocking(tag, &buf, len))
             .await
-            .map_err(|e| TransportError::Protocol(format!("the send task failed: {e}")))?
+            .map_err(|e| TransportError::Internal(format!("the send task failed: {e}")))?
     }
 
     /// Receives the next message into `buf`.
@@ -379,7 +381,7 @@ impl Connection {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.recv_blocking(&buf))
             .await
-            .map_err(|e| TransportError::Protocol(format!("the receive task failed: {e}")))?
+            .map_err(|e| TransportError::Internal(format!("the receive task failed: {e}")))?
     }
 
     /// Receives the next message into `buf`, giving up if none begins within `timeout`.
@@ -390,7 +392,7 @@ impl Connection {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.recv_blocking_timeout(&buf, timeout))
             .await
-            .map_err(|e| TransportError::Protocol(format!("the receive task failed: {e}")))?
+            .map_err(|e| TransportError::Internal(format!("the receive task failed: {e}")))?
     }
 }
 
@@ -400,7 +402,7 @@ fn check_options(options: &Options) -> Result<(), TransportError> {
         || options.chunk < 4096
         || !options.chunk.is_multiple_of(4096)
     {
-        return Err(TransportError::Protocol(format!(
+        return Err(TransportError::InvalidArgument(format!(
             "a ring needs 2 to {} slots of a multiple of 4096 bytes (asked: {} slots of {} bytes)",
             ring::MAX_SLOTS,
             options.slots,
@@ -408,11 +410,11 @@ fn check_options(options: &Options) -> Result<(), TransportError> {
         )));
     }
     if options.chunk > MAX_CHUNK {
-        return Err(TransportError::Protocol(format!("a ring slot holds at most {MAX_CHUNK} bytes")));
+        return Err(TransportError::InvalidArgument(format!("a ring slot holds at most {MAX_CHUNK} bytes")));
     }
     let ms = Duration::from_millis(1);
     if options.handshake_timeout < ms || options.stall_timeout < ms || options.max_handshakes == 0 {
-        return Err(TransportError::Protocol(
+        return Err(TransportError::InvalidArgument(
             "handshake and stall timeouts need at least 1 ms, and a listener at least one handshake".into(),
         ));
     }
@@ -607,7 +609,7 @@ impl Listener {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.accept_blocking())
             .await
-            .map_err(|e| TransportError::Protocol(format!("the accept task failed: {e}")))?
+            .map_err(|e| TransportError::Internal(format!("the accept task failed: {e}")))?
     }
 
     /// Connections refused or dropped so far, with the first reasons (for a report such as
@@ -789,7 +791,7 @@ pub fn connect_blocking(
                 .to_socket_addrs()
                 .map_err(TransportError::io("resolve"))?
                 .next()
-                .ok_or_else(|| TransportError::Protocol(format!("`{addr}` resolves to no address")))?;
+                .ok_or_else(|| TransportError::InvalidArgument(format!("`{addr}` resolves to no address")))?;
             let mut stream = TcpStream::connect_timeout(&target, deadline.remaining()?)
                 .map_err(|e| deadline.explain(TransportError::io("connect")(e)))?;
             deadline.arm(&stream)?;
@@ -810,7 +812,7 @@ pub async fn connect(
 ) -> Result<Connection, TransportError> {
     tokio::task::spawn_blocking(move || connect_blocking(&address, device, &options))
         .await
-        .map_err(|e| TransportError::Protocol(format!("the connect task failed: {e}")))?
+        .map_err(|e| TransportError::Internal(format!("the connect task failed: {e}")))?
 }
 
 #[cfg(test)]

@@ -32,9 +32,29 @@ pub enum TransportError {
     /// The peer did not answer in time.
     #[error("the peer did not answer within {0:?}")]
     Timeout(std::time::Duration),
-    /// The peer broke the protocol.
+    /// The peer broke the protocol: a message, descriptor, frame or setup step that is not what
+    /// the protocol allows.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The caller asked for something that cannot be: an address that is not one, options out of
+    /// range, an unknown device name. Nothing was sent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A variable the launcher sets for its workers is missing or malformed (the process was not
+    /// started by a launcher of ours, or by a different version).
+    #[error("{variable} {problem}")]
+    Environment {
+        /// The variable.
+        variable: String,
+        /// What is wrong with it, with what to do.
+        problem: String,
+    },
+    /// Bytes read back differ from the bytes written: a device or a peer corrupted them.
+    #[error("data corrupted: {0}")]
+    Corrupted(String),
+    /// A thread or task of the transport itself failed (panicked or was cancelled).
+    #[error("internal failure: {0}")]
+    Internal(String),
     /// The peer does not hold the cluster's secret (or we do not hold theirs).
     #[error("authentication failed: {0}")]
     Authentication(String),
@@ -69,5 +89,24 @@ impl TransportError {
 
     pub(crate) fn poisoned() -> Self {
         TransportError::Protocol("an earlier failure left the connection unusable".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::{self, DeviceKind, WorkerDevice};
+    use crate::{Address, Listener, Options};
+
+    #[test]
+    fn callers_can_tell_their_own_mistakes_from_a_peer_breaking_the_protocol() {
+        let e = "nonsense".parse::<Address>().expect_err("not an address");
+        assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+        let e = "gpu".parse::<WorkerDevice>().expect_err("not a device");
+        assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+        let dev = device::open(DeviceKind::Simulated).expect("simulated device");
+        let e = Listener::bind_local("test", dev, Options { slots: 1, ..Options::default() }).expect_err("one slot");
+        assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+        assert!(e.to_string().starts_with("a ring needs"), "the message says what is wrong, unprefixed: {e}");
     }
 }

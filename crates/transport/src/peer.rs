@@ -199,7 +199,7 @@ pub fn run_on(device: Arc<dyn Device>, args: &PeerArgs) -> Result<(), TransportE
 fn squat(address: &Address) -> Result<(), TransportError> {
     use std::os::linux::net::SocketAddrExt;
     let Address::Local(name) = address else {
-        return Err(TransportError::Protocol("squat takes a local address".into()));
+        return Err(TransportError::InvalidArgument("squat takes a local address".into()));
     };
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .map_err(|error| TransportError::Io { call: "abstract socket name", error })?;
@@ -260,13 +260,13 @@ pub fn duplex(
         buf.read(&mut got[..r.len])?;
         pattern(recv_seed, i as u64, &mut want);
         if r.tag != i as u64 || r.len != size || got != want {
-            return Err(TransportError::Protocol(format!(
+            return Err(TransportError::Corrupted(format!(
                 "message {i} arrived wrong (tag {}, {} bytes)",
                 r.tag, r.len
             )));
         }
     }
-    sender.join().map_err(|_| TransportError::Protocol("the sending thread panicked".into()))?
+    sender.join().map_err(|_| TransportError::Internal("the sending thread panicked".into()))?
 }
 
 #[cfg(test)]

@@ -271,7 +271,8 @@ fn read_line(
 }
 
 fn send_line(stream: &mut TcpStream, value: &impl Serialize) -> Result<(), TransportError> {
-    let mut text = serde_json::to_string(value).map_err(|e| TransportError::Protocol(e.to_string()))?;
+    let mut text =
+        serde_json::to_string(value).map_err(|e| TransportError::Internal(format!("encoding a message: {e}")))?;
     text.push('\n');
     stream.write_all(text.as_bytes()).map_err(TransportError::io("send a line"))
 }
@@ -368,7 +369,7 @@ impl Rendezvous {
             .to_socket_addrs()
             .map_err(TransportError::io("resolve the rendezvous"))?
             .next()
-            .ok_or_else(|| TransportError::Protocol(format!("`{server}` resolves to no address")))?;
+            .ok_or_else(|| TransportError::InvalidArgument(format!("`{server}` resolves to no address")))?;
         // The launcher starts the rendezvous before the workers, but retry briefly anyway. And
         // retry the handshake until the deadline: under a flood of connections from strangers
         // the launcher's gate may drop ours before we answer (it drops the oldest waiting), and a

@@ -377,7 +377,10 @@ impl std::str::FromStr for WorkerDevice {
     /// The inverse of [`WorkerDevice::name`].
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         WorkerDevice::ALL.into_iter().find(|d| d.name() == name).ok_or_else(|| {
-            TransportError::Protocol(format!("unknown device `{}`: expected cuda, sim or sim-mig", name.escape_debug()))
+            TransportError::InvalidArgument(format!(
+                "unknown device `{}`: expected cuda, sim or sim-mig",
+                name.escape_debug()
+            ))
         })
     }
 }
