@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use gpu_topology::{Snapshot, TopologySpec};
-use launcher::{Job, Memory, Supervision};
+use launcher::{Job, Supervision};
+use transport::device::DeviceKind;
 
 use crate::args::SelectionArgs;
 use crate::table::Table;
@@ -21,8 +22,8 @@ pub(crate) struct Options {
 
 /// Device memory for the workers: real GPUs only when the topology is this machine, read through
 /// NVML; any description (`sim:`, `file:`, `smi:`, `--inventory`) runs on simulated memory.
-fn memory_for(spec: &TopologySpec, selection: &SelectionArgs) -> Memory {
-    if spec.is_real() && !selection.uses_inventories() { Memory::Cuda } else { Memory::Simulated }
+fn memory_for(spec: &TopologySpec, selection: &SelectionArgs) -> DeviceKind {
+    if spec.is_real() && !selection.uses_inventories() { DeviceKind::Cuda } else { DeviceKind::Simulated }
 }
 
 pub(crate) async fn run(
@@ -59,8 +60,8 @@ pub(crate) async fn run(
         plan.workers.len(),
         crate::table::escape(&snapshot.hosts[0].hostname),
         match memory {
-            Memory::Cuda => "GPU memory through CUDA",
-            Memory::Simulated => "simulated device memory (figures measure the protocol, not hardware)",
+            DeviceKind::Cuda => "GPU memory through CUDA",
+            DeviceKind::Simulated => "simulated device memory (figures measure the protocol, not hardware)",
         },
         if builtin {
             "built-in worker: device check and transfers to peers".to_owned()

@@ -23,7 +23,7 @@ pub use supervise::{
     Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
     parse_cpus, signal_name, supervise,
 };
-pub use up::{BUILTIN_TIME_LIMIT, Job, Memory, UpReport, pairs_to_measure, up};
+pub use up::{BUILTIN_TIME_LIMIT, Job, UpReport, pairs_to_measure, up};
 
 /// What can go wrong launching workers.
 #[derive(Debug, thiserror::Error)]

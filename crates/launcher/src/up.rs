@@ -14,14 +14,7 @@ use std::sync::Arc;
 
 use crate::{LauncherError, Outcome, ProcessSpec, Signals, Sink, Stop, StopHook, StopWhen, Supervision, supervise};
 
-/// Which device memory the workers use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Memory {
-    /// Real GPUs through CUDA.
-    Cuda,
-    /// Simulated memory (MIG workers get simulated MIG instances, where IPC does not open).
-    Simulated,
-}
+use transport::device::DeviceKind;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -31,7 +24,9 @@ pub struct Job {
     /// The planned path between two workers, by name (either order).
     pub paths: HashMap<(String, String), Path>,
     /// Device memory for the built-in worker.
-    pub memory: Memory,
+    /// Which device memory the workers use (simulated MIG workers get simulated MIG instances,
+    /// where IPC does not open: [`transport::device::WorkerDevice`]).
+    pub memory: DeviceKind,
     /// The user's command and arguments; `None` runs the built-in worker.
     pub command: Option<Vec<OsString>>,
     /// The program that runs the built-in worker (`gpucluster`, with `worker` as argument).
@@ -134,7 +129,7 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
 /// What the built-in workers do: the pairs to measure, each with its planned path (host-staged
 /// where the plan has none), and how much to send (less on simulated memory).
 fn assignment(job: &Job, names: &[String]) -> Assignment {
-    let simulated = job.memory == Memory::Simulated;
+    let simulated = job.memory == DeviceKind::Simulated;
     let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(names.len())
         .into_iter()
         .map(|(a, b)| {
@@ -191,11 +186,7 @@ fn worker_specs(job: &Job, rendezvous: &str, secret: &transport::Secret) -> Vec<
                 "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
                 w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
             );
-            let memory = match job.memory {
-                Memory::Cuda => transport::device::DeviceKind::Cuda,
-                Memory::Simulated => transport::device::DeviceKind::Simulated,
-            };
-            let device = transport::device::WorkerDevice::of(memory, w.kind == WorkerKind::Mig);
+            let device = transport::device::WorkerDevice::of(job.memory, w.kind == WorkerKind::Mig);
             env.insert(transport::device::WorkerDevice::ENV.into(), device.name().into());
             let (program, args) = match &job.command {
                 Some(cmd) => (cmd[0].clone(), cmd[1..].to_vec()),
