@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use gpu_topology::{DeviceId, Snapshot};
 
-use crate::plan::{DeviceKind, PlanRequest, SpecSource, plan};
+use crate::plan::{PlanRequest, SpecSource, WorkerKind, plan};
 use crate::{DeviceSpec, Finding, Severity, spec};
 
 /// The environment variables doctor judges, read by the caller (this crate reads none).
@@ -31,7 +31,7 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
         )),
         Ok(p) => {
             findings.extend(p.findings.iter().cloned());
-            let mig_workers = p.workers.iter().filter(|w| w.kind == DeviceKind::Mig).count();
+            let mig_workers = p.workers.iter().filter(|w| w.kind == WorkerKind::Mig).count();
             if mig_workers > 0 {
                 nccl_finding(mig_workers, &mut findings);
                 if let Some(tls) = env.ucx_tls.as_deref()
@@ -49,7 +49,7 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
             }
             // Whole-GPU workers by host, gathered once: a plan may span thousands of hosts.
             let mut whole_gpus: HashMap<&str, Vec<u32>> = HashMap::new();
-            for w in p.workers.iter().filter(|w| w.kind == DeviceKind::Gpu) {
+            for w in p.workers.iter().filter(|w| w.kind == WorkerKind::Gpu) {
                 let gpus = whole_gpus.entry(w.host.as_str()).or_default();
                 if gpus.last() != Some(&w.gpu_index) {
                     gpus.push(w.gpu_index);

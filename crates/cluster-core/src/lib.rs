@@ -37,8 +37,8 @@ pub use doctor::{Environment, doctor};
 pub use finding::{Finding, Severity};
 pub use inventory::{InventoryError, merge_inventories};
 pub use plan::{
-    DEFAULT_MEMORY_TOLERANCE_PCT, DeviceKind, MEMORY_TOLERANCE_PCT, Plan, PlanError, PlanRequest, Policy, SpecSource,
-    WORKERS_PER_DEVICE, WorkerPlan, plan,
+    DEFAULT_MEMORY_TOLERANCE_PCT, MEMORY_TOLERANCE_PCT, Plan, PlanError, PlanRequest, Policy, SpecSource,
+    WORKERS_PER_DEVICE, WorkerKind, WorkerPlan, plan,
 };
 pub use size::{SizeError, parse_binary_size, parse_dask_size};
 pub use spec::{DeviceSpec, SpecEntry, SpecError};

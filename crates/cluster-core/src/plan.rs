@@ -113,7 +113,7 @@ pub const WORKERS_PER_DEVICE: std::ops::RangeInclusive<u32> = 1..=64;
 /// Whether a worker drives a whole GPU or one MIG instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum DeviceKind {
+pub enum WorkerKind {
     /// A whole GPU (MIG disabled).
     Gpu,
     /// A MIG instance.
@@ -135,7 +135,7 @@ pub struct WorkerPlan {
     /// Its device's name (`GPU-...` or `MIG-...`).
     pub device_uuid: String,
     /// Whole GPU or MIG instance.
-    pub kind: DeviceKind,
+    pub kind: WorkerKind,
     /// The parent GPU's NVML index.
     pub gpu_index: u32,
     /// The parent GPU's name.
@@ -173,7 +173,7 @@ impl WorkerPlan {
         env.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
         env.insert("GPUCLUSTER_WORKER_NAME".to_owned(), self.name.clone());
         env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), self.device_uuid.clone());
-        if self.kind == DeviceKind::Mig {
+        if self.kind == WorkerKind::Mig {
             // CUDA IPC does not cross MIG instances: keep UCX from probing it.
             env.insert("UCX_TLS".to_owned(), "^cuda_ipc".to_owned());
             if self.shares_gpu {
@@ -202,7 +202,7 @@ impl Serialize for WorkerPlan {
             name: &'w str,
             host: &'w str,
             device_uuid: &'w str,
-            kind: DeviceKind,
+            kind: WorkerKind,
             gpu_index: u32,
             gpu_uuid: &'w str,
             profile: &'w Option<String>,
@@ -710,7 +710,7 @@ fn worker(
         name,
         host: host.hostname.clone(),
         device_uuid,
-        kind: if instance.is_some() { DeviceKind::Mig } else { DeviceKind::Gpu },
+        kind: if instance.is_some() { WorkerKind::Mig } else { WorkerKind::Gpu },
         gpu_index: gpu.index,
         gpu_uuid: gpu.uuid.to_string(),
         profile: instance.map(|m| m.profile.clone()),

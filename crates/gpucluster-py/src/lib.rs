@@ -566,8 +566,8 @@ fn worker_device_env(
     device_memory_limit: Option<u64>,
 ) -> PyResult<std::collections::BTreeMap<String, String>> {
     let kind = match kind {
-        "gpu" => cluster_core::DeviceKind::Gpu,
-        "mig" => cluster_core::DeviceKind::Mig,
+        "gpu" => cluster_core::WorkerKind::Gpu,
+        "mig" => cluster_core::WorkerKind::Mig,
         other => return Err(PyValueError::new_err(format!("kind: \"gpu\" or \"mig\", not {other:?}"))),
     };
     Ok(launcher::dask::worker_device_env(&launcher::dask::WorkerDeviceEnv {

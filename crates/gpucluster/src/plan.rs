@@ -103,8 +103,8 @@ pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dy
             w.name.clone(),
             w.device_uuid.clone(),
             match w.kind {
-                cluster_core::DeviceKind::Gpu => "gpu".into(),
-                cluster_core::DeviceKind::Mig => "mig".into(),
+                cluster_core::WorkerKind::Gpu => "gpu".into(),
+                cluster_core::WorkerKind::Mig => "mig".into(),
             },
             w.profile.clone().unwrap_or_else(|| "-".into()),
             w.device_memory_bytes.map_or_else(|| "unknown".into(), gib),

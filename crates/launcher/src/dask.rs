@@ -649,7 +649,7 @@ fn private_env(local_directory: &Path) -> BTreeMap<String, String> {
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerDeviceEnv {
     /// The kind of device it runs on.
-    pub kind: cluster_core::DeviceKind,
+    pub kind: cluster_core::WorkerKind,
     /// The devices are simulated.
     pub simulated: bool,
     /// Every pair of workers is host-staged (MIG instances): the comm need not try cuda-ipc.
@@ -673,7 +673,7 @@ pub fn worker_device_env(facts: &WorkerDeviceEnv) -> BTreeMap<String, String> {
     }
     // The device the gpucluster comm moves frames on (as the built-in worker's).
     let memory = if facts.simulated { DeviceKind::Simulated } else { DeviceKind::Cuda };
-    let device = WorkerDevice::of(memory, facts.kind == cluster_core::DeviceKind::Mig);
+    let device = WorkerDevice::of(memory, facts.kind == cluster_core::WorkerKind::Mig);
     env.insert(WorkerDevice::ENV.into(), device.name().into());
     if facts.host_staged_only {
         env.insert("GPUCLUSTER_COMM_PATH".into(), "host-staged".into());

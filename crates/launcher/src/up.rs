@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
-use cluster_core::{DeviceKind as WorkerKind, WorkerPlan};
+use cluster_core::{WorkerKind, WorkerPlan};
 use transport::Path;
 use transport::rendezvous::RendezvousServer;
 
