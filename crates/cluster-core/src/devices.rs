@@ -70,7 +70,7 @@ pub(crate) fn all_devices(snapshot: &Snapshot) -> Vec<DeviceRef> {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Excluded {
     /// The device's name.
-    pub uuid: String,
+    pub uuid: DeviceId,
     /// Its host.
     pub host: String,
     /// Why it is not a worker.
@@ -101,7 +101,7 @@ pub(crate) fn compute_devices(snapshot: &Snapshot) -> (Vec<DeviceRef>, Vec<Exclu
                     gpu.mig_instances.len()
                 )
             };
-            excluded.push(Excluded { uuid: gpu.uuid.to_string(), host: host.hostname.clone(), reason });
+            excluded.push(Excluded { uuid: gpu.uuid.clone(), host: host.hostname.clone(), reason });
             selected.extend((0..gpu.mig_instances.len()).map(|m| DeviceRef { host: h, gpu: g, mig: Some(m) }));
         }
     }

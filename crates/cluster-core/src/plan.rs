@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use gpu_topology::text::printable;
-use gpu_topology::{Snapshot, limits};
+use gpu_topology::{DeviceId, Snapshot, limits};
 use serde::Serialize;
 
 use crate::classes::{DeviceClass, classify};
@@ -133,13 +133,13 @@ pub struct WorkerPlan {
     /// The host it runs on.
     pub host: String,
     /// Its device's name (`GPU-...` or `MIG-...`).
-    pub device_uuid: String,
+    pub device_uuid: DeviceId,
     /// Whole GPU or MIG instance.
     pub kind: WorkerKind,
     /// The parent GPU's NVML index.
     pub gpu_index: u32,
     /// The parent GPU's name.
-    pub gpu_uuid: String,
+    pub gpu_uuid: DeviceId,
     /// The MIG profile, for a MIG worker.
     pub profile: Option<String>,
     /// Memory of the worker's own device.
@@ -172,7 +172,7 @@ impl WorkerPlan {
         // NVML numbers GPUs by PCI bus; CUDA fastest-first unless told otherwise.
         env.insert("CUDA_DEVICE_ORDER".to_owned(), "PCI_BUS_ID".to_owned());
         env.insert("GPUCLUSTER_WORKER_NAME".to_owned(), self.name.clone());
-        env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), self.device_uuid.clone());
+        env.insert("GPUCLUSTER_DEVICE_UUID".to_owned(), self.device_uuid.to_string());
         if self.kind == WorkerKind::Mig {
             // CUDA IPC does not cross MIG instances: keep UCX from probing it.
             env.insert("UCX_TLS".to_owned(), "^cuda_ipc".to_owned());
@@ -201,10 +201,10 @@ impl Serialize for WorkerPlan {
         struct Json<'w> {
             name: &'w str,
             host: &'w str,
-            device_uuid: &'w str,
+            device_uuid: &'w DeviceId,
             kind: WorkerKind,
             gpu_index: u32,
-            gpu_uuid: &'w str,
+            gpu_uuid: &'w DeviceId,
             profile: &'w Option<String>,
             device_memory_bytes: Option<u64>,
             device_memory_limit_bytes: Option<u64>,
@@ -471,7 +471,7 @@ fn select_devices(
             };
             for d in defaults.iter().filter(|d| !chosen.contains(d)) {
                 excluded.push(Excluded {
-                    uuid: d.ids(snapshot).0.to_string(),
+                    uuid: d.ids(snapshot).0.clone(),
                     host: snapshot.hosts[d.host].hostname.clone(),
                     reason: reason.to_owned(),
                 });
@@ -541,7 +541,7 @@ fn apply_class_policy(
                 if class_of[i] != kept {
                     keep[i] = false;
                     excluded.push(Excluded {
-                        uuid: d.ids(snapshot).0.to_string(),
+                        uuid: d.ids(snapshot).0.clone(),
                         host: snapshot.hosts[d.host].hostname.clone(),
                         reason: format!(
                             "policy largest-group keeps class {} ({} devices); this device is in class {}",
@@ -616,7 +616,7 @@ fn build_workers(
             return Err(PlanError::MemoryLimit(MemoryError::RoundsToZero {
                 text: request.device_memory_limit.clone(),
                 total: w.device_memory_bytes.unwrap_or(limit),
-                device: w.device_uuid.clone(),
+                device: w.device_uuid.to_string(),
             }));
         }
         if per_device == 1 {
@@ -681,7 +681,8 @@ fn worker(
     let host = &snapshot.hosts[d.host];
     let gpu = d.gpu(snapshot);
     let instance = d.instance(snapshot);
-    let device_uuid = d.ids(snapshot).0.to_string();
+    let device_id = d.ids(snapshot).0.clone();
+    let device_uuid = device_id.to_string();
     let memory = d.memory_bytes(snapshot);
     let limit = memory::parse_device_bytes(&request.device_memory_limit, memory, 1, &device_uuid)
         .map_err(PlanError::MemoryLimit)?;
@@ -709,10 +710,10 @@ fn worker(
     Ok(WorkerPlan {
         name,
         host: host.hostname.clone(),
-        device_uuid,
+        device_uuid: device_id,
         kind: if instance.is_some() { WorkerKind::Mig } else { WorkerKind::Gpu },
         gpu_index: gpu.index,
-        gpu_uuid: gpu.uuid.to_string(),
+        gpu_uuid: gpu.uuid.clone(),
         profile: instance.map(|m| m.profile.clone()),
         device_memory_bytes: memory,
         device_memory_limit_bytes: limit,

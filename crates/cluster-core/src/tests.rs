@@ -39,11 +39,12 @@ mod dask_cuda_conformance {
         let m = machine("hgx-h100");
         for spec in ["0,3,6,7", &m.hosts[0].gpus.iter().map(|g| g.uuid.to_string()).collect::<Vec<_>>().join(",")] {
             let p = plan(&m, &request(Some(spec), Policy::Strict)).expect("plan");
-            let all: Vec<&str> = p.workers.iter().map(|w| w.device_uuid.as_str()).collect();
+            let names: Vec<String> = p.workers.iter().map(|w| w.device_uuid.to_string()).collect();
+            let all: Vec<&str> = names.iter().map(String::as_str).collect();
             for (i, w) in p.workers.iter().enumerate() {
                 let visible = visible(w);
                 let list: Vec<&str> = visible.split(',').collect();
-                assert_eq!(list[0], w.device_uuid);
+                assert_eq!(list[0], w.device_uuid.to_string());
                 let mut expected = all[i..].to_vec();
                 expected.extend_from_slice(&all[..i]);
                 assert_eq!(list, expected, "{spec}");
@@ -73,7 +74,7 @@ mod dask_cuda_conformance {
         assert_eq!(p.workers.len(), 7);
         for (w, u) in p.workers.iter().zip(&uuids) {
             assert_eq!(visible(w), *u);
-            assert_eq!(w.device_uuid, *u);
+            assert_eq!(w.device_uuid.to_string(), *u);
         }
     }
 
@@ -266,7 +267,7 @@ fn prefixes_resolve_when_unique_and_list_candidates_when_not() {
     let unique =
         (5..36).map(|n| &target[..n]).find(|p| uuids.iter().filter(|u| u.starts_with(p)).count() == 1).expect("prefix");
     let p = plan(&m, &request(Some(unique), Policy::Strict)).expect("prefix plan");
-    assert_eq!(p.workers[0].device_uuid, *target);
+    assert_eq!(p.workers[0].device_uuid.to_string(), *target);
     let shared = "MIG-";
     let err = plan(&m, &request(Some(shared), Policy::Strict)).expect_err("ambiguous");
     assert!(err.to_string().contains("comes a UUID"), "{err}");
@@ -289,7 +290,7 @@ fn legacy_names_name_the_same_device_and_duplicates_are_caught() {
     let legacy = m.hosts[0].gpus[0].mig_instances[0].uuid.to_string();
     assert!(legacy.starts_with("MIG-GPU-"));
     let p = plan(&m, &request(Some(&legacy), Policy::Strict)).expect("legacy");
-    assert_eq!(p.workers[0].device_uuid, legacy);
+    assert_eq!(p.workers[0].device_uuid.to_string(), legacy);
     assert_eq!(visible(&p.workers[0]), legacy);
     // A planted duplicate: the same legacy name twice is refused, naming the second entry.
     let twice = format!("{legacy},{legacy}");

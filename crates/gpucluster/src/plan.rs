@@ -60,11 +60,11 @@ pub(crate) fn log(output: &PlanOutput<'_>) {
 fn excluded(excluded: &[cluster_core::Excluded], out: &mut dyn Write) -> io::Result<()> {
     /// UUIDs named per group before "and N more".
     const NAMED: usize = 3;
-    let mut groups: Vec<(&str, &str, Vec<&str>)> = Vec::new();
+    let mut groups: Vec<(&str, &str, Vec<String>)> = Vec::new();
     for e in excluded {
         match groups.iter_mut().find(|(host, reason, _)| *host == e.host && *reason == e.reason) {
-            Some(group) => group.2.push(&e.uuid),
-            None => groups.push((&e.host, &e.reason, vec![&e.uuid])),
+            Some(group) => group.2.push(e.uuid.to_string()),
+            None => groups.push((&e.host, &e.reason, vec![e.uuid.to_string()])),
         }
     }
     let more = if groups.len() < excluded.len() { "; each one in --json" } else { "" };
@@ -74,7 +74,7 @@ fn excluded(excluded: &[cluster_core::Excluded], out: &mut dyn Write) -> io::Res
         match uuids.as_slice() {
             [one] => writeln!(out, "  {one} on {host}: {reason}")?,
             many => {
-                let named = many.iter().take(NAMED).copied().collect::<Vec<_>>().join(", ");
+                let named = many.iter().take(NAMED).cloned().collect::<Vec<_>>().join(", ");
                 let rest = many.len().saturating_sub(NAMED);
                 let rest = if rest > 0 { format!(" and {rest} more") } else { String::new() };
                 writeln!(out, "  {} device(s) on {host}: {reason}: {named}{rest}", many.len())?;
@@ -101,7 +101,7 @@ pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dy
     for w in &plan.workers {
         t.row(vec![
             w.name.clone(),
-            w.device_uuid.clone(),
+            w.device_uuid.to_string(),
             match w.kind {
                 cluster_core::WorkerKind::Gpu => "gpu".into(),
                 cluster_core::WorkerKind::Mig => "mig".into(),

@@ -55,7 +55,7 @@ fn endpoint<'s>(hosts: &HashMap<&str, &'s HostTopology>, w: &WorkerPlan) -> Opti
         _ => host.gpus.iter().find(|g| g.index == w.gpu_index)?,
     };
     let mig = match w.kind {
-        cluster_core::WorkerKind::Mig => Some(gpu.mig_instances.iter().find(|m| m.uuid.to_string() == w.device_uuid)?),
+        cluster_core::WorkerKind::Mig => Some(gpu.mig_instances.iter().find(|m| m.uuid == w.device_uuid)?),
         cluster_core::WorkerKind::Gpu => None,
     };
     Some(Endpoint { host, gpu, mig })
