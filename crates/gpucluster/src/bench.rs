@@ -7,18 +7,19 @@
 //! four messages), B acknowledges the last, and the median repeat counts. Latency is half the
 //! median round trip of one message echoed back. The ceilings are copies inside one process on
 //! the same device: device-to-device, and the pipelined device-to-host-to-device copy through
-//! pinned memory that the host-staged path does across two processes.
+//! pinned memory that the host-staged path does across two processes. The measuring itself is
+//! `transport::measure` (shared with the built-in worker of `up`); this module chooses what to
+//! measure, starts the peer, and reports.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use transport::device::{self, Device, DeviceBuffer, DeviceKind, Event};
-use transport::{Address, Listener, Options, Path, Secret};
+use transport::device::{self, Device, DeviceBuffer, DeviceKind};
+use transport::{Address, Listener, Options, Path, Secret, measure};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -85,11 +86,6 @@ impl Drop for Peer {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn repeats_for(bytes: usize, base: usize) -> usize {
     if bytes <= 1 << 20 { base.max(1) * 20 } else { base.max(1) }
 }
@@ -125,11 +121,12 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
 
     for &bytes in &config.sizes {
         bar.set_message(format!("ceiling d2d {bytes} B"));
-        let gbps = ceiling_d2d(&*device, &a, &b, bytes, repeats_for(bytes, config.repeats))?;
+        let gbps = measure::ceiling_d2d(&*device, &a, &b, bytes, repeats_for(bytes, config.repeats))?;
         report.ceilings.push(Ceiling { name: D2D.into(), bytes, gbps });
         bar.inc(1);
         bar.set_message(format!("ceiling staged {bytes} B"));
-        let gbps = ceiling_staged(&*device, &a, &b, bytes, config, repeats_for(bytes, config.repeats))?;
+        let repeats = repeats_for(bytes, config.repeats);
+        let gbps = measure::ceiling_staged(&*device, &a, &b, bytes, config.slots, config.chunk, repeats)?;
         report.ceilings.push(Ceiling { name: STAGED.into(), bytes, gbps });
         bar.inc(1);
     }
@@ -168,35 +165,22 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
             let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
             let mut rates = Vec::with_capacity(config.repeats);
             for i in 0..config.repeats.max(1) + 1 {
-                let t = Instant::now();
-                for m in 0..messages {
-                    let tag = if m + 1 == messages { transport::peer::ACK } else { transport::peer::NO_REPLY };
-                    conn.send_blocking(tag | m as u64, &a, bytes)?;
-                }
-                let r = conn.recv_blocking(&b)?;
-                let seconds = t.elapsed().as_secs_f64();
-                if r.len != 0 {
-                    bail!("{}: the acknowledgement carried {} bytes", path.name(), r.len);
-                }
+                let seconds = measure::stream(&conn, &a, &b, bytes, messages)
+                    .with_context(|| format!("{}: {bytes} B", path.name()))?;
                 if i >= 1 {
                     rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
                 }
             }
-            let gbps = median(&mut rates);
+            let gbps = measure::median(&mut rates);
             let mut rtts = Vec::with_capacity(repeats);
             for i in 0..repeats + 2 {
-                let t = Instant::now();
-                conn.send_blocking(i as u64, &a, bytes)?;
-                let r = conn.recv_blocking(&b)?;
-                let rtt = t.elapsed().as_secs_f64();
-                if r.len != bytes || r.tag != i as u64 {
-                    bail!("{}: message {i} came back as {} bytes with tag {}", path.name(), r.len, r.tag);
-                }
+                let rtt = measure::round_trip(&conn, &a, &b, bytes, i as u64)
+                    .with_context(|| format!("{}: {bytes} B", path.name()))?;
                 if i >= 2 {
-                    rtts.push(rtt);
+                    rtts.push(rtt.as_secs_f64());
                 }
             }
-            let rtt = median(&mut rtts);
+            let rtt = measure::median(&mut rtts);
             report.results.push(Measurement { path: conn.path(), bytes, gbps, latency_us: rtt / 2.0 * 1e6, repeats });
             bar.inc(1);
         }
@@ -254,77 +238,6 @@ fn peer_command(
     cmd
 }
 
-fn timed(repeats: usize, mut op: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    for _ in 0..2 {
-        op()?;
-    }
-    let mut times = Vec::with_capacity(repeats);
-    for _ in 0..repeats {
-        let t = Instant::now();
-        op()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    Ok(median(&mut times))
-}
-
-fn ceiling_d2d(
-    device: &dyn Device,
-    a: &DeviceBuffer,
-    b: &DeviceBuffer,
-    bytes: usize,
-    repeats: usize,
-) -> anyhow::Result<f64> {
-    let stream = device.stream()?;
-    let t = timed(repeats, || Ok(a.copy_to(b, bytes, &*stream)?))?;
-    Ok(bytes as f64 / t / 1e9)
-}
-
-/// Device to pinned host to device in one process, two streams, the transport's chunk and slot
-/// count: the chunk k+1 copy out overlaps the chunk k copy in.
-fn ceiling_staged(
-    device: &dyn Device,
-    a: &DeviceBuffer,
-    b: &DeviceBuffer,
-    bytes: usize,
-    config: &BenchConfig,
-    repeats: usize,
-) -> anyhow::Result<f64> {
-    let bounce = transport::shm::Segment::create("gpucluster-bench-bounce", config.slots * config.chunk)?;
-    // SAFETY: `bounce` outlives the registration, undone below.
-    unsafe { device.register_host(bounce.as_ptr(), bounce.len())? };
-    let out_stream = device.stream()?;
-    let in_stream = device.stream()?;
-    let copied: Vec<Box<dyn Event>> = (0..config.slots).map(|_| out_stream.event()).collect::<Result<_, _>>()?;
-    let drained: Vec<Box<dyn Event>> = (0..config.slots).map(|_| in_stream.event()).collect::<Result<_, _>>()?;
-    let result = timed(repeats, || {
-        let chunks = bytes.div_ceil(config.chunk).max(1);
-        for k in 0..chunks {
-            let slot = k % config.slots;
-            let offset = k * config.chunk;
-            let len = config.chunk.min(bytes - offset.min(bytes));
-            // SAFETY: slot memory lies inside `bounce`, which is pinned and mapped.
-            let host = unsafe { bounce.as_ptr().add(slot * config.chunk) };
-            if k >= config.slots {
-                out_stream.wait(&*drained[slot])?;
-            }
-            // SAFETY: as above; the slot's previous copy in has finished (waited on).
-            unsafe { out_stream.d2h(host, a.ptr() + offset as u64, len)? };
-            out_stream.record(&*copied[slot])?;
-            in_stream.wait(&*copied[slot])?;
-            // SAFETY: as above; the copy out into this slot has finished (waited on).
-            unsafe { in_stream.h2d(b.ptr() + offset as u64, host, len)? };
-            in_stream.record(&*drained[slot])?;
-        }
-        in_stream.synchronize()?;
-        Ok(())
-    });
-    // Nothing may still copy through `bounce` when it is unregistered, even after an error.
-    let _ = (out_stream.synchronize(), in_stream.synchronize());
-    // SAFETY: registered above; both streams that used it are synchronised.
-    unsafe { device.unregister_host(bounce.as_ptr()) };
-    Ok(bytes as f64 / result? / 1e9)
-}
-
 /// Axis labels in the table's units: the measured sizes, `8 B`, `64 KiB`, `1 GiB` (binary, as
 /// `--sizes` reads them).
 fn binary(v: f64) -> String {
@@ -355,6 +268,9 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
         report.slots,
         human(report.chunk_bytes)
     )?;
+    if report.device.starts_with("simulated") {
+        writeln!(out, "(simulated device memory: the figures measure the protocol and this host's memory, not a GPU)")?;
+    }
     let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
     paths.dedup();
     let mut header = vec!["SIZE".to_owned()];

@@ -341,10 +341,9 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
     let local = first.map(|e| transport::choose_path(e, e));
     let first_mig = first.is_some_and(|e| e.mig.is_some());
     let device = if spec.is_real() { DeviceKind::Cuda } else { DeviceKind::Simulated };
-    let allowed: Vec<Path> = match &local {
-        Some(c) if c.path == Path::CudaIpc => vec![Path::CudaIpc, Path::HostStaged, Path::Tcp],
-        _ => vec![Path::HostStaged, Path::Tcp],
-    };
+    // Without a compute device (nothing to choose for), the simulated memory's local paths.
+    let allowed: Vec<Path> =
+        local.as_ref().map_or_else(|| vec![Path::HostStaged, Path::Tcp], transport::PathChoice::usable);
     let paths = if args.paths.is_empty() {
         allowed.clone()
     } else {

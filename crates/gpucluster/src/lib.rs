@@ -1,8 +1,8 @@
 //! The `gpucluster` command line: parses arguments, calls the library crates, formats output.
 //!
 //! This crate owns the user-facing text and JSON, exit statuses and the glue between the
-//! libraries (it is the one place that puts a plan and its transport paths together). It holds
-//! no policy and touches no device itself. [`run`] is the whole program, so tests can drive it
+//! libraries. It holds no policy and touches no device itself: measuring is
+//! `transport::measure`, a plan's paths `launcher::plan_paths`. [`run`] is the whole program, so tests can drive it
 //! in process; `main.rs` only hands it the real arguments and streams.
 
 mod args;

@@ -6,7 +6,7 @@
 //! everything to the launcher, which prints the cluster's matrix.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use transport::device::{self, Device, DeviceBuffer};
@@ -119,22 +119,13 @@ fn check_device(device: &Arc<dyn Device>, rank: usize, bytes: usize) -> Result<D
 fn measure(conn: &Connection, device: &Arc<dyn Device>, a: &Assignment) -> Result<(f64, f64), TransportError> {
     let buf = DeviceBuffer::new(device, a.bytes)?;
     let back = DeviceBuffer::new(device, a.bytes)?;
-    let t = Instant::now();
-    for m in 0..a.messages {
-        let tag = if m + 1 == a.messages { transport::peer::ACK } else { transport::peer::NO_REPLY };
-        conn.send_blocking(tag, &buf, a.bytes)?;
-    }
-    conn.recv_blocking(&back)?;
-    let gbps = (a.messages * a.bytes) as f64 / t.elapsed().as_secs_f64() / 1e9;
+    let seconds = transport::measure::stream(conn, &buf, &back, a.bytes, a.messages)?;
+    let gbps = (a.messages.max(1) * a.bytes) as f64 / seconds / 1e9;
     let mut rtts = Vec::with_capacity(a.round_trips);
-    for _ in 0..a.round_trips.max(1) {
-        let t = Instant::now();
-        conn.send_blocking(1, &buf, 8)?;
-        conn.recv_blocking(&back)?;
-        rtts.push(t.elapsed().as_secs_f64());
+    for i in 0..a.round_trips.max(1) {
+        rtts.push(transport::measure::round_trip(conn, &buf, &back, 8, i as u64)?.as_secs_f64());
     }
-    rtts.sort_by(f64::total_cmp);
-    Ok((gbps, rtts[rtts.len() / 2] / 2.0 * 1e6))
+    Ok((gbps, transport::measure::median(&mut rtts) / 2.0 * 1e6))
 }
 
 /// Runs the built-in worker from its environment; returns its exit status.

@@ -29,6 +29,7 @@ mod conn;
 pub mod device;
 mod error;
 mod gate;
+pub mod measure;
 mod path;
 pub mod peer;
 pub mod rendezvous;

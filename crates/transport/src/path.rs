@@ -94,6 +94,19 @@ pub struct PathChoice {
     pub reason: String,
 }
 
+impl PathChoice {
+    /// The paths a pair may take, best first: the chosen one and those it falls back to
+    /// (cuda-ipc falls back to host-staged; every local path can also go over TCP). What
+    /// `bench transport` measures between two workers of one device.
+    pub fn usable(&self) -> Vec<Path> {
+        match self.path {
+            Path::CudaIpc => vec![Path::CudaIpc, Path::HostStaged, Path::Tcp],
+            Path::HostStaged => vec![Path::HostStaged, Path::Tcp],
+            Path::Tcp => vec![Path::Tcp],
+        }
+    }
+}
+
 /// One end of a pair: a worker's device on its host.
 #[derive(Debug, Clone, Copy)]
 pub struct Endpoint<'a> {
