@@ -1,6 +1,5 @@
 //! `gpucluster up`: the plan's workers as processes, and the cluster's matrix.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
@@ -51,8 +50,7 @@ pub(crate) async fn run(
     let plan = cluster_core::plan(&snapshot, &selection.request())?;
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     crate::plan::log(&output);
-    let paths: HashMap<(String, String), transport::Path> =
-        output.paths().iter().map(|p| ((p.from.clone(), p.to.clone()), p.path)).collect();
+    let paths = output.paths_by_rank();
     let memory = memory_for(spec, selection);
     writeln!(
         out,

@@ -131,6 +131,20 @@ impl<'p> PlanOutput<'p> {
         self.plan
     }
 
+    /// The path between two workers of a host, by their ranks (their places in the plan's
+    /// workers), each pair once with the lower rank first: what `launcher::Job` takes.
+    pub fn paths_by_rank(&self) -> std::collections::HashMap<(usize, usize), transport::Path> {
+        let rank: std::collections::HashMap<&str, usize> =
+            self.plan.workers.iter().enumerate().map(|(i, w)| (w.name.as_str(), i)).collect();
+        self.paths()
+            .iter()
+            .filter_map(|p| {
+                let (a, b) = (*rank.get(p.from.as_str())?, *rank.get(p.to.as_str())?);
+                Some(((a.min(b), a.max(b)), p.path))
+            })
+            .collect()
+    }
+
     /// The plan joined with the path between every pair of its workers on a host (workers not
     /// found in `snapshot` get none).
     pub fn new(snapshot: &'p Snapshot, plan: &'p Plan) -> Self {

@@ -21,9 +21,9 @@ use transport::device::DeviceKind;
 pub struct Job {
     /// The planned workers, in rank order.
     pub workers: Vec<WorkerPlan>,
-    /// The planned path between two workers, by name (either order).
-    pub paths: HashMap<(String, String), Path>,
-    /// Device memory for the built-in worker.
+    /// The planned path between two workers, by their ranks (places in `workers`), the lower
+    /// first ([`crate::plan_paths::PlanOutput::paths_by_rank`]).
+    pub paths: HashMap<(usize, usize), Path>,
     /// Which device memory the workers use (simulated MIG workers get simulated MIG instances,
     /// where IPC does not open: [`transport::device::WorkerDevice`]).
     pub memory: DeviceKind,
@@ -133,12 +133,7 @@ fn assignment(job: &Job, names: &[String]) -> Assignment {
     let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(names.len())
         .into_iter()
         .map(|(a, b)| {
-            let path = job
-                .paths
-                .get(&(names[a].clone(), names[b].clone()))
-                .or_else(|| job.paths.get(&(names[b].clone(), names[a].clone())))
-                .copied()
-                .unwrap_or(Path::HostStaged);
+            let path = job.paths.get(&(a.min(b), a.max(b))).copied().unwrap_or(Path::HostStaged);
             (a, b, path)
         })
         .collect();
