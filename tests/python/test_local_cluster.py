@@ -124,6 +124,7 @@ if __name__ == "__main__":
     with LocalCluster(topology="sim:a30", n_workers=2) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         print(*client.run(os.getpid).values(), flush=True)
+        print(cluster._private_directory.path, flush=True)
         time.sleep(120)
 """
 
@@ -136,12 +137,17 @@ def test_a_killed_client_process_takes_its_workers_with_it(tmp_path, monkeypatch
     try:
         pids = [int(p) for p in proc.stdout.readline().split()]
         assert len(pids) == 2, "the workers' pids"
+        private = proc.stdout.readline().strip()
+        assert os.path.isdir(private), private
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
         deadline = time.monotonic() + 10
         while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "workers outlived their killed client"
+        # Nothing could remove its private directory as it died; the next cluster of this user does.
+        with LocalCluster(topology="sim:a30", n_workers=1):
+            assert not os.path.exists(private), f"{private} is left from the killed client"
     finally:
         proc.kill()
         proc.wait()
@@ -154,10 +160,12 @@ def test_workers_keep_their_files_in_a_private_directory_removed_on_close(monkey
         where = client.run(lambda dask_worker: dask_worker.local_directory)
         (directory,) = where.values()
         # Not the shared dask-scratch-space of /tmp: a directory of this user's alone.
-        tempdir = os.path.realpath(__import__("tempfile").gettempdir())
-        top = os.path.relpath(os.path.realpath(directory), tempdir).split(os.sep)[0]
-        private = os.path.join(tempdir, top)
-        assert top.startswith("gpucluster-dask-"), directory
+        # The worker's directory lies in the cluster's private one (in $XDG_RUNTIME_DIR or the
+        # temporary directory).
+        private = os.path.realpath(directory)
+        while not os.path.basename(private).startswith("gpucluster-dask-") and private != "/":
+            private = os.path.dirname(private)
+        assert private != "/", directory
         st = os.stat(private)
         assert st.st_uid == os.getuid() and st.st_mode & 0o077 == 0, oct(st.st_mode)
     assert not os.path.exists(private), f"{private} is left after close()"

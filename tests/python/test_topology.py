@@ -104,3 +104,23 @@ def test_unlike_slices_are_refused_with_the_command_lines_classes_and_fixes(monk
         gpucluster.plan("sim:a30", devices="GPU-zz")
     with pytest.raises(gpucluster.TopologyError):
         gpucluster.plan("sim:nope")
+
+
+def test_errors_are_the_packages_and_pickle():
+    # Named as the package exports them, so tracebacks say gpucluster.PlanError and they cross
+    # process boundaries (multiprocessing, concurrent.futures).
+    import pickle
+
+    with pytest.raises(gpucluster.PlanError) as refused:
+        gpucluster.plan("sim:a100-80gb-mixed")
+    assert type(refused.value).__module__ == "gpucluster"
+    back = pickle.loads(pickle.dumps(refused.value))
+    assert type(back) is gpucluster.PlanError and str(back) == str(refused.value)
+    for error in (gpucluster.TopologyError, gpucluster.TransportError, gpucluster.PeerGone):
+        assert error.__module__ == "gpucluster" and getattr(gpucluster, error.__name__) is error
+
+
+def test_the_package_says_its_version():
+    from importlib import metadata
+
+    assert gpucluster.__version__ == metadata.version("gpucluster")

@@ -18,28 +18,46 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyConnectionError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use transport::device::{self, Device};
 use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
 
-pyo3::create_exception!(_native, TransportError_, PyConnectionError, "A transport failure (base class).");
-pyo3::create_exception!(_native, PeerGone, TransportError_, "The peer closed the channel, died, or it was aborted.");
-pyo3::create_exception!(_native, Timeout, TransportError_, "The peer did not answer in time.");
-pyo3::create_exception!(_native, AuthenticationError, TransportError_, "The peer does not hold the cluster's secret.");
-pyo3::create_exception!(
-    _native,
-    PlanError,
-    PyValueError,
-    "No plan can be made as asked: unknown devices, slices that are not alike under the policy, a limit that cannot be meant."
-);
-pyo3::create_exception!(
-    _native,
-    TopologyError,
-    pyo3::exceptions::PyRuntimeError,
-    "The machine's topology could not be read: an unknown source, a malformed file, no driver."
-);
+/// The package's exceptions, named as `gpucluster` exports them (so that they pickle, and
+/// tracebacks say `gpucluster.PlanError`).
+mod exceptions {
+    use pyo3::exceptions::{PyConnectionError, PyRuntimeError, PyValueError};
+
+    pyo3::create_exception!(gpucluster, TransportError, PyConnectionError, "A transport failure (base class).");
+    pyo3::create_exception!(
+        gpucluster,
+        PeerGone,
+        TransportError,
+        "The peer closed the channel, died, or it was aborted."
+    );
+    pyo3::create_exception!(gpucluster, Timeout, TransportError, "The peer did not answer in time.");
+    pyo3::create_exception!(
+        gpucluster,
+        AuthenticationError,
+        TransportError,
+        "The peer does not hold the cluster's secret."
+    );
+    pyo3::create_exception!(
+        gpucluster,
+        PlanError,
+        PyValueError,
+        "No plan can be made as asked: unknown devices, slices that are not alike under the policy, a limit that cannot be meant."
+    );
+    pyo3::create_exception!(
+        gpucluster,
+        TopologyError,
+        PyRuntimeError,
+        "The machine's topology could not be read: an unknown source, a malformed file, no driver."
+    );
+}
+use exceptions::TransportError as TransportError_;
+use exceptions::{AuthenticationError, PeerGone, PlanError, Timeout, TopologyError};
 
 /// Bytes of a channel's token: the first message on every channel, naming it to the acceptor.
 const TOKEN_BYTES: usize = 16;
@@ -548,6 +566,40 @@ fn host_memory() -> Option<u64> {
     launcher::dask::host_memory()
 }
 
+/// A private directory of this user's (`launcher::workdir`: mode 0700, an unguessable name in
+/// `$XDG_RUNTIME_DIR` or the temporary directory, an `owner` file naming this process), removed by
+/// `remove()` or when collected; one left by a process killed with SIGKILL is removed by the next
+/// one made with the same prefix (by `LocalCluster` or `gpucluster dask local`).
+#[pyclass(frozen, module = "gpucluster._native")]
+struct PrivateDirectory {
+    dir: std::sync::Mutex<Option<launcher::workdir::PrivateDir>>,
+    path: String,
+}
+
+#[pymethods]
+impl PrivateDirectory {
+    #[new]
+    fn new(prefix: &str) -> PyResult<Self> {
+        let dir = launcher::workdir::PrivateDir::create(prefix)
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?;
+        let path = dir.path().to_string_lossy().into_owned();
+        Ok(Self { dir: std::sync::Mutex::new(Some(dir)), path })
+    }
+
+    /// Its path.
+    #[getter]
+    fn path(&self) -> String {
+        self.path.clone()
+    }
+
+    /// Removes it with everything inside (once; later calls do nothing).
+    fn remove(&self) {
+        if let Ok(mut dir) = self.dir.lock() {
+            dir.take();
+        }
+    }
+}
+
 /// The CPUs of a Linux cpulist (`0-3,8,10-11`), as the launcher pins workers to them.
 #[pyfunction]
 fn cpu_list(list: &str) -> Vec<usize> {
@@ -592,6 +644,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Channel>()?;
     m.add_class::<DeviceBuffer>()?;
     m.add_class::<ClusterSecret>()?;
+    m.add_class::<PrivateDirectory>()?;
     m.add_function(wrap_pyfunction!(cluster_secret, m)?)?;
     m.add_function(wrap_pyfunction!(challenge, m)?)?;
     m.add_function(wrap_pyfunction!(boot_id, m)?)?;

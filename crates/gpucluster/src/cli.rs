@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 struct GlobalArgs {
     /// Where the machine's topology comes from: `nvml` (this machine), `sim:NAME` (a built-in
-    /// simulated machine; `sim:list` or `gpucluster list --presets` names them), `file:PATH` (a
+    /// simulated machine; `gpucluster --topology sim:list list`, or `list --presets`, names them), `file:PATH` (a
     /// TOML fixture or a `list --json` snapshot) or `smi:PATH` (the text of `nvidia-smi -L`).
     #[arg(long, global = true, env = "GPUCLUSTER_TOPOLOGY", default_value = "nvml", value_name = "SRC")]
     topology: String,

@@ -480,11 +480,11 @@ fn header(
     }
     writeln!(
         out,
-        "{} {} worker(s) ({} from {}), one per device{}",
+        "{} {} worker(s) (distributed {} in {}), one per device{}",
         plan.workers.len(),
         if config.uses_dask_cuda() { "dask-cuda" } else { "Dask" },
-        config.python.python.to_string_lossy(),
         config.python.distributed,
+        config.python.python.to_string_lossy(),
         protocol.map_or(String::new(), |(p, why)| format!("; protocol {}: {why}", p.scheme()))
     )?;
     if config.simulated {

@@ -310,7 +310,19 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo
         python.to_string_lossy()
     );
     let fail = |detail: String| LauncherError::NoDask { python: python.clone(), detail, how: how.clone() };
-    let run = run_python(python, script, &[], PYTHON_TIMEOUT, cancel).map_err(fail)?;
+    let run = run_python(python, script, &[], PYTHON_TIMEOUT, cancel).map_err(|detail| {
+        // An interpreter that cannot be run at all cannot install anything: say what to give.
+        if detail.starts_with("cannot run it") {
+            LauncherError::NoDask {
+                python: python.clone(),
+                detail,
+                how: "pass --python (or GPUCLUSTER_PYTHON) an interpreter that exists and has Dask, such as python3"
+                    .into(),
+            }
+        } else {
+            fail(detail)
+        }
+    })?;
     if !run.success {
         return Err(fail(format!("Dask is not installed for it ({})", last_line(&run.stderr))));
     }
@@ -1279,10 +1291,13 @@ mod tests {
 
     #[test]
     fn a_missing_python_or_dask_says_how_to_install() {
+        // No interpreter: installing into it cannot help; another one must be given.
         let err = probe_python(&"/nonexistent/python3".into(), &AtomicBool::new(false)).expect_err("no python");
-        assert!(err.to_string().contains("pip install"), "{err}");
+        assert!(err.to_string().contains("an interpreter that exists"), "{err}");
+        assert!(!err.to_string().contains("pip install"), "{err}");
         let err = probe_python(&"false".into(), &AtomicBool::new(false)).expect_err("no dask");
         assert!(err.to_string().contains("Dask is not installed"), "{err}");
+        assert!(err.to_string().contains("pip install"), "{err}");
     }
 }
 

@@ -108,9 +108,11 @@ pub struct Supervision {
     /// Stops the job if it has not ended this long after it started (a job that is meant to end,
     /// like the built-in acceptance test, whose worker may be stopped or stuck).
     pub time_limit: Option<Duration>,
-    /// Stop the essential processes first, the others once those have ended: for a Dask
-    /// scheduler that closes its workers itself, cleanly, before it goes (what `dask local`
-    /// asks). By default the others go first and the essential ones last.
+    /// Stop the essential processes first, the others once those have ended, all with SIGTERM
+    /// whatever signal the launcher got: for a Dask scheduler that closes its workers itself,
+    /// cleanly, before it goes (what `dask local` asks; a Python process still importing ends
+    /// on SIGTERM quietly, where SIGINT prints a traceback). By default the others go first and
+    /// the essential ones last, with the launcher's signal.
     pub essentials_first: bool,
 }
 
@@ -606,6 +608,10 @@ impl Job<'_> {
     }
 
     fn stop(&mut self, why: Stop, signal: i32) {
+        // Stopping essentials first (a Dask cluster), every process gets SIGTERM whatever the
+        // launcher got: Dask's CLIs stop on it as on SIGINT once started, and a Python process
+        // still importing ends on it quietly, where SIGINT prints a KeyboardInterrupt traceback.
+        let signal = if self.config.essentials_first { libc::SIGTERM } else { signal };
         if self.stopping.is_some() {
             // A second signal while stopping is passed on too, but changes nothing else.
             self.signal_all(signal);

@@ -22,13 +22,21 @@ Rust transport.
 from __future__ import annotations
 
 import json
+from importlib import metadata as _metadata
 from typing import Any
 
 from gpucluster._native import AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError
 from gpucluster._native import plan_json as _plan_json
 from gpucluster._native import topology_json as _topology_json
 
+try:
+    #: The installed package's version (the workspace's, as ``gpucluster --version`` says it).
+    __version__ = _metadata.version("gpucluster")
+except _metadata.PackageNotFoundError:  # pragma: no cover - imported from a source tree
+    __version__ = "unknown"
+
 __all__ = [
+    "__version__",
     "AuthenticationError",
     "PeerGone",
     "PlanError",

@@ -112,3 +112,13 @@ def worker_device_env(
 #: Smallest host-to-device copy that runs on a copy engine; receive buffers of small device
 #: frames get this much room, so their copy is not queued behind another process's kernels.
 COPY_ENGINE_MIN: int
+
+class PrivateDirectory:
+    """A private directory of this user's (mode 0700, unguessable name, an ``owner`` file naming
+    this process), removed by :meth:`remove` or when collected; one left by a killed process is
+    removed by the next one made with the same prefix."""
+
+    def __init__(self, prefix: str) -> None: ...
+    @property
+    def path(self) -> str: ...
+    def remove(self) -> None: ...

@@ -34,9 +34,6 @@ import copy
 import importlib.util
 import logging
 import os
-import shutil
-import tempfile
-import weakref
 from typing import Any
 
 import dask.config
@@ -231,9 +228,10 @@ class LocalCluster(SpecCluster):
         if local_directory is None:
             # Workers' files (spilled data, uploaded code, locks) in a directory of this user's
             # own, never the shared `dask-scratch-space` of the temporary directory, which another
-            # user may have made first; removed when the cluster is closed or collected.
-            local_directory = tempfile.mkdtemp(prefix="gpucluster-dask-")
-            self._private_directory = weakref.finalize(self, shutil.rmtree, local_directory, True)
+            # user may have made first; removed when the cluster is closed or collected, and, if
+            # this process is killed outright, by the next cluster this user starts.
+            self._private_directory = _native.PrivateDirectory("gpucluster-dask")
+            local_directory = self._private_directory.path
 
         # Without a dashboard, the HTTP servers listen on this host only and serve nothing.
         http_address = dashboard_address if dashboard_address is not None else f"{host}:0"
@@ -306,7 +304,7 @@ class LocalCluster(SpecCluster):
         # The workers are gone: their private directory goes too (once; collection would too).
         private = getattr(self, "_private_directory", None)
         if private is not None:
-            private()
+            private.remove()
 
     def __repr__(self) -> str:
         return f"<gpucluster.dask.LocalCluster {self.name!r}: {len(self.worker_spec)} worker(s), {self.scheduler_address}>"
