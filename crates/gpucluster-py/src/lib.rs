@@ -22,7 +22,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 use transport::device::{self, Device};
-use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
+use transport::{Address, Connection, Listener, Options, Secret, TransferPath, TransportError};
 
 /// The package's exceptions, named as `gpucluster` exports them (so that they pickle, and
 /// tracebacks say `gpucluster.PlanError`).
@@ -81,11 +81,11 @@ fn device_kind(kind: &str) -> PyResult<(Arc<dyn Device>, &'static str)> {
     Ok((device.open().map_err(py_err)?, device.name()))
 }
 
-fn path_of(name: &str) -> PyResult<Path> {
-    match name.parse::<Path>() {
+fn path_of(name: &str) -> PyResult<TransferPath> {
+    match name.parse::<TransferPath>() {
         // cuda-ipc where it works: the transport falls back to host-staged, with the reason.
-        _ if name == "auto" => Ok(Path::CudaIpc),
-        Ok(path @ (Path::CudaIpc | Path::HostStaged)) => Ok(path),
+        _ if name == "auto" => Ok(TransferPath::CudaIpc),
+        Ok(path @ (TransferPath::CudaIpc | TransferPath::HostStaged)) => Ok(path),
         _ => Err(PyValueError::new_err(format!(
             "unknown path `{}`: expected auto, cuda-ipc or host-staged",
             name.escape_debug()

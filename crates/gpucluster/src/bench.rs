@@ -19,7 +19,7 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use transport::device::{self, Device, DeviceBuffer, DeviceKind};
-use transport::{Address, Listener, Options, Path, Secret, measure};
+use transport::{Address, Listener, Options, Secret, TransferPath, measure};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub(crate) struct BenchConfig {
     pub(crate) mig: bool,
     pub(crate) sizes: Vec<usize>,
     pub(crate) repeats: usize,
-    pub(crate) paths: Vec<Path>,
+    pub(crate) paths: Vec<TransferPath>,
     pub(crate) slots: usize,
     pub(crate) chunk: usize,
     pub(crate) progress: bool,
@@ -43,7 +43,7 @@ const STAGED: &str = "pipelined host-staged copy, one process";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Measurement {
-    pub(crate) path: Path,
+    pub(crate) path: TransferPath,
     pub(crate) bytes: usize,
     pub(crate) gbps: f64,
     pub(crate) latency_us: f64,
@@ -132,11 +132,11 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     }
 
     for &path in &config.paths {
-        let secret = (path == Path::Tcp).then(Secret::random).transpose()?;
+        let secret = (path == TransferPath::Tcp).then(Secret::random).transpose()?;
         let options =
             Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
         let listener = match path {
-            Path::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
+            TransferPath::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
             // An unguessable name, so that no other user can take it first or aim at it.
             _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
         };
@@ -199,7 +199,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
 fn spawn_peer(
     address: &Address,
     config: &BenchConfig,
-    path: Path,
+    path: TransferPath,
     secret: Option<&Secret>,
     max: usize,
 ) -> anyhow::Result<Peer> {
@@ -214,7 +214,7 @@ fn peer_command(
     exe: std::path::PathBuf,
     address: &Address,
     config: &BenchConfig,
-    path: Path,
+    path: TransferPath,
     secret: Option<&Secret>,
     max: usize,
 ) -> Command {
@@ -271,7 +271,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
     if report.device.starts_with("simulated") {
         writeln!(out, "(simulated device memory: the figures measure the protocol and this host's memory, not a GPU)")?;
     }
-    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
+    let mut paths: Vec<TransferPath> = report.results.iter().map(|m| m.path).collect();
     paths.dedup();
     let mut header = vec!["SIZE".to_owned()];
     for p in &paths {
@@ -308,8 +308,11 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
     }
     writeln!(out, "ratios (16 MiB and up): path GB/s over the same size's ceiling")?;
     for &p in &paths {
-        let ceiling =
-            if p == Path::CudaIpc { "device-to-device copy" } else { "pipelined host-staged copy, one process" };
+        let ceiling = if p == TransferPath::CudaIpc {
+            "device-to-device copy"
+        } else {
+            "pipelined host-staged copy, one process"
+        };
         let ratios: Vec<String> = report
             .results
             .iter()
@@ -330,7 +333,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
 pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Result<()> {
     // (label, points, is a ceiling)
     let mut series: Vec<Series> = Vec::new();
-    let mut paths: Vec<Path> = report.results.iter().map(|m| m.path).collect();
+    let mut paths: Vec<TransferPath> = report.results.iter().map(|m| m.path).collect();
     paths.dedup();
     for p in paths {
         let points = report.results.iter().filter(|m| m.path == p).map(|m| (m.bytes.max(1) as f64, m.gbps)).collect();
@@ -468,7 +471,7 @@ mod tests {
             mig: false,
             sizes: vec![8],
             repeats: 1,
-            paths: vec![Path::Tcp],
+            paths: vec![TransferPath::Tcp],
             slots: 4,
             chunk: 1 << 20,
             progress: false,
@@ -476,7 +479,7 @@ mod tests {
         };
         let secret = Secret::random().expect("secret");
         let address = Address::Tcp("127.0.0.1:1".into());
-        let cmd = peer_command("gpucluster".into(), &address, &config, Path::Tcp, Some(&secret), 8);
+        let cmd = peer_command("gpucluster".into(), &address, &config, TransferPath::Tcp, Some(&secret), 8);
         let hex = secret.to_hex();
         assert!(cmd.get_args().all(|a| a != "--secret" && !a.to_string_lossy().contains(&hex)), "{cmd:?}");
         assert!(cmd.get_envs().any(|(k, v)| k == transport::SECRET_ENV && v.is_some_and(|v| v == hex.as_str())));

@@ -328,7 +328,7 @@ fn completion_command() -> clap::Command {
 /// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it
 /// (the measuring thread and the peer worker, killed by the kernel with this process, end with it).
 async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result<crate::bench::BenchReport, i32>> {
-    use transport::Path;
+    use transport::TransferPath;
     use transport::device::DeviceKind;
     let mut signals = launcher::Signals::install()?;
     let snapshot = load(spec).await?;
@@ -342,14 +342,14 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
     let first_mig = first.is_some_and(|e| e.mig.is_some());
     let device = if spec.is_real() { DeviceKind::Cuda } else { DeviceKind::Simulated };
     // Without a compute device (nothing to choose for), the simulated memory's local paths.
-    let allowed: Vec<Path> =
-        local.as_ref().map_or_else(|| vec![Path::HostStaged, Path::Tcp], transport::PathChoice::usable);
+    let allowed: Vec<TransferPath> =
+        local.as_ref().map_or_else(|| vec![TransferPath::HostStaged, TransferPath::Tcp], transport::PathChoice::usable);
     let paths = if args.paths.is_empty() {
         allowed.clone()
     } else {
         let mut paths = Vec::new();
         for p in &args.paths {
-            let path: Path = p.parse()?;
+            let path: TransferPath = p.parse()?;
             if !allowed.contains(&path) {
                 anyhow::bail!(
                     "--paths {}: not available between two workers of this machine's first device ({}); measure {}",
@@ -381,7 +381,7 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
         Ok(report) => report?,
         Err(signal) => return Ok(Err(signal)),
     };
-    if let Some(c) = local.filter(|c| c.path != Path::CudaIpc) {
+    if let Some(c) = local.filter(|c| c.path != TransferPath::CudaIpc) {
         report.notes.push(format!("cuda-ipc is not measured: {}", c.reason));
     }
     Ok(Ok(report))

@@ -323,7 +323,7 @@ async fn run(
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     crate::plan::log(&output);
     let all_nvlink = output.paths().iter().all(|p| p.rule == transport::PathRule::NvLink);
-    let host_staged_only = output.paths().iter().all(|p| p.path == transport::Path::HostStaged);
+    let host_staged_only = output.paths().iter().all(|p| p.path == transport::TransferPath::HostStaged);
     let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
 
     // A private directory for the workers' files (and, for `dask local`, the scheduler's, its

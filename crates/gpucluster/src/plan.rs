@@ -7,7 +7,7 @@ use std::io::{self, Write};
 use cluster_core::PlanRequest;
 pub(crate) use launcher::plan_paths::{PathEntry, PlanOutput};
 use serde::Serialize;
-use transport::{Path, PathRule};
+use transport::{PathRule, TransferPath};
 
 use crate::list::gib;
 use crate::table::{Table, escape};
@@ -147,7 +147,7 @@ pub(crate) fn table(output: &PlanOutput<'_>, request: &PlanRequest, out: &mut dy
     }
     // Counted as they are chosen: a plan may have millions of pairs, and only one example of
     // each kind is printed.
-    let mut groups: BTreeMap<(Path, PathRule), (u64, PathEntry)> = BTreeMap::new();
+    let mut groups: BTreeMap<(TransferPath, PathRule), (u64, PathEntry)> = BTreeMap::new();
     for p in output.entries() {
         let pairs = if p.from == "*" { across } else { 1 };
         groups.entry((p.path, p.rule)).or_insert((0, p)).0 += pairs;

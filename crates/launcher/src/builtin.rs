@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use transport::device::{self, Device, DeviceBuffer};
 use transport::rendezvous::Rendezvous;
-use transport::{Address, Connection, Listener, Options, Path, Secret, TransportError};
+use transport::{Address, Connection, Listener, Options, Secret, TransferPath, TransportError};
 
 /// What the launcher attaches to the rendezvous table for the built-in workers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,7 +19,7 @@ pub struct Assignment {
     /// Worker names by rank.
     pub names: Vec<String>,
     /// Pairs to measure: the first connects and measures, the second echoes; with the planned path.
-    pub pairs: Vec<(usize, usize, Path)>,
+    pub pairs: Vec<(usize, usize, TransferPath)>,
     /// Bytes per bandwidth message.
     pub bytes: usize,
     /// Messages per bandwidth measurement.
@@ -47,9 +47,9 @@ pub struct PairResult {
     /// The rank that echoed.
     pub to: usize,
     /// The path the plan chose.
-    pub planned: Path,
+    pub planned: TransferPath,
     /// The path the connection used.
-    pub path: Path,
+    pub path: TransferPath,
     /// Why it differs from the planned one, if it does.
     pub fallback: Option<String>,
     /// One-way bandwidth, GB/s.
@@ -154,7 +154,7 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
     let device = device_from_env()?;
     let simulated = !device.describe().starts_with("CUDA");
     let check = check_device(&device, rank, if simulated { 1 << 20 } else { 64 << 20 });
-    let options = |path: Path| Options {
+    let options = |path: TransferPath| Options {
         path,
         slots: 4,
         chunk: if simulated { 256 << 10 } else { 4 << 20 },
@@ -163,7 +163,7 @@ fn run_inner(rank: usize) -> Result<(), TransportError> {
     };
     // An unguessable name, so that no other user can take it first or aim at it.
     let listener =
-        Listener::bind_local(&format!("gpucluster-{job}-{rank}"), device.clone(), options(Path::HostStaged))?;
+        Listener::bind_local(&format!("gpucluster-{job}-{rank}"), device.clone(), options(TransferPath::HostStaged))?;
     let address = listener.address().clone();
     let (mut rendezvous, table) = Rendezvous::join(&server, &secret, rank, &address, Duration::from_secs(120))?;
     let report = |rv: &mut Rendezvous, r: &Report| rv.report(&serde_json::to_value(r).unwrap_or_default());

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use cluster_core::{Plan, WorkerPlan};
 use gpu_topology::{HostTopology, Snapshot};
 use serde::Serialize;
-use transport::{Endpoint, Path, PathRule, choose_path};
+use transport::{Endpoint, PathRule, TransferPath, choose_path};
 
 /// The path between two workers (or, across hosts, between any two workers on different hosts).
 #[derive(Debug, Serialize)]
@@ -21,7 +21,7 @@ pub struct PathEntry {
     /// The other worker's name (`*` likewise).
     pub to: String,
     /// The path chosen.
-    pub path: Path,
+    pub path: TransferPath,
     /// The rule that chose it.
     pub rule: PathRule,
     /// Why, in words.
@@ -133,7 +133,7 @@ impl<'p> PlanOutput<'p> {
 
     /// The path between two workers of a host, by their ranks (their places in the plan's
     /// workers), each pair once with the lower rank first: what `launcher::Job` takes.
-    pub fn paths_by_rank(&self) -> std::collections::HashMap<(usize, usize), transport::Path> {
+    pub fn paths_by_rank(&self) -> std::collections::HashMap<(usize, usize), transport::TransferPath> {
         let rank: std::collections::HashMap<&str, usize> =
             self.plan.workers.iter().enumerate().map(|(i, w)| (w.name.as_str(), i)).collect();
         self.paths()

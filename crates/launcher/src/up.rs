@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::time::{Duration, Instant};
 
 use cluster_core::{WorkerKind, WorkerPlan};
-use transport::Path;
+use transport::TransferPath;
 use transport::rendezvous::RendezvousServer;
 
 use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
@@ -23,7 +23,7 @@ pub struct Job {
     pub workers: Vec<WorkerPlan>,
     /// The planned path between two workers, by their ranks (places in `workers`), the lower
     /// first ([`crate::plan_paths::PlanOutput::paths_by_rank`]).
-    pub paths: HashMap<(usize, usize), Path>,
+    pub paths: HashMap<(usize, usize), TransferPath>,
     /// Which device memory the workers use (simulated MIG workers get simulated MIG instances,
     /// where IPC does not open: [`transport::device::WorkerDevice`]).
     pub memory: DeviceKind,
@@ -130,10 +130,10 @@ pub async fn up(job: Job, sink: Sink, signals: &mut Signals) -> Result<UpReport,
 /// where the plan has none), and how much to send (less on simulated memory).
 fn assignment(job: &Job, names: &[String]) -> Assignment {
     let simulated = job.memory == DeviceKind::Simulated;
-    let pairs: Vec<(usize, usize, Path)> = pairs_to_measure(names.len())
+    let pairs: Vec<(usize, usize, TransferPath)> = pairs_to_measure(names.len())
         .into_iter()
         .map(|(a, b)| {
-            let path = job.paths.get(&(a.min(b), a.max(b))).copied().unwrap_or(Path::HostStaged);
+            let path = job.paths.get(&(a.min(b), a.max(b))).copied().unwrap_or(TransferPath::HostStaged);
             (a, b, path)
         })
         .collect();

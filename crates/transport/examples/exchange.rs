@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use transport::device::{self, DeviceBuffer, DeviceKind};
-use transport::{Address, Listener, Options, Path};
+use transport::{Address, Listener, Options, TransferPath};
 
 const BYTES: usize = 64 << 20;
 
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let kind = if args.iter().any(|a| a == "--cuda") { DeviceKind::Cuda } else { DeviceKind::Simulated };
     let device = device::open(kind)?;
-    let options = Options { path: Path::CudaIpc, ..Options::default() };
+    let options = Options { path: TransferPath::CudaIpc, ..Options::default() };
 
     // The child connects to the address its parent gave it; the parent listens.
     let (conn, me, peer) = match args.iter().position(|a| a == "--child") {

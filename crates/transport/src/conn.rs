@@ -34,7 +34,7 @@ use crate::gate::{self, Admitted, Check, Deadline, Gate, Limits, RefusalLog, Ref
 use crate::ring::{self, Geometry, Liveness, Received};
 use crate::shm::{self, Segment};
 use crate::tcp::{self, Secret};
-use crate::{Path, TransportError};
+use crate::{TransferPath, TransportError};
 
 /// Where a worker listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,7 +74,7 @@ impl FromStr for Address {
 pub struct Options {
     /// The path to use between two local workers: `cuda-ipc` or `host-staged` (a `cuda-ipc`
     /// request falls back to `host-staged` if IPC handles cannot be opened). Ignored for TCP.
-    pub path: Path,
+    pub path: TransferPath,
     /// Slots of the shared ring, per direction.
     pub slots: usize,
     /// Bytes per slot.
@@ -98,7 +98,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            path: Path::HostStaged,
+            path: TransferPath::HostStaged,
             slots: 4,
             chunk: 4 << 20,
             secret: None,
@@ -215,7 +215,7 @@ impl AbortHandle {
 }
 
 struct Inner {
-    path: Path,
+    path: TransferPath,
     fallback: Option<String>,
     abort: AbortHandle,
     aborted: std::sync::atomic::AtomicBool,
@@ -243,7 +243,7 @@ impl fmt::Debug for Connection {
 
 impl Connection {
     /// The path this connection uses.
-    pub fn path(&self) -> Path {
+    pub fn path(&self) -> TransferPath {
         self.inner.path
     }
 
@@ -282,7 +282,7 @@ impl Connection {
                 let mut s = sender.lock().map_err(|_| TransportError::poisoned())?;
                 match self.inner.path {
                     // Small messages go host-staged on a cuda-ipc connection too (`ring::eager`).
-                    Path::CudaIpc if !ring::eager(len) => s.send_ipc(tag, src, len),
+                    TransferPath::CudaIpc if !ring::eager(len) => s.send_ipc(tag, src, len),
                     _ => s.send_staged(tag, src, len),
                 }
             }
@@ -627,15 +627,15 @@ impl Drop for Listener {
     }
 }
 
-fn path_to_wire(path: Path) -> u64 {
+fn path_to_wire(path: TransferPath) -> u64 {
     match path {
-        Path::CudaIpc => 1,
-        Path::HostStaged | Path::Tcp => 2,
+        TransferPath::CudaIpc => 1,
+        TransferPath::HostStaged | TransferPath::Tcp => 2,
     }
 }
 
-fn path_from_wire(w: u64) -> Path {
-    if w == 1 { Path::CudaIpc } else { Path::HostStaged }
+fn path_from_wire(w: u64) -> TransferPath {
+    if w == 1 { TransferPath::CudaIpc } else { TransferPath::HostStaged }
 }
 
 /// The listener's side of a local connection that passed the gate (same user, hello received).
@@ -662,7 +662,7 @@ fn local_connection(
     geometry: Geometry,
     send_direction: usize,
     device: &Arc<dyn Device>,
-    requested: Path,
+    requested: TransferPath,
     deadline: &Deadline,
     stall: Duration,
 ) -> Result<Connection, TransportError> {
@@ -670,11 +670,13 @@ fn local_connection(
     unsafe { device.register_host(segment.as_ptr(), segment.len())? };
     let pinned = Pinned { device: device.clone(), segment: segment.clone() };
     let (path, fallback) = match requested {
-        Path::CudaIpc => match probe_ipc(&mut stream, device, deadline)? {
-            None => (Path::CudaIpc, None),
-            Some(reason) => (Path::HostStaged, Some(format!("cuda-ipc unavailable, using host-staged: {reason}"))),
+        TransferPath::CudaIpc => match probe_ipc(&mut stream, device, deadline)? {
+            None => (TransferPath::CudaIpc, None),
+            Some(reason) => {
+                (TransferPath::HostStaged, Some(format!("cuda-ipc unavailable, using host-staged: {reason}")))
+            }
         },
-        _ => (Path::HostStaged, None),
+        _ => (TransferPath::HostStaged, None),
     };
     let control = Arc::new(stream);
     let live = Liveness::new(control.clone());
@@ -697,7 +699,7 @@ fn tcp_connection(stream: TcpStream, device: &Arc<dyn Device>, stall: Duration) 
     let (sender, receiver) = tcp::halves(stream, device, stall)?;
     Ok(Connection {
         inner: Arc::new(Inner {
-            path: Path::Tcp,
+            path: TransferPath::Tcp,
             fallback: None,
             halves: Halves::Tcp { sender: Mutex::new(sender), receiver: Mutex::new(receiver) },
             abort,

@@ -41,7 +41,7 @@ mod tcp;
 pub use conn::{Address, Connection, Listener, Options, connect, connect_blocking};
 pub use error::TransportError;
 pub use gate::Refusals;
-pub use path::{Endpoint, Path, PathChoice, PathRule, UnknownPath, choose_path};
+pub use path::{Endpoint, PathChoice, PathRule, TransferPath, UnknownPath, choose_path};
 pub use ring::{COPY_ENGINE_MIN, EAGER_MAX, Received};
 pub use secret_file::{SECRET_FILE_ENV, default_secret_file};
 pub use tcp::{ANSWER_LEN, NONCE_BYTES, PROOF_BYTES, SECRET_ENV, Secret};

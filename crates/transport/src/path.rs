@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// A transport path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Path {
+pub enum TransferPath {
     /// CUDA IPC handles opened by the peer; copies device to device (NVLink/P2P where two GPUs).
     CudaIpc,
     /// Device to pinned shared host memory to device, pipelined through the copy engines.
@@ -24,18 +24,18 @@ pub enum Path {
     Tcp,
 }
 
-impl Path {
+impl TransferPath {
     /// The name used in plans: `cuda-ipc`, `host-staged`, `tcp`.
     pub fn name(self) -> &'static str {
         match self {
-            Path::CudaIpc => "cuda-ipc",
-            Path::HostStaged => "host-staged",
-            Path::Tcp => "tcp",
+            TransferPath::CudaIpc => "cuda-ipc",
+            TransferPath::HostStaged => "host-staged",
+            TransferPath::Tcp => "tcp",
         }
     }
 
     /// Every path, in the order plans and reports list them.
-    pub const ALL: [Path; 3] = [Path::CudaIpc, Path::HostStaged, Path::Tcp];
+    pub const ALL: [TransferPath; 3] = [TransferPath::CudaIpc, TransferPath::HostStaged, TransferPath::Tcp];
 }
 
 /// A name that is not a path's.
@@ -44,7 +44,7 @@ pub struct UnknownPath(pub String);
 
 impl std::fmt::Display for UnknownPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = Path::ALL.iter().map(|p| p.name()).collect();
+        let names: Vec<&str> = TransferPath::ALL.iter().map(|p| p.name()).collect();
         // Escaped: the name comes from a command line or an environment variable.
         write!(f, "unknown path `{}`: {}", self.0.escape_debug(), names.join(", "))
     }
@@ -52,12 +52,12 @@ impl std::fmt::Display for UnknownPath {
 
 impl std::error::Error for UnknownPath {}
 
-impl std::str::FromStr for Path {
+impl std::str::FromStr for TransferPath {
     type Err = UnknownPath;
 
-    /// The inverse of [`Path::name`].
+    /// The inverse of [`TransferPath::name`].
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Path::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| UnknownPath(name.to_owned()))
+        TransferPath::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| UnknownPath(name.to_owned()))
     }
 }
 
@@ -87,7 +87,7 @@ pub enum PathRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PathChoice {
     /// The path.
-    pub path: Path,
+    pub path: TransferPath,
     /// The rule that chose it.
     pub rule: PathRule,
     /// Why, in one line.
@@ -98,11 +98,11 @@ impl PathChoice {
     /// The paths a pair may take, best first: the chosen one and those it falls back to
     /// (cuda-ipc falls back to host-staged; every local path can also go over TCP). What
     /// `bench transport` measures between two workers of one device.
-    pub fn usable(&self) -> Vec<Path> {
+    pub fn usable(&self) -> Vec<TransferPath> {
         match self.path {
-            Path::CudaIpc => vec![Path::CudaIpc, Path::HostStaged, Path::Tcp],
-            Path::HostStaged => vec![Path::HostStaged, Path::Tcp],
-            Path::Tcp => vec![Path::Tcp],
+            TransferPath::CudaIpc => vec![TransferPath::CudaIpc, TransferPath::HostStaged, TransferPath::Tcp],
+            TransferPath::HostStaged => vec![TransferPath::HostStaged, TransferPath::Tcp],
+            TransferPath::Tcp => vec![TransferPath::Tcp],
         }
     }
 }
@@ -132,7 +132,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
     let choice = |path, rule, reason: String| PathChoice { path, rule, reason };
     if a.host.hostname != b.host.hostname {
         return choice(
-            Path::Tcp,
+            TransferPath::Tcp,
             PathRule::DifferentHosts,
             format!("different hosts ({} and {}): pipelined host staging over TCP", a.host.hostname, b.host.hostname),
         );
@@ -144,7 +144,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
         // (`reference/mig-facts.md`): a MIG device never gets cuda-ipc, so the plan, `up` and
         // `bench` agree with what the hardware does.
         (Some(x), Some(y)) if x.uuid == y.uuid => choice(
-            Path::HostStaged,
+            TransferPath::HostStaged,
             PathRule::SameMigInstance,
             format!(
                 "both use MIG instance {}: CUDA IPC is not dependable on MIG devices, so data goes through pinned host memory",
@@ -152,7 +152,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
             ),
         ),
         (Some(_), Some(_)) if same_gpu => choice(
-            Path::HostStaged,
+            TransferPath::HostStaged,
             PathRule::MigSameGpu,
             format!(
                 "both are MIG instances of GPU {}: CUDA IPC does not cross GPU instances, so data goes through pinned host memory",
@@ -162,7 +162,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
         (Some(_), _) | (_, Some(_)) => {
             let mig_end = if a.mig.is_some() { a } else { b };
             choice(
-                Path::HostStaged,
+                TransferPath::HostStaged,
                 PathRule::Mig,
                 format!(
                     "{} is a MIG instance: no CUDA IPC, P2P or NVLink to or from MIG instances, so data goes through pinned host memory",
@@ -171,7 +171,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
             )
         }
         (None, None) if same_gpu => choice(
-            Path::CudaIpc,
+            TransferPath::CudaIpc,
             PathRule::SameGpu,
             format!("both use GPU {}: CUDA IPC within one device", a.gpu.index),
         ),
@@ -186,21 +186,21 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
                             _ => "NVSwitch".to_owned(),
                         };
                         choice(
-                            Path::CudaIpc,
+                            TransferPath::CudaIpc,
                             PathRule::NvLink,
                             format!("GPUs {} and {} have P2P over NVLink ({links})", a.gpu.index, b.gpu.index),
                         )
                     } else {
                         let level = f.pcie.map_or("PCIe", |l| l.smi_code());
                         choice(
-                            Path::CudaIpc,
+                            TransferPath::CudaIpc,
                             PathRule::PciePeer,
                             format!("GPUs {} and {} have P2P over PCIe ({level})", a.gpu.index, b.gpu.index),
                         )
                     }
                 }
                 (Some(f), _) => choice(
-                    Path::HostStaged,
+                    TransferPath::HostStaged,
                     PathRule::NoPeerAccess,
                     format!(
                         "GPUs {} and {} have no P2P access (NVML: {}), so data goes through pinned host memory",
@@ -210,7 +210,7 @@ pub fn choose_path(a: Endpoint<'_>, b: Endpoint<'_>) -> PathChoice {
                     ),
                 ),
                 (None, _) => choice(
-                    Path::HostStaged,
+                    TransferPath::HostStaged,
                     PathRule::NoPeerAccess,
                     format!(
                         "the source does not report P2P between GPUs {} and {}, so data goes through pinned host memory",
@@ -242,10 +242,10 @@ mod tests {
 
     #[test]
     fn path_names_read_back_as_their_paths_and_nothing_else_does() {
-        for path in Path::ALL {
-            assert_eq!(path.name().parse::<Path>(), Ok(path));
+        for path in TransferPath::ALL {
+            assert_eq!(path.name().parse::<TransferPath>(), Ok(path));
         }
-        let err = "nvlink\n".parse::<Path>().expect_err("not a path");
+        let err = "nvlink\n".parse::<TransferPath>().expect_err("not a path");
         assert_eq!(err.to_string(), "unknown path `nvlink\\n`: cuda-ipc, host-staged, tcp");
     }
 
@@ -268,7 +268,7 @@ mod tests {
     fn nvlinked_whole_gpus_use_cuda_ipc() {
         let h = host("hgx-h100");
         let c = choose_path(whole(&h, 0), whole(&h, 5));
-        assert_eq!((c.path, c.rule), (Path::CudaIpc, PathRule::NvLink));
+        assert_eq!((c.path, c.rule), (TransferPath::CudaIpc, PathRule::NvLink));
         assert!(c.reason.contains("NVSwitch"), "{}", c.reason);
     }
 
@@ -276,14 +276,14 @@ mod tests {
     fn mig_instances_are_host_staged_even_on_one_gpu_or_nvlinked_gpus() {
         let h = host("dgx-a100");
         let shared = choose_path(mig(&h, 0, 0), mig(&h, 0, 0));
-        assert_eq!((shared.path, shared.rule), (Path::HostStaged, PathRule::SameMigInstance));
+        assert_eq!((shared.path, shared.rule), (TransferPath::HostStaged, PathRule::SameMigInstance));
         let same = choose_path(mig(&h, 0, 0), mig(&h, 0, 1));
-        assert_eq!((same.path, same.rule), (Path::HostStaged, PathRule::MigSameGpu));
+        assert_eq!((same.path, same.rule), (TransferPath::HostStaged, PathRule::MigSameGpu));
         let across = choose_path(mig(&h, 0, 0), mig(&h, 3, 2));
-        assert_eq!((across.path, across.rule), (Path::HostStaged, PathRule::Mig));
+        assert_eq!((across.path, across.rule), (TransferPath::HostStaged, PathRule::Mig));
         let m = host("h100-mixed");
         let mixed = choose_path(whole(&m, 2), mig(&m, 0, 0));
-        assert_eq!(mixed.path, Path::HostStaged);
+        assert_eq!(mixed.path, TransferPath::HostStaged);
         assert!(mixed.reason.contains("1g.10gb on GPU 0"), "{}", mixed.reason);
     }
 
@@ -295,7 +295,7 @@ mod tests {
             gpu.mig_instances.clear();
         }
         let c = choose_path(whole(&two, 0), whole(&two, 1));
-        assert_eq!((c.path, c.rule), (Path::HostStaged, PathRule::NoPeerAccess));
+        assert_eq!((c.path, c.rule), (TransferPath::HostStaged, PathRule::NoPeerAccess));
         assert!(c.reason.contains("chipset not supported"), "{}", c.reason);
     }
 
@@ -306,6 +306,6 @@ mod tests {
         let mut other = h.clone();
         other.hostname = "elsewhere".into();
         let c = choose_path(whole(&h, 0), whole(&other, 0));
-        assert_eq!((c.path, c.rule), (Path::Tcp, PathRule::DifferentHosts));
+        assert_eq!((c.path, c.rule), (TransferPath::Tcp, PathRule::DifferentHosts));
     }
 }

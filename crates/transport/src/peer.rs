@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::device::{self, Device, DeviceBuffer, DeviceKind, WorkerDevice};
-use crate::{Address, Connection, Options, Path, SECRET_ENV, Secret, TransportError, connect_blocking};
+use crate::{Address, Connection, Options, SECRET_ENV, Secret, TransferPath, TransportError, connect_blocking};
 
 /// What the peer does once connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +93,7 @@ impl PeerArgs {
                 },
                 "--address" => address = Some(value("--address")?.parse::<Address>().map_err(|e| e.to_string())?),
                 "--path" => {
-                    options.path = value("--path")?.parse::<Path>().map_err(|e| e.to_string())?;
+                    options.path = value("--path")?.parse::<TransferPath>().map_err(|e| e.to_string())?;
                 }
                 "--slots" => options.slots = value("--slots")?.parse().map_err(|_| "--slots takes a number")?,
                 "--chunk" => options.chunk = value("--chunk")?.parse().map_err(|_| "--chunk takes bytes")?,

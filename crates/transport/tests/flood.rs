@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use transport::device::{self, DeviceKind};
 use transport::rendezvous::{Rendezvous, RendezvousServer};
-use transport::{Address, Listener, Options, Path, Secret};
+use transport::{Address, Listener, Options, Secret, TransferPath};
 
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
@@ -70,7 +70,7 @@ fn two_thousand_idle_connections_cost_no_threads_and_lock_nobody_out() {
 
     // A TCP listener.
     let device = device::open(DeviceKind::Simulated).expect("device");
-    let options = Options { path: Path::Tcp, secret: Some(secret), ..Options::default() };
+    let options = Options { path: TransferPath::Tcp, secret: Some(secret), ..Options::default() };
     let listener = Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone()).expect("bind");
     let before = threads();
     let idle = idle_connections(listener.address().to_string().trim_start_matches("tcp:"), n);
@@ -80,7 +80,7 @@ fn two_thousand_idle_connections_cost_no_threads_and_lock_nobody_out() {
     let address = listener.address().clone();
     let peer = std::thread::spawn(move || transport::connect_blocking(&address, device, &options));
     let conn = listener.accept_timeout(Duration::from_secs(2)).expect("a peer connects despite the flood");
-    assert_eq!(conn.path(), Path::Tcp);
+    assert_eq!(conn.path(), TransferPath::Tcp);
     peer.join().expect("thread").expect("connect");
     drop(idle);
 }

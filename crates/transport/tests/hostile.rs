@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use transport::device::{self, Device, DeviceBuffer, DeviceKind};
-use transport::{Address, Connection, Listener, Options, Path, SECRET_ENV, Secret, TransportError};
+use transport::{Address, Connection, Listener, Options, SECRET_ENV, Secret, TransferPath, TransportError};
 
 const CHUNK: usize = 64 << 10;
 const NOBODY: u32 = 65534;
@@ -50,11 +50,11 @@ impl Drop for Peer {
     }
 }
 
-fn path_arg(path: Path) -> &'static str {
+fn path_arg(path: TransferPath) -> &'static str {
     match path {
-        Path::CudaIpc => "cuda-ipc",
-        Path::HostStaged => "host-staged",
-        Path::Tcp => "tcp",
+        TransferPath::CudaIpc => "cuda-ipc",
+        TransferPath::HostStaged => "host-staged",
+        TransferPath::Tcp => "tcp",
     }
 }
 
@@ -84,7 +84,7 @@ impl Drop for NobodysPeer {
 /// The peer command; with `as_nobody`, run as uid 65534 (root only).
 fn peer_command(
     address: &Address,
-    path: Path,
+    path: TransferPath,
     secret: Option<&Secret>,
     role: &[&str],
     as_nobody: Option<&NobodysPeer>,
@@ -111,14 +111,14 @@ fn spawn(cmd: &mut Command) -> Peer {
     Peer(cmd.spawn().expect("spawn transport-peer"))
 }
 
-fn options(path: Path, secret: Option<Secret>) -> Options {
+fn options(path: TransferPath, secret: Option<Secret>) -> Options {
     Options { path, slots: 4, chunk: CHUNK, secret, ..Options::default() }
 }
 
-fn listen(path: Path, options: Options) -> (Arc<dyn Device>, Listener, Option<Secret>) {
+fn listen(path: TransferPath, options: Options) -> (Arc<dyn Device>, Listener, Option<Secret>) {
     let device = device::open(DeviceKind::Simulated).expect("device");
     let address = match path {
-        Path::Tcp => Address::Tcp("127.0.0.1:0".into()),
+        TransferPath::Tcp => Address::Tcp("127.0.0.1:0".into()),
         _ => Address::Local(unique_name("listen")),
     };
     let secret = options.secret.clone();
@@ -158,8 +158,8 @@ fn slowloris(address: &Address, bytes: usize) -> Box<dyn std::any::Any> {
 #[test]
 fn a_wrong_secret_is_refused_on_both_sides_and_never_fails_accept() {
     let right = Secret::random().expect("secret");
-    let (device, listener, _) = listen(Path::Tcp, options(Path::Tcp, Some(right.clone())));
-    let wrong = options(Path::Tcp, Some(Secret::random().expect("secret")));
+    let (device, listener, _) = listen(TransferPath::Tcp, options(TransferPath::Tcp, Some(right.clone())));
+    let wrong = options(TransferPath::Tcp, Some(Secret::random().expect("secret")));
     let err = transport::connect_blocking(listener.address(), device.clone(), &wrong).expect_err("wrong secret");
     assert!(matches!(err, TransportError::Authentication(_)), "{err}");
     let err = listener.accept_timeout(Duration::from_millis(300)).expect_err("nothing to accept");
@@ -168,17 +168,17 @@ fn a_wrong_secret_is_refused_on_both_sides_and_never_fails_accept() {
     assert_eq!(refused.count, 1, "{refused:?}");
     assert!(refused.reasons[0].contains("does not hold the cluster's secret"), "{refused:?}");
     // The listener goes on: the legitimate peer is accepted.
-    let _peer = spawn(&mut peer_command(listener.address(), Path::Tcp, Some(&right), &["echo", "10"], None));
+    let _peer = spawn(&mut peer_command(listener.address(), TransferPath::Tcp, Some(&right), &["echo", "10"], None));
     let conn = listener.accept_timeout(Duration::from_secs(5)).expect("the legitimate peer");
-    assert_eq!(conn.path(), Path::Tcp);
+    assert_eq!(conn.path(), TransferPath::Tcp);
     assert!(Secret::new(vec![1u8; 8]).is_err(), "short secrets are refused");
     assert!(Secret::from_hex("xyz").is_err());
 }
 
 #[test]
 fn slow_handshakes_do_not_delay_a_legitimate_peer() {
-    for path in [Path::Tcp, Path::HostStaged] {
-        let secret = (path == Path::Tcp).then(|| Secret::random().expect("secret"));
+    for path in [TransferPath::Tcp, TransferPath::HostStaged] {
+        let secret = (path == TransferPath::Tcp).then(|| Secret::random().expect("secret"));
         // Fewer handshake places than slow peers: the oldest slow ones are dropped to make room.
         let opts = Options { max_handshakes: 16, ..options(path, secret.clone()) };
         let (_device, listener, secret) = listen(path, opts);
@@ -197,8 +197,8 @@ fn slow_handshakes_do_not_delay_a_legitimate_peer() {
 #[test]
 fn a_handshake_that_never_finishes_is_dropped_at_its_deadline() {
     let secret = Secret::random().expect("secret");
-    let opts = Options { handshake_timeout: Duration::from_millis(300), ..options(Path::Tcp, Some(secret)) };
-    let (_device, listener, _) = listen(Path::Tcp, opts);
+    let opts = Options { handshake_timeout: Duration::from_millis(300), ..options(TransferPath::Tcp, Some(secret)) };
+    let (_device, listener, _) = listen(TransferPath::Tcp, opts);
     let mut slow = TcpStream::connect(listener.address().to_string().trim_start_matches("tcp:")).expect("connect");
     let mut challenge = [0u8; 32];
     slow.read_exact(&mut challenge).expect("challenge");
@@ -215,10 +215,10 @@ fn a_handshake_that_never_finishes_is_dropped_at_its_deadline() {
 
 #[test]
 fn another_user_cannot_connect_to_a_local_listener() {
-    let (_device, listener, _) = listen(Path::HostStaged, options(Path::HostStaged, None));
+    let (_device, listener, _) = listen(TransferPath::HostStaged, options(TransferPath::HostStaged, None));
     if is_root() {
         let nobody = NobodysPeer::new();
-        let out = peer_command(listener.address(), Path::HostStaged, None, &["echo", "10"], Some(&nobody))
+        let out = peer_command(listener.address(), TransferPath::HostStaged, None, &["echo", "10"], Some(&nobody))
             .output()
             .expect("run the peer as nobody");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -247,10 +247,10 @@ fn another_user_cannot_connect_to_a_local_listener() {
 #[test]
 fn a_squatted_name_fails_fast_instead_of_hanging() {
     let device = device::open(DeviceKind::Simulated).expect("device");
-    let quick = Options { handshake_timeout: Duration::from_millis(500), ..options(Path::HostStaged, None) };
+    let quick = Options { handshake_timeout: Duration::from_millis(500), ..options(TransferPath::HostStaged, None) };
     // Someone of our own user holds the name and never answers: a timeout, not a hang.
     let name = Address::Local(unique_name("squat-self"));
-    let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], None));
+    let _squatter = spawn(&mut peer_command(&name, TransferPath::HostStaged, None, &["squat"], None));
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     let err = transport::connect_blocking(&name, device.clone(), &quick).expect_err("nobody answers");
@@ -260,10 +260,10 @@ fn a_squatted_name_fails_fast_instead_of_hanging() {
         // Another user holds it: refused at once, before a byte is sent.
         let name = Address::Local(unique_name("squat-nobody"));
         let nobody = NobodysPeer::new();
-        let _squatter = spawn(&mut peer_command(&name, Path::HostStaged, None, &["squat"], Some(&nobody)));
+        let _squatter = spawn(&mut peer_command(&name, TransferPath::HostStaged, None, &["squat"], Some(&nobody)));
         let t = Instant::now();
         let err = loop {
-            match transport::connect_blocking(&name, device.clone(), &options(Path::HostStaged, None)) {
+            match transport::connect_blocking(&name, device.clone(), &options(TransferPath::HostStaged, None)) {
                 // The squatter may not have bound the name yet.
                 Err(TransportError::Io { .. }) if t.elapsed() < Duration::from_secs(5) => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -274,15 +274,15 @@ fn a_squatted_name_fails_fast_instead_of_hanging() {
         };
         assert!(matches!(&err, TransportError::Authentication(m) if m.contains(&format!("user {NOBODY}"))), "{err}");
         let t = Instant::now();
-        let _ = transport::connect_blocking(&name, device, &options(Path::HostStaged, None));
+        let _ = transport::connect_blocking(&name, device, &options(TransferPath::HostStaged, None));
         assert!(t.elapsed() < Duration::from_millis(200), "the refusal took {:?}", t.elapsed());
     } else {
         eprintln!("not root: the squatter of another user is not tried (only our own user's)");
     }
 }
 
-fn connect_pair(path: Path, stall: Duration, role: &[&str]) -> (Arc<dyn Device>, Connection, Peer) {
-    let secret = (path == Path::Tcp).then(|| Secret::random().expect("secret"));
+fn connect_pair(path: TransferPath, stall: Duration, role: &[&str]) -> (Arc<dyn Device>, Connection, Peer) {
+    let secret = (path == TransferPath::Tcp).then(|| Secret::random().expect("secret"));
     let opts = Options { stall_timeout: stall, ..options(path, secret.clone()) };
     let (device, listener, secret) = listen(path, opts);
     let peer = spawn(&mut peer_command(listener.address(), path, secret.as_ref(), role, None));
@@ -295,7 +295,7 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
     let stall = Duration::from_millis(400);
     // Receiving: the peer stops after the first part of a message larger than the ring (or the
     // socket buffers) has arrived.
-    for (path, size) in [(Path::HostStaged, 40 * CHUNK), (Path::Tcp, 64 << 20)] {
+    for (path, size) in [(TransferPath::HostStaged, 40 * CHUNK), (TransferPath::Tcp, 64 << 20)] {
         let (device, conn, peer) = connect_pair(path, stall, &["ready-then-send", &size.to_string()]);
         let buf = DeviceBuffer::new(&device, size).expect("buffer");
         // The peer's first message says it is up with its buffer ready; the big one follows at
@@ -315,9 +315,11 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
     }
     // Sending: the peer stops taking a message it has begun to take.
     // cuda-ipc: past the size it sends host-staged, so that it waits for the peer's copy.
-    for (path, size) in
-        [(Path::HostStaged, 40 * CHUNK), (Path::CudaIpc, 2 * transport::EAGER_MAX), (Path::Tcp, 64 << 20)]
-    {
+    for (path, size) in [
+        (TransferPath::HostStaged, 40 * CHUNK),
+        (TransferPath::CudaIpc, 2 * transport::EAGER_MAX),
+        (TransferPath::Tcp, 64 << 20),
+    ] {
         let (device, conn, peer) = connect_pair(path, stall, &["echo", &size.to_string()]);
         let buf = DeviceBuffer::new(&device, size).expect("buffer");
         peer.signal(libc::SIGSTOP);
@@ -330,7 +332,7 @@ fn a_peer_that_stops_mid_message_is_a_timeout_within_the_stall_bound() {
 
 #[test]
 fn abort_ends_a_receive_and_a_send_under_way_from_another_thread() {
-    for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+    for path in [TransferPath::HostStaged, TransferPath::CudaIpc, TransferPath::Tcp] {
         // A receive waiting (unbounded) for a message that never comes.
         let (device, conn, _peer) = connect_pair(path, Duration::from_secs(30), &["echo", "100000"]);
         let buf = Arc::new(DeviceBuffer::new(&device, 100_000).expect("buffer"));
@@ -349,7 +351,7 @@ fn abort_ends_a_receive_and_a_send_under_way_from_another_thread() {
         assert!(matches!(err, TransportError::PeerGone(_)), "{path:?}: {err}");
     }
     // A send the peer stopped taking (it would wait for the stall bound, 30 s, without abort).
-    for (path, size) in [(Path::HostStaged, 40 * CHUNK), (Path::Tcp, 64 << 20)] {
+    for (path, size) in [(TransferPath::HostStaged, 40 * CHUNK), (TransferPath::Tcp, 64 << 20)] {
         let (device, conn, peer) = connect_pair(path, Duration::from_secs(30), &["echo", &size.to_string()]);
         let buf = Arc::new(DeviceBuffer::new(&device, size).expect("buffer"));
         peer.signal(libc::SIGSTOP);
@@ -367,7 +369,7 @@ fn abort_ends_a_receive_and_a_send_under_way_from_another_thread() {
 
 #[test]
 fn waiting_for_the_next_message_can_time_out_and_the_connection_goes_on() {
-    for path in [Path::HostStaged, Path::Tcp] {
+    for path in [TransferPath::HostStaged, TransferPath::Tcp] {
         let (device, conn, _peer) = connect_pair(path, Duration::from_millis(400), &["echo", "100000"]);
         let buf = DeviceBuffer::new(&device, 100_000).expect("buffer");
         // Idle for longer than the stall bound: waiting for the next message is not a stall.
@@ -398,8 +400,8 @@ fn the_peer_refuses_a_secret_on_its_command_line() {
 
 #[test]
 fn a_peer_that_stalls_during_setup_holds_up_nobody_and_is_dropped_at_its_deadline() {
-    let opts = Options { handshake_timeout: Duration::from_millis(1500), ..options(Path::CudaIpc, None) };
-    let (_device, listener, _) = listen(Path::CudaIpc, opts);
+    let opts = Options { handshake_timeout: Duration::from_millis(1500), ..options(TransferPath::CudaIpc, None) };
+    let (_device, listener, _) = listen(TransferPath::CudaIpc, opts);
     let Address::Local(name) = listener.address() else { unreachable!("a local listener") };
     // Our own user, a proper hello asking for cuda-ipc, the ring's descriptor taken, and then
     // silence in the middle of the IPC probe.
@@ -410,9 +412,9 @@ fn a_peer_that_stalls_during_setup_holds_up_nobody_and_is_dropped_at_its_deadlin
     staller.write_all(&hello).expect("hello");
     let (_ring, _) = transport::shm::recv_fd(&staller, 16).expect("the ring's descriptor");
     let started = Instant::now();
-    let _peer = spawn(&mut peer_command(listener.address(), Path::CudaIpc, None, &["echo", "10"], None));
+    let _peer = spawn(&mut peer_command(listener.address(), TransferPath::CudaIpc, None, &["echo", "10"], None));
     let conn = listener.accept_timeout(Duration::from_secs(3)).expect("the legitimate peer");
-    assert_eq!(conn.path(), Path::CudaIpc);
+    assert_eq!(conn.path(), TransferPath::CudaIpc);
     // Well before the staller's deadline.
     assert!(started.elapsed() < Duration::from_millis(1200), "held up for {:?}", started.elapsed());
     eventually("the staller is dropped", Duration::from_secs(3), || listener.refused().count == 1);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use transport::device::{self, Device, DeviceBuffer, DeviceKind};
-use transport::{Address, Listener, Options, Path, Secret, TransportError};
+use transport::{Address, Listener, Options, Secret, TransferPath, TransportError};
 
 fn shm_entries() -> Vec<String> {
     std::fs::read_dir("/dev/shm")
@@ -40,11 +40,12 @@ fn settles_to(what: &str, want: usize, count: impl Fn() -> usize) {
 /// Connections that are refused or given up, of every kind, against fresh listeners.
 fn refused_rounds(device: &Arc<dyn Device>, rounds: usize) {
     let secret = Secret::random().expect("secret");
-    let options = Options { path: Path::Tcp, secret: Some(secret), ..Options::default() };
+    let options = Options { path: TransferPath::Tcp, secret: Some(secret), ..Options::default() };
     let tcp = Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options).expect("bind");
     let name = format!("gpucluster-leaks-refused-{}", std::process::id());
     let local = Listener::bind(&Address::Local(name.clone()), device.clone(), Options::default()).expect("bind");
-    let wrong = Options { path: Path::Tcp, secret: Some(Secret::random().expect("secret")), ..Options::default() };
+    let wrong =
+        Options { path: TransferPath::Tcp, secret: Some(Secret::random().expect("secret")), ..Options::default() };
     let tcp_address = tcp.address().to_string().trim_start_matches("tcp:").to_owned();
     for _ in 0..rounds {
         let err = transport::connect_blocking(tcp.address(), device.clone(), &wrong).expect_err("wrong secret");
@@ -62,10 +63,10 @@ fn refused_rounds(device: &Arc<dyn Device>, rounds: usize) {
     }
 }
 
-fn round_trip(device: &Arc<dyn Device>, path: Path) {
+fn round_trip(device: &Arc<dyn Device>, path: TransferPath) {
     let secret = Secret::random().expect("secret");
     let (address, secret) = match path {
-        Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
+        TransferPath::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
         _ => (Address::Local(format!("gpucluster-leaks-{}-{}", std::process::id(), path.name())), None),
     };
     let options = Options { path, slots: 4, chunk: 64 << 10, secret: secret.clone(), ..Options::default() };
@@ -92,13 +93,13 @@ fn round_trip(device: &Arc<dyn Device>, path: Path) {
 fn nothing_is_left_behind() {
     let device = device::open(DeviceKind::Simulated).expect("device");
     // One round first, so that lazily opened descriptors (the runtime's, the loader's) exist.
-    round_trip(&device, Path::HostStaged);
+    round_trip(&device, TransferPath::HostStaged);
     refused_rounds(&device, 1);
     let before = shm_entries();
     let fds = open_fds();
     let tasks = threads();
     for _ in 0..3 {
-        for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+        for path in [TransferPath::HostStaged, TransferPath::CudaIpc, TransferPath::Tcp] {
             round_trip(&device, path);
         }
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use transport::device::{self, Device, DeviceBuffer, DeviceKind};
 use transport::peer::pattern;
-use transport::{Address, Listener, Options, Path, Secret, TransportError};
+use transport::{Address, Listener, Options, Secret, TransferPath, TransportError};
 
 /// The backends every test runs on.
 fn backends() -> Vec<DeviceKind> {
@@ -47,15 +47,15 @@ impl Drop for Peer {
     }
 }
 
-fn path_arg(path: Path) -> &'static str {
+fn path_arg(path: TransferPath) -> &'static str {
     match path {
-        Path::CudaIpc => "cuda-ipc",
-        Path::HostStaged => "host-staged",
-        Path::Tcp => "tcp",
+        TransferPath::CudaIpc => "cuda-ipc",
+        TransferPath::HostStaged => "host-staged",
+        TransferPath::Tcp => "tcp",
     }
 }
 
-fn spawn_peer(address: &Address, device: &str, path: Path, secret: Option<&Secret>, role: &[&str]) -> Peer {
+fn spawn_peer(address: &Address, device: &str, path: TransferPath, secret: Option<&Secret>, role: &[&str]) -> Peer {
     // TRANSPORT_PEER points at the peer binary where the tests run away from the build (GPU machine).
     let peer = std::env::var("TRANSPORT_PEER").unwrap_or_else(|_| env!("CARGO_BIN_EXE_transport-peer").to_owned());
     let mut cmd = Command::new(peer);
@@ -74,11 +74,11 @@ struct Setup {
     peer: Peer,
 }
 
-fn setup(kind: DeviceKind, path: Path, peer_device: &str, role: &[&str]) -> Setup {
+fn setup(kind: DeviceKind, path: TransferPath, peer_device: &str, role: &[&str]) -> Setup {
     let device = device::open(kind).expect("device");
     let secret = Secret::random().expect("secret");
     let (address, secret) = match path {
-        Path::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
+        TransferPath::Tcp => (Address::Tcp("127.0.0.1:0".into()), Some(secret)),
         _ => (Address::Local(unique_name("conn")), None),
     };
     let options = Options { path, slots: SLOTS, chunk: CHUNK, secret: secret.clone(), ..Options::default() };
@@ -93,7 +93,7 @@ const SIZES: &[usize] = &[0, 1, 7, 4095, 4096, CHUNK - 1, CHUNK, CHUNK + 1, 3 * 
 #[test]
 fn every_path_echoes_every_size_byte_for_byte() {
     for kind in backends() {
-        for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+        for path in [TransferPath::HostStaged, TransferPath::CudaIpc, TransferPath::Tcp] {
             let max = *SIZES.iter().max().expect("sizes");
             let s = setup(kind, path, device_arg(kind), &["echo", &max.to_string()]);
             assert_eq!(s.conn.path(), path, "{kind:?}");
@@ -118,7 +118,7 @@ fn every_path_echoes_every_size_byte_for_byte() {
 #[test]
 fn both_directions_at_once() {
     for kind in backends() {
-        for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+        for path in [TransferPath::HostStaged, TransferPath::CudaIpc, TransferPath::Tcp] {
             let (count, size) = (20usize, 5 * CHUNK + 123);
             let s = setup(kind, path, device_arg(kind), &["duplex", &count.to_string(), &size.to_string()]);
             transport::peer::duplex(&s.conn, &s.device, count, size, 1, 2).expect("duplex here");
@@ -132,7 +132,7 @@ fn both_directions_at_once() {
 #[test]
 fn async_api_sends_and_receives() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
-    let s = setup(DeviceKind::Simulated, Path::HostStaged, "sim", &["echo", "1000000"]);
+    let s = setup(DeviceKind::Simulated, TransferPath::HostStaged, "sim", &["echo", "1000000"]);
     rt.block_on(async {
         let out = Arc::new(DeviceBuffer::new(&s.device, 1_000_000).expect("buffer"));
         let back = Arc::new(DeviceBuffer::new(&s.device, 1_000_000).expect("buffer"));
@@ -150,8 +150,8 @@ fn async_api_sends_and_receives() {
 
 #[test]
 fn cuda_ipc_falls_back_to_host_staged_across_mig_instances() {
-    let s = setup(DeviceKind::Simulated, Path::CudaIpc, "sim-mig", &["echo", "100000"]);
-    assert_eq!(s.conn.path(), Path::HostStaged);
+    let s = setup(DeviceKind::Simulated, TransferPath::CudaIpc, "sim-mig", &["echo", "100000"]);
+    assert_eq!(s.conn.path(), TransferPath::HostStaged);
     let reason = s.conn.fallback().expect("a reason");
     assert!(reason.contains("GPU instances"), "{reason}");
     let buf = DeviceBuffer::new(&s.device, 100_000).expect("buffer");
@@ -162,7 +162,7 @@ fn cuda_ipc_falls_back_to_host_staged_across_mig_instances() {
 #[test]
 fn a_peer_that_dies_mid_transfer_is_an_error_within_a_second() {
     for kind in backends() {
-        for path in [Path::HostStaged, Path::CudaIpc, Path::Tcp] {
+        for path in [TransferPath::HostStaged, TransferPath::CudaIpc, TransferPath::Tcp] {
             let size = 40 * CHUNK;
             let s = setup(kind, path, device_arg(kind), &["die-mid-send", &size.to_string()]);
             let buf = DeviceBuffer::new(&s.device, size).expect("buffer");
@@ -189,7 +189,7 @@ fn a_peer_that_dies_mid_transfer_is_an_error_within_a_second() {
 
 #[test]
 fn a_message_larger_than_the_buffer_is_an_error() {
-    let s = setup(DeviceKind::Simulated, Path::HostStaged, "sim", &["echo", "10000"]);
+    let s = setup(DeviceKind::Simulated, TransferPath::HostStaged, "sim", &["echo", "10000"]);
     let big = DeviceBuffer::new(&s.device, 10_000).expect("buffer");
     let small = DeviceBuffer::new(&s.device, 100).expect("buffer");
     s.conn.send_blocking(1, &big, 10_000).expect("send");
