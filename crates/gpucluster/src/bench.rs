@@ -101,7 +101,7 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
     let work = (config.paths.len() + 2) * config.sizes.len();
     let bar = if config.progress { ProgressBar::new(work as u64) } else { ProgressBar::hidden() };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:32} [{bar:30}] {pos}/{len}")
+        ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {pos}/{len}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut report = BenchReport {
@@ -113,87 +113,141 @@ pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
         results: Vec::new(),
         ceilings: Vec::new(),
     };
-    let a = DeviceBuffer::new(&device, max).context("allocating the send buffer")?;
-    let b = DeviceBuffer::new(&device, max).context("allocating the receive buffer")?;
-    let mut pattern = vec![0u8; max];
-    transport::peer::pattern(11, 0, &mut pattern);
-    a.write(&pattern).context("filling the send buffer")?;
-
-    for &bytes in &config.sizes {
-        bar.set_message(format!("ceiling d2d {bytes} B"));
-        let gbps = measure::ceiling_d2d(&*device, &a, &b, bytes, repeats_for(bytes, config.repeats))?;
-        report.ceilings.push(Ceiling { name: D2D.into(), bytes, gbps });
-        bar.inc(1);
-        bar.set_message(format!("ceiling staged {bytes} B"));
-        let repeats = repeats_for(bytes, config.repeats);
-        let gbps = measure::ceiling_staged(&*device, &a, &b, bytes, config.slots, config.chunk, repeats)?;
-        report.ceilings.push(Ceiling { name: STAGED.into(), bytes, gbps });
-        bar.inc(1);
-    }
-
+    let buffers = Buffers::new(&device, max)?;
+    ceilings(&*device, &buffers, config, &bar, &mut report)?;
     for &path in &config.paths {
-        let secret = (path == TransferPath::Tcp).then(Secret::random).transpose()?;
-        let options =
-            Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
-        let listener = match path {
-            TransferPath::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
-            // An unguessable name, so that no other user can take it first or aim at it.
-            _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
-        };
-        let _peer = if config.peer_thread {
-            let args = transport::peer::PeerArgs {
-                device: config.device,
-                mig: config.mig,
-                address: listener.address().clone(),
-                options,
-                role: transport::peer::Role::Echo { max: max.max(1) },
-            };
-            let device = device.clone();
-            Peer::Thread(Some(std::thread::spawn(move || {
-                let _ = transport::peer::run_on(device, &args);
-            })))
-        } else {
-            spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
-        };
-        let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path.name()))?;
-        if let Some(why) = conn.fallback() {
-            report.notes.push(format!("{}: {why}", path.name()));
-        }
-        for &bytes in &config.sizes {
-            bar.set_message(format!("{} {bytes} B", conn.path().name()));
-            let repeats = repeats_for(bytes, config.repeats);
-            let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
-            let mut rates = Vec::with_capacity(config.repeats);
-            for i in 0..config.repeats.max(1) + 1 {
-                let seconds = measure::stream(&conn, &a, &b, bytes, messages)
-                    .with_context(|| format!("{}: {bytes} B", path.name()))?;
-                if i >= 1 {
-                    rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
-                }
-            }
-            let gbps = measure::median(&mut rates);
-            let mut rtts = Vec::with_capacity(repeats);
-            for i in 0..repeats + 2 {
-                let rtt = measure::round_trip(&conn, &a, &b, bytes, i as u64)
-                    .with_context(|| format!("{}: {bytes} B", path.name()))?;
-                if i >= 2 {
-                    rtts.push(rtt.as_secs_f64());
-                }
-            }
-            let rtt = measure::median(&mut rtts);
-            report.results.push(Measurement { path: conn.path(), bytes, gbps, latency_us: rtt / 2.0 * 1e6, repeats });
-            bar.inc(1);
-        }
-        // Verify the last round trip carried the data intact.
-        let mut back = vec![0u8; max];
-        b.read(&mut back)?;
-        let last = *config.sizes.last().unwrap_or(&0);
-        if back[..last] != pattern[..last] {
-            bail!("{}: data came back different", path.name());
-        }
+        measure_path(&device, &buffers, path, config, &bar, &mut report)?;
     }
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// The send and receive buffers of a run, the send one holding a known pattern.
+struct Buffers {
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    pattern: Vec<u8>,
+}
+
+impl Buffers {
+    fn new(device: &Arc<dyn Device>, max: usize) -> anyhow::Result<Self> {
+        let a = DeviceBuffer::new(device, max).context("allocating the send buffer")?;
+        let b = DeviceBuffer::new(device, max).context("allocating the receive buffer")?;
+        let mut pattern = vec![0u8; max];
+        transport::peer::pattern(11, 0, &mut pattern);
+        a.write(&pattern).context("filling the send buffer")?;
+        Ok(Self { a, b, pattern })
+    }
+}
+
+/// The two ceilings at every size, in this process.
+fn ceilings(
+    device: &dyn Device,
+    buffers: &Buffers,
+    config: &BenchConfig,
+    bar: &ProgressBar,
+    report: &mut BenchReport,
+) -> anyhow::Result<()> {
+    let (a, b) = (&buffers.a, &buffers.b);
+    for &bytes in &config.sizes {
+        let repeats = repeats_for(bytes, config.repeats);
+        bar.set_message(format!("ceiling d2d {}", human(bytes)));
+        let gbps = measure::ceiling_d2d(device, a, b, bytes, repeats)?;
+        report.ceilings.push(Ceiling { name: D2D.into(), bytes, gbps });
+        bar.inc(1);
+        bar.set_message(format!("ceiling staged {}", human(bytes)));
+        let gbps = measure::ceiling_staged(device, a, b, bytes, config.slots, config.chunk, repeats)?;
+        report.ceilings.push(Ceiling { name: STAGED.into(), bytes, gbps });
+        bar.inc(1);
+    }
+    Ok(())
+}
+
+/// One path: a peer to echo, then bandwidth and latency at every size, and the last round
+/// trip's bytes checked.
+fn measure_path(
+    device: &Arc<dyn Device>,
+    buffers: &Buffers,
+    path: TransferPath,
+    config: &BenchConfig,
+    bar: &ProgressBar,
+    report: &mut BenchReport,
+) -> anyhow::Result<()> {
+    let max = buffers.pattern.len();
+    let secret = (path == TransferPath::Tcp).then(Secret::random).transpose()?;
+    let options =
+        Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
+    let listener = match path {
+        TransferPath::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
+        // An unguessable name, so that no other user can take it first or aim at it.
+        _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
+    };
+    let _peer = if config.peer_thread {
+        let args = transport::peer::PeerArgs {
+            device: config.device,
+            mig: config.mig,
+            address: listener.address().clone(),
+            options,
+            role: transport::peer::Role::Echo { max: max.max(1) },
+        };
+        let device = device.clone();
+        Peer::Thread(Some(std::thread::spawn(move || {
+            let _ = transport::peer::run_on(device, &args);
+        })))
+    } else {
+        spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
+    };
+    let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path.name()))?;
+    if let Some(why) = conn.fallback() {
+        report.notes.push(format!("{}: {why}", path.name()));
+    }
+    for &bytes in &config.sizes {
+        report.results.push(measure_size(&conn, buffers, bytes, config, bar)?);
+        bar.inc(1);
+    }
+    // Verify the last round trip carried the data intact.
+    let mut back = vec![0u8; max];
+    buffers.b.read(&mut back)?;
+    let last = *config.sizes.last().unwrap_or(&0);
+    if back[..last] != buffers.pattern[..last] {
+        bail!("{}: data came back different", path.name());
+    }
+    Ok(())
+}
+
+/// Bandwidth (one warm-up, then the median of the repeats) and latency (the median round trip
+/// after two warm-ups) of one size; the progress line says which repeat runs, as one size may
+/// take minutes.
+fn measure_size(
+    conn: &transport::Connection,
+    buffers: &Buffers,
+    bytes: usize,
+    config: &BenchConfig,
+    bar: &ProgressBar,
+) -> anyhow::Result<Measurement> {
+    let (a, b, name) = (&buffers.a, &buffers.b, conn.path().name());
+    let repeats = repeats_for(bytes, config.repeats);
+    let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
+    let runs = config.repeats.max(1) + 1;
+    let mut rates = Vec::with_capacity(runs);
+    for i in 0..runs {
+        bar.set_message(format!("{name} {}: bandwidth {}/{runs}", human(bytes), i + 1));
+        let seconds = measure::stream(conn, a, b, bytes, messages).with_context(|| format!("{name}: {bytes} B"))?;
+        if i >= 1 {
+            rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
+        }
+    }
+    let gbps = measure::median(&mut rates);
+    bar.set_message(format!("{name} {}: latency", human(bytes)));
+    let mut rtts = Vec::with_capacity(repeats);
+    for i in 0..repeats + 2 {
+        let rtt = measure::round_trip(conn, a, b, bytes, i as u64).with_context(|| format!("{name}: {bytes} B"))?;
+        if i >= 2 {
+            rtts.push(rtt.as_secs_f64());
+        }
+    }
+    let rtt = measure::median(&mut rtts);
+    Ok(Measurement { path: conn.path(), bytes, gbps, latency_us: rtt / 2.0 * 1e6, repeats })
 }
 
 fn spawn_peer(
