@@ -38,7 +38,7 @@ impl Variant {
     /// The variant called `name`.
     ///
     /// # Errors
-    /// [`LauncherError::Protocol`] naming the variants there are.
+    /// [`LauncherError::Bench`] naming the variants there are.
     pub fn named(name: &str) -> Result<Self, LauncherError> {
         let v = |protocol: &str, insecure: bool, env: &[(&str, &str)]| Variant {
             name: name.to_owned(),
@@ -59,8 +59,9 @@ impl Variant {
                 v("ucx", true, &[("UCX_TLS", "^cuda_ipc"), a, b])
             }
             other => {
-                return Err(LauncherError::Protocol(format!(
-                    "unknown variant `{other}`: gpucluster, gpucluster-host-staged, tcp, tls, ucx or ucx-no-ipc"
+                return Err(LauncherError::Bench(format!(
+                    "unknown variant `{}`: gpucluster, gpucluster-host-staged, tcp, tls, ucx or ucx-no-ipc",
+                    other.escape_debug()
                 )));
             }
         })
