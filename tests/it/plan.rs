@@ -48,3 +48,21 @@ fn exit_statuses() {
     assert_eq!(gpucluster(&["--topology", "sim:a100-80gb-mixed", "doctor"]).0, 2, "errors");
     assert_eq!(gpucluster(&["--topology", "sim:hgx-h100", "plan", "--policy", "x"]).0, 2, "usage");
 }
+
+#[test]
+fn a_strict_refusal_fits_a_terminal_and_is_whole_in_json() {
+    let (status, text, err) = gpucluster(&["--topology", "sim:a100-80gb-mixed", "plan"]);
+    assert_eq!(status, 1);
+    assert!(text.is_empty(), "{text}");
+    assert!(err.lines().all(|l| l.chars().count() <= 120), "the refusal fits a terminal:\n{err}");
+    let (status, json, err_json) = gpucluster(&["--topology", "sim:a100-80gb-mixed", "plan", "--json"]);
+    assert_eq!(status, 1);
+    assert_eq!(err_json, err, "the same message on stderr");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let classes = v["refused"]["classes"].as_array().expect("classes");
+    assert_eq!(classes.len(), 2);
+    let devices: Vec<&str> =
+        classes.iter().flat_map(|c| c["devices"].as_array().expect("devices")).filter_map(|d| d.as_str()).collect();
+    assert_eq!(devices.len(), 10, "every device, by its whole name");
+    assert!(devices.iter().all(|d| d.starts_with("MIG-") && d.len() == 40), "{devices:?}");
+}

@@ -254,7 +254,21 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
         Command::Plan(args) => {
             let snapshot = args.selection.snapshot(&spec).await?;
             let request = args.selection.request();
-            let plan = cluster_core::plan(&snapshot, &request)?;
+            let plan = match cluster_core::plan(&snapshot, &request) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    // The strict refusal in full for tools (every class, every device's whole
+                    // name), where the message on stderr shows the first few of each.
+                    if let (true, cluster_core::PlanError::Mixed { classes, tolerance_pct }) = (args.json, &e) {
+                        let refusal = serde_json::json!({
+                            "refused": { "reason": "mixed", "message": e.to_string(),
+                                         "memory_tolerance_pct": tolerance_pct, "classes": classes }
+                        });
+                        plan::write_json(&refusal, out)?;
+                    }
+                    return Err(e.into());
+                }
+            };
             let output = plan::PlanOutput::new(&snapshot, &plan);
             if args.json {
                 plan::write_json(&output, out)?;
