@@ -292,17 +292,6 @@ fn peer_command(
     cmd
 }
 
-/// Axis labels in the table's units: the measured sizes, `8 B`, `64 KiB`, `1 GiB` (binary, as
-/// `--sizes` reads them).
-fn binary(v: f64) -> String {
-    let (scale, unit) = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B")]
-        .into_iter()
-        .find(|(s, _)| v >= *s as f64 * 0.999)
-        .unwrap_or((1, "B"));
-    let x = v / scale as f64;
-    if (x - x.round()).abs() < 0.01 { format!("{x:.0} {unit}") } else { format!("{x:.1} {unit}") }
-}
-
 pub(crate) fn human(bytes: usize) -> String {
     match bytes {
         b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
@@ -456,7 +445,7 @@ where
     let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = sizes.iter().copied().fold(0.0, f64::max);
     let (lo, hi) = if lo.is_finite() { (lo, hi * 1.5) } else { (1.0, 2.0) };
-    // Ticks at the measured sizes, labelled as the table labels them (binary units).
+    // Ticks at the measured sizes, labelled as the table labels them (`human`: binary units).
     let mut keys = sizes.clone();
     keys.sort_by(f64::total_cmp);
     keys.dedup();
@@ -467,7 +456,13 @@ where
         .y_label_area_size(60)
         .build_cartesian_2d((lo..hi).log_scale().with_key_points(keys), (bottom..top).log_scale())
         .map_err(draw)?;
-    chart.configure_mesh().x_desc(x_desc).y_desc("GB/s").x_label_formatter(&|v| binary(*v)).draw().map_err(draw)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc("GB/s")
+        .x_label_formatter(&|v| human(v.round() as usize))
+        .draw()
+        .map_err(draw)?;
     let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (i, (label, points, dashed)) in series.iter().enumerate() {
         let colour = colours[i % colours.len()];

@@ -122,17 +122,6 @@ struct ReadyWatch {
     dashboard: Option<std::path::PathBuf>,
 }
 
-/// `HOST:PORT` of the dashboard: the scheduler's host (from its file's address), the port it
-/// serves the dashboard on.
-fn dashboard_host(file: &std::path::Path, port: u16) -> String {
-    let host = dask::scheduler_address(file)
-        .ok()
-        .and_then(|a| a.split_once("://").map(|(_, rest)| rest.to_owned()))
-        .and_then(|rest| rest.rsplit_once(':').map(|(h, _)| h.to_owned()))
-        .unwrap_or_else(|| "127.0.0.1".into());
-    format!("{host}:{port}")
-}
-
 /// Whether a line of Dask's output is one of its INFO log lines (`... - distributed.x - INFO - ...`).
 fn dask_info(line: &[u8]) -> bool {
     line.windows(8).any(|w| w == b" - INFO ")
@@ -160,8 +149,8 @@ impl Write for ReadyWatch {
                     self.started.elapsed().as_secs_f64()
                 )?;
                 if let Some(file) = &self.dashboard {
-                    match dask::dashboard_port(file) {
-                        Some(port) => writeln!(self.out, "dashboard: http://{}/status", dashboard_host(file, port))?,
+                    match dask::dashboard_url(file) {
+                        Some(url) => writeln!(self.out, "dashboard: {url}")?,
                         None => writeln!(self.out, "dashboard: the scheduler did not say where it serves it")?,
                     }
                 }
@@ -388,7 +377,7 @@ async fn run(
         let host = config.host.as_deref();
         // On a stop the scheduler goes first and closes its workers itself (cleanly: no worker
         // is cut off mid-heartbeat); what it leaves running is signalled after it.
-        let preload = dask::write_scheduler_preload(dir.path()).context("writing the scheduler's preload")?;
+        let preload = dir.write(dask::SCHEDULER_PRELOAD_FILE, dask::SCHEDULER_PRELOAD.as_bytes())?;
         supervision.essentials_first = true;
         specs.insert(
             0,

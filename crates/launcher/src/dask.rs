@@ -197,6 +197,10 @@ struct PythonRun {
     stderr: String,
 }
 
+/// How [`run_python`] says the interpreter could not be started at all (not found, not
+/// executable), which [`probe_python`] answers with another fix than installing Dask into it.
+const CANNOT_RUN: &str = "cannot run it";
+
 /// Runs `python -c script args...` for at most `timeout`, reading at most [`PYTHON_OUTPUT`] bytes
 /// of each stream; the child dies with the launcher (`PR_SET_PDEATHSIG`) and is killed at the
 /// deadline. `Err` carries what went wrong, in words.
@@ -224,7 +228,7 @@ fn run_python(
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|e| format!("cannot run it: {e}"))?;
+    let mut child = command.spawn().map_err(|e| format!("{CANNOT_RUN}: {e}"))?;
     let group = child.id() as i32;
     // SAFETY: killing the process group created for this check.
     let kill_group = || unsafe { libc::kill(-group, libc::SIGKILL) };
@@ -312,7 +316,7 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<PythonInfo
     let fail = |detail: String| LauncherError::NoDask { python: python.clone(), detail, how: how.clone() };
     let run = run_python(python, script, &[], PYTHON_TIMEOUT, cancel).map_err(|detail| {
         // An interpreter that cannot be run at all cannot install anything: say what to give.
-        if detail.starts_with("cannot run it") {
+        if detail.starts_with(CANNOT_RUN) {
             LauncherError::NoDask {
                 python: python.clone(),
                 detail,
@@ -824,7 +828,7 @@ pub struct SchedulerConfig<'a> {
     /// Where its dashboard listens (`HOST:PORT`, `:PORT`), where one was asked for: then its HTTP
     /// server serves distributed's routes; without, it serves nothing.
     pub dashboard: Option<&'a str>,
-    /// A preload file (`--preload`): [`write_scheduler_preload`]'s.
+    /// A preload file (`--preload`): [`SCHEDULER_PRELOAD`], written as [`SCHEDULER_PRELOAD_FILE`].
     pub preload: Option<&'a Path>,
 }
 
@@ -905,28 +909,26 @@ def dask_setup(scheduler):
     scheduler.add_plugin(GpuclusterWorkersFirst(scheduler))
 "#;
 
-/// Writes [`SCHEDULER_PRELOAD`] into `dir` (the launcher's private directory); returns its path.
-///
-/// # Errors
-/// The file could not be written.
-pub fn write_scheduler_preload(dir: &Path) -> std::io::Result<PathBuf> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("gpucluster_workers_first.py");
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-    file.write_all(SCHEDULER_PRELOAD.as_bytes())?;
-    Ok(path)
-}
+/// The name of [`SCHEDULER_PRELOAD`]'s file in the launcher's private directory.
+pub const SCHEDULER_PRELOAD_FILE: &str = "gpucluster_workers_first.py";
 
-/// The dashboard's port, from a scheduler file (distributed writes `"services": {"dashboard":
-/// PORT}`), where the scheduler serves one.
-pub fn dashboard_port(scheduler_file: &Path) -> Option<u16> {
+/// The dashboard's URL (`http://HOST:PORT/status`), from a scheduler file, where the scheduler
+/// serves one: distributed writes its address and `"services": {"dashboard": PORT}`.
+pub fn dashboard_url(scheduler_file: &Path) -> Option<String> {
     // A scheduler file is a few hundred bytes: read at most 1 MiB of it.
     let mut text = Vec::new();
     std::io::Read::read_to_end(&mut std::io::Read::take(std::fs::File::open(scheduler_file).ok()?, 1 << 20), &mut text)
         .ok()?;
     let value: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    value.get("services")?.get("dashboard")?.as_u64().and_then(|p| u16::try_from(p).ok())
+    let port = value.get("services")?.get("dashboard")?.as_u64().and_then(|p| u16::try_from(p).ok())?;
+    // The scheduler's host, from its address (`tcp://HOST:PORT`, `tcp://[::1]:PORT`).
+    let host = value
+        .get("address")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|a| a.split_once("://"))
+        .and_then(|(_, rest)| rest.rsplit_once(':'))
+        .map_or("127.0.0.1", |(host, _)| host);
+    Some(format!("http://{host}:{port}/status"))
 }
 
 /// This host's memory, from `/proc/meminfo`.
@@ -1184,9 +1186,9 @@ mod tests {
         assert!(!spec.env.contains_key("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"), "distributed's routes served");
         let f = std::env::temp_dir().join(format!("gpucluster-dashboard-{}.json", std::process::id()));
         std::fs::write(&f, r#"{"address": "tcp://127.0.0.1:1", "services": {"dashboard": 8787}}"#).expect("write");
-        assert_eq!(dashboard_port(&f), Some(8787));
+        assert_eq!(dashboard_url(&f).as_deref(), Some("http://127.0.0.1:8787/status"));
         std::fs::write(&f, r#"{"address": "tcp://127.0.0.1:1", "services": {}}"#).expect("write");
-        assert_eq!(dashboard_port(&f), None);
+        assert_eq!(dashboard_url(&f), None);
         let _ = std::fs::remove_file(&f);
     }
 

@@ -540,10 +540,10 @@ struct Job<'a> {
     started: Instant,
     /// The signal the job is being stopped with.
     stop_signal: i32,
-    /// Whether the essential processes have been sent it.
-    essentials_stopped: bool,
-    /// Whether the others have been sent it, when essentials go first.
-    others_stopped: bool,
+    /// While stopping: whether the essential processes were signalled first (else the others).
+    first_stopped: Option<bool>,
+    /// Whether the rest have been signalled too.
+    rest_stopped: bool,
 }
 
 impl Job<'_> {
@@ -638,17 +638,12 @@ impl Job<'_> {
         }
         self.stop_signal = signal;
         self.stopping = Some((why, Instant::now()));
-        if essentials_first {
-            // The essential process (a Dask scheduler) stops the others itself; those still
-            // running once it has ended get the signal then.
-            self.essentials_stopped = true;
-            self.signal_where(signal, |s| s.spec.essential);
-        } else {
-            // Workers first, essentials (a Dask scheduler) once they are gone: a scheduler that
-            // goes first leaves its workers retrying it until they are killed.
-            self.signal_where(signal, |s| !s.spec.essential);
-            self.stop_essentials_when_alone();
-        }
+        self.first_stopped = Some(essentials_first);
+        // By default workers first, essentials (a Dask scheduler) once they are gone: a scheduler
+        // that goes first leaves its workers retrying it until they are killed. With
+        // `essentials_first`, the scheduler first, which stops its workers itself.
+        self.signal_where(signal, |s| s.spec.essential == essentials_first);
+        self.stop_the_rest_when_the_first_are_gone();
         // Processes waiting for a restart stay down.
         for slot in &mut self.slots {
             if slot.pid.is_none() {
@@ -657,22 +652,15 @@ impl Job<'_> {
         }
     }
 
-    /// While stopping essentials first, once none runs, the others still running get the stop
-    /// signal.
-    fn stop_others_when_essentials_gone(&mut self) {
-        let essentials_running = self.slots.iter().any(|s| s.spec.essential && s.pid.is_some());
-        if self.stopping.is_some() && self.config.essentials_first && !self.others_stopped && !essentials_running {
-            self.others_stopped = true;
-            self.signal_where(self.stop_signal, |s| !s.spec.essential);
-        }
-    }
-
-    /// While stopping, once no other process runs, the essential ones get the stop signal.
-    fn stop_essentials_when_alone(&mut self) {
-        let others_running = self.slots.iter().any(|s| !s.spec.essential && s.pid.is_some());
-        if self.stopping.is_some() && !self.essentials_stopped && !others_running {
-            self.essentials_stopped = true;
-            self.signal_where(self.stop_signal, |s| s.spec.essential);
+    /// While stopping, once the processes signalled first have all ended, the rest get the stop
+    /// signal: the essential ones after the others, or, with `essentials_first`, the others after
+    /// the essential ones.
+    fn stop_the_rest_when_the_first_are_gone(&mut self) {
+        let Some(first_essential) = self.first_stopped else { return };
+        let first_running = self.slots.iter().any(|s| s.spec.essential == first_essential && s.pid.is_some());
+        if !self.rest_stopped && !first_running {
+            self.rest_stopped = true;
+            self.signal_where(self.stop_signal, |s| s.spec.essential != first_essential);
         }
     }
 
@@ -931,8 +919,8 @@ impl<'a> Job<'a> {
             killed: None,
             started: Instant::now(),
             stop_signal: libc::SIGTERM,
-            essentials_stopped: false,
-            others_stopped: false,
+            first_stopped: None,
+            rest_stopped: false,
         }
     }
 
@@ -960,8 +948,7 @@ impl<'a> Job<'a> {
         match event {
             Event::Exited(i, generation, status) if generation == self.slots[i].generation => {
                 self.exited(i, status);
-                self.stop_essentials_when_alone();
-                self.stop_others_when_essentials_gone();
+                self.stop_the_rest_when_the_first_are_gone();
                 // Only a guard that died of a signal can have left orphans to us (one that
                 // exits, however its worker ended, has cleaned up first).
                 if self.config.guard.is_some() && status.signal().is_some() {
