@@ -1,11 +1,23 @@
-"""On a GPU machine with RMM: `gpucluster.dask.LocalCluster(workers_per_device=2, rmm_pool_size=...)`
-gives each worker an RMM pool that CuPy allocates from and its threads pinned where the machine
-says, and a CuPy computation across its workers gives the right answer. Not yet run on a GPU (the
-session that wrote it had no device time left). Usage: python3 local_cluster_features.py"""
+"""On a GPU machine with RMM and dask-cuda: what `gpucluster.dask.LocalCluster` sets up on each
+worker besides its device, checked from inside the workers.
+
+1. `LocalCluster(workers_per_device=2, rmm_pool_size="1GiB")`: each worker's RMM resource is a
+   pool that CuPy allocates from; its threads' CPUs against the plan's `cpu_affinity` (pinned
+   only where the device's CPUs are fewer than this process may use); a CuPy computation across
+   the two workers gives the right answer.
+2. `LocalCluster(device_memory_limit="1GiB")`: the worker keeps its data in dask-cuda's
+   DeviceHostFile with that limit; six 256 MiB CuPy arrays held on it leave at most 1 GiB on the
+   device and the rest in host memory, and their sum is still right.
+
+Usage: python3 local_cluster_features.py. Prints one line per fact and `features check passed`.
+"""
 import os
 import sys
 
-if __name__ == "__main__":
+MIB = 1 << 20
+
+
+def pool_and_pinning(ok: bool) -> bool:
     from distributed import Client
     from gpucluster.dask import LocalCluster
 
@@ -18,18 +30,23 @@ if __name__ == "__main__":
             import rmm
 
             mr = rmm.mr.get_current_device_resource()
+            tasks = os.listdir("/proc/self/task")
             return {
                 "name": dask_worker.name,
                 "rmm": type(mr).__name__,
+                "pool_bytes": mr.pool_size() if hasattr(mr, "pool_size") else None,
                 "cupy_allocator_is_rmm": "rmm" in repr(cupy.cuda.get_allocator()),
-                "cpus": len(os.sched_getaffinity(0)),
+                "threads": len(tasks),
+                "cpus_of_each_thread": sorted({len(os.sched_getaffinity(int(t))) for t in tasks}),
             }
 
-        ok = True
-        for address, f in client.run(facts).items():
+        allowed = len(os.sched_getaffinity(0))
+        for f in client.run(facts).values():
+            plan_cpus = planned.get(f["name"], {}).get("cpu_affinity")
             good = "Pool" in f["rmm"] and f["cupy_allocator_is_rmm"] and f["name"] in planned
+            print(f"{f['name']}: {f}; plan cpu_affinity {plan_cpus!r}, this process may use {allowed} CPUs "
+                  f"-> {'ok' if good else 'WRONG'}", flush=True)
             ok &= good
-            print(f"{f['name']}: {f} -> {'ok' if good else 'WRONG'}", flush=True)
         import cupy
         import dask.array as da
 
@@ -37,5 +54,57 @@ if __name__ == "__main__":
         total = float((x + x.T).sum().compute())
         print(f"CuPy (x + x.T).sum() across the workers: {total} (want {2.0 * 8000 * 8000})", flush=True)
         ok &= total == 2.0 * 8000 * 8000
+    return ok
+
+
+def device_limit(ok: bool) -> bool:
+    from distributed import Client, wait
+    from gpucluster.dask import LocalCluster
+
+    with LocalCluster(device_memory_limit="1GiB") as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=120)
+        print(f"plan: device_memory_limit_bytes {cluster.gpucluster_plan['workers'][0]['device_memory_limit_bytes']}", flush=True)
+
+        def store(dask_worker):
+            d = dask_worker.data
+            return {"type": f"{type(d).__module__}.{type(d).__name__}",
+                    "device_limit": getattr(getattr(d, "device_buffer", None), "n", None)}
+
+        (s,) = client.run(store).values()
+        good = s["type"] == "dask_cuda.device_host_file.DeviceHostFile" and s["device_limit"] == 1 << 30
+        print(f"data store: {s} -> {'ok' if good else 'WRONG'}", flush=True)
+        ok &= good
+
+        def full(i):
+            import cupy
+
+            return cupy.full(256 * MIB // 8, i, dtype=cupy.float64)
+
+        arrays = [client.submit(full, i, pure=False) for i in range(6)]
+        wait(arrays)
+
+        def tiers(dask_worker):
+            d = dask_worker.data
+            return {"device_bytes": sum(v.nbytes for v in d.device.values()), "device_keys": len(d.device),
+                    "host_keys": len(d.host), "disk_keys": len(d.disk) if d.disk is not None else 0}
+
+        (t,) = client.run(tiers).values()
+        good = t["device_bytes"] <= 1 << 30 and t["host_keys"] >= 2
+        print(f"six 256 MiB CuPy arrays held: {t} -> {'ok' if good else 'WRONG'}", flush=True)
+        ok &= good
+
+        def total(*xs):
+            return float(sum(float(x.sum()) for x in xs))
+
+        got = client.submit(total, *arrays).result()
+        want = float(sum(i * (256 * MIB // 8) for i in range(6)))
+        print(f"their sum, brought back from host memory: {got} (want {want})", flush=True)
+        ok &= got == want
+    return ok
+
+
+if __name__ == "__main__":
+    ok = pool_and_pinning(True)
+    ok = device_limit(ok)
     print("features check " + ("passed" if ok else "FAILED"), flush=True)
     sys.exit(0 if ok else 1)

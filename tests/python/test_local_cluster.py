@@ -193,3 +193,102 @@ def test_workers_get_the_device_environment_dask_local_gives():
     assert "GPUCLUSTER_COMM_PATH" not in real
     with pytest.raises(ValueError, match="gpu"):
         gpucluster._native.worker_device_env("tpu", simulated=True, host_staged_only=False, ucx=False)
+
+
+# A stand-in for dask-cuda's DeviceHostFile, planted where a worker imports it: it records what
+# it was built with. The real class moves device objects to host memory past its limit; that
+# part is dask-cuda's and is checked on a GPU (tests/gpu/local_cluster_features.py).
+STUB_DEVICE_HOST_FILE = '''
+class DeviceHostFile(dict):
+    def __init__(self, worker_local_directory, *, device_memory_limit=None, memory_limit=None):
+        super().__init__()
+        self.built_with = (worker_local_directory, device_memory_limit, memory_limit)
+'''
+
+
+@pytest.fixture
+def stub_dask_cuda(tmp_path, monkeypatch):
+    package = tmp_path / "dask_cuda"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "device_host_file.py").write_text(STUB_DEVICE_HOST_FILE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    for name in ("dask_cuda", "dask_cuda.device_host_file"):
+        sys.modules.pop(name, None)
+
+
+def test_a_real_device_limit_is_enforced_by_dask_cudas_device_host_file(stub_dask_cuda):
+    from gpucluster.dask import _worker_data
+
+    data = _worker_data(8 << 30, 64 << 30, simulated=False, explicit=False)
+    assert data is not None
+    make, limits = data
+    assert limits == {"device_memory_limit": 8 << 30, "memory_limit": 64 << 30}
+    # Simulated devices hold no device objects; no limit, nothing to enforce.
+    assert _worker_data(8 << 30, 64 << 30, simulated=True, explicit=True) is None
+    assert _worker_data(None, 64 << 30, simulated=False, explicit=True) is None
+
+
+def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub_dask_cuda, tmp_path):
+    # What a worker does with the `data` option (distributed's WorkerMemoryManager), on the real
+    # distributed: the store is built in the worker, in the worker's own directory.
+    import asyncio
+
+    from distributed import Scheduler, Worker
+
+    from gpucluster.dask import _worker_data
+
+    async def build():
+        async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0", dashboard=False) as s:
+            data = _worker_data(5 << 30, 7 << 30, simulated=False, explicit=False)
+            async with Worker(s.address, data=data, local_directory=str(tmp_path), dashboard=False) as w:
+                return type(w.data).__module__, w.data.built_with, w.local_directory
+
+    module, (directory, device, host), local = asyncio.run(build())
+    assert module == "dask_cuda.device_host_file"
+    assert (directory, device, host) == (local, 5 << 30, 7 << 30)
+
+
+def test_a_device_limit_nothing_can_enforce_is_said(monkeypatch):
+    import importlib.util
+    import warnings
+
+    from gpucluster import dask as gdask
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dask_cuda" else real(name, *a))
+    with pytest.warns(RuntimeWarning, match="pip install dask-cuda"):
+        assert gdask._worker_data(1 << 30, None, simulated=False, explicit=True) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default limit, not asked for: no warning
+        assert gdask._worker_data(1 << 30, None, simulated=False, explicit=False) is None
+
+
+def test_workers_are_pinned_only_where_their_device_has_fewer_cpus_than_this_process():
+    from gpucluster.dask import _affinity
+
+    allowed = sorted(os.sched_getaffinity(0))
+    everything = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
+    assert _affinity(everything, simulated=False) == []  # nothing to narrow
+    assert _affinity("100000-100003", simulated=False) == []  # CPUs this process may not use
+    assert _affinity(str(allowed[0]), simulated=True) == []  # a simulated machine's CPUs
+    if len(allowed) > 1:
+        assert _affinity(str(allowed[0]), simulated=False) == [allowed[0]]
+
+
+def test_the_affinity_plugin_pins_every_thread_of_the_worker(monkeypatch):
+    from gpucluster.dask import _CPUAffinity
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    one = min(os.sched_getaffinity(0))
+    with LocalCluster(topology="sim:h100", n_workers=1, threads_per_worker=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(1, timeout=60)
+        client.register_plugin(_CPUAffinity([one]))
+
+        def affinities():
+            return {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+
+        (threads,) = client.run(affinities).values()
+    # Every thread: the event loop, the executor's threads, the comm's, not only the caller's.
+    assert len(threads) > 2 and all(cpus == [one] for cpus in threads.values()), threads

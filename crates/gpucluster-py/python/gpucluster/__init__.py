@@ -73,7 +73,7 @@ def plan(
     devices: str | list[str] | None = None,
     policy: str = "strict",
     memory_tolerance: float = 2.0,
-    device_memory_limit: str | float | int = "default",
+    device_memory_limit: str | float | int | None = "default",
     workers_per_device: int = 1,
 ) -> dict[str, Any]:
     """The cluster ``gpucluster plan --json`` would plan on the machine ``source`` describes.

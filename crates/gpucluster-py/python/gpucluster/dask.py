@@ -34,12 +34,14 @@ import copy
 import importlib.util
 import logging
 import os
+import warnings
 from typing import Any
 
 import dask.config
 from dask.utils import parse_bytes
 from distributed import Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.worker_memory import parse_memory_limit
 
 import gpucluster
 from gpucluster import _native
@@ -134,6 +136,39 @@ def _rmm_pool_bytes(size: str | int | None, simulated: bool) -> int | None:
     return n
 
 
+def _device_host_file(worker_local_directory: str, *, device_memory_limit: int, memory_limit: int | None) -> Any:
+    """The worker's data store: dask-cuda's ``DeviceHostFile``, which moves the least recently
+    used device objects to host memory past ``device_memory_limit`` and host objects to disk past
+    ``memory_limit``, as ``LocalCUDACluster``'s workers do. Called in the worker (distributed
+    fills in ``worker_local_directory``), so the client never imports dask-cuda."""
+    from dask_cuda.device_host_file import DeviceHostFile
+
+    return DeviceHostFile(
+        worker_local_directory, device_memory_limit=device_memory_limit, memory_limit=memory_limit
+    )
+
+
+def _worker_data(
+    device_limit: int | None, memory_limit: int | None, *, simulated: bool, explicit: bool
+) -> tuple[Any, dict[str, Any]] | None:
+    """How a worker enforces its device memory limit: dask-cuda's device-to-host spilling where
+    dask-cuda is installed (``None``: Dask's own host spilling only). A limit the user asked for
+    that nothing can enforce is said, not dropped silently."""
+    if simulated or not device_limit:
+        return None
+    if importlib.util.find_spec("dask_cuda") is None:
+        if explicit:
+            warnings.warn(
+                "device_memory_limit is enforced by dask-cuda's device spilling, which this Python "
+                "lacks: workers only get it as GPUCLUSTER_DEVICE_MEMORY_LIMIT. "
+                "pip install dask-cuda (or pass device_memory_limit=None) to say which you want",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+    return (_device_host_file, {"device_memory_limit": device_limit, "memory_limit": memory_limit})
+
+
 def _devices(devices: Any) -> str | None:
     if devices is None:
         return None
@@ -153,8 +188,12 @@ class LocalCluster(SpecCluster):
       where set, as on the command line).
     - ``n_workers``: at most this many of the planned workers (the first ones).
     - ``device_memory_limit``: Dask-CUDA's grammar (``"default"`` = 80 % of each worker's own
-      device, ``"auto"``, a fraction, bytes or a size); handed to each worker as
-      ``GPUCLUSTER_DEVICE_MEMORY_LIMIT`` (bytes).
+      device, ``"auto"``, a fraction, bytes or a size; ``None`` or ``0``: no limit). Where
+      dask-cuda is installed, each worker keeps its data in dask-cuda's ``DeviceHostFile``, which
+      moves device objects to host memory past this limit (and host objects to disk past
+      ``memory_limit``), as ``LocalCUDACluster`` does; every worker also gets it as
+      ``GPUCLUSTER_DEVICE_MEMORY_LIMIT`` (bytes). Without dask-cuda nothing spills device memory,
+      and a limit other than the default is warned about.
     - ``memory_limit``: host memory per worker (Dask's grammar); by default this host's memory
       split evenly between the workers.
     - ``protocol``: ``"gpucluster"`` (default), ``"tcp"`` or another Dask protocol;
@@ -182,7 +221,7 @@ class LocalCluster(SpecCluster):
         CUDA_VISIBLE_DEVICES: Any = None,  # noqa: N803 (LocalCUDACluster's spelling)
         devices: Any = None,
         n_workers: int | None = None,
-        device_memory_limit: str | float | int = "default",
+        device_memory_limit: str | float | int | None = "default",
         memory_limit: str | float | int | None = None,
         protocol: str | None = None,
         security: Any = None,
@@ -223,6 +262,7 @@ class LocalCluster(SpecCluster):
             total = _native.host_memory()
             memory_limit = total // len(planned) if total else "auto"
 
+        host_bytes = parse_memory_limit(memory_limit, 1, total_cores=len(planned), logger=logging.getLogger(__name__))
         pool_bytes = _rmm_pool_bytes(rmm_pool_size, simulated)
         self._private_directory = None
         if local_directory is None:
@@ -268,6 +308,14 @@ class LocalCluster(SpecCluster):
                 # The nanny merges it shallowly over its own: the whole `distributed` section.
                 options["config"] = {"distributed": _without_worker_routes()}
             options["local_directory"] = local_directory
+            data = _worker_data(
+                w.get("device_memory_limit_bytes"),
+                host_bytes,
+                simulated=simulated,
+                explicit=not (isinstance(device_memory_limit, str) and device_memory_limit == "default"),
+            )
+            if data is not None:
+                options["data"] = data
             plugins = []
             cpus = _affinity(w.get("cpu_affinity"), simulated)
             if cpus:
