@@ -219,15 +219,16 @@ def stub_dask_cuda(tmp_path, monkeypatch):
 
 
 def test_a_real_device_limit_is_enforced_by_dask_cudas_device_host_file(stub_dask_cuda):
-    from gpucluster.dask import _worker_data
+    from gpucluster.dask import _device_host_file, _spills_device_memory, _worker_data
 
-    data = _worker_data(8 << 30, 64 << 30, simulated=False, explicit=False)
-    assert data is not None
-    make, limits = data
-    assert limits == {"device_memory_limit": 8 << 30, "memory_limit": 64 << 30}
-    # Simulated devices hold no device objects; no limit, nothing to enforce.
-    assert _worker_data(8 << 30, 64 << 30, simulated=True, explicit=True) is None
-    assert _worker_data(None, 64 << 30, simulated=False, explicit=True) is None
+    assert _spills_device_memory(simulated=False, explicit=False)
+    # Simulated devices hold no device objects: nothing to enforce, nothing to warn about.
+    assert not _spills_device_memory(simulated=True, explicit=True)
+    assert _worker_data(8 << 30, 64 << 30) == (
+        _device_host_file,
+        {"device_memory_limit": 8 << 30, "memory_limit": 64 << 30},
+    )
+    assert _worker_data(None, 64 << 30) is None  # no limit: Dask's own store
 
 
 def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub_dask_cuda, tmp_path):
@@ -241,7 +242,7 @@ def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub
 
     async def build():
         async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0", dashboard=False) as s:
-            data = _worker_data(5 << 30, 7 << 30, simulated=False, explicit=False)
+            data = _worker_data(5 << 30, 7 << 30)
             async with Worker(s.address, data=data, local_directory=str(tmp_path), dashboard=False) as w:
                 return type(w.data).__module__, w.data.built_with, w.local_directory
 
@@ -259,10 +260,10 @@ def test_a_device_limit_nothing_can_enforce_is_said(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dask_cuda" else real(name, *a))
     with pytest.warns(RuntimeWarning, match="pip install dask-cuda"):
-        assert gdask._worker_data(1 << 30, None, simulated=False, explicit=True) is None
+        assert not gdask._spills_device_memory(simulated=False, explicit=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the default limit, not asked for: no warning
-        assert gdask._worker_data(1 << 30, None, simulated=False, explicit=False) is None
+        assert not gdask._spills_device_memory(simulated=False, explicit=False)
 
 
 def test_workers_are_pinned_only_where_their_device_has_fewer_cpus_than_this_process():

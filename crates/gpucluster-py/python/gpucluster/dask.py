@@ -148,14 +148,12 @@ def _device_host_file(worker_local_directory: str, *, device_memory_limit: int, 
     )
 
 
-def _worker_data(
-    device_limit: int | None, memory_limit: int | None, *, simulated: bool, explicit: bool
-) -> tuple[Any, dict[str, Any]] | None:
-    """How a worker enforces its device memory limit: dask-cuda's device-to-host spilling where
-    dask-cuda is installed (``None``: Dask's own host spilling only). A limit the user asked for
-    that nothing can enforce is said, not dropped silently."""
-    if simulated or not device_limit:
-        return None
+def _spills_device_memory(*, simulated: bool, explicit: bool) -> bool:
+    """Whether workers can enforce their device memory limits: with dask-cuda's device-to-host
+    spilling, where dask-cuda is installed and the devices are real. A limit the user asked for
+    that nothing can enforce is said (once), not dropped silently."""
+    if simulated:
+        return False
     if importlib.util.find_spec("dask_cuda") is None:
         if explicit:
             warnings.warn(
@@ -165,6 +163,14 @@ def _worker_data(
                 RuntimeWarning,
                 stacklevel=3,
             )
+        return False
+    return True
+
+
+def _worker_data(device_limit: int | None, memory_limit: int | None) -> tuple[Any, dict[str, Any]] | None:
+    """A worker's ``data`` option: dask-cuda's ``DeviceHostFile`` with its own limits (``None``
+    where it has no device limit: Dask's own host spilling)."""
+    if not device_limit:
         return None
     return (_device_host_file, {"device_memory_limit": device_limit, "memory_limit": memory_limit})
 
@@ -264,6 +270,12 @@ class LocalCluster(SpecCluster):
 
         host_bytes = parse_memory_limit(memory_limit, 1, total_cores=len(planned), logger=logging.getLogger(__name__))
         pool_bytes = _rmm_pool_bytes(rmm_pool_size, simulated)
+        spills = _spills_device_memory(
+            simulated=simulated,
+            # Asked for, not the default, and not "no limit".
+            explicit=not (isinstance(device_memory_limit, str) and device_memory_limit == "default")
+            and any(w.get("device_memory_limit_bytes") for w in planned),
+        )
         self._private_directory = None
         if local_directory is None:
             # Workers' files (spilled data, uploaded code, locks) in a directory of this user's
@@ -308,12 +320,7 @@ class LocalCluster(SpecCluster):
                 # The nanny merges it shallowly over its own: the whole `distributed` section.
                 options["config"] = {"distributed": _without_worker_routes()}
             options["local_directory"] = local_directory
-            data = _worker_data(
-                w.get("device_memory_limit_bytes"),
-                host_bytes,
-                simulated=simulated,
-                explicit=not (isinstance(device_memory_limit, str) and device_memory_limit == "default"),
-            )
+            data = _worker_data(w.get("device_memory_limit_bytes"), host_bytes) if spills else None
             if data is not None:
                 options["data"] = data
             plugins = []
