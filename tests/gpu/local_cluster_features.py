@@ -9,7 +9,13 @@ worker besides its device, checked from inside the workers.
    DeviceHostFile with that limit; six 256 MiB CuPy arrays held on it leave at most 1 GiB on the
    device and the rest in host memory, and their sum is still right.
 
-Usage: python3 local_cluster_features.py. Prints one line per fact and `features check passed`.
+3. With `--ucx` (distributed-ucxx installed): `LocalCluster(protocol="ucx", workers_per_device=2)`
+   moves a CuPy array between its workers over UCX.
+4. With `GPUCLUSTER_BIN` set (the binary): `gpucluster dask local --device-memory-limit 1GiB --
+   --rmm-pool-size 1GiB` runs dask-cuda's worker with that limit and pool; Ctrl-C leaves nothing.
+
+Usage: [GPUCLUSTER_BIN=...] python3 local_cluster_features.py [--ucx]. Prints one line per fact
+and `features check passed`.
 """
 import os
 import sys
@@ -103,8 +109,88 @@ def device_limit(ok: bool) -> bool:
     return ok
 
 
+def over_ucx(ok: bool) -> bool:
+    """`LocalCluster(protocol="ucx", workers_per_device=2)`: a CuPy array made on one worker and
+    summed on the other arrives over UCX."""
+    from distributed import Client
+    from gpucluster.dask import LocalCluster
+
+    with LocalCluster(protocol="ucx", workers_per_device=2) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=120)
+        a, b = sorted(client.scheduler_info()["workers"])
+
+        def make():
+            import cupy
+
+            return cupy.ones(32 * MIB, dtype=cupy.float64)  # 256 MiB
+
+        x = client.submit(make, workers=[a], pure=False)
+        got = client.submit(lambda x: float(x.sum()), x, workers=[b], pure=False).result()
+        log = client.run(lambda dask_worker: [(t["who"], t["total"]) for t in dask_worker.transfer_incoming_log], workers=[b])[b]
+        good = got == 32.0 * MIB and any(who.startswith("ucx") and n >= 256 * MIB for who, n in log)
+        print(f"ucx: scheduler {cluster.scheduler_address}; sum {got} (want {32.0 * MIB}); transfers into {b}: {log} "
+              f"-> {'ok' if good else 'WRONG'}", flush=True)
+    return ok and good
+
+
+def dask_local(ok: bool, binary: str) -> bool:
+    """`gpucluster dask local --device-memory-limit 1GiB -- --rmm-pool-size 1GiB` with dask-cuda:
+    the worker is dask-cuda's, with its DeviceHostFile limited to 1 GiB and the RMM pool passed
+    through; Ctrl-C leaves nothing."""
+    import re
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from distributed import Client
+
+    p = subprocess.Popen([binary, "dask", "local", "--python", sys.executable, "--device-memory-limit", "1GiB",
+                          "--", "--rmm-pool-size", "1GiB"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, start_new_session=True)
+    lines, file, found = [], [], threading.Event()
+
+    def drain():
+        for line in p.stdout:
+            lines.append(line)
+            m = re.match(r"scheduler file: (\S+)", line)
+            if m:
+                file.append(m.group(1))
+                found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        assert found.wait(90), "no scheduler file: " + "".join(lines)
+        while not os.path.exists(file[0]):
+            time.sleep(0.01)
+        with Client(scheduler_file=file[0], timeout=60) as c:
+            c.wait_for_workers(1, timeout=120)
+
+            def facts(dask_worker):
+                import rmm
+
+                d = dask_worker.data
+                return {"store": type(d).__name__, "device_limit": getattr(getattr(d, "device_buffer", None), "n", None),
+                        "rmm": type(rmm.mr.get_current_device_resource()).__name__}
+
+            (f,) = c.run(facts).values()
+        good = f == {"store": "DeviceHostFile", "device_limit": 1 << 30, "rmm": "PoolMemoryResource"}
+        print(f"dask local with dask-cuda: {f} -> {'ok' if good else 'WRONG'}", flush=True)
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        status = p.wait(60)
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+    print(f"dask local after Ctrl-C: exit {status}, processes left {left}", flush=True)
+    return ok and good and not left
+
+
 if __name__ == "__main__":
     ok = pool_and_pinning(True)
     ok = device_limit(ok)
+    if "--ucx" in sys.argv:
+        ok = over_ucx(ok)
+    if os.environ.get("GPUCLUSTER_BIN"):
+        ok = dask_local(ok, os.environ["GPUCLUSTER_BIN"])
     print("features check " + ("passed" if ok else "FAILED"), flush=True)
     sys.exit(0 if ok else 1)
