@@ -234,13 +234,26 @@ fn item_18_plan_and_bench_agree_on_the_path_between_mig_workers() {
 #[test]
 fn bench_reports_and_plots_are_bounded_checked_and_escaped() {
     refused(&["bench", "dask", "--report", "/dev/zero"], 1, "larger than 16 MiB");
-    // Refused before anything is measured (and before any process is started).
+    // Refused before anything is measured (and before any process is started: in this test
+    // binary a peer process could not run, so the check must come first). Below a plain file,
+    // which no one can make a directory of (a path such as /nonexistent/x.svg can be created
+    // by root).
+    let scratch = Scratch::new("bench-files");
+    let not_a_directory = write(&scratch, "plain", "");
     refused(
-        &["--topology", "sim:a30", "bench", "transport", "--sizes", "1M", "--plot", "/nonexistent/x.svg"],
+        &[
+            "--topology",
+            "sim:a30",
+            "bench",
+            "transport",
+            "--sizes",
+            "1M",
+            "--plot",
+            &format!("{not_a_directory}/x.svg"),
+        ],
         1,
         "cannot be written",
     );
-    let scratch = Scratch::new("bench-files");
     refused(
         &["--topology", "sim:a30", "bench", "dask", "--plot", &scratch.0.display().to_string()],
         1,

@@ -70,7 +70,36 @@ pub(crate) struct BenchReport {
 
 enum Peer {
     Process(Child),
-    Thread(Option<std::thread::JoinHandle<()>>),
+    Thread(Option<std::thread::JoinHandle<Result<(), transport::TransportError>>>),
+}
+
+impl Peer {
+    /// The peer's connection, or why it never came: a peer that ends before connecting (it
+    /// could not start, open its device or reach the listener) is noticed, not waited for.
+    fn connection(&mut self, listener: &Listener, path: TransferPath) -> anyhow::Result<transport::Connection> {
+        loop {
+            match listener.accept_timeout(std::time::Duration::from_millis(100)) {
+                Err(transport::TransportError::Timeout(_)) => {}
+                accepted => return accepted.with_context(|| format!("setting up {}", path.name())),
+            }
+            match self {
+                Peer::Process(child) => {
+                    if let Some(status) = child.try_wait().context("watching the peer worker")? {
+                        bail!("setting up {}: the peer worker ended ({status}) before it connected", path.name());
+                    }
+                }
+                Peer::Thread(handle) if handle.as_ref().is_some_and(std::thread::JoinHandle::is_finished) => {
+                    let why = match handle.take().map(std::thread::JoinHandle::join) {
+                        Some(Ok(Err(e))) => e.to_string(),
+                        Some(Err(_)) => "it panicked".to_owned(),
+                        _ => "it returned".to_owned(),
+                    };
+                    bail!("setting up {}: the peer thread ended before it connected: {why}", path.name());
+                }
+                Peer::Thread(_) => {}
+            }
+        }
+    }
 }
 
 impl Drop for Peer {
@@ -182,7 +211,7 @@ fn measure_path(
         // An unguessable name, so that no other user can take it first or aim at it.
         _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
     };
-    let _peer = if config.peer_thread {
+    let mut peer = if config.peer_thread {
         let args = transport::peer::PeerArgs {
             device: config.device,
             mig: config.mig,
@@ -191,13 +220,11 @@ fn measure_path(
             role: transport::peer::Role::Echo { max: max.max(1) },
         };
         let device = device.clone();
-        Peer::Thread(Some(std::thread::spawn(move || {
-            let _ = transport::peer::run_on(device, &args);
-        })))
+        Peer::Thread(Some(std::thread::spawn(move || transport::peer::run_on(device, &args))))
     } else {
         spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
     };
-    let conn = listener.accept_blocking().with_context(|| format!("setting up {}", path.name()))?;
+    let conn = peer.connection(&listener, path)?;
     if let Some(why) = conn.fallback() {
         report.notes.push(format!("{}: {why}", path.name()));
     }
@@ -532,5 +559,29 @@ mod tests {
         let hex = secret.to_hex();
         assert!(cmd.get_args().all(|a| a != "--secret" && !a.to_string_lossy().contains(&hex)), "{cmd:?}");
         assert!(cmd.get_envs().any(|(k, v)| k == transport::SECRET_ENV && v.is_some_and(|v| v == hex.as_str())));
+    }
+
+    fn listener() -> Listener {
+        let device: Arc<dyn Device> = Arc::new(device::sim::SimDevice::new());
+        let options = Options { secret: Some(Secret::random().expect("secret")), ..Options::default() };
+        Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device, options).expect("listener")
+    }
+
+    /// A peer that ends before it connects (it could not start its device, say) was waited for
+    /// for ever: the bench hung with its progress line standing still.
+    #[test]
+    fn a_peer_that_ends_before_connecting_is_an_error_not_a_hang() {
+        let listener = listener();
+        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().expect("sh");
+        let err = Peer::Process(child).connection(&listener, TransferPath::Tcp).expect_err("no peer");
+        assert!(err.to_string().contains("the peer worker ended (exit status: 3) before it connected"), "{err}");
+
+        let thread = std::thread::spawn(|| Err(transport::TransportError::InvalidArgument("no device here".into())));
+        let err = Peer::Thread(Some(thread)).connection(&listener, TransferPath::HostStaged).expect_err("no peer");
+        assert!(
+            err.to_string().contains("the peer thread ended before it connected")
+                && err.to_string().contains("no device here"),
+            "{err}"
+        );
     }
 }
