@@ -5,6 +5,7 @@ the gpucluster comm; nothing left behind after ``close()``."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -293,3 +294,84 @@ def test_the_affinity_plugin_pins_every_thread_of_the_worker(monkeypatch):
         (threads,) = client.run(affinities).values()
     # Every thread: the event loop, the executor's threads, the comm's, not only the caller's.
     assert len(threads) > 2 and all(cpus == [one] for cpus in threads.values()), threads
+
+
+# Found by a newcomer's attack: each of these started workers that then failed far away (628
+# lines of "Nanny failed to start"), or was taken silently for something else.
+BAD_ARGUMENTS = [
+    ({"memory_limit": -5}, ValueError, "memory_limit: host memory per worker"),
+    ({"memory_limit": "-5GB"}, ValueError, "memory_limit"),
+    ({"memory_limit": ""}, ValueError, "memory_limit"),
+    ({"memory_limit": "lots"}, ValueError, "memory_limit"),
+    ({"memory_limit": float("nan")}, ValueError, "memory_limit"),
+    ({"memory_limit": [1]}, ValueError, "memory_limit"),
+    ({"threads_per_worker": 10**30}, ValueError, "threads_per_worker: a whole number from 1 to 4096"),
+    ({"workers_per_device": 2.5}, ValueError, "workers_per_device: a whole number from 1 to 64"),
+    ({"workers_per_device": "2"}, ValueError, "workers_per_device"),
+    ({"workers_per_device": -1}, ValueError, "workers_per_device"),
+    ({"workers_per_device": 10**30}, ValueError, "workers_per_device"),
+    ({"workers_per_device": True}, ValueError, "workers_per_device"),
+    ({"n_workers": True}, ValueError, "n_workers"),
+    ({"n_workers": 100}, ValueError, "n_workers=100: the plan has 4 worker"),
+    ({"protocol": "nope"}, ValueError, "protocol='nope': no such Dask comm"),
+    ({"protocol": ""}, ValueError, "protocol: a Dask comm protocol"),
+    ({"protocol": 5}, ValueError, "protocol"),
+    ({"protocol": "tls"}, ValueError, "needs security="),
+    ({"protocol": "tcp"}, ValueError, "lets every user of this host"),
+    ({"security": 5}, TypeError, "security: a distributed.Security"),
+    ({"host": ""}, ValueError, "host: an address"),
+    ({"host": "nope.invalid"}, ValueError, "host='nope.invalid': cannot be resolved"),
+    ({"dashboard_address": ""}, ValueError, "dashboard_address"),
+    ({"local_directory": ""}, ValueError, "local_directory"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_ARGUMENTS, ids=lambda v: repr(v)[:40])
+def test_bad_arguments_are_refused_before_any_process_starts(monkeypatch, kwargs, error, message):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    before = children()
+    with pytest.raises(error, match=re.escape(message)):
+        LocalCluster(topology="sim:a30", **kwargs)
+    assert children() == before
+
+
+def test_nothing_listens_beyond_this_host_and_the_dashboard_port_is_the_schedulers(monkeypatch):
+    import psutil
+
+    from gpucluster.dask import _dashboard
+
+    # A bare port (the README's ":8787") means this host, not every interface as Dask reads it.
+    assert _dashboard(":8787", "127.0.0.1") == "127.0.0.1:8787"
+    assert _dashboard(8787, "::1") == "[::1]:8787"
+    assert _dashboard("10.0.0.1:8787", "127.0.0.1") == "10.0.0.1:8787"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with LocalCluster(topology="sim:a30", n_workers=2, dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        me = psutil.Process()
+        listening = [
+            (p.pid, c.laddr)
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    assert listening and all(addr.ip == "127.0.0.1" for _, addr in listening), listening
+
+
+def test_the_schedulers_scratch_space_is_the_clusters_not_the_shared_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    import dask
+
+    # Another user may have made `dask-scratch-space` in /tmp first and filled it with links.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with dask.config.set({"temporary-directory": None}):
+        with LocalCluster(topology="sim:a30", n_workers=1) as cluster, Client(cluster) as client:
+            client.wait_for_workers(1, timeout=60)
+    assert not (tmp_path / "dask-scratch-space").exists(), list(tmp_path.iterdir())
+
+
+def test_an_open_protocol_is_taken_only_when_asked_for(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with LocalCluster(topology="sim:a30", n_workers=1, protocol="tcp", insecure=True) as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")

@@ -51,6 +51,120 @@ __all__ = ["LocalCluster"]
 #: Where workers and the scheduler listen unless told otherwise: this host only.
 DEFAULT_HOST = "127.0.0.1"
 
+logger = logging.getLogger(__name__)
+
+
+#: The most threads a worker may be asked for (a typing slip such as ``10**6`` would otherwise
+#: start the worker and fail there, in hundreds of lines of another process's traceback).
+MAX_THREADS_PER_WORKER = 4096
+
+#: The most workers one device may be planned for, as ``gpucluster plan`` allows.
+MAX_WORKERS_PER_DEVICE = 64
+
+
+def _whole(name: str, value: Any, most: int) -> int:
+    """``value`` as a whole number from 1 to ``most``, or an error that names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{name}: a whole number from 1 to {most}, not {value!r}")
+    return value
+
+
+def _protocol(protocol: Any, security: Any, insecure: bool) -> str:
+    """The comm protocol, checked before anything starts: one this Python has, and one that
+    keeps other users out unless the caller says otherwise (as ``dask local --insecure``)."""
+    from distributed import Security
+    from distributed.comm.registry import get_backend
+
+    if protocol is None:
+        protocol = "gpucluster"
+    if not isinstance(protocol, str) or not protocol.strip(":/"):
+        raise ValueError(f"protocol: a Dask comm protocol such as 'gpucluster' (the default) or 'tls', not {protocol!r}")
+    protocol = protocol.removesuffix("://")
+    if security is not None and not isinstance(security, Security):
+        raise TypeError(f"security: a distributed.Security (TLS certificates), not {type(security).__name__}")
+    try:
+        get_backend(protocol)
+    except ValueError:
+        ucx = " (pip install distributed-ucxx-cu12 or -cu13)" if protocol.startswith("ucx") else ""
+        raise ValueError(
+            f"protocol={protocol!r}: no such Dask comm in this Python{ucx}; use 'gpucluster' (the default: "
+            "every connection proves your secret, device frames over gpucluster's transport) or 'tls' with security="
+        ) from None
+    if protocol in ("tls", "wss") and security is None:
+        raise ValueError(f"protocol={protocol!r} needs security=distributed.Security(...) with its certificates")
+    secured = protocol == "gpucluster" or (security is not None and security.require_encryption)
+    if not secured and not insecure:
+        raise ValueError(
+            f"protocol={protocol!r} lets every user of this host (and of any host that reaches it) connect to the "
+            "scheduler and run code as you: keep the default protocol='gpucluster' (every connection proves your "
+            "secret), use protocol='tls' with security=distributed.Security(..., require_encryption=True), or pass "
+            "insecure=True on a machine nobody else uses"
+        )
+    return protocol
+
+
+def _host(host: Any) -> str:
+    """The address to listen on, resolved before anything starts."""
+    import socket
+
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host: an address such as '127.0.0.1' (the default: this host only), not {host!r}")
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError) as e:
+        raise ValueError(f"host={host!r}: cannot be resolved ({e}); give an address or a name of this host") from None
+    return host
+
+
+def _dashboard(address: Any, host: str) -> str | None:
+    """Where the scheduler serves its dashboard: ``None`` for none; a port or ``":PORT"`` on
+    ``host`` (this host only by default, not every interface as Dask would)."""
+    if address is None:
+        return None
+    if isinstance(address, int) and not isinstance(address, bool):
+        address = f":{address}"
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(
+            f"dashboard_address: an address such as ':8787' (on host=, this host by default) or None (no dashboard), not {address!r}"
+        )
+    if address.isdigit():
+        address = f":{address}"
+    if address.startswith(":"):
+        bracketed = f"[{host}]" if ":" in host else host
+        address = f"{bracketed}{address}"
+    return address
+
+
+def _host_memory(memory_limit: Any, workers: int) -> int | None:
+    """Each worker's host memory limit in bytes (``None``: no limit), checked before anything
+    starts; by default this host's memory split evenly between the workers."""
+    if memory_limit is None:
+        total = _native.host_memory()
+        return total // workers if total else parse_memory_limit("auto", 1, total_cores=workers, logger=logger)
+    grammar = (
+        "host memory per worker in Dask's grammar: a size such as '16GB', bytes, a fraction of this host's "
+        "memory such as 0.25, 'auto' (split between the workers) or 0 (no limit)"
+    )
+    if isinstance(memory_limit, bool) or (isinstance(memory_limit, str) and not memory_limit.strip()):
+        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
+    try:
+        limit = parse_memory_limit(memory_limit, 1, total_cores=workers, logger=logger)
+    except (ValueError, TypeError, OverflowError):
+        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}") from None
+    if limit is not None and limit < 0:
+        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
+    return limit
+
+
+def _local_directory(directory: Any) -> str | None:
+    if directory is None:
+        return None
+    path = os.fspath(directory)
+    if not path:
+        raise ValueError("local_directory: a directory for the workers' files, or None (a private one, removed on close)")
+    return path
+
+
 
 class _QuietScheduler(Scheduler):
     """A scheduler whose HTTP server serves nothing: distributed's default routes (``/info``,
@@ -202,10 +316,14 @@ class LocalCluster(SpecCluster):
       and a limit other than the default is warned about.
     - ``memory_limit``: host memory per worker (Dask's grammar); by default this host's memory
       split evenly between the workers.
-    - ``protocol``: ``"gpucluster"`` (default), ``"tcp"`` or another Dask protocol;
-      ``security``: a :class:`distributed.Security`, for TLS.
+    - ``protocol``: ``"gpucluster"`` (default: every connection proves the user's secret),
+      ``"tls"`` with ``security`` (a :class:`distributed.Security`), or another Dask protocol.
+      One that lets other users in (``"tcp"``, ``"ucx"``, ``"ws"`` without TLS) is refused
+      unless ``insecure=True`` says that nobody else uses the machine (as ``dask local
+      --insecure``).
     - ``threads_per_worker`` (1), ``dashboard_address`` (``None``: no dashboard, the default;
-      ``":8787"`` to serve one), ``host`` (``127.0.0.1``).
+      ``":8787"`` or ``8787`` to serve one from the scheduler on ``host``, this host only by
+      default), ``host`` (``127.0.0.1``; ``"0.0.0.0"`` for every interface).
     - ``local_directory``: where workers keep their files; by default a private directory of
       this user's, removed when the cluster is closed.
     - ``rmm_pool_size``: an RMM pool of this size on each worker's device (``"10GB"``, bytes),
@@ -239,14 +357,21 @@ class LocalCluster(SpecCluster):
         policy: str = "strict",
         memory_tolerance: float = 2.0,
         workers_per_device: int = 1,
+        insecure: bool = False,
         **kwargs: Any,
     ) -> None:
         if devices is not None and CUDA_VISIBLE_DEVICES is not None:
             raise ValueError("give either devices or CUDA_VISIBLE_DEVICES, not both")
-        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
-            raise ValueError(f"n_workers: a whole number of at least 1, not {n_workers!r}")
-        if not isinstance(threads_per_worker, int) or threads_per_worker < 1:
-            raise ValueError(f"threads_per_worker: a whole number of at least 1, not {threads_per_worker!r}")
+        # Every argument is checked here, before any process starts: a bad one found by a worker
+        # would end in "Nanny failed to start" and hundreds of lines of another process's output.
+        if n_workers is not None:
+            n_workers = _whole("n_workers", n_workers, 1 << 20)
+        threads_per_worker = _whole("threads_per_worker", threads_per_worker, MAX_THREADS_PER_WORKER)
+        workers_per_device = _whole("workers_per_device", workers_per_device, MAX_WORKERS_PER_DEVICE)
+        protocol = _protocol(protocol, security, insecure)
+        host = _host(host)
+        dashboard_address = _dashboard(dashboard_address, host)
+        local_directory = _local_directory(local_directory)
         self.gpucluster_plan = gpucluster.plan(
             topology,
             devices=_devices(devices if devices is not None else CUDA_VISIBLE_DEVICES),
@@ -255,20 +380,21 @@ class LocalCluster(SpecCluster):
             device_memory_limit=device_memory_limit,
             workers_per_device=workers_per_device,
         )
-        planned = self.gpucluster_plan["workers"][:n_workers]
+        planned = self.gpucluster_plan["workers"]
         if not planned:
             raise gpucluster.PlanError(
-                f"no compute device to start a worker on ({topology}); `gpucluster list` shows what the machine has"
+                f"no compute device to start a worker on ({topology}); gpucluster.topology() shows what the machine has"
             )
+        if n_workers is not None and n_workers > len(planned):
+            raise ValueError(
+                f"n_workers={n_workers}: the plan has {len(planned)} worker(s) ({workers_per_device} per compute "
+                "device); ask for at most that many, or for more per device with workers_per_device="
+            )
+        planned = planned[:n_workers]
         simulated = topology != "nvml"
         paths = [p for p in self.gpucluster_plan["paths"] if p["from"] != "*"]
         host_staged_only = bool(paths) and all(p["path"] == "host-staged" for p in paths)
-        protocol = protocol or "gpucluster"
-        if memory_limit is None:
-            total = _native.host_memory()
-            memory_limit = total // len(planned) if total else "auto"
-
-        host_bytes = parse_memory_limit(memory_limit, 1, total_cores=len(planned), logger=logging.getLogger(__name__))
+        host_bytes = _host_memory(memory_limit, len(planned))
         pool_bytes = _rmm_pool_bytes(rmm_pool_size, simulated)
         spills = _spills_device_memory(
             simulated=simulated,
@@ -285,8 +411,9 @@ class LocalCluster(SpecCluster):
             self._private_directory = _native.PrivateDirectory("gpucluster-dask")
             local_directory = self._private_directory.path
 
-        # Without a dashboard, the HTTP servers listen on this host only and serve nothing.
-        http_address = dashboard_address if dashboard_address is not None else f"{host}:0"
+        # Workers' HTTP servers take any free port on `host`: the dashboard's port is the
+        # scheduler's. Without a dashboard, they serve nothing.
+        http_address = f"{host}:0"
         workers = {}
         for w in planned:
             env = dict(w["env"])
@@ -307,7 +434,7 @@ class LocalCluster(SpecCluster):
                 "env": env,
                 "nthreads": threads_per_worker,
                 "resources": {k: float(v) for k, v in w["resources"].items()},
-                "memory_limit": memory_limit,
+                "memory_limit": host_bytes or 0,
                 "protocol": protocol,
                 "host": host,
                 "dashboard_address": http_address,
@@ -338,9 +465,13 @@ class LocalCluster(SpecCluster):
             "options": {
                 "protocol": protocol,
                 "host": host,
-                "dashboard_address": http_address,
+                "dashboard_address": dashboard_address if dashboard_address is not None else http_address,
                 "dashboard": dashboard_address is not None,
                 "security": security,
+                # Its scratch space in the cluster's directory, never the shared
+                # `dask-scratch-space` of the temporary directory, which another user may have
+                # made first (and filled with links).
+                "local_directory": local_directory,
             },
         }
         if protocol.startswith("ucx") and not simulated:
