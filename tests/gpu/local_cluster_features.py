@@ -9,7 +9,7 @@ worker besides its device, checked from inside the workers.
    DeviceHostFile with that limit; six 256 MiB CuPy arrays held on it leave at most 1 GiB on the
    device and the rest in host memory, and their sum is still right.
 
-3. With `--ucx` (distributed-ucxx installed): `LocalCluster(protocol="ucx", workers_per_device=2)`
+3. With `--ucx` (distributed-ucxx installed): `LocalCluster(protocol="ucx", insecure=True, workers_per_device=2)`
    moves a CuPy array between its workers over UCX.
 4. With `GPUCLUSTER_BIN` set (the binary): `gpucluster dask local --device-memory-limit 1GiB --
    --rmm-pool-size 1GiB` runs dask-cuda's worker with that limit and pool; Ctrl-C leaves nothing.
@@ -110,12 +110,12 @@ def device_limit(ok: bool) -> bool:
 
 
 def over_ucx(ok: bool) -> bool:
-    """`LocalCluster(protocol="ucx", workers_per_device=2)`: a CuPy array made on one worker and
+    """`LocalCluster(protocol="ucx", insecure=True, workers_per_device=2)`: a CuPy array made on one worker and
     summed on the other arrives over UCX."""
     from distributed import Client
     from gpucluster.dask import LocalCluster
 
-    with LocalCluster(protocol="ucx", workers_per_device=2) as cluster, Client(cluster) as client:
+    with LocalCluster(protocol="ucx", insecure=True, workers_per_device=2) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=120)
         a, b = sorted(client.scheduler_info()["workers"])
 
