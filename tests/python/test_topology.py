@@ -1,5 +1,6 @@
-"""``gpucluster.topology()``: the same data as ``gpucluster list --json``, errors as exceptions
-with the command line's message."""
+"""``gpucluster.topology()``, ``plan()`` and ``presets()``: the same data as ``gpucluster list
+--json``, ``plan --json`` and ``list --presets --json``; errors as exceptions with the command
+line's message."""
 
 from __future__ import annotations
 
@@ -124,3 +125,14 @@ def test_the_package_says_its_version():
     from importlib import metadata
 
     assert gpucluster.__version__ == metadata.version("gpucluster")
+
+
+def test_presets_are_what_list_presets_prints():
+    want = cli("list", "--presets", "--json")
+    assert want.returncode == 0, want.stderr
+    got = gpucluster.presets()
+    assert got == json.loads(want.stdout)["presets"]
+    assert {"a30", "a100-80gb-2x7", "dgx-a100", "h100-mixed"} <= {p["name"] for p in got}
+    assert all(p["description"] and "\n" not in p["description"] for p in got)
+    for p in got:
+        gpucluster.topology(p["topology"])

@@ -508,6 +508,13 @@ fn read_topology(source: &str) -> PyResult<gpu_topology::Snapshot> {
     })
 }
 
+/// The built-in simulated machines, as `gpucluster list --presets` shows them: each preset's
+/// name (`sim:NAME` reads it) and its one-line description.
+#[pyfunction]
+fn presets() -> Vec<(&'static str, String)> {
+    gpu_topology::sim::PRESETS.iter().map(|p| (p.name, p.description())).collect()
+}
+
 /// What `gpucluster plan --json` prints for the machine `source` describes: the workers, each
 /// with its device, environment, limits and resources, what was left out and why, and the path
 /// between every pair of workers. `devices` is `--devices` (when `None`, `CUDA_VISIBLE_DEVICES`
@@ -653,6 +660,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(topology_json, m)?)?;
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
+    m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(host_memory, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_list, m)?)?;
     m.add_function(wrap_pyfunction!(worker_device_env, m)?)?;

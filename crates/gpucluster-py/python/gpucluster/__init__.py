@@ -11,6 +11,8 @@ simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and re
 ``gpucluster list --json`` prints, as Python objects; :func:`plan` returns what
 ``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
 and resources, the homogeneity policy applied, and the path between every pair of workers.
+:func:`presets` names the simulated machines (``"sim:NAME"``) that both take, for trying
+gpucluster without a GPU.
 
 Modules: :mod:`gpucluster.dask` (``LocalCluster``: one Dask worker per compute device, planned
 as above, speaking the comm), :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
@@ -27,6 +29,7 @@ from typing import Any
 
 from gpucluster._native import AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError
 from gpucluster._native import plan_json as _plan_json
+from gpucluster._native import presets as _presets
 from gpucluster._native import topology_json as _topology_json
 
 try:
@@ -44,6 +47,7 @@ __all__ = [
     "TopologyError",
     "TransportError",
     "plan",
+    "presets",
     "topology",
 ]
 
@@ -52,7 +56,7 @@ def topology(source: str = "nvml") -> dict[str, Any]:
     """The machine that ``source`` describes, as ``gpucluster list --json`` prints it.
 
     ``source`` is what ``--topology`` takes: ``"nvml"`` (this machine, through the driver),
-    ``"sim:NAME"`` (a built-in simulated machine; ``gpucluster list --presets`` names them),
+    ``"sim:NAME"`` (a built-in simulated machine; :func:`presets` names them),
     ``"file:PATH"`` (a fixture, or a snapshot saved with ``list --json``) or ``"smi:PATH"``
     (``nvidia-smi -L`` text). The result is plain data (``{"hosts": [...]}``; each host's
     ``gpus`` with their ``mig_instances``, memory and SM counts as each device reports them),
@@ -65,6 +69,16 @@ def topology(source: str = "nvml") -> dict[str, Any]:
     if not isinstance(source, str):
         raise TypeError(f"topology(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
     return json.loads(_topology_json(source))
+def presets() -> list[dict[str, str]]:
+    """The built-in simulated machines, as ``gpucluster list --presets --json`` lists them: one
+    ``{"name": ..., "topology": "sim:NAME", "description": ...}`` each, the description being one
+    line about the machine (its GPUs and MIG layout). Pass ``topology`` to :func:`topology`,
+    :func:`plan` or ``gpucluster.dask.LocalCluster`` to try gpucluster without a GPU::
+
+        >>> [p["name"] for p in gpucluster.presets()][:3]
+        ['a100', 'dgx-a100', 'a100-80gb-mixed']
+    """
+    return [{"name": name, "topology": f"sim:{name}", "description": text} for name, text in _presets()]
 
 
 def plan(
