@@ -1,11 +1,12 @@
 """``gpucluster.topology()``, ``plan()`` and ``presets()``: the same data as ``gpucluster list
 --json``, ``plan --json`` and ``list --presets --json``; errors as exceptions with the command
-line's message."""
+line's message in Python terms."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -94,7 +95,10 @@ def test_unlike_slices_are_refused_with_the_command_lines_classes_and_fixes(monk
     assert said.returncode != 0
     message = str(raised.value)
     assert "not alike" in message and "class A" in message and "class B" in message
-    assert message in said.stderr
+    # The command line's message, with keyword arguments where it names flags.
+    classes = [line for line in message.splitlines() if line.startswith("  class ")]
+    assert len(classes) == 2 and all(line in said.stderr for line in classes)
+    assert 'policy="largest-group"   keep class A' in message and "--policy largest-group   keep class A" in said.stderr
     with pytest.raises(gpucluster.PlanError, match="policy"):
         gpucluster.plan("sim:a30", policy="lenient")
     with pytest.raises(gpucluster.PlanError, match="out of range"):
@@ -136,3 +140,79 @@ def test_presets_are_what_list_presets_prints():
     assert all(p["description"] and "\n" not in p["description"] for p in got)
     for p in got:
         gpucluster.topology(p["topology"])
+
+
+
+
+
+def nvml_works() -> bool:
+    try:
+        gpucluster.topology("nvml")
+    except gpucluster.TopologyError:
+        return False
+    return True
+
+
+FLAG = re.compile(r"--[a-z]")
+
+
+@pytest.mark.parametrize(
+    "call, error, says",
+    [
+        (lambda: gpucluster.plan("sim:nope"), gpucluster.TopologyError, "`gpucluster.presets()` describes each"),
+        (lambda: gpucluster.topology("sim:list"), gpucluster.TopologyError, "in Python, `gpucluster.presets()`"),
+        (lambda: gpucluster.plan("sim:a100-80gb-mixed"), gpucluster.PlanError, 'devices="MIG-'),
+        (lambda: gpucluster.plan("sim:h100-mixed"), gpucluster.PlanError, 'with devices=... (or CUDA_VISIBLE_DEVICES)'),
+        (lambda: gpucluster.plan("sim:a30", devices="GPU-zz"), gpucluster.PlanError, "(in devices=...)"),
+        (lambda: gpucluster.plan("sim:a30", devices="MIG-ffffffff"), gpucluster.PlanError, "`gpucluster.topology()` shows"),
+        (lambda: gpucluster.plan("sim:a30", device_memory_limit="lots"), gpucluster.PlanError, "device_memory_limit: `lots`"),
+        (lambda: gpucluster.plan("sim:a30", device_memory_limit=1e-10), gpucluster.PlanError, "device_memory_limit: "),
+        (lambda: gpucluster.plan("sim:a30", memory_tolerance=-1), gpucluster.PlanError, "memory_tolerance -1"),
+        (lambda: gpucluster.plan("sim:a30", workers_per_device=0), gpucluster.PlanError, "workers_per_device 0"),
+        pytest.param(
+            lambda: gpucluster.topology("nvml"),
+            gpucluster.TopologyError,
+            'pass topology="sim:NAME" (see `gpucluster.presets()`)',
+            marks=pytest.mark.skipif(nvml_works(), reason="this machine has NVML"),
+        ),
+    ],
+)
+def test_errors_name_keyword_arguments_not_flags(monkeypatch, call, error, says):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(error) as raised:
+        call()
+    message = str(raised.value)
+    assert says in message
+    assert not FLAG.search(message) and "gpucluster list" not in message, message
+
+
+@pytest.mark.parametrize(
+    "cli_text, python_text",
+    [
+        ("pass --policy warn to go on", 'pass policy="warn" to go on'),
+        ("(`--policy grouped` lists them all)", '(`policy="grouped"` lists them all)'),
+        ("bad (in --devices)", "bad (in devices=...)"),
+        ("use --devices 0,1 instead", 'use devices="0,1" instead'),
+        ("  --devices MIG-1a2b3c4d,MIG-5e6f7a8b,... (40 devices", '  devices="MIG-1a2b3c4d,MIG-5e6f7a8b,..." (40 devices'),
+        ("lower --workers-per-device or select fewer", "lower workers_per_device=... or select fewer"),
+        ("--workers-per-device 0 is out of range", "workers_per_device=0 is out of range"),
+        ("--device-memory-limit: `x` is not a size", "device_memory_limit: `x` is not a size"),
+        ("--device-memory-limit 10GB leaves", 'device_memory_limit="10GB" leaves'),
+        ("--device-memory-limit 0.001 leaves", "device_memory_limit=0.001 leaves"),
+        # Columns stay where they were.
+        (
+            "  --policy warn            keep all\n  --memory-tolerance 13    count memory",
+            '  policy="warn"            keep all\n  memory_tolerance=13      count memory',
+        ),
+        ("pass --topology sim:NAME, file:PATH", 'pass topology="sim:NAME", file:PATH'),
+        ("see `gpucluster list --presets`", "see `gpucluster.presets()`"),
+        ("`gpucluster list` shows the names", "`gpucluster.topology()` shows the names"),
+        # Flags Python has no keyword for, and dashes that are no flags, stay.
+        ("run `gpucluster plan --json` -- or not", "run `gpucluster plan --json` -- or not"),
+        ("--devicesx and --policy", "--devicesx and policy=..."),
+    ],
+)
+def test_the_command_lines_words_become_pythons(cli_text, python_text):
+    from gpucluster import _native
+
+    assert _native.in_python_terms(cli_text) == python_text

@@ -12,7 +12,8 @@ simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and re
 ``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
 and resources, the homogeneity policy applied, and the path between every pair of workers.
 :func:`presets` names the simulated machines (``"sim:NAME"``) that both take, for trying
-gpucluster without a GPU.
+gpucluster without a GPU. Errors say the command line's messages in Python terms (keyword
+arguments rather than flags).
 
 Modules: :mod:`gpucluster.dask` (``LocalCluster``: one Dask worker per compute device, planned
 as above, speaking the comm), :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
@@ -57,14 +58,14 @@ def topology(source: str = "nvml") -> dict[str, Any]:
 
     ``source`` is what ``--topology`` takes: ``"nvml"`` (this machine, through the driver),
     ``"sim:NAME"`` (a built-in simulated machine; :func:`presets` names them),
-    ``"file:PATH"`` (a fixture, or a snapshot saved with ``list --json``) or ``"smi:PATH"``
-    (``nvidia-smi -L`` text). The result is plain data (``{"hosts": [...]}``; each host's
-    ``gpus`` with their ``mig_instances``, memory and SM counts as each device reports them),
-    which ``file:`` reads back unchanged.
+    ``"file:PATH"`` (a fixture, or a snapshot: this function's result saved with ``json.dump``,
+    or what ``list --json`` prints) or ``"smi:PATH"`` (``nvidia-smi -L`` text). The result is
+    plain data (``{"hosts": [...]}``; each host's ``gpus`` with their ``mig_instances``, memory
+    and SM counts as each device reports them), which ``file:`` reads back unchanged.
 
-    Raises :class:`TopologyError` with the command line's message when the source cannot be
-    read (an unknown preset, a malformed file, no NVIDIA driver). NVML is loaded only when
-    ``"nvml"`` is asked for, so importing gpucluster needs no GPU.
+    Raises :class:`TopologyError` with the command line's message, in Python terms, when the
+    source cannot be read (an unknown preset, a malformed file, no NVIDIA driver). NVML is
+    loaded only when ``"nvml"`` is asked for, so importing gpucluster needs no GPU.
     """
     if not isinstance(source, str):
         raise TypeError(f"topology(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
@@ -103,9 +104,9 @@ def plan(
     Returns ``{"policy": ..., "workers": [...], "excluded": [...], "classes": [...],
     "findings": [...], "paths": [...]}``: each worker with its name, device UUID, ``env``
     (``CUDA_VISIBLE_DEVICES`` is its own device), limits and resources. Raises
-    :class:`PlanError` with the command line's message (for ``strict``, every class of device
-    and the flags that would make it work), and :class:`TopologyError` when ``source`` cannot be
-    read.
+    :class:`PlanError` with the command line's message in Python terms (for ``strict``, every
+    class of device and the arguments that would make it work), and :class:`TopologyError` when
+    ``source`` cannot be read.
     """
     if not isinstance(source, str):
         raise TypeError(f"plan(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
