@@ -1,6 +1,6 @@
 """``gpucluster.topology()``, ``plan()`` and ``presets()``: the same data as ``gpucluster list
 --json``, ``plan --json`` and ``list --presets --json``; errors as exceptions with the command
-line's message in Python terms."""
+line's message in Python terms; plan warnings as ``PlanWarning``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import json
 import os
 import re
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,7 +144,53 @@ def test_presets_are_what_list_presets_prints():
         gpucluster.topology(p["topology"])
 
 
+@pytest.mark.parametrize(
+    "source, kwargs, text",
+    [
+        (
+            "sim:a30",
+            {"device_memory_limit": 1},
+            "device_memory_limit=1 leaves 4 device(s) a limit under 1 % of their memory; give a fraction",
+        ),
+        (
+            "sim:a100-80gb-mixed",
+            {"policy": "warn"},
+            "the workers fall into 2 classes of memory and SMs (policy warn); "
+            'use policy="grouped" to route work by size, or policy="largest-group" to keep one class',
+        ),
+    ],
+)
+def test_plan_warnings_are_plan_warnings_at_the_callers_line(monkeypatch, source, kwargs, text):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(gpucluster.PlanWarning) as record:
+        planned = gpucluster.plan(source, **kwargs)
+    assert len(record) == 1 and str(record[0].message).startswith(text), [str(w.message) for w in record]
+    assert record[0].filename == __file__
+    # The finding stays in the plan, as the command line prints it.
+    assert [f["severity"] for f in planned["findings"]] == ["warning"]
 
+
+def test_a_wrapper_points_plan_warnings_at_its_own_caller(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def wrapper():
+        return gpucluster.plan("sim:a30", device_memory_limit=1, _stacklevel=2)
+
+    with pytest.warns(gpucluster.PlanWarning) as record:
+        line = sys._getframe().f_lineno + 1  # the next line's
+        wrapper()
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+
+def test_plans_without_warnings_are_silent(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpucluster.plan("sim:a30")
+        # An info finding (the classes left out) is only in the plan.
+        planned = gpucluster.plan("sim:a100-80gb-mixed", policy="largest-group")
+    assert [f["severity"] for f in planned["findings"]] == ["info"]
+    assert issubclass(gpucluster.PlanWarning, UserWarning) and gpucluster.PlanWarning.__module__ == "gpucluster"
 
 
 def nvml_works() -> bool:
