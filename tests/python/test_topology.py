@@ -1,11 +1,15 @@
-"""``gpucluster.topology()``: the same data as ``gpucluster list --json``, errors as exceptions
-with the command line's message."""
+"""``gpucluster.topology()``, ``plan()`` and ``presets()``: the same data as ``gpucluster list
+--json``, ``plan --json`` and ``list --presets --json``; errors as exceptions with the command
+line's message in Python terms; plan warnings as ``PlanWarning``."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -93,7 +97,10 @@ def test_unlike_slices_are_refused_with_the_command_lines_classes_and_fixes(monk
     assert said.returncode != 0
     message = str(raised.value)
     assert "not alike" in message and "class A" in message and "class B" in message
-    assert message in said.stderr
+    # The command line's message, with keyword arguments where it names flags.
+    classes = [line for line in message.splitlines() if line.startswith("  class ")]
+    assert len(classes) == 2 and all(line in said.stderr for line in classes)
+    assert 'policy="largest-group"   keep class A' in message and "--policy largest-group   keep class A" in said.stderr
     with pytest.raises(gpucluster.PlanError, match="policy"):
         gpucluster.plan("sim:a30", policy="lenient")
     with pytest.raises(gpucluster.PlanError, match="out of range"):
@@ -124,3 +131,136 @@ def test_the_package_says_its_version():
     from importlib import metadata
 
     assert gpucluster.__version__ == metadata.version("gpucluster")
+
+
+def test_presets_are_what_list_presets_prints():
+    want = cli("list", "--presets", "--json")
+    assert want.returncode == 0, want.stderr
+    got = gpucluster.presets()
+    assert got == json.loads(want.stdout)["presets"]
+    assert {"a30", "a100-80gb-2x7", "dgx-a100", "h100-mixed"} <= {p["name"] for p in got}
+    assert all(p["description"] and "\n" not in p["description"] for p in got)
+    for p in got:
+        gpucluster.topology(p["topology"])
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, text",
+    [
+        (
+            "sim:a30",
+            {"device_memory_limit": 1},
+            "device_memory_limit=1 leaves 4 device(s) a limit under 1 % of their memory; give a fraction",
+        ),
+        (
+            "sim:a100-80gb-mixed",
+            {"policy": "warn"},
+            "the workers fall into 2 classes of memory and SMs (policy warn); "
+            'use policy="grouped" to route work by size, or policy="largest-group" to keep one class',
+        ),
+    ],
+)
+def test_plan_warnings_are_plan_warnings_at_the_callers_line(monkeypatch, source, kwargs, text):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(gpucluster.PlanWarning) as record:
+        planned = gpucluster.plan(source, **kwargs)
+    assert len(record) == 1 and str(record[0].message).startswith(text), [str(w.message) for w in record]
+    assert record[0].filename == __file__
+    # The finding stays in the plan, as the command line prints it.
+    assert [f["severity"] for f in planned["findings"]] == ["warning"]
+
+
+def test_a_wrapper_points_plan_warnings_at_its_own_caller(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+
+    def wrapper():
+        return gpucluster.plan("sim:a30", device_memory_limit=1, _stacklevel=2)
+
+    with pytest.warns(gpucluster.PlanWarning) as record:
+        line = sys._getframe().f_lineno + 1  # the next line's
+        wrapper()
+    assert (record[0].filename, record[0].lineno) == (__file__, line)
+
+
+def test_plans_without_warnings_are_silent(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gpucluster.plan("sim:a30")
+        # An info finding (the classes left out) is only in the plan.
+        planned = gpucluster.plan("sim:a100-80gb-mixed", policy="largest-group")
+    assert [f["severity"] for f in planned["findings"]] == ["info"]
+    assert issubclass(gpucluster.PlanWarning, UserWarning) and gpucluster.PlanWarning.__module__ == "gpucluster"
+
+
+def nvml_works() -> bool:
+    try:
+        gpucluster.topology("nvml")
+    except gpucluster.TopologyError:
+        return False
+    return True
+
+
+FLAG = re.compile(r"--[a-z]")
+
+
+@pytest.mark.parametrize(
+    "call, error, says",
+    [
+        (lambda: gpucluster.plan("sim:nope"), gpucluster.TopologyError, "`gpucluster.presets()` describes each"),
+        (lambda: gpucluster.topology("sim:list"), gpucluster.TopologyError, "in Python, `gpucluster.presets()`"),
+        (lambda: gpucluster.plan("sim:a100-80gb-mixed"), gpucluster.PlanError, 'devices="MIG-'),
+        (lambda: gpucluster.plan("sim:h100-mixed"), gpucluster.PlanError, 'with devices=... (or CUDA_VISIBLE_DEVICES)'),
+        (lambda: gpucluster.plan("sim:a30", devices="GPU-zz"), gpucluster.PlanError, "(in devices=...)"),
+        (lambda: gpucluster.plan("sim:a30", devices="MIG-ffffffff"), gpucluster.PlanError, "`gpucluster.topology()` shows"),
+        (lambda: gpucluster.plan("sim:a30", device_memory_limit="lots"), gpucluster.PlanError, "device_memory_limit: `lots`"),
+        (lambda: gpucluster.plan("sim:a30", device_memory_limit=1e-10), gpucluster.PlanError, "device_memory_limit: "),
+        (lambda: gpucluster.plan("sim:a30", memory_tolerance=-1), gpucluster.PlanError, "memory_tolerance -1"),
+        (lambda: gpucluster.plan("sim:a30", workers_per_device=0), gpucluster.PlanError, "workers_per_device 0"),
+        pytest.param(
+            lambda: gpucluster.topology("nvml"),
+            gpucluster.TopologyError,
+            'pass topology="sim:NAME" (see `gpucluster.presets()`)',
+            marks=pytest.mark.skipif(nvml_works(), reason="this machine has NVML"),
+        ),
+    ],
+)
+def test_errors_name_keyword_arguments_not_flags(monkeypatch, call, error, says):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(error) as raised:
+        call()
+    message = str(raised.value)
+    assert says in message
+    assert not FLAG.search(message) and "gpucluster list" not in message, message
+
+
+@pytest.mark.parametrize(
+    "cli_text, python_text",
+    [
+        ("pass --policy warn to go on", 'pass policy="warn" to go on'),
+        ("(`--policy grouped` lists them all)", '(`policy="grouped"` lists them all)'),
+        ("bad (in --devices)", "bad (in devices=...)"),
+        ("use --devices 0,1 instead", 'use devices="0,1" instead'),
+        ("  --devices MIG-1a2b3c4d,MIG-5e6f7a8b,... (40 devices", '  devices="MIG-1a2b3c4d,MIG-5e6f7a8b,..." (40 devices'),
+        ("lower --workers-per-device or select fewer", "lower workers_per_device=... or select fewer"),
+        ("--workers-per-device 0 is out of range", "workers_per_device=0 is out of range"),
+        ("--device-memory-limit: `x` is not a size", "device_memory_limit: `x` is not a size"),
+        ("--device-memory-limit 10GB leaves", 'device_memory_limit="10GB" leaves'),
+        ("--device-memory-limit 0.001 leaves", "device_memory_limit=0.001 leaves"),
+        # Columns stay where they were.
+        (
+            "  --policy warn            keep all\n  --memory-tolerance 13    count memory",
+            '  policy="warn"            keep all\n  memory_tolerance=13      count memory',
+        ),
+        ("pass --topology sim:NAME, file:PATH", 'pass topology="sim:NAME", file:PATH'),
+        ("see `gpucluster list --presets`", "see `gpucluster.presets()`"),
+        ("`gpucluster list` shows the names", "`gpucluster.topology()` shows the names"),
+        # Flags Python has no keyword for, and dashes that are no flags, stay.
+        ("run `gpucluster plan --json` -- or not", "run `gpucluster plan --json` -- or not"),
+        ("--devicesx and --policy", "--devicesx and policy=..."),
+    ],
+)
+def test_the_command_lines_words_become_pythons(cli_text, python_text):
+    from gpucluster import _native
+
+    assert _native.in_python_terms(cli_text) == python_text

@@ -10,7 +10,10 @@ its ``distributed.comm.backends`` entry point, so ``dask worker --protocol gpucl
 simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and returns what
 ``gpucluster list --json`` prints, as Python objects; :func:`plan` returns what
 ``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
-and resources, the homogeneity policy applied, and the path between every pair of workers.
+and resources, the homogeneity policy applied, and the path between every pair of workers;
+its warnings are also issued as :class:`PlanWarning`. :func:`presets` names the simulated
+machines (``"sim:NAME"``) that both take, for trying gpucluster without a GPU. Errors say the
+command line's messages in Python terms (keyword arguments rather than flags).
 
 Modules: :mod:`gpucluster.dask` (``LocalCluster``: one Dask worker per compute device, planned
 as above, speaking the comm), :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
@@ -22,11 +25,14 @@ Rust transport.
 from __future__ import annotations
 
 import json
+import warnings
 from importlib import metadata as _metadata
 from typing import Any
 
 from gpucluster._native import AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError
+from gpucluster._native import in_python_terms as _in_python_terms
 from gpucluster._native import plan_json as _plan_json
+from gpucluster._native import presets as _presets
 from gpucluster._native import topology_json as _topology_json
 
 try:
@@ -40,31 +46,55 @@ __all__ = [
     "AuthenticationError",
     "PeerGone",
     "PlanError",
+    "PlanWarning",
     "Timeout",
     "TopologyError",
     "TransportError",
     "plan",
+    "presets",
     "topology",
 ]
+
+
+class PlanWarning(UserWarning):
+    """A plan works but probably not as intended: one of its findings of severity ``warning``
+    (devices of several classes kept by ``policy="warn"``, a ``device_memory_limit`` so small
+    that every array spills, ...). The text is the finding's message and its fix; the finding
+    itself is in the plan's ``findings``."""
+
+
+PlanWarning.__module__ = "gpucluster"
 
 
 def topology(source: str = "nvml") -> dict[str, Any]:
     """The machine that ``source`` describes, as ``gpucluster list --json`` prints it.
 
     ``source`` is what ``--topology`` takes: ``"nvml"`` (this machine, through the driver),
-    ``"sim:NAME"`` (a built-in simulated machine; ``gpucluster list --presets`` names them),
-    ``"file:PATH"`` (a fixture, or a snapshot saved with ``list --json``) or ``"smi:PATH"``
-    (``nvidia-smi -L`` text). The result is plain data (``{"hosts": [...]}``; each host's
-    ``gpus`` with their ``mig_instances``, memory and SM counts as each device reports them),
-    which ``file:`` reads back unchanged.
+    ``"sim:NAME"`` (a built-in simulated machine; :func:`presets` names them),
+    ``"file:PATH"`` (a fixture, or a snapshot: this function's result saved with ``json.dump``,
+    or what ``list --json`` prints) or ``"smi:PATH"`` (``nvidia-smi -L`` text). The result is
+    plain data (``{"hosts": [...]}``; each host's ``gpus`` with their ``mig_instances``, memory
+    and SM counts as each device reports them), which ``file:`` reads back unchanged.
 
-    Raises :class:`TopologyError` with the command line's message when the source cannot be
-    read (an unknown preset, a malformed file, no NVIDIA driver). NVML is loaded only when
-    ``"nvml"`` is asked for, so importing gpucluster needs no GPU.
+    Raises :class:`TopologyError` with the command line's message, in Python terms, when the
+    source cannot be read (an unknown preset, a malformed file, no NVIDIA driver). NVML is
+    loaded only when ``"nvml"`` is asked for, so importing gpucluster needs no GPU.
     """
     if not isinstance(source, str):
         raise TypeError(f"topology(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
     return json.loads(_topology_json(source))
+
+
+def presets() -> list[dict[str, str]]:
+    """The built-in simulated machines, as ``gpucluster list --presets --json`` lists them: one
+    ``{"name": ..., "topology": "sim:NAME", "description": ...}`` each, the description being one
+    line about the machine (its GPUs and MIG layout). Pass ``topology`` to :func:`topology`,
+    :func:`plan` or ``gpucluster.dask.LocalCluster`` to try gpucluster without a GPU::
+
+        >>> [p["name"] for p in gpucluster.presets()][:3]
+        ['a100', 'dgx-a100', 'a100-80gb-mixed']
+    """
+    return [{"name": name, "topology": f"sim:{name}", "description": text} for name, text in _presets()]
 
 
 def plan(
@@ -75,6 +105,7 @@ def plan(
     memory_tolerance: float = 2.0,
     device_memory_limit: str | float | int | None = "default",
     workers_per_device: int = 1,
+    _stacklevel: int = 1,
 ) -> dict[str, Any]:
     """The cluster ``gpucluster plan --json`` would plan on the machine ``source`` describes.
 
@@ -89,15 +120,20 @@ def plan(
     Returns ``{"policy": ..., "workers": [...], "excluded": [...], "classes": [...],
     "findings": [...], "paths": [...]}``: each worker with its name, device UUID, ``env``
     (``CUDA_VISIBLE_DEVICES`` is its own device), limits and resources. Raises
-    :class:`PlanError` with the command line's message (for ``strict``, every class of device
-    and the flags that would make it work), and :class:`TopologyError` when ``source`` cannot be
-    read.
+    :class:`PlanError` with the command line's message in Python terms (for ``strict``, every
+    class of device and the arguments that would make it work), and :class:`TopologyError` when
+    ``source`` cannot be read.
+
+    Each finding of severity ``warning`` (or ``error``) is also issued as a :class:`PlanWarning`
+    pointing at the caller; ``info`` findings are only in ``findings``. ``_stacklevel`` is for
+    wrappers such as ``LocalCluster``: 1 points the warnings at the line that called ``plan``, 2
+    at its caller's, and so on.
     """
     if not isinstance(source, str):
         raise TypeError(f"plan(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
     if isinstance(devices, (list, tuple)):
         devices = ",".join(str(d) for d in devices)
-    return json.loads(
+    planned = json.loads(
         _plan_json(
             source,
             devices=None if devices is None else str(devices),
@@ -107,3 +143,9 @@ def plan(
             workers_per_device=int(workers_per_device),
         )
     )
+    for finding in planned["findings"]:
+        if finding["severity"] in ("warning", "error"):
+            text = _in_python_terms(f"{finding['message']}; {finding['fix']}")
+            # 1 is warn's own frame (this function); _stacklevel counts from plan's caller.
+            warnings.warn(PlanWarning(text), stacklevel=1 + max(1, int(_stacklevel)))
+    return planned

@@ -94,6 +94,10 @@ def plan_json(
     workers_per_device: int = 1,
 ) -> str:
     """What ``gpucluster plan --json`` prints (use ``gpucluster.plan``)."""
+def presets() -> list[tuple[str, str]]:
+    """Each simulated machine's name and one-line description (use ``gpucluster.presets``)."""
+def in_python_terms(text: str) -> str:
+    """A core crate's message in Python terms: keyword arguments for flags, functions for commands."""
 def host_memory() -> int | None:
     """This host's memory in bytes, as ``gpucluster dask local`` splits it between workers."""
 def cpu_list(list: str) -> list[int]:
