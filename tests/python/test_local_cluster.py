@@ -96,7 +96,7 @@ def test_the_policies_are_the_planners(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(gpucluster.PlanError, match="not alike") as raised:
         LocalCluster(topology="sim:a100-80gb-mixed")
-    assert "class A" in str(raised.value) and "--policy" in str(raised.value)
+    assert "class A" in str(raised.value) and 'policy="' in str(raised.value) and "--policy" not in str(raised.value)
     with LocalCluster(topology="sim:a100-80gb-mixed", policy="grouped", n_workers=2) as cluster:
         assert len(cluster.worker_spec) == 2
         resources = [spec["options"]["resources"] for spec in cluster.worker_spec.values()]
@@ -375,3 +375,11 @@ def test_an_open_protocol_is_taken_only_when_asked_for(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with LocalCluster(topology="sim:a30", n_workers=1, protocol="tcp", insecure=True) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+
+
+def test_a_plan_warning_points_at_the_line_that_builds_the_cluster(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(gpucluster.PlanWarning) as caught:
+        cluster = LocalCluster(topology="sim:a100-80gb-mixed", policy="warn", n_workers=1)
+    cluster.close()
+    assert {w.filename for w in caught} == {__file__}, [(w.filename, w.lineno) for w in caught]

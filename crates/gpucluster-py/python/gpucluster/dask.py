@@ -379,6 +379,7 @@ class LocalCluster(SpecCluster):
             memory_tolerance=memory_tolerance,
             device_memory_limit=device_memory_limit,
             workers_per_device=workers_per_device,
+            _stacklevel=2,  # a PlanWarning points at the line that builds the cluster
         )
         planned = self.gpucluster_plan["workers"]
         if not planned:
