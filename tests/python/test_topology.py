@@ -264,3 +264,21 @@ def test_the_command_lines_words_become_pythons(cli_text, python_text):
     from gpucluster import _native
 
     assert _native.in_python_terms(cli_text) == python_text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"memory_tolerance": None}, "memory_tolerance: a percentage"),
+        ({"memory_tolerance": "abc"}, "memory_tolerance: a percentage"),
+        ({"memory_tolerance": 10**400}, "memory_tolerance: a percentage"),
+        ({"workers_per_device": 2.5}, "workers_per_device: a whole number"),
+        ({"workers_per_device": -1}, "workers_per_device: a whole number"),
+        ({"workers_per_device": 10**30}, "workers_per_device: a whole number"),
+    ],
+    ids=repr,
+)
+def test_arguments_python_cannot_hand_the_planner_are_named(kwargs, message):
+    # Found by the newcomer's attack: a bare TypeError/OverflowError, or 2.5 taken for 2.
+    with pytest.raises(ValueError, match=message):
+        gpucluster.plan("sim:a30", **kwargs)

@@ -133,14 +133,26 @@ def plan(
         raise TypeError(f"plan(source): a str such as 'nvml' or 'sim:a30', not {type(source).__name__}")
     if isinstance(devices, (list, tuple)):
         devices = ",".join(str(d) for d in devices)
+    # Named here, where Python would otherwise say only "must be real number, not NoneType" or
+    # take 2.5 workers per device for 2.
+    if isinstance(memory_tolerance, bool) or not isinstance(memory_tolerance, (int, float)):
+        raise ValueError(f"memory_tolerance: a percentage such as 2.0, not {memory_tolerance!r}")
+    try:
+        memory_tolerance = float(memory_tolerance)
+    except OverflowError:
+        raise ValueError(f"memory_tolerance: a percentage such as 2.0, not {memory_tolerance!r}") from None
+    # The range itself is the planner's (a PlanError, as on the command line); what cannot even
+    # reach it is refused here.
+    if isinstance(workers_per_device, bool) or not isinstance(workers_per_device, int) or not 0 <= workers_per_device < 1 << 31:
+        raise ValueError(f"workers_per_device: a whole number from 1 to 64, not {workers_per_device!r}")
     planned = json.loads(
         _plan_json(
             source,
             devices=None if devices is None else str(devices),
             policy=str(policy),
-            memory_tolerance=float(memory_tolerance),
+            memory_tolerance=memory_tolerance,
             device_memory_limit=str(device_memory_limit),
-            workers_per_device=int(workers_per_device),
+            workers_per_device=workers_per_device,
         )
     )
     for finding in planned["findings"]:
