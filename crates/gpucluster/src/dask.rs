@@ -81,8 +81,9 @@ pub(crate) struct DaskLocalArgs {
     #[arg(long)]
     insecure: bool,
     /// Serve Dask's dashboard from the scheduler, at ADDRESS (default 127.0.0.1:8787: this host
-    /// only; it shows task names, call stacks and logs to whoever reaches it). Off by default:
-    /// the scheduler's HTTP server then serves nothing.
+    /// only; it shows task names, call stacks and logs to whoever reaches it). A bare port
+    /// (`:8787`) is on the scheduler's host, not every interface. Off by default: the
+    /// scheduler's HTTP server then serves nothing.
     #[arg(long, value_name = "ADDRESS", num_args = 0..=1, default_missing_value = "127.0.0.1:8787")]
     dashboard: Option<String>,
 }
@@ -229,6 +230,9 @@ async fn run(
         Scheduler::Local { dashboard, .. } => dashboard.clone(),
         Scheduler::Join { .. } => None,
     };
+    if dashboard.as_deref().is_some_and(|d| d.trim().is_empty()) {
+        anyhow::bail!("--dashboard: an address such as 127.0.0.1:8787 or :8787 (this host), or leave out the value");
+    }
     let started = Instant::now();
     let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;
     supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;

@@ -832,6 +832,21 @@ pub struct SchedulerConfig<'a> {
     pub preload: Option<&'a Path>,
 }
 
+/// Where the dashboard listens: a bare port (`8787`, `:8787`, as Dask users write it) on the
+/// scheduler's host (127.0.0.1 unless `--host` says otherwise), not on every interface, which is
+/// what Dask makes of it; `HOST:PORT` as given.
+pub fn dashboard_address(address: &str, host: Option<&str>) -> String {
+    let port = address.strip_prefix(':').unwrap_or(address);
+    if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+        let host = host.unwrap_or("127.0.0.1");
+        if host.contains(':') && !host.starts_with('[') {
+            return format!("[{host}]:{port}");
+        }
+        return format!("{host}:{port}");
+    }
+    address.to_owned()
+}
+
 /// The scheduler process of `dask local`.
 pub fn scheduler_spec(config: &SchedulerConfig<'_>) -> ProcessSpec {
     let mut args: Vec<OsString> =
@@ -840,6 +855,7 @@ pub fn scheduler_spec(config: &SchedulerConfig<'_>) -> ProcessSpec {
     let mut env = private_env(config.local_directory);
     match config.dashboard {
         Some(address) => {
+            let address = dashboard_address(address, config.host);
             args.extend(["--dashboard".into(), "--dashboard-address".into(), address.into()]);
             env.remove("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES");
         }
@@ -1181,7 +1197,11 @@ mod tests {
         assert_eq!(spec.env.get("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES").map(String::as_str), Some("[]"));
         let spec = scheduler_spec(&SchedulerConfig { dashboard: Some(":8787"), ..quiet });
         let a = args(&spec);
-        assert!(a.windows(3).any(|w| w == ["--dashboard", "--dashboard-address", ":8787"]), "{a:?}");
+        // A bare port is this host's, not every interface's (as Dask would take it).
+        assert!(a.windows(3).any(|w| w == ["--dashboard", "--dashboard-address", "127.0.0.1:8787"]), "{a:?}");
+        assert_eq!(dashboard_address("8787", Some("::1")), "[::1]:8787");
+        assert_eq!(dashboard_address(":8787", Some("10.0.0.2")), "10.0.0.2:8787");
+        assert_eq!(dashboard_address("0.0.0.0:8787", None), "0.0.0.0:8787");
         assert!(!a.contains(&"--no-dashboard".to_owned()));
         assert!(!spec.env.contains_key("DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES"), "distributed's routes served");
         let f = std::env::temp_dir().join(format!("gpucluster-dashboard-{}.json", std::process::id()));
