@@ -4,6 +4,7 @@ the gpucluster comm; nothing left behind after ``close()``."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from distributed import Client
+from distributed import Client, Security
 
 import gpucluster
 from gpucluster.dask import LocalCluster
@@ -323,6 +324,17 @@ BAD_ARGUMENTS = [
     ({"host": "nope.invalid"}, ValueError, "host='nope.invalid': cannot be resolved"),
     ({"dashboard_address": ""}, ValueError, "dashboard_address"),
     ({"local_directory": ""}, ValueError, "local_directory"),
+    # Found by the second attack round.
+    ({"protocol": "ws", "insecure": True}, ValueError, "protocol='ws' listens on every interface"),
+    ({"protocol": "tcp", "security": Security(require_encryption=True)}, ValueError, "lets every user of this host"),
+    ({"protocol": "tcp", "insecure": "no"}, TypeError, "insecure: True or False"),
+    ({"dashboard_address": ":"}, ValueError, "dashboard_address: HOST:PORT or :PORT"),
+    ({"dashboard_address": ":abc"}, ValueError, "dashboard_address: HOST:PORT or :PORT"),
+    ({"dashboard_address": -1}, ValueError, "dashboard_address"),
+    ({"dashboard_address": 70000}, ValueError, "dashboard_address"),
+    ({"local_directory": 5}, TypeError, "local_directory: a path"),
+    ({"memory_limit": 10**30}, ValueError, "is more than this host's memory"),
+    ({"memory_limit": 1.5}, ValueError, "is too little to run one"),
 ]
 
 
@@ -340,11 +352,20 @@ def test_nothing_listens_beyond_this_host_and_the_dashboard_port_is_the_schedule
 
     from gpucluster.dask import _dashboard
 
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bokeh" else real(name, *a))
+    with pytest.raises(ValueError, match="needs bokeh"):  # as `dask local --dashboard` without it
+        _dashboard(":8787", "127.0.0.1")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bokeh" else real(name, *a))
     # A bare port (the README's ":8787") means this host, not every interface as Dask reads it.
     assert _dashboard(":8787", "127.0.0.1") == "127.0.0.1:8787"
     assert _dashboard(8787, "::1") == "[::1]:8787"
     assert _dashboard("10.0.0.1:8787", "127.0.0.1") == "10.0.0.1:8787"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # Where the dashboard's HTTP server listens is distributed's, with or without bokeh (which
+    # draws it, and which the tests' environment lacks): pretend it is there.
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bokeh" else real(name, *a))
     with LocalCluster(topology="sim:a30", n_workers=2, dashboard_address=":0") as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         me = psutil.Process()

@@ -38,9 +38,10 @@ import warnings
 from typing import Any
 
 import dask.config
-from dask.utils import parse_bytes
+from dask.utils import format_bytes, parse_bytes
 from distributed import Nanny, Scheduler, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.system import MEMORY_LIMIT
 from distributed.worker_memory import parse_memory_limit
 
 import gpucluster
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 #: The most threads a worker may be asked for (a typing slip such as ``10**6`` would otherwise
 #: start the worker and fail there, in hundreds of lines of another process's traceback).
 MAX_THREADS_PER_WORKER = 4096
+
+#: The least host memory a worker may be limited to (Dask reads ``1.5`` as 1.5 bytes).
+MIN_HOST_MEMORY = 64 << 20
 
 #: The most workers one device may be planned for, as ``gpucluster plan`` allows.
 MAX_WORKERS_PER_DEVICE = 64
@@ -92,7 +96,18 @@ def _protocol(protocol: Any, security: Any, insecure: bool) -> str:
         ) from None
     if protocol in ("tls", "wss") and security is None:
         raise ValueError(f"protocol={protocol!r} needs security=distributed.Security(...) with its certificates")
-    secured = protocol == "gpucluster" or (security is not None and security.require_encryption)
+    if not isinstance(insecure, bool):
+        raise TypeError(f"insecure: True or False, not {insecure!r}")
+    if protocol == "ws":
+        # distributed's websocket listener binds every interface whatever `host` says.
+        raise ValueError(
+            "protocol='ws' listens on every interface of this host whatever host= says; use 'gpucluster' "
+            "(the default), 'tls' or 'wss' with security=, or 'tcp' with insecure=True"
+        )
+    # Only what authenticates every connection closes the cluster: the gpucluster comm's secret,
+    # or TLS with certificates. `Security(require_encryption=True)` alone does not: distributed
+    # checks it in its TCP comm only, and a websocket comm with it accepts anyone.
+    secured = protocol == "gpucluster" or protocol in ("tls", "wss")
     if not secured and not insecure:
         raise ValueError(
             f"protocol={protocol!r} lets every user of this host (and of any host that reaches it) connect to the "
@@ -129,6 +144,16 @@ def _dashboard(address: Any, host: str) -> str | None:
         )
     if address.isdigit():
         address = f":{address}"
+    port = address.rsplit(":", 1)[-1] if ":" in address else ""
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"dashboard_address: HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {address!r}"
+        )
+    if importlib.util.find_spec("bokeh") is None:
+        raise ValueError(
+            "dashboard_address: Dask's dashboard needs bokeh, which this Python lacks: pip install bokeh, "
+            "or leave dashboard_address=None"
+        )
     if address.startswith(":"):
         bracketed = f"[{host}]" if ":" in host else host
         address = f"{bracketed}{address}"
@@ -147,19 +172,44 @@ def _host_memory(memory_limit: Any, workers: int) -> int | None:
     )
     if isinstance(memory_limit, bool) or (isinstance(memory_limit, str) and not memory_limit.strip()):
         raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
+    class MoreThanTheHost(Exception):
+        pass
+
+    class Refuse:
+        """Dask's parser logs, and uses the host's memory instead, where a limit is above it."""
+
+        def warning(self, *args: Any) -> None:
+            raise MoreThanTheHost
+
     try:
-        limit = parse_memory_limit(memory_limit, 1, total_cores=workers, logger=logger)
+        limit = parse_memory_limit(memory_limit, 1, total_cores=workers, logger=Refuse())
+    except MoreThanTheHost:
+        raise ValueError(
+            f"memory_limit: {memory_limit!r} is more than this host's memory ({format_bytes(MEMORY_LIMIT)}); "
+            "give at most that per worker, or 0 for no limit"
+        ) from None
     except (ValueError, TypeError, OverflowError):
         raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}") from None
     if limit is not None and limit < 0:
         raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
+    if limit is not None and limit < MIN_HOST_MEMORY:
+        # Dask reads 1.5 as 1.5 bytes: a worker that would pause at once.
+        raise ValueError(
+            f"memory_limit: {limit} bytes per worker is too little to run one (at least {MIN_HOST_MEMORY >> 20} MiB); "
+            f"{grammar}, not {memory_limit!r}"
+        )
     return limit
 
 
 def _local_directory(directory: Any) -> str | None:
     if directory is None:
         return None
-    path = os.fspath(directory)
+    try:
+        path = os.fspath(directory)
+    except TypeError:
+        raise TypeError(f"local_directory: a path, not {type(directory).__name__}") from None
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
     if not path:
         raise ValueError("local_directory: a directory for the workers' files, or None (a private one, removed on close)")
     return path
@@ -317,13 +367,14 @@ class LocalCluster(SpecCluster):
     - ``memory_limit``: host memory per worker (Dask's grammar); by default this host's memory
       split evenly between the workers.
     - ``protocol``: ``"gpucluster"`` (default: every connection proves the user's secret),
-      ``"tls"`` with ``security`` (a :class:`distributed.Security`), or another Dask protocol.
-      One that lets other users in (``"tcp"``, ``"ucx"``, ``"ws"`` without TLS) is refused
-      unless ``insecure=True`` says that nobody else uses the machine (as ``dask local
-      --insecure``).
+      ``"tls"`` or ``"wss"`` with ``security`` (a :class:`distributed.Security` with
+      certificates), or another Dask protocol. One that lets other users in (``"tcp"``,
+      ``"ucx"``) is refused unless ``insecure=True`` says that nobody else uses the machine (as
+      ``dask local --insecure``); ``Security(require_encryption=True)`` alone does not close a
+      cluster. ``"ws"`` is refused: it listens on every interface whatever ``host`` says.
     - ``threads_per_worker`` (1), ``dashboard_address`` (``None``: no dashboard, the default;
       ``":8787"`` or ``8787`` to serve one from the scheduler on ``host``, this host only by
-      default), ``host`` (``127.0.0.1``; ``"0.0.0.0"`` for every interface).
+      default; needs bokeh), ``host`` (``127.0.0.1``; ``"0.0.0.0"`` for every interface).
     - ``local_directory``: where workers keep their files; by default a private directory of
       this user's, removed when the cluster is closed.
     - ``rmm_pool_size``: an RMM pool of this size on each worker's device (``"10GB"``, bytes),
