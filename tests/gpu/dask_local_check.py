@@ -22,10 +22,11 @@ def task():
     return float(x.sum()), os.environ.get("CUDA_VISIBLE_DEVICES"), cupy.cuda.runtime.getDeviceCount()
 
 
-def gpucluster(binary, extra):
-    t = time.perf_counter()
+def start(binary, extra, wait_s=60):
+    """`gpucluster dask local EXTRA...` in a session of its own: the process, the lines it has
+    printed so far (a list that keeps growing) and its scheduler file, once that exists."""
     p = subprocess.Popen([binary, "dask", "local", "--python", sys.executable, *extra],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     found = threading.Event()
     file = []
@@ -38,11 +39,17 @@ def gpucluster(binary, extra):
                 file.append(m.group(1))
                 found.set()
     threading.Thread(target=drain, daemon=True).start()
-    assert found.wait(60), "no scheduler file"
+    assert found.wait(wait_s), "no scheduler file: " + "".join(lines)
     while not os.path.exists(file[0]):
         time.sleep(0.01)
+    return p, lines, file[0]
+
+
+def gpucluster(binary, extra):
+    t = time.perf_counter()
+    p, lines, file = start(binary, extra)
     n = int(os.environ.get("WORKERS", "1"))
-    with Client(scheduler_file=file[0], timeout=60, security=security_for(file[0])) as c:
+    with Client(scheduler_file=file, timeout=60, security=security_for(file)) as c:
         c.wait_for_workers(n, timeout=120)
         ready = time.perf_counter() - t
         print(f"gpucluster dask local {' '.join(extra)}: {n} worker(s) connected after {ready:.2f} s")

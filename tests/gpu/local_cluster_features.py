@@ -137,42 +137,19 @@ def dask_local(ok: bool, binary: str) -> bool:
     """`gpucluster dask local --device-memory-limit 1GiB -- --rmm-pool-size 1GiB` with dask-cuda:
     the worker is dask-cuda's, with its DeviceHostFile limited to 1 GiB and the RMM pool passed
     through; Ctrl-C leaves nothing."""
-    import re
     import signal
     import subprocess
-    import threading
     import time
 
     from distributed import Client
 
-    p = subprocess.Popen([binary, "dask", "local", "--python", sys.executable, "--device-memory-limit", "1GiB",
-                          "--", "--rmm-pool-size", "1GiB"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, start_new_session=True)
-    lines, file, found = [], [], threading.Event()
+    from dask_local_check import security_for, start
 
-    def drain():
-        for line in p.stdout:
-            lines.append(line)
-            m = re.match(r"scheduler file: (\S+)", line)
-            if m:
-                file.append(m.group(1))
-                found.set()
-
-    threading.Thread(target=drain, daemon=True).start()
+    p, _, file = start(binary, ["--device-memory-limit", "1GiB", "--", "--rmm-pool-size", "1GiB"], wait_s=90)
     try:
-        assert found.wait(90), "no scheduler file: " + "".join(lines)
-        while not os.path.exists(file[0]):
-            time.sleep(0.01)
         # `dask local` closes the cluster with TLS (credentials beside the scheduler file) where
         # it does not choose the gpucluster comm (one worker: no device frames to move).
-        d = os.path.dirname(file[0])
-        security = None
-        if os.path.exists(os.path.join(d, "ca.pem")):
-            from distributed import Security
-
-            security = Security(tls_ca_file=os.path.join(d, "ca.pem"), tls_client_cert=os.path.join(d, "cert.pem"),
-                                tls_client_key=os.path.join(d, "key.pem"), require_encryption=True)
-        with Client(scheduler_file=file[0], timeout=60, security=security) as c:
+        with Client(scheduler_file=file, timeout=60, security=security_for(file)) as c:
             c.wait_for_workers(1, timeout=120)
 
             def facts(dask_worker):

@@ -776,6 +776,13 @@ fn worker_device_env(
     }))
 }
 
+/// Where a scheduler serves its dashboard (`launcher::dask::dashboard_address`, the one rule
+/// `gpucluster dask local --dashboard` follows too): a bare port on `host`, not every interface.
+#[pyfunction]
+fn dashboard_address(address: &str, host: &str) -> String {
+    launcher::dask::dashboard_address(address, Some(host))
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -803,6 +810,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(host_memory, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_list, m)?)?;
     m.add_function(wrap_pyfunction!(worker_device_env, m)?)?;
+    m.add_function(wrap_pyfunction!(dashboard_address, m)?)?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     m.add("COPY_ENGINE_MIN", transport::COPY_ENGINE_MIN)?;
     Ok(())

@@ -113,6 +113,10 @@ def worker_device_env(
     """The environment a Dask worker gets for its device (``kind``: ``"gpu"`` or ``"mig"``), as
     ``gpucluster dask local`` gives it."""
 
+def dashboard_address(address: str, host: str) -> str:
+    """Where a scheduler serves its dashboard, as ``gpucluster dask local --dashboard`` takes it:
+    a bare port (``"8787"``, ``":8787"``) on ``host``, not every interface; ``HOST:PORT`` as given."""
+
 #: Smallest host-to-device copy that runs on a copy engine; receive buffers of small device
 #: frames get this much room, so their copy is not queued behind another process's kernels.
 COPY_ENGINE_MIN: int

@@ -62,9 +62,6 @@ MAX_THREADS_PER_WORKER = 4096
 #: The least host memory a worker may be limited to (Dask reads ``1.5`` as 1.5 bytes).
 MIN_HOST_MEMORY = 64 << 20
 
-#: The most workers one device may be planned for, as ``gpucluster plan`` allows.
-MAX_WORKERS_PER_DEVICE = 64
-
 
 def _whole(name: str, value: Any, most: int) -> int:
     """``value`` as a whole number from 1 to ``most``, or an error that names ``name``."""
@@ -107,8 +104,7 @@ def _protocol(protocol: Any, security: Any, insecure: bool) -> str:
     # Only what authenticates every connection closes the cluster: the gpucluster comm's secret,
     # or TLS with certificates. `Security(require_encryption=True)` alone does not: distributed
     # checks it in its TCP comm only, and a websocket comm with it accepts anyone.
-    secured = protocol == "gpucluster" or protocol in ("tls", "wss")
-    if not secured and not insecure:
+    if protocol not in ("gpucluster", "tls", "wss") and not insecure:
         raise ValueError(
             f"protocol={protocol!r} lets every user of this host (and of any host that reaches it) connect to the "
             "scheduler and run code as you: keep the default protocol='gpucluster' (every connection proves your "
@@ -137,14 +133,12 @@ def _dashboard(address: Any, host: str) -> str | None:
     if address is None:
         return None
     if isinstance(address, int) and not isinstance(address, bool):
-        address = f":{address}"
+        address = str(address)
     if not isinstance(address, str) or not address.strip():
         raise ValueError(
             f"dashboard_address: an address such as ':8787' (on host=, this host by default) or None (no dashboard), not {address!r}"
         )
-    if address.isdigit():
-        address = f":{address}"
-    port = address.rsplit(":", 1)[-1] if ":" in address else ""
+    port = address.rsplit(":", 1)[-1]
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(
             f"dashboard_address: HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {address!r}"
@@ -154,10 +148,7 @@ def _dashboard(address: Any, host: str) -> str | None:
             "dashboard_address: Dask's dashboard needs bokeh, which this Python lacks: pip install bokeh, "
             "or leave dashboard_address=None"
         )
-    if address.startswith(":"):
-        bracketed = f"[{host}]" if ":" in host else host
-        address = f"{bracketed}{address}"
-    return address
+    return _native.dashboard_address(address, host)
 
 
 def _host_memory(memory_limit: Any, workers: int) -> int | None:
@@ -418,7 +409,6 @@ class LocalCluster(SpecCluster):
         if n_workers is not None:
             n_workers = _whole("n_workers", n_workers, 1 << 20)
         threads_per_worker = _whole("threads_per_worker", threads_per_worker, MAX_THREADS_PER_WORKER)
-        workers_per_device = _whole("workers_per_device", workers_per_device, MAX_WORKERS_PER_DEVICE)
         protocol = _protocol(protocol, security, insecure)
         host = _host(host)
         dashboard_address = _dashboard(dashboard_address, host)
