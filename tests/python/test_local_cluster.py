@@ -52,6 +52,27 @@ def children() -> set[int]:
     return alive
 
 
+def spec_of(
+    topology: str, *, dask_cuda: bool, device_memory_limit: str = "default", facts_bokeh: bool | None = None, **request
+) -> dict:
+    """The cluster spec LocalCluster runs, for a Python with dask-cuda or not (the decisions are
+    the spec's; the Rust tests cover real devices, which a machine without a GPU cannot plan)."""
+    import json
+
+    from gpucluster._facts import python_facts
+
+    facts = {**python_facts(), "dask_cuda": dask_cuda}
+    if facts_bokeh is not None:
+        facts["bokeh"] = facts_bokeh
+    arguments = dict(
+        devices=None, policy="strict", memory_tolerance=2.0, device_memory_limit=device_memory_limit,
+        workers_per_device=1, protocol="auto", insecure=False, credentials_given=False, host="127.0.0.1",
+        dashboard=None, memory_limit=None, threads=1, workers=None, rmm_pool_size=None, local_directory="/d",
+    )
+    arguments.update(request)
+    return json.loads(gpucluster._native.cluster_spec(topology, **arguments, facts=json.dumps(facts)))
+
+
 def test_one_worker_per_mig_instance_each_with_its_own_device_and_limits(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     before = children()
@@ -181,20 +202,35 @@ def test_rmm_pool_size_is_checked_before_any_worker_starts(monkeypatch):
     assert children() == before
 
 
-def test_workers_get_the_device_environment_dask_local_gives():
-    # One Rust definition for both launchers: the comm's device, the path, NVML off when simulated.
-    env = gpucluster._native.worker_device_env(
-        "mig", simulated=True, host_staged_only=True, ucx=False, device_memory_limit=123
-    )
-    assert env["GPUCLUSTER_DEVICE"] == "sim-mig"
-    assert env["GPUCLUSTER_COMM_PATH"] == "host-staged"
-    assert env["DASK_DISTRIBUTED__DIAGNOSTICS__NVML"] == "False"
-    assert env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] == "123"
-    real = gpucluster._native.worker_device_env("gpu", simulated=False, host_staged_only=False, ucx=True)
-    assert real["GPUCLUSTER_DEVICE"] == "cuda" and real["DASK_DISTRIBUTED_UCXX__CREATE_CUDA_CONTEXT"] == "True"
-    assert "GPUCLUSTER_COMM_PATH" not in real
-    with pytest.raises(ValueError, match="gpu"):
-        gpucluster._native.worker_device_env("tpu", simulated=True, host_staged_only=False, ucx=False)
+def test_workers_get_the_device_environment_dask_local_gives(monkeypatch):
+    # One Rust spec for both launchers: the comm's device, the path, NVML off when simulated,
+    # the same environment `gpucluster dask local --dry-run` prints.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    cluster = LocalCluster(topology="sim:a30", n_workers=2)
+    try:
+        (first, _) = cluster.gpucluster_spec["workers"]
+        env = cluster.worker_spec[first["name"]]["options"]["env"]
+        assert env["GPUCLUSTER_DEVICE"] == "sim-mig"
+        assert env["GPUCLUSTER_COMM_PATH"] == "host-staged"
+        assert first["dask_config"]["distributed.diagnostics.nvml"] is False
+        assert env["GPUCLUSTER_DEVICE_MEMORY_LIMIT"] == str(first["device_memory_limit_bytes"])
+        config = cluster.worker_spec[first["name"]]["options"]["config"]
+        assert config["distributed"]["worker"]["http"]["routes"] == [], "the worker serves nothing"
+        assert config["distributed"]["diagnostics"]["nvml"] is False
+    finally:
+        cluster.close()
+    dry = subprocess.run(
+        [os.environ.get("GPUCLUSTER_BIN", "gpucluster"), "--topology", "sim:a30", "dask", "local", "--dry-run",
+         "--python", sys.executable],
+        capture_output=True, text=True,
+    ) if os.environ.get("GPUCLUSTER_BIN") else None
+    if dry is not None:
+        import json
+
+        assert dry.returncode == 0, dry.stderr
+        cli = json.loads(dry.stdout)
+        assert [w["env"]["GPUCLUSTER_DEVICE"] for w in cli["workers"]] == ["sim-mig"] * 4
+        assert cli["protocol"] == cluster.gpucluster_spec["protocol"] == "gpucluster"
 
 
 # A stand-in for dask-cuda's DeviceHostFile, planted where a worker imports it: it records what
@@ -220,17 +256,20 @@ def stub_dask_cuda(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
-def test_a_real_device_limit_is_enforced_by_dask_cudas_device_host_file(stub_dask_cuda):
-    from gpucluster.dask import _device_host_file, _spills_device_memory, _worker_data
+def test_a_worker_that_spills_keeps_its_data_in_dask_cudas_device_host_file(stub_dask_cuda):
+    from gpucluster.dask import _device_host_file, _nanny
 
-    assert _spills_device_memory(simulated=False, explicit=False)
+    spec = spec_of("sim:a30", dask_cuda=True)
     # Simulated devices hold no device objects: nothing to enforce, nothing to warn about.
-    assert not _spills_device_memory(simulated=True, explicit=True)
-    assert _worker_data(8 << 30, 64 << 30) == (
+    assert not spec["dask_cuda"] and not spec["workers"][0]["spills_device_memory"]
+    assert "data" not in _nanny(spec["workers"][0], "gpucluster", None, "/d", None)["options"]
+    # A worker the spec says spills (real devices with dask-cuda) keeps its data in the store.
+    worker = {**spec["workers"][0], "spills_device_memory": True}
+    options = _nanny(worker, spec["protocol"], None, "/d", None)["options"]
+    assert options["data"] == (
         _device_host_file,
-        {"device_memory_limit": 8 << 30, "memory_limit": 64 << 30},
+        {"device_memory_limit": worker["device_memory_limit_bytes"], "memory_limit": worker["memory_limit_bytes"]},
     )
-    assert _worker_data(None, 64 << 30) is None  # no limit: Dask's own store
 
 
 def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub_dask_cuda, tmp_path):
@@ -240,11 +279,11 @@ def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub
 
     from distributed import Scheduler, Worker
 
-    from gpucluster.dask import _worker_data
+    from gpucluster.dask import _device_host_file
 
     async def build():
         async with Scheduler(host="127.0.0.1", port=0, dashboard_address=":0", dashboard=False) as s:
-            data = _worker_data(5 << 30, 7 << 30)
+            data = (_device_host_file, {"device_memory_limit": 5 << 30, "memory_limit": 7 << 30})
             async with Worker(s.address, data=data, local_directory=str(tmp_path), dashboard=False) as w:
                 return type(w.data).__module__, w.data.built_with, w.local_directory
 
@@ -253,31 +292,17 @@ def test_distributed_builds_the_data_store_in_the_worker_with_its_directory(stub
     assert (directory, device, host) == (local, 5 << 30, 7 << 30)
 
 
-def test_a_device_limit_nothing_can_enforce_is_said(monkeypatch):
-    import importlib.util
-    import warnings
-
-    from gpucluster import dask as gdask
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dask_cuda" else real(name, *a))
-    with pytest.warns(RuntimeWarning, match="pip install dask-cuda"):
-        assert not gdask._spills_device_memory(simulated=False, explicit=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the default limit, not asked for: no warning
-        assert not gdask._spills_device_memory(simulated=False, explicit=False)
+def test_notes_of_the_spec_are_warnings_at_the_callers_line(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(RuntimeWarning, match="insecure=True: no TLS") as caught:
+        cluster = LocalCluster(topology="sim:a30", n_workers=1, protocol="tcp", insecure=True)
+    cluster.close()
+    assert {w.filename for w in caught} == {__file__}, [(w.filename, w.lineno) for w in caught]
 
 
 def test_workers_are_pinned_only_where_their_device_has_fewer_cpus_than_this_process():
-    from gpucluster.dask import _affinity
-
-    allowed = sorted(os.sched_getaffinity(0))
-    everything = f"{allowed[0]}-{allowed[-1]}" if len(allowed) > 1 else str(allowed[0])
-    assert _affinity(everything, simulated=False) == []  # nothing to narrow
-    assert _affinity("100000-100003", simulated=False) == []  # CPUs this process may not use
-    assert _affinity(str(allowed[0]), simulated=True) == []  # a simulated machine's CPUs
-    if len(allowed) > 1:
-        assert _affinity(str(allowed[0]), simulated=False) == [allowed[0]]
+    # The spec's rule (and the command line's): a simulated machine's CPUs are not this one's.
+    assert all(not w["cpus"] for w in spec_of("sim:dgx-a100", dask_cuda=False)["workers"])
 
 
 def test_the_affinity_plugin_pins_every_thread_of_the_worker(monkeypatch):
@@ -315,9 +340,9 @@ BAD_ARGUMENTS = [
     ({"n_workers": True}, ValueError, "n_workers"),
     ({"n_workers": 100}, ValueError, "n_workers=100: the plan has 4 worker"),
     ({"protocol": "nope"}, ValueError, "protocol='nope': no such Dask comm"),
-    ({"protocol": ""}, ValueError, "protocol: a Dask comm protocol"),
+    ({"protocol": ""}, ValueError, "protocol='': no such Dask comm"),
     ({"protocol": 5}, ValueError, "protocol"),
-    ({"protocol": "tls"}, ValueError, "needs security="),
+    ({"protocol": "tls"}, ValueError, "needs its certificates: give security="),
     ({"protocol": "tcp"}, ValueError, "lets every user of this host"),
     ({"security": 5}, TypeError, "security: a distributed.Security"),
     ({"host": ""}, ValueError, "host: an address"),
@@ -325,7 +350,7 @@ BAD_ARGUMENTS = [
     ({"dashboard_address": ""}, ValueError, "dashboard_address"),
     ({"local_directory": ""}, ValueError, "local_directory"),
     # Found by the second attack round.
-    ({"protocol": "ws", "insecure": True}, ValueError, "protocol='ws' listens on every interface"),
+    ({"protocol": "ws", "insecure": True}, ValueError, "protocol='ws': distributed's websocket listener binds every interface"),
     ({"protocol": "tcp", "security": Security(require_encryption=True)}, ValueError, "lets every user of this host"),
     ({"protocol": "tcp", "insecure": "no"}, TypeError, "insecure: True or False"),
     ({"dashboard_address": ":"}, ValueError, "dashboard_address: HOST:PORT or :PORT"),
@@ -350,17 +375,15 @@ def test_bad_arguments_are_refused_before_any_process_starts(monkeypatch, kwargs
 def test_nothing_listens_beyond_this_host_and_the_dashboard_port_is_the_schedulers(monkeypatch):
     import psutil
 
-    from gpucluster.dask import _dashboard
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bokeh" else real(name, *a))
     with pytest.raises(ValueError, match="needs bokeh"):  # as `dask local --dashboard` without it
-        _dashboard(":8787", "127.0.0.1")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "bokeh" else real(name, *a))
+        spec_of("sim:a30", dask_cuda=False, dashboard=":8787", facts_bokeh=False)
     # A bare port (the README's ":8787") means this host, not every interface as Dask reads it.
-    assert _dashboard(":8787", "127.0.0.1") == "127.0.0.1:8787"
-    assert _dashboard(8787, "::1") == "[::1]:8787"
-    assert _dashboard("10.0.0.1:8787", "127.0.0.1") == "10.0.0.1:8787"
+    dashboard = lambda address, host: spec_of(  # noqa: E731
+        "sim:a30", dask_cuda=False, dashboard=address, host=host, facts_bokeh=True
+    )["scheduler"]["dashboard"]
+    assert dashboard(":8787", "127.0.0.1") == "127.0.0.1:8787"
+    assert dashboard("8787", "::1") == "[::1]:8787"
+    assert dashboard("10.0.0.1:8787", "127.0.0.1") == "10.0.0.1:8787"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     # Where the dashboard's HTTP server listens is distributed's, with or without bokeh (which
     # draws it, and which the tests' environment lacks): pretend it is there.
@@ -394,7 +417,9 @@ def test_the_schedulers_scratch_space_is_the_clusters_not_the_shared_temporary_d
 
 def test_an_open_protocol_is_taken_only_when_asked_for(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with LocalCluster(topology="sim:a30", n_workers=1, protocol="tcp", insecure=True) as cluster:
+    with pytest.warns(RuntimeWarning, match="no TLS"):
+        cluster = LocalCluster(topology="sim:a30", n_workers=1, protocol="tcp", insecure=True)
+    with cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
 
 

@@ -24,6 +24,8 @@ use pyo3::types::{PyBytes, PyDict};
 use transport::device::{self, Device};
 use transport::{Address, Connection, Listener, Options, Secret, TransferPath, TransportError};
 
+mod cluster;
+
 /// The package's exceptions, named as `gpucluster` exports them (so that they pickle, and
 /// tracebacks say `gpucluster.PlanError`).
 mod exceptions {
@@ -705,12 +707,6 @@ fn plan_json(
     })
 }
 
-/// This host's memory in bytes, as `gpucluster dask local` reads it to split it between workers.
-#[pyfunction]
-fn host_memory() -> Option<u64> {
-    launcher::dask::host_memory()
-}
-
 /// A private directory of this user's (`launcher::workdir`: mode 0700, an unguessable name in
 /// `$XDG_RUNTIME_DIR` or the temporary directory, an `owner` file naming this process), removed by
 /// `remove()` or when collected; one left by a process killed with SIGKILL is removed by the next
@@ -745,44 +741,6 @@ impl PrivateDirectory {
     }
 }
 
-/// The CPUs of a Linux cpulist (`0-3,8,10-11`), as the launcher pins workers to them.
-#[pyfunction]
-fn cpu_list(list: &str) -> Vec<usize> {
-    launcher::parse_cpus(list)
-}
-
-/// The environment a Dask worker gets for its device (`launcher::dask::worker_device_env`, the
-/// one definition `gpucluster dask local` uses too): `kind` is the plan's `"gpu"` or `"mig"`.
-#[pyfunction]
-#[pyo3(signature = (kind, *, simulated, host_staged_only, ucx, device_memory_limit = None))]
-fn worker_device_env(
-    kind: &str,
-    simulated: bool,
-    host_staged_only: bool,
-    ucx: bool,
-    device_memory_limit: Option<u64>,
-) -> PyResult<std::collections::BTreeMap<String, String>> {
-    let kind = match kind {
-        "gpu" => cluster_core::WorkerKind::Gpu,
-        "mig" => cluster_core::WorkerKind::Mig,
-        other => return Err(PyValueError::new_err(format!("kind: \"gpu\" or \"mig\", not {other:?}"))),
-    };
-    Ok(launcher::dask::worker_device_env(&launcher::dask::WorkerDeviceEnv {
-        kind,
-        simulated,
-        host_staged_only,
-        ucx,
-        device_memory_limit,
-    }))
-}
-
-/// Where a scheduler serves its dashboard (`launcher::dask::dashboard_address`, the one rule
-/// `gpucluster dask local --dashboard` follows too): a bare port on `host`, not every interface.
-#[pyfunction]
-fn dashboard_address(address: &str, host: &str) -> String {
-    launcher::dask::dashboard_address(address, Some(host))
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
@@ -807,10 +765,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan_json, m)?)?;
     m.add_function(wrap_pyfunction!(presets, m)?)?;
     m.add_function(wrap_pyfunction!(in_python_terms_py, m)?)?;
-    m.add_function(wrap_pyfunction!(host_memory, m)?)?;
-    m.add_function(wrap_pyfunction!(cpu_list, m)?)?;
-    m.add_function(wrap_pyfunction!(worker_device_env, m)?)?;
-    m.add_function(wrap_pyfunction!(dashboard_address, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::cluster_spec, m)?)?;
+    m.add("DEVICE_KINDS", device::WorkerDevice::ALL.map(device::WorkerDevice::name))?;
+    m.add("ENV", launcher::worker_env::ALL.iter().copied().collect::<std::collections::BTreeMap<_, _>>())?;
     m.add("TOKEN_BYTES", TOKEN_BYTES)?;
     m.add("COPY_ENGINE_MIN", transport::COPY_ENGINE_MIN)?;
     Ok(())

@@ -70,7 +70,7 @@ pub(crate) async fn run(
     }
     let mut signals = launcher::Signals::install()?;
     let probe = args.python.clone();
-    let python = match signals.or_blocking(move |cancel| dask::probe_python(&probe, cancel)).await {
+    let python = match signals.or_blocking(move |cancel| dask::python::probe_python(&probe, cancel)).await {
         Ok(python) => python?,
         Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
     };
@@ -83,7 +83,7 @@ pub(crate) async fn run(
     let real = spec.is_real();
     let names: Vec<String> = if args.variants.is_empty() {
         let mut v = vec!["gpucluster-host-staged".to_owned(), "gpucluster".to_owned(), "tcp".to_owned()];
-        if python.ucxx {
+        if python.facts.ucxx {
             v.extend(["ucx".to_owned(), "ucx-no-ipc".to_owned()]);
         }
         v
@@ -91,11 +91,11 @@ pub(crate) async fn run(
         args.variants.clone()
     };
     let variants = names.iter().map(|n| Variant::named(n)).collect::<Result<Vec<_>, _>>()?;
-    if variants.iter().any(|v| v.protocol == "gpucluster") && !python.gpucluster {
+    if variants.iter().any(|v| v.protocol == "gpucluster") && !python.facts.gpucluster {
         anyhow::bail!(
             "the gpucluster package is not installed for `{}`: install its wheel (`cargo xtask dask-env` makes one), \
              or measure --variants tcp",
-            python.python.to_string_lossy()
+            python.program.to_string_lossy()
         );
     }
     let sizes = args
@@ -106,12 +106,12 @@ pub(crate) async fn run(
     let bench = DaskBench {
         program: std::env::current_exe().context("finding this program")?.into(),
         global_args: vec!["--topology".into(), topology.into()],
-        python: python.python.clone(),
+        python: python.program.clone(),
         sizes: sizes.iter().map(|&s| s as u64).collect(),
         repeats: args.repeats as u32,
         array: if real { "cupy" } else { "sim" },
         workers_per_device: if devices == 1 { 2 } else { 1 },
-        transpose_sum: !args.no_transpose_sum && python.dask_cuda && real,
+        transpose_sum: !args.no_transpose_sum && python.facts.dask_cuda && real,
     };
     let mut report = DaskReport {
         memory: if real { "GPU memory (CuPy)".into() } else { "simulated device memory".into() },

@@ -9,11 +9,13 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use gpu_topology::TopologySpec;
-use launcher::dask::{self, DaskWorkers, TlsFiles};
+use launcher::dask::spec::TlsPlan;
+use launcher::dask::{self, ClusterSpec, HostFacts, SchedulerRequest, TlsFiles, command, python, scheduler_file};
 use launcher::workdir::PrivateDir;
 use launcher::{Signals, Stop, StopWhen, Supervision};
 
 use crate::args::{RestartArg, SelectionArgs};
+use crate::terms::Flags;
 
 #[derive(Debug, Args)]
 pub(crate) struct DaskArgs {
@@ -45,6 +47,15 @@ pub(crate) struct DaskArgs {
     /// Seconds workers get to stop after SIGINT, SIGTERM or SIGHUP before they are killed.
     #[arg(long, default_value_t = 10.0, value_parser = crate::args::grace, allow_negative_numbers = true, value_name = "SECONDS")]
     grace: f64,
+    /// Host memory per worker, in Dask's grammar: a size (16GB, 2GiB), bytes, a fraction of
+    /// this host's memory up to 1 (0.25), auto, or 0 for no limit. Default: this host's memory
+    /// split evenly between its workers.
+    #[arg(long, value_name = "LIMIT")]
+    memory_limit: Option<String>,
+    /// Start nothing: print the cluster that would start (its protocol and why, the scheduler,
+    /// each worker's environment, Dask settings, resources and limits) as JSON.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// `--protocol`.
@@ -150,7 +161,7 @@ impl Write for ReadyWatch {
                     self.started.elapsed().as_secs_f64()
                 )?;
                 if let Some(file) = &self.dashboard {
-                    match dask::dashboard_url(file) {
+                    match scheduler_file::dashboard_url(file) {
                         Some(url) => writeln!(self.out, "dashboard: {url}")?,
                         None => writeln!(self.out, "dashboard: the scheduler did not say where it serves it")?,
                     }
@@ -213,8 +224,35 @@ pub(crate) async fn worker(
     run(spec, args.common, Scheduler::Join { at, tls }, dask_info, out).await
 }
 
+/// The scheduler a `dask worker` joins: its address, read from its file or given and checked,
+/// and the TLS credentials to present (given, or lying beside its scheduler file), checked.
+fn join_target(at: JoinAt, tls: Option<TlsFiles>) -> anyhow::Result<(String, Option<TlsFiles>)> {
+    let (address, file) = match at {
+        JoinAt::File(file) => (scheduler_file::scheduler_address(&file)?, Some(file)),
+        JoinAt::Address(address) => {
+            scheduler_file::parse_address(&address).map_err(|why| {
+                anyhow::anyhow!("the scheduler address {} {why}", crate::table::escape(&format!("{address:?}")))
+            })?;
+            (address, None)
+        }
+    };
+    let tls = match tls {
+        Some(t) => Some(t),
+        None if address.starts_with("tls://") => Some(
+            file.as_deref()
+                .and_then(TlsFiles::beside)
+                .ok_or_else(|| launcher::LauncherError::TlsNeeded { address: address.clone() })?,
+        ),
+        None => None,
+    };
+    if let Some(tls) = &tls {
+        tls.check()?;
+    }
+    Ok((address, tls))
+}
+
 async fn run(
-    spec: &TopologySpec,
+    topology: &TopologySpec,
     args: DaskArgs,
     scheduler: Scheduler,
     dask_info: bool,
@@ -226,183 +264,117 @@ async fn run(
         tracing::warn!("interrupted ({}) while setting up", launcher::signal_name(signal));
         Ok(128u8.saturating_add(signal as u8))
     };
-    let dashboard = match &scheduler {
-        Scheduler::Local { dashboard, .. } => dashboard.clone(),
-        Scheduler::Join { .. } => None,
-    };
-    if dashboard.as_deref().is_some_and(|d| d.trim().is_empty()) {
-        anyhow::bail!("--dashboard: an address such as 127.0.0.1:8787 or :8787 (this host), or leave out the value");
-    }
     let started = Instant::now();
     let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;
     supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
     supervision.guard = Some(std::env::current_exe().context("finding this program to start the workers")?.into());
     let probe = args.python.clone();
-    let python = match signals.or_blocking(move |cancel| dask::probe_python(&probe, cancel)).await {
+    let python = match signals.or_blocking(move |cancel| python::probe_python(&probe, cancel)).await {
         Ok(python) => python?,
         Err(signal) => return interrupted(signal),
     };
-    if dashboard.is_some() && !python.bokeh {
-        anyhow::bail!(
-            "--dashboard: Dask's dashboard needs bokeh, which {} does not have; install it with `{0} -m pip install \
-             bokeh`, or leave out --dashboard",
-            python.python.to_string_lossy()
-        );
-    }
+    let facts = &python.facts;
     tracing::info!(
         "Python {}: distributed {}{}{}{}",
-        python.python.to_string_lossy(),
-        python.distributed,
-        if python.dask_cuda { ", dask-cuda" } else { "" },
-        if python.ucxx { ", distributed-ucxx" } else { "" },
-        if python.gpucluster { ", the gpucluster package" } else { "" }
+        python.program.to_string_lossy(),
+        facts.distributed,
+        if facts.dask_cuda { ", dask-cuda" } else { "" },
+        if facts.ucxx { ", distributed-ucxx" } else { "" },
+        if facts.gpucluster { ", the gpucluster package" } else { "" }
     );
-    // A scheduler that does not answer is said at once, not after minutes of retries. `Ok`: a
-    // local cluster (insecure or not); `Err`: joining the scheduler of this file.
-    let joined = match scheduler {
+    // A scheduler that does not answer is said at once, not after minutes of retries.
+    let (target, dashboard, insecure, tls) = match scheduler {
         Scheduler::Join { at, tls } => {
-            let (address, file) = match at {
-                JoinAt::File(file) => (dask::scheduler_address(&file)?, Some(file)),
-                JoinAt::Address(address) => {
-                    dask::parse_address(&address).map_err(|why| {
-                        anyhow::anyhow!("the scheduler address {} {why}", crate::table::escape(&format!("{address:?}")))
-                    })?;
-                    (address, None)
+            let (address, tls) = join_target(at, tls)?;
+            if !args.dry_run {
+                let (check, program, tls_check) = (address.clone(), python.program.clone(), tls.clone());
+                let answered = signals.or_blocking(move |cancel| {
+                    scheduler_file::check_scheduler(&check)
+                        .and_then(|()| python::check_handshake(&program, &check, tls_check.as_ref(), cancel))
+                });
+                match answered.await {
+                    Ok(answer) => answer?,
+                    Err(signal) => return interrupted(signal),
                 }
-            };
-            let tls = match tls {
-                Some(t) => Some(t),
-                None if address.starts_with("tls://") => Some(
-                    file.as_deref()
-                        .and_then(TlsFiles::beside)
-                        .ok_or_else(|| launcher::LauncherError::TlsNeeded { address: address.clone() })?,
-                ),
-                None => None,
-            };
-            if let Some(tls) = &tls {
-                tls.check()?;
+                tracing::info!("the scheduler at {address} answered the Dask handshake");
+                writeln!(out, "joining the Dask scheduler at {address}")?;
             }
-            let (check, python, tls_check) = (address.clone(), python.python.clone(), tls.clone());
-            let answered = signals.or_blocking(move |cancel| {
-                dask::check_scheduler(&check)
-                    .and_then(|()| dask::check_handshake(&python, &check, tls_check.as_ref(), cancel))
-            });
-            match answered.await {
-                Ok(answer) => answer?,
-                Err(signal) => return interrupted(signal),
-            }
-            tracing::info!("the scheduler at {address} answered the Dask handshake");
-            writeln!(out, "joining the Dask scheduler at {address}")?;
-            // gpucluster:// proves the cluster's secret on every connection; tls:// has its
-            // certificates; anything else lets in whoever reaches it.
-            if tls.is_none() && !address.starts_with("gpucluster://") {
-                tracing::warn!(
-                    "the scheduler at {address} does not authenticate its peers: anyone who can reach it \
-                     can run code on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
-                );
-            }
-            Err((address, tls))
+            (SchedulerRequest::Join { address }, None, false, tls)
         }
-        Scheduler::Local { insecure, .. } => Ok(insecure),
+        Scheduler::Local { insecure, dashboard } => (SchedulerRequest::Local, dashboard, insecure, None),
     };
-    let snapshot = args.selection.snapshot(spec).await?;
+    let snapshot = args.selection.snapshot(topology).await?;
     if snapshot.hosts.len() > 1 {
         anyhow::bail!(
             "Dask workers run on their own host: run `gpucluster dask worker` on each host, without --inventory"
         );
     }
     let plan = cluster_core::plan(&snapshot, &args.selection.request())?;
-    let simulated = !spec.is_real() || args.selection.uses_inventories();
     let output = crate::plan::PlanOutput::new(&snapshot, &plan);
     crate::plan::log(&output);
-    let all_nvlink = output.paths().iter().all(|p| p.rule == transport::PathRule::NvLink);
-    let host_staged_only = output.paths().iter().all(|p| p.path == transport::TransferPath::HostStaged);
-    let host_memory_per_worker = dask::host_memory().map(|m| m / plan.workers.len().max(1) as u64);
 
     // A private directory for the workers' files (and, for `dask local`, the scheduler's, its
     // scheduler file and the credentials): never a shared scratch space another user may own.
-    let dir = PrivateDir::create("gpucluster-dask")?;
+    // A dry run makes none: its spec names where it would be.
+    let dir = if args.dry_run { None } else { Some(PrivateDir::create("gpucluster-dask")?) };
+    let directory = dir.as_ref().map_or_else(|| PathBuf::from(DRY_RUN_DIRECTORY), |d| d.path().to_owned());
+    let request = dask::Request {
+        inventories: args.selection.uses_inventories(),
+        protocol: args.protocol.into(),
+        insecure,
+        credentials: match (&target, &tls) {
+            (SchedulerRequest::Local, _) => dask::Credentials::CanGenerate,
+            (_, Some(_)) => dask::Credentials::Given,
+            (_, None) => dask::Credentials::Absent,
+        },
+        host: args.host.clone(),
+        dashboard,
+        memory_limit: args.memory_limit.clone(),
+        device_memory_limit_asked: args.selection.request().device_memory_limit
+            != cluster_core::PlanRequest::default().device_memory_limit,
+        ..dask::Request::new(topology.clone(), target, directory.display().to_string())
+    };
+    let cluster = dask::cluster_spec(&output, &request, facts, &HostFacts::of_this_process())?;
+    let Some(dir) = dir else {
+        // A dry run: the spec is the answer, and nothing was started or made.
+        serde_json::to_writer_pretty(&mut *out, &cluster.to_json(&Flags))?;
+        writeln!(out)?;
+        return Ok(0);
+    };
     // Should this launcher be killed (SIGKILL), its guards remove the directory.
     supervision.private_dir = Some(dir.path().to_owned());
-    let request = dask::ProtocolRequest::from(args.protocol);
-    let facts = |secure, encrypted| dask::ProtocolFacts {
-        all_pairs_nvlink: all_nvlink,
-        workers: plan.workers.len(),
-        secure,
-        encrypted,
+    let tls = match &cluster.tls {
+        TlsPlan::Generate { hosts } => Some(TlsFiles::generate(&dir, hosts)?),
+        TlsPlan::Given => tls,
+        TlsPlan::None => None,
     };
-    let (scheduler, tls, protocol, why, host) = match joined {
-        Ok(insecure) => {
-            let (protocol, why) = dask::choose_protocol(request, facts(!insecure, false), &python)?;
-            // TLS only where it is the protocol: gpucluster's comm proves the cluster's secret.
-            let tls = if protocol == dask::Protocol::Tls {
-                let mut hosts = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
-                hosts.extend(args.host.clone());
-                Some(TlsFiles::generate(&dir, &hosts)?)
-            } else {
-                None
-            };
-            // A local cluster's workers listen where its scheduler does: this host only, unless
-            // --host says otherwise.
-            let host = args.host.clone().unwrap_or_else(|| "127.0.0.1".to_owned());
-            let file = dask::SchedulerRef::File(dir.path().join("scheduler.json"));
-            (file, tls, Some(protocol), why, Some(host))
+    let scheduler_file = dir.path().join("scheduler.json");
+    // The scheduler's plugins, from the package where its Python has it, else from a file.
+    let plugins = match &cluster.scheduler {
+        Some(_) if !facts.gpucluster => {
+            Some(dir.write(command::SCHEDULER_PLUGINS_FILE, command::SCHEDULER_PLUGINS_SOURCE.as_bytes())?)
         }
-        // The address checked above, not the file: a file changed later changes nothing.
-        Err((address, tls)) => {
-            // Joining workers listen as the scheduler speaks, unless gpucluster's comm can move
-            // their device frames or --protocol says otherwise.
-            let (protocol, why) = match request {
-                dask::ProtocolRequest::Auto if !(python.gpucluster && plan.workers.len() > 1) || tls.is_some() => {
-                    (None, String::new())
-                }
-                _ => {
-                    let (p, why) = dask::choose_protocol(request, facts(tls.is_some(), tls.is_some()), &python)?;
-                    (Some(p), why)
-                }
-            };
-            (dask::SchedulerRef::Address(address), tls, protocol, why, args.host.clone())
-        }
+        _ => None,
     };
-    let config = DaskWorkers {
-        python: python.clone(),
-        scheduler: scheduler.clone(),
-        host,
-        host_memory_per_worker,
-        protocol: protocol.filter(|p| *p != dask::Protocol::Tcp),
-        host_staged_only,
-        tls: tls.clone(),
-        simulated,
-        local_directory: dir.path().to_owned(),
-        extra_args: args.worker_args.clone(),
-    };
-    let mut specs = dask::worker_specs(&plan.workers, &config);
-    if let (Some(protocol), dask::SchedulerRef::File(file)) = (protocol, &scheduler) {
-        let host = config.host.as_deref();
-        // On a stop the scheduler goes first and closes its workers itself (cleanly: no worker
-        // is cut off mid-heartbeat); what it leaves running is signalled after it.
-        let preload = dir.write(dask::SCHEDULER_PRELOAD_FILE, dask::SCHEDULER_PRELOAD.as_bytes())?;
-        supervision.essentials_first = true;
-        specs.insert(
-            0,
-            dask::scheduler_spec(&dask::SchedulerConfig {
-                python: &python,
-                scheduler_file: file,
-                host,
-                protocol,
-                tls: tls.as_ref(),
-                local_directory: dir.path(),
-                dashboard: dashboard.as_deref(),
-                preload: Some(&preload),
-            }),
-        );
-        header(out, &plan, &config, Some(file), Some((protocol, why.as_str())))?;
-    } else {
-        header(out, &plan, &config, None, protocol.map(|p| (p, why.as_str())))?;
-    }
+    let specs = command::processes(
+        &cluster,
+        &command::Processes {
+            python: &python.program,
+            facts,
+            scheduler_file: &scheduler_file,
+            local_directory: dir.path(),
+            tls: tls.as_ref(),
+            scheduler_plugins_file: plugins.as_deref(),
+            worker_options: &args.worker_args,
+        },
+    );
+    // On a stop the scheduler goes first and closes its workers itself (cleanly: no worker is
+    // cut off mid-heartbeat); what it leaves running is signalled after it.
+    supervision.essentials_first = cluster.scheduler.is_some();
+    header(out, &cluster, &python, tls.as_ref(), cluster.scheduler.as_ref().map(|_| scheduler_file.as_path()))?;
     out.flush()?;
-    if let Some(protocol) = protocol {
-        tracing::info!("protocol {}: {why}", protocol.scheme());
+    if let Some(protocol) = cluster.protocol {
+        tracing::info!("protocol {}: {}", protocol.scheme(), cluster.protocol_reason);
     }
     tracing::info!(
         "starting {} process(es): {}",
@@ -412,16 +384,14 @@ async fn run(
     for s in &specs {
         tracing::debug!("{}: {:?} {:?}", s.name, s.program, s.args);
     }
+    let serves_dashboard = cluster.scheduler.as_ref().is_some_and(|s| s.dashboard.is_some());
     let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
         out: std::io::stdout(),
         started,
-        expected: plan.workers.len(),
+        expected: cluster.workers.len(),
         registered: 0,
         dask_info,
-        dashboard: match (&dashboard, &scheduler) {
-            (Some(_), dask::SchedulerRef::File(file)) => Some(file.clone()),
-            _ => None,
-        },
+        dashboard: serves_dashboard.then(|| scheduler_file.clone()),
     }));
     let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
     // The scheduler file, the credentials and the workers' files go with the cluster.
@@ -438,18 +408,21 @@ async fn run(
     Ok(status)
 }
 
+/// Where a dry run's spec says the private directory would be (it makes none).
+const DRY_RUN_DIRECTORY: &str = "PRIVATE_DIRECTORY";
+
 fn header(
     out: &mut dyn Write,
-    plan: &cluster_core::Plan,
-    config: &DaskWorkers,
+    cluster: &ClusterSpec,
+    python: &python::Interpreter,
+    tls: Option<&TlsFiles>,
     local: Option<&std::path::Path>,
-    protocol: Option<(dask::Protocol, &str)>,
 ) -> std::io::Result<()> {
     // `dask local`: its scheduler file, and how to connect.
     if let Some(scheduler_file) = local {
         writeln!(out, "scheduler file: {} (removed when the cluster stops)", scheduler_file.display())?;
-        match &config.tls {
-            _ if protocol.is_some_and(|(p, _)| p == dask::Protocol::Gpucluster) => {
+        match tls {
+            _ if cluster.protocol == Some(dask::Protocol::Gpucluster) => {
                 writeln!(
                     out,
                     "secured by the cluster's secret (gpucluster comm); from a Python with the gpucluster package:"
@@ -463,24 +436,24 @@ fn header(
                 writeln!(out, "from distributed import Client, Security")?;
                 writeln!(out, "client = {}", tls.client_code(scheduler_file))?;
             }
-            None => {
-                let warning =
-                    "--insecure: no TLS; any user who can reach the scheduler or a worker can run code as you";
-                writeln!(out, "warning: {warning}")?;
-                tracing::warn!("{warning}");
-            }
+            None => {}
         }
+    }
+    for note in &cluster.notes {
+        let text = note.0.render(&Flags);
+        writeln!(out, "warning: {text}")?;
+        tracing::warn!("{text}");
     }
     writeln!(
         out,
         "{} {} worker(s) (distributed {} in {}), one per device{}",
-        plan.workers.len(),
-        if config.uses_dask_cuda() { "dask-cuda" } else { "Dask" },
-        config.python.distributed,
-        config.python.python.to_string_lossy(),
-        protocol.map_or(String::new(), |(p, why)| format!("; protocol {}: {why}", p.scheme()))
+        cluster.workers.len(),
+        if cluster.dask_cuda { "dask-cuda" } else { "Dask" },
+        python.facts.distributed,
+        python.program.to_string_lossy(),
+        cluster.protocol.map_or(String::new(), |p| format!("; protocol {}: {}", p.scheme(), cluster.protocol_reason))
     )?;
-    if config.simulated {
+    if cluster.simulated {
         writeln!(
             out,
             "simulated devices: plain `dask worker`, distributed's NVML diagnostics off \

@@ -15,6 +15,7 @@ mod list;
 mod logging;
 mod plan;
 mod table;
+mod terms;
 mod up;
 
 use std::ffi::OsString;
@@ -83,7 +84,7 @@ where
         Err(e) => {
             // Messages quote input (names, addresses, file contents): whatever escaped the
             // escaping at its source is escaped here, keeping only the message's own line breaks.
-            let text = format!("{e:#}");
+            let text = terms::error_text(&e);
             let safe: String =
                 text.split('\n').map(|line| table::escape(line).into_owned()).collect::<Vec<_>>().join("\n");
             let _ = writeln!(err, "error: {safe}");

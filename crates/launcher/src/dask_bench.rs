@@ -46,18 +46,23 @@ impl Variant {
             insecure,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
+        // The client speaks UCX too, and needs the CUDA context the cluster's processes get.
+        let ucx_context: Vec<(String, String)> = crate::dask::spec::ucx_cuda_context()
+            .iter()
+            .map(|(k, v)| (crate::dask::spec::dask_env_name(k), v.env_value()))
+            .collect();
+        let with_context = |mut variant: Variant| {
+            variant.env.extend(ucx_context.iter().cloned());
+            variant
+        };
         Ok(match name {
             "gpucluster" => v("gpucluster", false, &[]),
             // What MIG instances get, forced between two workers of one whole GPU.
             "gpucluster-host-staged" => v("gpucluster", false, &[("GPUCLUSTER_COMM_PATH", "host-staged")]),
             "tcp" => v("tcp", true, &[]),
             "tls" => v("tcp", false, &[]),
-            // The client speaks UCX too, and needs the CUDA context the cluster's processes get.
-            "ucx" => v("ucx", true, &crate::dask::UCX_CUDA_CONTEXT_ENV),
-            "ucx-no-ipc" => {
-                let [a, b] = crate::dask::UCX_CUDA_CONTEXT_ENV;
-                v("ucx", true, &[("UCX_TLS", "^cuda_ipc"), a, b])
-            }
+            "ucx" => with_context(v("ucx", true, &[])),
+            "ucx-no-ipc" => with_context(v("ucx", true, &[("UCX_TLS", "^cuda_ipc")])),
             other => {
                 return Err(LauncherError::Bench(format!(
                     "unknown variant `{}`: gpucluster, gpucluster-host-staged, tcp, tls, ucx or ucx-no-ipc",

@@ -17,7 +17,9 @@ pub mod guard;
 pub mod plan_paths;
 mod supervise;
 mod up;
+pub mod words;
 pub mod workdir;
+pub mod worker_env;
 
 pub use supervise::{
     Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
@@ -33,7 +35,7 @@ pub enum LauncherError {
     #[error("cannot watch for SIGINT and SIGTERM: {0}")]
     Signals(std::io::Error),
     /// A grace period out of range.
-    #[error("--grace {0} is out of range: give 0 to 3600 seconds")]
+    #[error("{}", grace_words(*.0))]
     Grace(f64),
     /// The Python interpreter cannot run Dask.
     #[error("cannot use `{}` for Dask: {detail}; {how}", python.to_string_lossy())]
@@ -43,7 +45,7 @@ pub enum LauncherError {
         /// What went wrong.
         detail: String,
         /// How to fix it.
-        how: String,
+        how: words::Words,
     },
     /// A scheduler file that cannot be used.
     #[error("the scheduler file {} {problem}", file.display())]
@@ -65,10 +67,7 @@ pub enum LauncherError {
         reason: String,
     },
     /// The scheduler speaks TLS and no credentials were given.
-    #[error(
-        "the Dask scheduler at {address} speaks TLS: give --tls-ca-file, --tls-cert and --tls-key \
-         (`gpucluster dask local` writes them beside its scheduler file)"
-    )]
+    #[error("{}", tls_needed(address))]
     TlsNeeded {
         /// The scheduler's address.
         address: String,
@@ -78,7 +77,10 @@ pub enum LauncherError {
     Bench(String),
     /// A comm protocol that cannot be used as asked.
     #[error("{0}")]
-    Protocol(String),
+    Protocol(dask::ProtocolRefusal),
+    /// A setting of a Dask request that cannot be met: the words name it, and the fix.
+    #[error("{0}")]
+    Request(words::Words),
     /// TLS credentials that someone else could have changed.
     #[error("the TLS credentials cannot be trusted: {0}")]
     UntrustedCredentials(String),
@@ -94,6 +96,36 @@ pub enum LauncherError {
         error: std::io::Error,
     },
     /// The rendezvous or a secret could not be set up.
-    #[error("{0}")]
-    Transport(transport::TransportError),
+    #[error("cannot set up the job's rendezvous or its secret")]
+    Transport(#[source] transport::TransportError),
+}
+
+fn tls_needed(address: &str) -> words::Words {
+    words::Words::text(format!("the Dask scheduler at {address} speaks TLS: give "))
+        .set(words::Setting::Credentials, None)
+        .then(" (`gpucluster dask local` writes them beside its scheduler file)")
+}
+
+fn grace_words(grace: f64) -> words::Words {
+    words::Words::default()
+        .set(words::Setting::Grace, Some(&grace.to_string()))
+        .then(" is out of range: give 0 to 3600 seconds")
+}
+
+impl LauncherError {
+    /// The message with the settings it names, for a front end to spell in its own terms
+    /// ([`words::Words::render`]); its `Display` spells them plainly.
+    pub fn words(&self) -> words::Words {
+        match self {
+            LauncherError::NoDask { python, detail, how } => {
+                words::Words::text(format!("cannot use `{}` for Dask: {detail}; ", python.to_string_lossy()))
+                    .and(how.clone())
+            }
+            LauncherError::TlsNeeded { address } => tls_needed(address),
+            LauncherError::Grace(grace) => grace_words(*grace),
+            LauncherError::Protocol(refusal) => refusal.words(),
+            LauncherError::Request(words) => words.clone(),
+            other => words::Words::text(other.to_string()),
+        }
+    }
 }

@@ -98,24 +98,36 @@ def presets() -> list[tuple[str, str]]:
     """Each simulated machine's name and one-line description (use ``gpucluster.presets``)."""
 def in_python_terms(text: str) -> str:
     """A core crate's message in Python terms: keyword arguments for flags, functions for commands."""
-def host_memory() -> int | None:
-    """This host's memory in bytes, as ``gpucluster dask local`` splits it between workers."""
-def cpu_list(list: str) -> list[int]:
-    """The CPUs of a Linux cpulist (``0-3,8,10-11``), as the launcher pins workers to them."""
-def worker_device_env(
-    kind: str,
+def cluster_spec(
+    source: str,
     *,
-    simulated: bool,
-    host_staged_only: bool,
-    ucx: bool,
-    device_memory_limit: int | None = None,
-) -> dict[str, str]:
-    """The environment a Dask worker gets for its device (``kind``: ``"gpu"`` or ``"mig"``), as
-    ``gpucluster dask local`` gives it."""
+    devices: str | None,
+    policy: str,
+    memory_tolerance: float,
+    device_memory_limit: str,
+    workers_per_device: int,
+    protocol: str,
+    insecure: bool,
+    credentials_given: bool,
+    host: str | None,
+    dashboard: str | None,
+    memory_limit: str | None,
+    threads: int,
+    workers: int | None,
+    rmm_pool_size: str | None,
+    local_directory: str,
+    facts: str,
+) -> str:
+    """The Dask cluster spec of ``source``'s plan (``launcher::dask::cluster_spec``, which
+    ``gpucluster dask local`` runs too), as JSON: the protocol and why, the scheduler, one spec per
+    worker, the notes. ``facts`` is ``gpucluster._facts.python_facts()`` as JSON. Raises
+    ``ValueError`` for a setting that cannot be met, naming it as ``LocalCluster``'s argument."""
 
-def dashboard_address(address: str, host: str) -> str:
-    """Where a scheduler serves its dashboard, as ``gpucluster dask local --dashboard`` takes it:
-    a bare port (``"8787"``, ``":8787"``) on ``host``, not every interface; ``HOST:PORT`` as given."""
+#: The names of the environment variables gpucluster's launchers give their workers, by role
+#: (``"DEVICE"``: ``GPUCLUSTER_DEVICE``, ``"COMM_PATH"``, ``"DEVICE_MEMORY_LIMIT"``, ...).
+ENV: dict[str, str]
+#: The device names a launcher gives a worker in ``ENV["DEVICE"]``: ``cuda``, ``sim``, ``sim-mig``.
+DEVICE_KINDS: tuple[str, ...]
 
 #: Smallest host-to-device copy that runs on a copy engine; receive buffers of small device
 #: frames get this much room, so their copy is not queued behind another process's kernels.

@@ -36,7 +36,6 @@ import asyncio
 import logging
 import os
 import struct
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -58,7 +57,8 @@ from distributed.comm.utils import from_frames, to_frames
 from distributed.protocol.utils import unpack_frames
 from distributed.utils import ensure_memoryview, nbytes
 
-from gpucluster import _native
+from gpucluster import _engine, _native
+from gpucluster._engine import engine
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +75,6 @@ _MAGIC_CHALLENGE = b"GCDC"
 _DESCRIPTOR = struct.Struct("<4sBQ16s")
 _DESCRIPTOR_MAGIC = b"GCL1"
 
-_state_lock = threading.Lock()
-_engine: _native.Engine | None = None
 _executor: ThreadPoolExecutor | None = None
 _secret: _native.ClusterSecret | None = None
 
@@ -84,7 +82,7 @@ _secret: _native.ClusterSecret | None = None
 def _copies() -> ThreadPoolExecutor:
     """The threads that run side-channel copies (each blocks for the length of a transfer)."""
     global _executor
-    with _state_lock:
+    with _engine.state_lock:
         if _executor is None:
             _executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="gpucluster-copy")
         return _executor
@@ -92,61 +90,16 @@ def _copies() -> ThreadPoolExecutor:
 
 def _cluster_secret() -> _native.ClusterSecret:
     global _secret
-    with _state_lock:
+    with _engine.state_lock:
         if _secret is None:
             _secret = _native.cluster_secret()
         return _secret
 
 
-_kind: list[str | None] = []
-
-
-def device_kind() -> str | None:
-    """The device this process moves frames on: ``GPUCLUSTER_DEVICE`` (``cuda``, ``sim`` or
-    ``sim-mig``, as ``gpucluster`` launchers set it), else ``cuda`` where the driver sees a
-    device, else None. Asked once per process."""
-    with _state_lock:
-        if not _kind:
-            kind = os.environ.get("GPUCLUSTER_DEVICE")
-            if kind:
-                _kind.append(kind if kind in ("cuda", "sim", "sim-mig") else None)
-            else:
-                _kind.append("cuda" if _native.cuda_available() else None)
-        return _kind[0]
-
-
-def _is_worker_process() -> bool:
-    """Whether a Dask worker runs in this process (only workers take device frames: schedulers
-    and clients need no GPU)."""
-    try:
-        from distributed.worker import Worker
-
-        return len(Worker._instances) > 0
-    except Exception:  # pragma: no cover - distributed is a dependency
-        return False
-
-
-def engine() -> _native.Engine | None:
-    """This process's transport engine, made the first time a worker with a device asks; None
-    elsewhere. It listens on an unguessable local name and touches the device only when a
-    frame first moves."""
-    global _engine
-    # Workers first: a scheduler or a client never asks the driver anything.
-    if not _is_worker_process():
-        return None
-    kind = device_kind()
-    if kind is None:
-        return None
-    with _state_lock:
-        if _engine is None:
-            _engine = _native.Engine(kind)
-        return _engine
-
-
 def _path() -> str:
     """``GPUCLUSTER_COMM_PATH``: ``auto`` (cuda-ipc where it works), ``host-staged`` (as MIG
     instances get) or ``cuda-ipc``."""
-    path = os.environ.get("GPUCLUSTER_COMM_PATH", "auto")
+    path = os.environ.get(_native.ENV["COMM_PATH"], "auto")
     return path if path in ("auto", "host-staged", "cuda-ipc") else "auto"
 
 

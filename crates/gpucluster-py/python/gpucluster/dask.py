@@ -25,27 +25,31 @@ With ``topology="sim:NAME"`` (or ``file:``/``smi:``) the devices are simulated: 
 :class:`gpucluster.sim.DeviceArray` frames over the same transport code, and nothing asks a
 driver about a device that does not exist (distributed's NVML diagnostics are off).
 
-This module holds the Dask glue only; planning is Rust (``gpucluster._native``).
+The cluster itself is decided in Rust, once, for this class and ``gpucluster dask local``
+alike: ``_native.cluster_spec`` returns the protocol and why, the scheduler and one spec per
+worker (its environment, Dask settings, resources, limits, threads, CPUs), and this module maps
+each onto ``distributed``'s ``Scheduler`` and ``Nanny``. What only Python can do stays here: the
+workers' data store (dask-cuda's ``DeviceHostFile``, built in the worker), the worker plugins that
+pin threads and set up an RMM pool, and checking the types of the arguments.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
+import json
 import logging
 import os
+import socket
 import warnings
 from typing import Any
 
 import dask.config
-from dask.utils import format_bytes, parse_bytes
-from distributed import Nanny, Scheduler, SpecCluster
+from distributed import Nanny, Scheduler, Security, SpecCluster
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.system import MEMORY_LIMIT
-from distributed.worker_memory import parse_memory_limit
 
 import gpucluster
 from gpucluster import _native
+from gpucluster._facts import python_facts
 
 __all__ = ["LocalCluster"]
 
@@ -55,69 +59,28 @@ DEFAULT_HOST = "127.0.0.1"
 logger = logging.getLogger(__name__)
 
 
-#: The most threads a worker may be asked for (a typing slip such as ``10**6`` would otherwise
-#: start the worker and fail there, in hundreds of lines of another process's traceback).
-MAX_THREADS_PER_WORKER = 4096
-
-#: The least host memory a worker may be limited to (Dask reads ``1.5`` as 1.5 bytes).
-MIN_HOST_MEMORY = 64 << 20
-
-
-def _whole(name: str, value: Any, most: int) -> int:
-    """``value`` as a whole number from 1 to ``most``, or an error that names ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        raise ValueError(f"{name}: a whole number from 1 to {most}, not {value!r}")
-    return value
+def _count(value: Any) -> int:
+    """A whole number for the spec to check (its range is the spec's), or -1 for anything that
+    is no whole number (``2.5``, ``True``, ``"2"``), which the spec refuses by name."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return -1
+    return max(-1, min(value, 1 << 40))
 
 
-def _protocol(protocol: Any, security: Any, insecure: bool) -> str:
-    """The comm protocol, checked before anything starts: one this Python has, and one that
-    keeps other users out unless the caller says otherwise (as ``dask local --insecure``)."""
-    from distributed import Security
-    from distributed.comm.registry import get_backend
-
-    if protocol is None:
-        protocol = "gpucluster"
-    if not isinstance(protocol, str) or not protocol.strip(":/"):
-        raise ValueError(f"protocol: a Dask comm protocol such as 'gpucluster' (the default) or 'tls', not {protocol!r}")
-    protocol = protocol.removesuffix("://")
-    if security is not None and not isinstance(security, Security):
-        raise TypeError(f"security: a distributed.Security (TLS certificates), not {type(security).__name__}")
-    try:
-        get_backend(protocol)
-    except ValueError:
-        ucx = " (pip install distributed-ucxx-cu12 or -cu13)" if protocol.startswith("ucx") else ""
-        raise ValueError(
-            f"protocol={protocol!r}: no such Dask comm in this Python{ucx}; use 'gpucluster' (the default: "
-            "every connection proves your secret, device frames over gpucluster's transport) or 'tls' with security="
-        ) from None
-    if protocol in ("tls", "wss") and security is None:
-        raise ValueError(f"protocol={protocol!r} needs security=distributed.Security(...) with its certificates")
-    if not isinstance(insecure, bool):
-        raise TypeError(f"insecure: True or False, not {insecure!r}")
-    if protocol == "ws":
-        # distributed's websocket listener binds every interface whatever `host` says.
-        raise ValueError(
-            "protocol='ws' listens on every interface of this host whatever host= says; use 'gpucluster' "
-            "(the default), 'tls' or 'wss' with security=, or 'tcp' with insecure=True"
-        )
-    # Only what authenticates every connection closes the cluster: the gpucluster comm's secret,
-    # or TLS with certificates. `Security(require_encryption=True)` alone does not: distributed
-    # checks it in its TCP comm only, and a websocket comm with it accepts anyone.
-    if protocol not in ("gpucluster", "tls", "wss") and not insecure:
-        raise ValueError(
-            f"protocol={protocol!r} lets every user of this host (and of any host that reaches it) connect to the "
-            "scheduler and run code as you: keep the default protocol='gpucluster' (every connection proves your "
-            "secret), use protocol='tls' with security=distributed.Security(..., require_encryption=True), or pass "
-            "insecure=True on a machine nobody else uses"
-        )
-    return protocol
+def _text(value: Any) -> str | None:
+    """A setting the spec reads as text (Dask's grammars): numbers as Python writes them; anything
+    else by its repr, which the spec refuses by name."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value)
+    return repr(value)
 
 
 def _host(host: Any) -> str:
     """The address to listen on, resolved before anything starts."""
-    import socket
-
     if not isinstance(host, str) or not host:
         raise ValueError(f"host: an address such as '127.0.0.1' (the default: this host only), not {host!r}")
     try:
@@ -125,71 +88,6 @@ def _host(host: Any) -> str:
     except (OSError, UnicodeError) as e:
         raise ValueError(f"host={host!r}: cannot be resolved ({e}); give an address or a name of this host") from None
     return host
-
-
-def _dashboard(address: Any, host: str) -> str | None:
-    """Where the scheduler serves its dashboard: ``None`` for none; a port or ``":PORT"`` on
-    ``host`` (this host only by default, not every interface as Dask would)."""
-    if address is None:
-        return None
-    if isinstance(address, int) and not isinstance(address, bool):
-        address = str(address)
-    if not isinstance(address, str) or not address.strip():
-        raise ValueError(
-            f"dashboard_address: an address such as ':8787' (on host=, this host by default) or None (no dashboard), not {address!r}"
-        )
-    port = address.rsplit(":", 1)[-1]
-    if not port.isdigit() or int(port) > 65535:
-        raise ValueError(
-            f"dashboard_address: HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {address!r}"
-        )
-    if importlib.util.find_spec("bokeh") is None:
-        raise ValueError(
-            "dashboard_address: Dask's dashboard needs bokeh, which this Python lacks: pip install bokeh, "
-            "or leave dashboard_address=None"
-        )
-    return _native.dashboard_address(address, host)
-
-
-def _host_memory(memory_limit: Any, workers: int) -> int | None:
-    """Each worker's host memory limit in bytes (``None``: no limit), checked before anything
-    starts; by default this host's memory split evenly between the workers."""
-    if memory_limit is None:
-        total = _native.host_memory()
-        return total // workers if total else parse_memory_limit("auto", 1, total_cores=workers, logger=logger)
-    grammar = (
-        "host memory per worker in Dask's grammar: a size such as '16GB', bytes, a fraction of this host's "
-        "memory such as 0.25, 'auto' (split between the workers) or 0 (no limit)"
-    )
-    if isinstance(memory_limit, bool) or (isinstance(memory_limit, str) and not memory_limit.strip()):
-        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
-    class MoreThanTheHost(Exception):
-        pass
-
-    class Refuse:
-        """Dask's parser logs, and uses the host's memory instead, where a limit is above it."""
-
-        def warning(self, *args: Any) -> None:
-            raise MoreThanTheHost
-
-    try:
-        limit = parse_memory_limit(memory_limit, 1, total_cores=workers, logger=Refuse())
-    except MoreThanTheHost:
-        raise ValueError(
-            f"memory_limit: {memory_limit!r} is more than this host's memory ({format_bytes(MEMORY_LIMIT)}); "
-            "give at most that per worker, or 0 for no limit"
-        ) from None
-    except (ValueError, TypeError, OverflowError):
-        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}") from None
-    if limit is not None and limit < 0:
-        raise ValueError(f"memory_limit: {grammar}, not {memory_limit!r}")
-    if limit is not None and limit < MIN_HOST_MEMORY:
-        # Dask reads 1.5 as 1.5 bytes: a worker that would pause at once.
-        raise ValueError(
-            f"memory_limit: {limit} bytes per worker is too little to run one (at least {MIN_HOST_MEMORY >> 20} MiB); "
-            f"{grammar}, not {memory_limit!r}"
-        )
-    return limit
 
 
 def _local_directory(directory: Any) -> str | None:
@@ -206,28 +104,49 @@ def _local_directory(directory: Any) -> str | None:
     return path
 
 
+def _devices(devices: Any) -> str | None:
+    if devices is None:
+        return None
+    if isinstance(devices, (list, tuple)):
+        return ",".join(str(d) for d in devices)
+    return str(devices)
 
-class _QuietScheduler(Scheduler):
-    """A scheduler whose HTTP server serves nothing: distributed's default routes (``/info``,
-    ``/metrics``, ...) show task names, call stacks and worker logs to whoever reaches the port,
-    so without a dashboard asked for there are none (as ``gpucluster dask local`` does)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        with dask.config.set({"distributed.scheduler.http.routes": []}):
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dask settings by dotted key as whole top-level sections of this process's configuration
+    with the settings applied: what a Nanny's ``config`` takes (it replaces what it names)."""
+    config: dict[str, Any] = {}
+    for key, value in flat.items():
+        top, *rest = key.split(".")
+        if not rest:
+            config[top] = value
+            continue
+        section = config.setdefault(top, copy.deepcopy(dask.config.get(top, default={})))
+        for part in rest[:-1]:
+            section = section.setdefault(part, {})
+        section[rest[-1]] = value
+    return config
+
+
+class _SpecScheduler(Scheduler):
+    """A scheduler with the spec's Dask settings (HTTP routes, scratch space, UCX's CUDA context)
+    in force while it is made and while it starts listening, and only then: it runs in the
+    caller's process, whose own settings stay as they were."""
+
+    def __init__(self, *args: Any, gpucluster_config: dict[str, Any], **kwargs: Any) -> None:
+        self._gpucluster_config = gpucluster_config
+        with dask.config.set(gpucluster_config):
             super().__init__(*args, **kwargs)
 
-
-def _without_worker_routes() -> dict[str, Any]:
-    """distributed's configuration section with the worker's HTTP routes removed."""
-    section = copy.deepcopy(dask.config.get("distributed"))
-    section.setdefault("worker", {}).setdefault("http", {})["routes"] = []
-    return section
+    async def start_unsafe(self) -> Any:
+        with dask.config.set(self._gpucluster_config):
+            return await super().start_unsafe()
 
 
 class _CPUAffinity(WorkerPlugin):
-    """Pins every thread of the worker process to the CPUs near its device (the plan's
-    ``cpu_affinity``), as ``gpucluster up`` pins its workers and dask-cuda's ``CPUAffinity`` does
-    (which pins only the thread it runs on)."""
+    """Pins every thread of the worker process to the CPUs near its device (the spec's ``cpus``),
+    as ``gpucluster up`` pins its workers and dask-cuda's ``CPUAffinity`` does (which pins only
+    the thread it runs on)."""
 
     name = "gpucluster-cpu-affinity"
 
@@ -263,34 +182,6 @@ class _RMMPool(WorkerPlugin):
         cupy.cuda.set_allocator(rmm_cupy_allocator)
 
 
-def _affinity(cpu_list: str | None, simulated: bool) -> list[int]:
-    """The CPUs to pin a worker to: its device's, where they are this machine's and fewer than
-    this process may use (a simulated machine's CPUs are not this machine's)."""
-    if simulated or not cpu_list:
-        return []
-    allowed = os.sched_getaffinity(0)
-    cpus = [c for c in _native.cpu_list(cpu_list) if c in allowed]
-    return cpus if cpus and len(cpus) < len(allowed) else []
-
-
-def _rmm_pool_bytes(size: str | int | None, simulated: bool) -> int | None:
-    """``rmm_pool_size`` in bytes (Dask's grammar: ``"10GB"``, ``"10GiB"`` or a number), checked
-    before any worker starts."""
-    if size is None:
-        return None
-    if simulated:
-        raise ValueError("rmm_pool_size: RMM allocates on real GPUs; a simulated topology has none")
-    if importlib.util.find_spec("rmm") is None:
-        raise ValueError("rmm_pool_size needs RMM in this Python: pip install rmm-cu12 (or rmm-cu13)")
-    try:
-        n = parse_bytes(size) if isinstance(size, str) else int(size)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"rmm_pool_size: a size such as \"10GB\" or a number of bytes, not {size!r}") from e
-    if n <= 0:
-        raise ValueError(f"rmm_pool_size: more than 0 bytes, not {size!r}")
-    return n
-
-
 def _device_host_file(worker_local_directory: str, *, device_memory_limit: int, memory_limit: int | None) -> Any:
     """The worker's data store: dask-cuda's ``DeviceHostFile``, which moves the least recently
     used device objects to host memory past ``device_memory_limit`` and host objects to disk past
@@ -303,39 +194,37 @@ def _device_host_file(worker_local_directory: str, *, device_memory_limit: int, 
     )
 
 
-def _spills_device_memory(*, simulated: bool, explicit: bool) -> bool:
-    """Whether workers can enforce their device memory limits: with dask-cuda's device-to-host
-    spilling, where dask-cuda is installed and the devices are real. A limit the user asked for
-    that nothing can enforce is said (once), not dropped silently."""
-    if simulated:
-        return False
-    if importlib.util.find_spec("dask_cuda") is None:
-        if explicit:
-            warnings.warn(
-                "device_memory_limit is enforced by dask-cuda's device spilling, which this Python "
-                "lacks: workers only get it as GPUCLUSTER_DEVICE_MEMORY_LIMIT. "
-                "pip install dask-cuda (or pass device_memory_limit=None) to say which you want",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        return False
-    return True
-
-
-def _worker_data(device_limit: int | None, memory_limit: int | None) -> tuple[Any, dict[str, Any]] | None:
-    """A worker's ``data`` option: dask-cuda's ``DeviceHostFile`` with its own limits (``None``
-    where it has no device limit: Dask's own host spilling)."""
-    if not device_limit:
-        return None
-    return (_device_host_file, {"device_memory_limit": device_limit, "memory_limit": memory_limit})
-
-
-def _devices(devices: Any) -> str | None:
-    if devices is None:
-        return None
-    if isinstance(devices, (list, tuple)):
-        return ",".join(str(d) for d in devices)
-    return str(devices)
+def _nanny(worker: dict[str, Any], protocol: str | None, security: Any, local_directory: str, silence_logs: Any) -> dict:
+    """A worker spec of the cluster spec as a Nanny's spec."""
+    options: dict[str, Any] = {
+        "name": worker["name"],
+        "env": dict(worker["env"]),
+        # The nanny gives its worker process this configuration (environment variables would
+        # come too late: it applies its own configuration over them).
+        "config": _nested(worker["dask_config"]),
+        "nthreads": worker["threads"],
+        "resources": worker["resources"],
+        "memory_limit": worker["memory_limit_bytes"] or 0,
+        "protocol": protocol,
+        "host": worker["host"],
+        # It serves nothing (its routes are off), on this host only.
+        "dashboard_address": worker["http_address"],
+        "dashboard": False,
+        "security": security,
+        "local_directory": local_directory,
+        "silence_logs": silence_logs,
+    }
+    if worker["spills_device_memory"]:
+        limits = {"device_memory_limit": worker["device_memory_limit_bytes"], "memory_limit": worker["memory_limit_bytes"]}
+        options["data"] = (_device_host_file, limits)
+    plugins = []
+    if worker["cpus"]:
+        plugins.append(_CPUAffinity(worker["cpus"]))
+    if worker["rmm_pool_bytes"] is not None:
+        plugins.append(_RMMPool(worker["rmm_pool_bytes"]))
+    if plugins:
+        options["plugins"] = plugins
+    return {"cls": Nanny, "options": options}
 
 
 class LocalCluster(SpecCluster):
@@ -355,9 +244,10 @@ class LocalCluster(SpecCluster):
       ``memory_limit``), as ``LocalCUDACluster`` does; every worker also gets it as
       ``GPUCLUSTER_DEVICE_MEMORY_LIMIT`` (bytes). Without dask-cuda nothing spills device memory,
       and a limit other than the default is warned about.
-    - ``memory_limit``: host memory per worker (Dask's grammar); by default this host's memory
-      split evenly between the workers.
-    - ``protocol``: ``"gpucluster"`` (default: every connection proves the user's secret),
+    - ``memory_limit``: host memory per worker in Dask's grammar (a size such as ``"16GB"``,
+      bytes, a fraction of this host's memory up to 1, ``"auto"``, 0 for none); by default this
+      host's memory split evenly between the workers.
+    - ``protocol``: by default ``"gpucluster"`` (every connection proves the user's secret);
       ``"tls"`` or ``"wss"`` with ``security`` (a :class:`distributed.Security` with
       certificates), or another Dask protocol. One that lets other users in (``"tcp"``,
       ``"ucx"``) is refused unless ``insecure=True`` says that nobody else uses the machine (as
@@ -370,14 +260,14 @@ class LocalCluster(SpecCluster):
       this user's, removed when the cluster is closed.
     - ``rmm_pool_size``: an RMM pool of this size on each worker's device (``"10GB"``, bytes),
       used by CuPy too; needs RMM installed.
-    Each worker's threads are pinned to the CPUs near its device, where the machine says which.
     - ``policy`` (``"strict"``, ``"warn"``, ``"largest-group"``, ``"grouped"``),
       ``memory_tolerance`` (percent), ``workers_per_device``, ``topology`` (``"nvml"``, or
       ``"sim:NAME"``, ``"file:PATH"``, ``"smi:PATH"``).
 
+    Each worker's threads are pinned to the CPUs near its device, where the machine says which.
     Further keyword arguments go to :class:`distributed.SpecCluster` (``asynchronous``,
     ``silence_logs``, ``name``, ...). ``gpucluster_plan`` holds the plan the cluster was built
-    from (``plan`` is Dask's: the workers it wants).
+    from (``plan`` is Dask's: the workers it wants), ``gpucluster_spec`` the cluster spec.
     """
 
     def __init__(
@@ -392,7 +282,7 @@ class LocalCluster(SpecCluster):
         protocol: str | None = None,
         security: Any = None,
         threads_per_worker: int = 1,
-        dashboard_address: str | None = None,
+        dashboard_address: str | int | None = None,
         local_directory: str | None = None,
         rmm_pool_size: str | int | None = None,
         host: str = DEFAULT_HOST,
@@ -406,44 +296,32 @@ class LocalCluster(SpecCluster):
             raise ValueError("give either devices or CUDA_VISIBLE_DEVICES, not both")
         # Every argument is checked here, before any process starts: a bad one found by a worker
         # would end in "Nanny failed to start" and hundreds of lines of another process's output.
-        if n_workers is not None:
-            n_workers = _whole("n_workers", n_workers, 1 << 20)
-        threads_per_worker = _whole("threads_per_worker", threads_per_worker, MAX_THREADS_PER_WORKER)
-        protocol = _protocol(protocol, security, insecure)
+        # Types here; values by the spec, which the command line shares.
+        if security is not None and not isinstance(security, Security):
+            raise TypeError(f"security: a distributed.Security (TLS certificates), not {type(security).__name__}")
+        if not isinstance(insecure, bool):
+            raise TypeError(f"insecure: True or False, not {insecure!r}")
+        if protocol is not None and not isinstance(protocol, str):
+            protocol = repr(protocol)
         host = _host(host)
-        dashboard_address = _dashboard(dashboard_address, host)
         local_directory = _local_directory(local_directory)
+        devices = _devices(devices if devices is not None else CUDA_VISIBLE_DEVICES)
+        plan_arguments = {
+            "devices": devices,
+            "policy": policy,
+            "memory_tolerance": memory_tolerance,
+            "device_memory_limit": device_memory_limit,
+            "workers_per_device": workers_per_device,
+        }
         self.gpucluster_plan = gpucluster.plan(
             topology,
-            devices=_devices(devices if devices is not None else CUDA_VISIBLE_DEVICES),
-            policy=policy,
-            memory_tolerance=memory_tolerance,
-            device_memory_limit=device_memory_limit,
-            workers_per_device=workers_per_device,
+            **plan_arguments,
             _stacklevel=2,  # a PlanWarning points at the line that builds the cluster
         )
-        planned = self.gpucluster_plan["workers"]
-        if not planned:
+        if not self.gpucluster_plan["workers"]:
             raise gpucluster.PlanError(
                 f"no compute device to start a worker on ({topology}); gpucluster.topology() shows what the machine has"
             )
-        if n_workers is not None and n_workers > len(planned):
-            raise ValueError(
-                f"n_workers={n_workers}: the plan has {len(planned)} worker(s) ({workers_per_device} per compute "
-                "device); ask for at most that many, or for more per device with workers_per_device="
-            )
-        planned = planned[:n_workers]
-        simulated = topology != "nvml"
-        paths = [p for p in self.gpucluster_plan["paths"] if p["from"] != "*"]
-        host_staged_only = bool(paths) and all(p["path"] == "host-staged" for p in paths)
-        host_bytes = _host_memory(memory_limit, len(planned))
-        pool_bytes = _rmm_pool_bytes(rmm_pool_size, simulated)
-        spills = _spills_device_memory(
-            simulated=simulated,
-            # Asked for, not the default, and not "no limit".
-            explicit=not (isinstance(device_memory_limit, str) and device_memory_limit == "default")
-            and any(w.get("device_memory_limit_bytes") for w in planned),
-        )
         self._private_directory = None
         if local_directory is None:
             # Workers' files (spilled data, uploaded code, locks) in a directory of this user's
@@ -452,79 +330,61 @@ class LocalCluster(SpecCluster):
             # this process is killed outright, by the next cluster this user starts.
             self._private_directory = _native.PrivateDirectory("gpucluster-dask")
             local_directory = self._private_directory.path
-
-        # Workers' HTTP servers take any free port on `host`: the dashboard's port is the
-        # scheduler's. Without a dashboard, they serve nothing.
-        http_address = f"{host}:0"
-        workers = {}
-        for w in planned:
-            env = dict(w["env"])
-            # The device the gpucluster comm moves frames on and the path it takes, the NVML
-            # diagnostics, UCX's CUDA context and the device limit: one definition, in Rust,
-            # shared with `gpucluster dask local`.
-            env.update(
-                _native.worker_device_env(
-                    w["kind"],
-                    simulated=simulated,
-                    host_staged_only=host_staged_only,
-                    ucx=protocol.startswith("ucx"),
-                    device_memory_limit=w.get("device_memory_limit_bytes"),
+        try:
+            spec = json.loads(
+                _native.cluster_spec(
+                    topology,
+                    devices=devices,
+                    policy=str(policy),
+                    memory_tolerance=float(memory_tolerance),
+                    device_memory_limit=str(device_memory_limit),
+                    workers_per_device=workers_per_device,
+                    protocol="auto" if protocol is None else protocol,
+                    insecure=insecure,
+                    # Certificates, not a Security alone: `require_encryption=True` without them
+                    # lets a websocket comm accept anyone.
+                    credentials_given=security is not None and bool(getattr(security, "tls_ca_file", None)),
+                    host=host,
+                    dashboard=_text(dashboard_address),
+                    memory_limit=_text(memory_limit),
+                    threads=_count(threads_per_worker),
+                    workers=None if n_workers is None else _count(n_workers),
+                    rmm_pool_size=_text(rmm_pool_size),
+                    local_directory=local_directory,
+                    facts=json.dumps(python_facts()),
                 )
             )
-            options: dict[str, Any] = {
-                "name": w["name"],
-                "env": env,
-                "nthreads": threads_per_worker,
-                "resources": {k: float(v) for k, v in w["resources"].items()},
-                "memory_limit": host_bytes or 0,
-                "protocol": protocol,
-                "host": host,
-                "dashboard_address": http_address,
-                "dashboard": dashboard_address is not None,
-                "security": security,
-            }
-            if dashboard_address is None:
-                # The worker process's own configuration (an environment variable would come too
-                # late: the nanny sets its env after the worker has imported distributed).
-                # The nanny merges it shallowly over its own: the whole `distributed` section.
-                options["config"] = {"distributed": _without_worker_routes()}
-            options["local_directory"] = local_directory
-            data = _worker_data(w.get("device_memory_limit_bytes"), host_bytes) if spills else None
-            if data is not None:
-                options["data"] = data
-            plugins = []
-            cpus = _affinity(w.get("cpu_affinity"), simulated)
-            if cpus:
-                plugins.append(_CPUAffinity(cpus))
-            if pool_bytes is not None:
-                plugins.append(_RMMPool(pool_bytes))
-            if plugins:
-                options["plugins"] = plugins
-            workers[w["name"]] = {"cls": Nanny, "options": options}
+        except BaseException:
+            if self._private_directory is not None:
+                self._private_directory.remove()
+            raise
+        self.gpucluster_spec = spec
+        for note in spec["notes"]:
+            warnings.warn(note, RuntimeWarning, stacklevel=2)
 
+        kwargs.setdefault("name", f"gpucluster {topology}")
+        # As distributed's LocalCluster: Dask's INFO lines hidden unless asked for.
+        silence_logs = kwargs.setdefault("silence_logs", logging.WARN)
+        workers = {
+            w["name"]: _nanny(w, spec["protocol"], security, local_directory, silence_logs) for w in spec["workers"]
+        }
+        s = spec["scheduler"]
         scheduler = {
-            "cls": Scheduler if dashboard_address is not None else _QuietScheduler,
+            "cls": _SpecScheduler,
             "options": {
-                "protocol": protocol,
-                "host": host,
-                "dashboard_address": dashboard_address if dashboard_address is not None else http_address,
-                "dashboard": dashboard_address is not None,
+                "gpucluster_config": s["dask_config"],
+                "protocol": s["protocol"],
+                "host": s["host"],
+                "dashboard_address": s["http_address"],
+                "dashboard": s["dashboard"] is not None,
                 "security": security,
+                "preload": s["preload"],
                 # Its scratch space in the cluster's directory, never the shared
                 # `dask-scratch-space` of the temporary directory, which another user may have
                 # made first (and filled with links).
                 "local_directory": local_directory,
             },
         }
-        if protocol.startswith("ucx") and not simulated:
-            # The scheduler runs in this process: its UCX needs the CUDA context first too (as
-            # LocalCUDACluster sets it).
-            dask.config.set({"distributed-ucxx.create-cuda-context": True, "distributed.comm.ucx.create-cuda-context": True})
-        kwargs.setdefault("name", f"gpucluster {topology}")
-        # As distributed's LocalCluster: Dask's INFO lines hidden unless asked for.
-        silence_logs = kwargs.setdefault("silence_logs", logging.WARN)
-        for spec in workers.values():
-            spec["options"]["silence_logs"] = silence_logs
         super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
 
     async def _close(self) -> None:
@@ -536,3 +396,4 @@ class LocalCluster(SpecCluster):
 
     def __repr__(self) -> str:
         return f"<gpucluster.dask.LocalCluster {self.name!r}: {len(self.worker_spec)} worker(s), {self.scheduler_address}>"
+

@@ -13,20 +13,20 @@ the ``dask`` serializers.
 from __future__ import annotations
 
 from gpucluster import _native
+from gpucluster._engine import engine
 
-_engine: list = []
+#: The engine of a process that is no worker (a client, a test), made when first needed.
+_own_engine: list = []
 
 
 def _device():
     """A simulated device for arrays made outside a worker (a client, a test)."""
-    from gpucluster import comm
-
-    eng = comm.engine()
+    eng = engine()
     if eng is not None:
         return eng
-    if not _engine:
-        _engine.append(_native.Engine("sim"))
-    return _engine[0]
+    if not _own_engine:
+        _own_engine.append(_native.Engine("sim"))
+    return _own_engine[0]
 
 
 class DeviceArray:
