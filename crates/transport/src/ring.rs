@@ -770,10 +770,19 @@ mod tests {
         let (device, mut sender, mut receiver, _, _peer) = pair();
         let out = DeviceBuffer::new(&device, 10_000).expect("buffer");
         let back = DeviceBuffer::new(&device, 10_000).expect("buffer");
-        out.write(&[9u8; 10_000]).expect("write");
-        // Two chunks fit the four slots, so the send completes before the receive starts.
-        sender.send_staged(5, out.ptr(), 8192).expect("send");
-        assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag: 5, len: 8192 });
+        // Two messages with different bytes, the second one wrapping round the four slots: a
+        // ring that delivered stale slots, or chunks out of order, would fail the comparison.
+        for (tag, len, seed) in [(5, 8192, 3u8), (6, 10_000, 7)] {
+            let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 ^ seed).collect();
+            out.write(&data).expect("write");
+            back.write(&[0u8; 10_000]).expect("clear");
+            // At most three chunks fit the four slots, so the send completes before the receive.
+            sender.send_staged(tag, out.ptr(), len).expect("send");
+            assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag, len });
+            let mut got = vec![0u8; len];
+            back.read(&mut got).expect("read");
+            assert!(got == data[..len], "message {tag} arrived changed");
+        }
     }
 
     #[test]
