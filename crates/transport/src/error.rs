@@ -1,11 +1,14 @@
 //! The one error type of the transport.
+//!
+//! Messages say what the transport saw, in its own words: never which flag or argument of a
+//! front end to change (the binary and the Python package add those).
 
 /// What went wrong moving data.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// CUDA was asked for but cannot be used here.
-    #[error("cannot use CUDA: {reason}; to run without a GPU, use a simulated topology (--topology sim:NAME)")]
+    #[error("cannot use CUDA: {reason}; to run without a GPU, use a simulated topology (sim:NAME)")]
     CudaUnavailable {
         /// Why.
         reason: String,
