@@ -5,7 +5,9 @@
 //! worker outlives the launcher ([`supervise`]). It turns a `cluster_core::Plan` into processes
 //! (the built-in acceptance-test worker, a user's command, or Dask workers) and hosts the
 //! rendezvous through which workers find their peers. It decides nothing about devices (that is
-//! `cluster-core`'s plan) and moves no data itself (workers use `transport`).
+//! `cluster-core`'s plan) and moves no data itself (workers use `transport`). The benchmarks'
+//! drivers live here too, as they start and watch processes of their own: [`transport_bench`]
+//! (its peer worker) and [`dask_bench`] (its clusters).
 //!
 //! The binary runs the [`guard`] between the launcher and each worker (`gpucluster guard`), so
 //! that nothing a worker starts outlives the launcher, however the launcher ends.
@@ -16,6 +18,7 @@ pub mod dask_bench;
 pub mod guard;
 pub mod plan_paths;
 mod supervise;
+pub mod transport_bench;
 mod up;
 pub mod workdir;
 
@@ -93,7 +96,22 @@ pub enum LauncherError {
         /// The OS error.
         error: std::io::Error,
     },
-    /// The rendezvous or a secret could not be set up.
+    /// The rendezvous or a secret could not be set up; or, in `bench transport`, a listener or a
+    /// ceiling failed.
     #[error("{0}")]
     Transport(transport::TransportError),
+    /// A step of `bench transport` failed in the transport: opening the device, setting up a
+    /// path, a transfer of one size.
+    #[error("{doing}")]
+    TransportBench {
+        /// The step: "opening the device", "setting up host-staged", "tcp: 8 B".
+        doing: String,
+        /// What the transport said.
+        #[source]
+        source: transport::TransportError,
+    },
+    /// `bench transport`'s peer could not be started or watched, ended before it connected, or
+    /// echoed bytes other than those it was sent.
+    #[error("{0}")]
+    TransportBenchPeer(String),
 }
