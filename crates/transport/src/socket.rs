@@ -87,7 +87,7 @@ pub(crate) fn set_timeouts(socket: &impl AsFd, d: Option<Duration>) -> Result<()
     Ok(())
 }
 
-/// A failed system call of this module: the OS error as it stands.
+/// The failure of the system call `call`, with the OS error it left (`errno`).
 pub(crate) fn os_error(call: &'static str) -> TransportError {
     TransportError::Io { call, error: io::Error::last_os_error() }
 }
