@@ -1,322 +1,65 @@
-//! `gpucluster bench transport`: bandwidth and latency of every path between two worker
-//! processes, against ceilings measured in the same run.
+//! `gpucluster bench transport`'s printing: the report as a table, as an SVG plot, and the
+//! progress line while it runs; and the parsing of its message sizes.
 //!
-//! This process is worker A; it starts worker B (this binary, hidden subcommand
-//! `transport-peer`) as an echo peer for each path. Bandwidth is one-way, as `ucx_perftest
-//! tag_bw` measures it: A streams messages of S bytes to B (at least 256 MiB per repeat, at least
-//! four messages), B acknowledges the last, and the median repeat counts. Latency is half the
-//! median round trip of one message echoed back. The ceilings are copies inside one process on
-//! the same device: device-to-device, and the pipelined device-to-host-to-device copy through
-//! pinned memory that the host-staged path does across two processes. The measuring itself is
-//! `transport::measure` (shared with the built-in worker of `up`); this module chooses what to
-//! measure, starts the peer, and reports.
+//! The run itself (the device, the peer worker, the measuring and the check of the data) is
+//! `launcher::transport_bench`, which tells [`ProgressLine`] how it goes; this module draws what
+//! it is told and prints the [`BenchReport`] it returns (or one saved earlier with `--json`).
 
+use std::cell::OnceCell;
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use transport::device::{self, Device, DeviceBuffer, DeviceKind};
-use transport::{Address, Listener, Options, Secret, TransferPath, measure};
+use launcher::transport_bench::{BenchReport, BenchStep, D2D_CEILING, Progress, STAGED_CEILING};
+use transport::TransferPath;
 
-/// What to measure.
-#[derive(Debug, Clone)]
-pub(crate) struct BenchConfig {
-    pub(crate) device: DeviceKind,
-    pub(crate) mig: bool,
-    pub(crate) sizes: Vec<usize>,
-    pub(crate) repeats: usize,
-    pub(crate) paths: Vec<TransferPath>,
-    pub(crate) slots: usize,
-    pub(crate) chunk: usize,
-    pub(crate) progress: bool,
-    /// Run the peer as a thread of this process (one CUDA context) instead of a second process:
-    /// a diagnostic that separates the transport's own cost from the GPU's switching between
-    /// two processes' contexts.
-    pub(crate) peer_thread: bool,
+/// The progress line of a run on a terminal (hidden otherwise): one step per ceiling and per
+/// path at each size, with what runs now.
+#[derive(Debug)]
+pub(crate) struct ProgressLine {
+    shown: bool,
+    bar: OnceCell<ProgressBar>,
 }
 
-const D2D: &str = "device-to-device copy";
-const STAGED: &str = "pipelined host-staged copy, one process";
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Measurement {
-    pub(crate) path: TransferPath,
-    pub(crate) bytes: usize,
-    pub(crate) gbps: f64,
-    pub(crate) latency_us: f64,
-    pub(crate) repeats: usize,
+impl ProgressLine {
+    /// A line drawn on stderr if `shown`.
+    pub(crate) fn new(shown: bool) -> Self {
+        Self { shown, bar: OnceCell::new() }
+    }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Ceiling {
-    pub(crate) name: String,
-    pub(crate) bytes: usize,
-    pub(crate) gbps: f64,
-}
+impl Progress for ProgressLine {
+    fn begin(&self, steps: u64) {
+        let bar = if self.shown { ProgressBar::new(steps) } else { ProgressBar::hidden() };
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let _ = self.bar.set(bar);
+    }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct BenchReport {
-    pub(crate) device: String,
-    pub(crate) peer_thread: bool,
-    pub(crate) slots: usize,
-    pub(crate) chunk_bytes: usize,
-    pub(crate) notes: Vec<String>,
-    pub(crate) results: Vec<Measurement>,
-    pub(crate) ceilings: Vec<Ceiling>,
-}
-
-enum Peer {
-    Process(Child),
-    Thread(Option<std::thread::JoinHandle<Result<(), transport::TransportError>>>),
-}
-
-impl Peer {
-    /// The peer's connection, or why it never came: a peer that ends before connecting (it
-    /// could not start, open its device or reach the listener) is noticed, not waited for.
-    fn connection(&mut self, listener: &Listener, path: TransferPath) -> anyhow::Result<transport::Connection> {
-        loop {
-            match listener.accept_timeout(std::time::Duration::from_millis(100)) {
-                Err(transport::TransportError::Timeout(_)) => {}
-                accepted => return accepted.with_context(|| format!("setting up {}", path.name())),
+    fn step(&self, step: BenchStep) {
+        let Some(bar) = self.bar.get() else { return };
+        bar.set_message(match step {
+            BenchStep::CeilingD2d { bytes } => format!("ceiling d2d {}", human(bytes)),
+            BenchStep::CeilingStaged { bytes } => format!("ceiling staged {}", human(bytes)),
+            BenchStep::Bandwidth { path, bytes, run, runs } => {
+                format!("{} {}: bandwidth {run}/{runs}", path.name(), human(bytes))
             }
-            match self {
-                Peer::Process(child) => {
-                    if let Some(status) = child.try_wait().context("watching the peer worker")? {
-                        bail!("setting up {}: the peer worker ended ({status}) before it connected", path.name());
-                    }
-                }
-                Peer::Thread(handle) if handle.as_ref().is_some_and(std::thread::JoinHandle::is_finished) => {
-                    let why = match handle.take().map(std::thread::JoinHandle::join) {
-                        Some(Ok(Err(e))) => e.to_string(),
-                        Some(Err(_)) => "it panicked".to_owned(),
-                        _ => "it returned".to_owned(),
-                    };
-                    bail!("setting up {}: the peer thread ended before it connected: {why}", path.name());
-                }
-                Peer::Thread(_) => {}
-            }
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        match self {
-            Peer::Process(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            // The thread ends when the connection it serves closes.
-            Peer::Thread(handle) => drop(handle.take()),
-        }
-    }
-}
-
-fn repeats_for(bytes: usize, base: usize) -> usize {
-    if bytes <= 1 << 20 { base.max(1) * 20 } else { base.max(1) }
-}
-
-/// Runs the benchmark.
-pub(crate) fn run(config: &BenchConfig) -> anyhow::Result<BenchReport> {
-    let device: Arc<dyn Device> = if config.mig {
-        Arc::new(device::sim::SimDevice::mig())
-    } else {
-        device::open(config.device).context("opening the device")?
-    };
-    let max = config.sizes.iter().copied().max().unwrap_or(0);
-    let work = (config.paths.len() + 2) * config.sizes.len();
-    let bar = if config.progress { ProgressBar::new(work as u64) } else { ProgressBar::hidden() };
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg:40} [{bar:30}] {pos}/{len}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut report = BenchReport {
-        device: device.describe(),
-        peer_thread: config.peer_thread,
-        slots: config.slots,
-        chunk_bytes: config.chunk,
-        notes: Vec::new(),
-        results: Vec::new(),
-        ceilings: Vec::new(),
-    };
-    let buffers = Buffers::new(&device, max)?;
-    ceilings(&*device, &buffers, config, &bar, &mut report)?;
-    for &path in &config.paths {
-        measure_path(&device, &buffers, path, config, &bar, &mut report)?;
-    }
-    bar.finish_and_clear();
-    Ok(report)
-}
-
-/// The send and receive buffers of a run, the send one holding a known pattern.
-struct Buffers {
-    a: DeviceBuffer,
-    b: DeviceBuffer,
-    pattern: Vec<u8>,
-}
-
-impl Buffers {
-    fn new(device: &Arc<dyn Device>, max: usize) -> anyhow::Result<Self> {
-        let a = DeviceBuffer::new(device, max).context("allocating the send buffer")?;
-        let b = DeviceBuffer::new(device, max).context("allocating the receive buffer")?;
-        let mut pattern = vec![0u8; max];
-        transport::peer::pattern(11, 0, &mut pattern);
-        a.write(&pattern).context("filling the send buffer")?;
-        Ok(Self { a, b, pattern })
-    }
-}
-
-/// The two ceilings at every size, in this process.
-fn ceilings(
-    device: &dyn Device,
-    buffers: &Buffers,
-    config: &BenchConfig,
-    bar: &ProgressBar,
-    report: &mut BenchReport,
-) -> anyhow::Result<()> {
-    let (a, b) = (&buffers.a, &buffers.b);
-    for &bytes in &config.sizes {
-        let repeats = repeats_for(bytes, config.repeats);
-        bar.set_message(format!("ceiling d2d {}", human(bytes)));
-        let gbps = measure::ceiling_d2d(device, a, b, bytes, repeats)?;
-        report.ceilings.push(Ceiling { name: D2D.into(), bytes, gbps });
-        bar.inc(1);
-        bar.set_message(format!("ceiling staged {}", human(bytes)));
-        let gbps = measure::ceiling_staged(device, a, b, bytes, config.slots, config.chunk, repeats)?;
-        report.ceilings.push(Ceiling { name: STAGED.into(), bytes, gbps });
-        bar.inc(1);
-    }
-    Ok(())
-}
-
-/// One path: a peer to echo, then bandwidth and latency at every size, and the last round
-/// trip's bytes checked.
-fn measure_path(
-    device: &Arc<dyn Device>,
-    buffers: &Buffers,
-    path: TransferPath,
-    config: &BenchConfig,
-    bar: &ProgressBar,
-    report: &mut BenchReport,
-) -> anyhow::Result<()> {
-    let max = buffers.pattern.len();
-    let secret = (path == TransferPath::Tcp).then(Secret::random).transpose()?;
-    let options =
-        Options { path, slots: config.slots, chunk: config.chunk, secret: secret.clone(), ..Options::default() };
-    let listener = match path {
-        TransferPath::Tcp => Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device.clone(), options.clone())?,
-        // An unguessable name, so that no other user can take it first or aim at it.
-        _ => Listener::bind_local(&format!("gpucluster-bench-{}", path.name()), device.clone(), options.clone())?,
-    };
-    let mut peer = if config.peer_thread {
-        let args = transport::peer::PeerArgs {
-            device: config.device,
-            mig: config.mig,
-            address: listener.address().clone(),
-            options,
-            role: transport::peer::Role::Echo { max: max.max(1) },
-        };
-        let device = device.clone();
-        Peer::Thread(Some(std::thread::spawn(move || transport::peer::run_on(device, &args))))
-    } else {
-        spawn_peer(listener.address(), config, path, secret.as_ref(), max)?
-    };
-    let conn = peer.connection(&listener, path)?;
-    if let Some(why) = conn.fallback() {
-        report.notes.push(format!("{}: {why}", path.name()));
-    }
-    for &bytes in &config.sizes {
-        report.results.push(measure_size(&conn, buffers, bytes, config, bar)?);
-        bar.inc(1);
-    }
-    // Verify the last round trip carried the data intact.
-    let mut back = vec![0u8; max];
-    buffers.b.read(&mut back)?;
-    let last = *config.sizes.last().unwrap_or(&0);
-    if back[..last] != buffers.pattern[..last] {
-        bail!("{}: data came back different", path.name());
-    }
-    Ok(())
-}
-
-/// Bandwidth (one warm-up, then the median of the repeats) and latency (the median round trip
-/// after two warm-ups) of one size; the progress line says which repeat runs, as one size may
-/// take minutes.
-fn measure_size(
-    conn: &transport::Connection,
-    buffers: &Buffers,
-    bytes: usize,
-    config: &BenchConfig,
-    bar: &ProgressBar,
-) -> anyhow::Result<Measurement> {
-    let (a, b, name) = (&buffers.a, &buffers.b, conn.path().name());
-    let repeats = repeats_for(bytes, config.repeats);
-    let messages = ((256usize << 20) / bytes.max(1)).clamp(4, 1000);
-    let runs = config.repeats.max(1) + 1;
-    let mut rates = Vec::with_capacity(runs);
-    for i in 0..runs {
-        bar.set_message(format!("{name} {}: bandwidth {}/{runs}", human(bytes), i + 1));
-        let seconds = measure::stream(conn, a, b, bytes, messages).with_context(|| format!("{name}: {bytes} B"))?;
-        if i >= 1 {
-            rates.push(messages as f64 * bytes as f64 / seconds / 1e9);
-        }
-    }
-    let gbps = measure::median(&mut rates);
-    bar.set_message(format!("{name} {}: latency", human(bytes)));
-    let mut rtts = Vec::with_capacity(repeats);
-    for i in 0..repeats + 2 {
-        let rtt = measure::round_trip(conn, a, b, bytes, i as u64).with_context(|| format!("{name}: {bytes} B"))?;
-        if i >= 2 {
-            rtts.push(rtt.as_secs_f64());
-        }
-    }
-    let rtt = measure::median(&mut rtts);
-    Ok(Measurement { path: conn.path(), bytes, gbps, latency_us: rtt / 2.0 * 1e6, repeats })
-}
-
-fn spawn_peer(
-    address: &Address,
-    config: &BenchConfig,
-    path: TransferPath,
-    secret: Option<&Secret>,
-    max: usize,
-) -> anyhow::Result<Peer> {
-    let exe = std::env::current_exe().context("finding this program to start the peer worker")?;
-    let mut cmd = peer_command(exe, address, config, path, secret, max);
-    Ok(Peer::Process(cmd.spawn().context("starting the peer worker")?))
-}
-
-/// The peer's command: the secret goes in its environment, never on its command line (which
-/// every user can read in `/proc`).
-fn peer_command(
-    exe: std::path::PathBuf,
-    address: &Address,
-    config: &BenchConfig,
-    path: TransferPath,
-    secret: Option<&Secret>,
-    max: usize,
-) -> Command {
-    let device = transport::device::WorkerDevice::of(config.device, config.mig).name();
-    let mut cmd = Command::new(exe);
-    cmd.args(["transport-peer", "--device", device, "--address", &address.to_string(), "--path", path.name()]);
-    cmd.args(["--slots", &config.slots.to_string(), "--chunk", &config.chunk.to_string()]);
-    match secret {
-        Some(s) => cmd.env(transport::SECRET_ENV, s.to_hex()),
-        None => cmd.env_remove(transport::SECRET_ENV),
-    };
-    cmd.args(["echo", &max.max(1).to_string()]).stdin(Stdio::null());
-    // The peer dies with this process, however it ends (SIGTERM, SIGKILL).
-    // SAFETY: prctl is async-signal-safe; it only sets the child's parent-death signal.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+            BenchStep::Latency { path, bytes } => format!("{} {}: latency", path.name(), human(bytes)),
         });
     }
-    cmd
+
+    fn advance(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.get() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 pub(crate) fn human(bytes: usize) -> String {
@@ -366,7 +109,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
                 None => row.extend(["-".to_owned(), "-".to_owned()]),
             }
         }
-        for name in [D2D, STAGED] {
+        for name in [D2D_CEILING, STAGED_CEILING] {
             let c = report.ceilings.iter().find(|c| c.name == name && c.bytes == bytes);
             row.push(c.map_or("-".into(), |c| format!("{:.2}", c.gbps)));
         }
@@ -378,11 +121,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
     }
     writeln!(out, "ratios (16 MiB and up): path GB/s over the same size's ceiling")?;
     for &p in &paths {
-        let ceiling = if p == TransferPath::CudaIpc {
-            "device-to-device copy"
-        } else {
-            "pipelined host-staged copy, one process"
-        };
+        let ceiling = if p == TransferPath::CudaIpc { D2D_CEILING } else { STAGED_CEILING };
         let ratios: Vec<String> = report
             .results
             .iter()
@@ -409,7 +148,7 @@ pub(crate) fn plot(report: &BenchReport, file: &std::path::Path) -> anyhow::Resu
         let points = report.results.iter().filter(|m| m.path == p).map(|m| (m.bytes.max(1) as f64, m.gbps)).collect();
         series.push((p.name().to_owned(), points, false));
     }
-    for name in [D2D, STAGED] {
+    for name in [D2D_CEILING, STAGED_CEILING] {
         let points =
             report.ceilings.iter().filter(|c| c.name == name).map(|c| (c.bytes.max(1) as f64, c.gbps)).collect();
         series.push((format!("ceiling: {name}"), points, true));
@@ -534,54 +273,4 @@ pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
             Ok(bytes)
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_peer_gets_the_secret_in_its_environment_never_its_command_line() {
-        let config = BenchConfig {
-            device: DeviceKind::Simulated,
-            mig: false,
-            sizes: vec![8],
-            repeats: 1,
-            paths: vec![TransferPath::Tcp],
-            slots: 4,
-            chunk: 1 << 20,
-            progress: false,
-            peer_thread: false,
-        };
-        let secret = Secret::random().expect("secret");
-        let address = Address::Tcp("127.0.0.1:1".into());
-        let cmd = peer_command("gpucluster".into(), &address, &config, TransferPath::Tcp, Some(&secret), 8);
-        let hex = secret.to_hex();
-        assert!(cmd.get_args().all(|a| a != "--secret" && !a.to_string_lossy().contains(&hex)), "{cmd:?}");
-        assert!(cmd.get_envs().any(|(k, v)| k == transport::SECRET_ENV && v.is_some_and(|v| v == hex.as_str())));
-    }
-
-    fn listener() -> Listener {
-        let device: Arc<dyn Device> = Arc::new(device::sim::SimDevice::new());
-        let options = Options { secret: Some(Secret::random().expect("secret")), ..Options::default() };
-        Listener::bind(&Address::Tcp("127.0.0.1:0".into()), device, options).expect("listener")
-    }
-
-    /// A peer that ends before it connects (it could not start its device, say) was waited for
-    /// for ever: the bench hung with its progress line standing still.
-    #[test]
-    fn a_peer_that_ends_before_connecting_is_an_error_not_a_hang() {
-        let listener = listener();
-        let child = Command::new("sh").args(["-c", "exit 3"]).spawn().expect("sh");
-        let err = Peer::Process(child).connection(&listener, TransferPath::Tcp).expect_err("no peer");
-        assert!(err.to_string().contains("the peer worker ended (exit status: 3) before it connected"), "{err}");
-
-        let thread = std::thread::spawn(|| Err(transport::TransportError::InvalidArgument("no device here".into())));
-        let err = Peer::Thread(Some(thread)).connection(&listener, TransferPath::HostStaged).expect_err("no peer");
-        assert!(
-            err.to_string().contains("the peer thread ended before it connected")
-                && err.to_string().contains("no device here"),
-            "{err}"
-        );
-    }
 }

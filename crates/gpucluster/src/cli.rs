@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gpu_topology::TopologySpec;
+use launcher::transport_bench::{self, BenchConfig, BenchPeer, BenchReport, LocalPaths};
+use transport::device::DeviceKind;
+use transport::{RingGeometry, TransferPath};
 
 use crate::args::{RestartArg, SelectionArgs, SizeList, count, grace, load, max_restarts, repeats, size_list};
 use crate::{doctor, list, plan};
@@ -159,16 +162,22 @@ fn parse_one_size(s: &str) -> Result<usize, String> {
     sizes.first().copied().filter(|_| sizes.len() == 1).ok_or_else(|| format!("`{s}` is not one size"))
 }
 
-/// The transport's ring takes 2 to 64 slots of whole 4 KiB pages (`transport::Options`); checked
-/// here so that a wrong flag fails before any worker starts.
+/// `--slots`: what the transport's ring allows (`transport::RingGeometry`), checked here so that
+/// a wrong flag fails before any worker starts.
 fn slots(s: &str) -> Result<usize, String> {
-    count(s, 2, 64).map(|n| n as usize)
+    let (low, high) = (RingGeometry::MIN_SLOTS, RingGeometry::MAX_SLOTS);
+    count(s, low as u64, high as u64).map(|n| n as usize)
 }
 
+/// `--chunk`: a slot size the ring allows (`transport::RingGeometry`).
 fn chunk(s: &str) -> Result<usize, String> {
     let bytes = parse_one_size(s)?;
-    if bytes % 4096 != 0 || !(4096..=1 << 30).contains(&bytes) {
-        return Err(format!("{bytes} bytes is not a slot size: give a multiple of 4K from 4K to 1G"));
+    if !RingGeometry::chunk_allowed(bytes) {
+        let unit = RingGeometry::CHUNK_UNIT >> 10;
+        return Err(format!(
+            "{bytes} bytes is not a slot size: give a multiple of {unit}K from {unit}K to {}G",
+            RingGeometry::MAX_CHUNK >> 30
+        ));
     }
     Ok(bytes)
 }
@@ -341,23 +350,14 @@ fn completion_command() -> clap::Command {
 
 /// Measures on this machine's first compute device; `Err(signal)` when a signal interrupted it
 /// (the measuring thread and the peer worker, killed by the kernel with this process, end with it).
-async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result<crate::bench::BenchReport, i32>> {
-    use transport::TransferPath;
-    use transport::device::DeviceKind;
+async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result<BenchReport, i32>> {
     let mut signals = launcher::Signals::install()?;
     let snapshot = load(spec).await?;
     // The benchmark stands for two workers sharing this machine's first compute device (as
     // `up --workers-per-device 2` places them): the paths they may use come from the path choice.
-    let first = snapshot.hosts.first().and_then(|h| {
-        let gpu = h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty())?;
-        Some(transport::Endpoint { host: h, gpu, mig: gpu.mig_instances.first() })
-    });
-    let local = first.map(|e| transport::choose_path(e, e));
-    let first_mig = first.is_some_and(|e| e.mig.is_some());
+    let local = LocalPaths::of(&snapshot);
     let device = if spec.is_real() { DeviceKind::Cuda } else { DeviceKind::Simulated };
-    // Without a compute device (nothing to choose for), the simulated memory's local paths.
-    let allowed: Vec<TransferPath> =
-        local.as_ref().map_or_else(|| vec![TransferPath::HostStaged, TransferPath::Tcp], transport::PathChoice::usable);
+    let allowed = local.allowed();
     let paths = if args.paths.is_empty() {
         allowed.clone()
     } else {
@@ -368,7 +368,7 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
                 anyhow::bail!(
                     "--paths {}: not available between two workers of this machine's first device ({}); measure {}",
                     path.name(),
-                    local.as_ref().map_or("no compute device", |c| c.reason.as_str()),
+                    local.reason(),
                     allowed.iter().map(|p| p.name()).collect::<Vec<_>>().join(" or ")
                 );
             }
@@ -380,24 +380,28 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
         DeviceKind::Cuda => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20, 1 << 30],
         DeviceKind::Simulated => vec![8, 64, 1 << 10, 64 << 10, 1 << 20, 16 << 20],
     });
-    let config = crate::bench::BenchConfig {
+    let peer = if args.peer_thread {
+        BenchPeer::Thread
+    } else {
+        // This binary again, as its hidden `transport-peer` command.
+        let program = std::env::current_exe().context("finding this program to start the peer worker")?;
+        BenchPeer::Process { program, args: vec!["transport-peer".into()] }
+    };
+    let config = BenchConfig {
         device,
-        mig: first_mig && device == DeviceKind::Simulated,
+        mig: local.simulates_mig(device),
         sizes,
         repeats: args.repeats,
         paths,
-        slots: args.slots,
-        chunk: args.chunk,
-        progress: !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        peer_thread: args.peer_thread,
+        ring: RingGeometry::new(args.slots, args.chunk)?,
+        peer,
     };
-    let mut report = match signals.or_blocking(move |_| crate::bench::run(&config)).await {
+    let progress = crate::bench::ProgressLine::new(!args.json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let mut report = match signals.or_blocking(move |_| transport_bench::run(&config, &progress)).await {
         Ok(report) => report?,
         Err(signal) => return Ok(Err(signal)),
     };
-    if let Some(c) = local.filter(|c| c.path != TransferPath::CudaIpc) {
-        report.notes.push(format!("cuda-ipc is not measured: {}", c.reason));
-    }
+    report.notes.extend(local.cuda_ipc_note());
     Ok(Ok(report))
 }
 

@@ -2,7 +2,8 @@
 //!
 //! This crate owns the user-facing text and JSON, exit statuses and the glue between the
 //! libraries. It holds no policy and touches no device itself: measuring is
-//! `transport::measure`, a plan's paths `launcher::plan_paths`. [`run`] is the whole program, so tests can drive it
+//! `transport::measure` (driven for `bench transport` by `launcher::transport_bench`), a plan's
+//! paths `launcher::plan_paths`. [`run`] is the whole program, so tests can drive it
 //! in process; `main.rs` only hands it the real arguments and streams.
 
 mod args;

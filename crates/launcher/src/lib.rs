@@ -5,7 +5,9 @@
 //! worker outlives the launcher ([`supervise`]). It turns a `cluster_core::Plan` into processes
 //! (the built-in acceptance-test worker, a user's command, or Dask workers) and hosts the
 //! rendezvous through which workers find their peers. It decides nothing about devices (that is
-//! `cluster-core`'s plan) and moves no data itself (workers use `transport`).
+//! `cluster-core`'s plan) and moves no data itself (workers use `transport`). The benchmarks'
+//! drivers live here too, as they start and watch processes of their own: [`transport_bench`]
+//! (its peer worker) and [`dask_bench`] (its clusters).
 //!
 //! The binary runs the [`guard`] between the launcher and each worker (`gpucluster guard`), so
 //! that nothing a worker starts outlives the launcher, however the launcher ends.
@@ -16,6 +18,7 @@ pub mod dask_bench;
 pub mod guard;
 pub mod plan_paths;
 mod supervise;
+pub mod transport_bench;
 mod up;
 pub mod words;
 pub mod workdir;
@@ -95,9 +98,24 @@ pub enum LauncherError {
         /// The OS error.
         error: std::io::Error,
     },
-    /// The rendezvous or a secret could not be set up.
-    #[error("cannot set up the job's rendezvous or its secret")]
-    Transport(#[source] transport::TransportError),
+    /// The rendezvous or a secret could not be set up; or, in `bench transport`, a listener or a
+    /// ceiling failed.
+    #[error(transparent)]
+    Transport(transport::TransportError),
+    /// A step of `bench transport` failed in the transport: opening the device, setting up a
+    /// path, a transfer of one size.
+    #[error("{doing}")]
+    TransportBench {
+        /// The step: "opening the device", "setting up host-staged", "tcp: 8 B".
+        doing: String,
+        /// What the transport said.
+        #[source]
+        source: transport::TransportError,
+    },
+    /// `bench transport`'s peer could not be started or watched, ended before it connected, or
+    /// echoed bytes other than those it was sent.
+    #[error("{0}")]
+    TransportBenchPeer(String),
 }
 
 fn tls_needed(address: &str) -> words::Words {

@@ -1,11 +1,11 @@
-//! The gate in front of every listening socket (a [`crate::Listener`]'s, the rendezvous'):
+//! The gate in front of every listening socket (a `Listener`'s, the rendezvous'):
 //! accepting and authenticating connections without letting any peer hold up another.
 //!
 //! One thread per listening socket accepts connections and runs the pre-authentication step of
 //! all of them at once, on non-blocking sockets under one `poll`:
 //! - local (`Check::Local`): the peer's user is checked with `SO_PEERCRED` as it is accepted, then
 //!   its 16-byte hello is collected;
-//! - TCP (`Check::Tcp`): the listener's half of the HMAC challenge (see `tcp.rs`): the nonce goes
+//! - TCP (`Check::Tcp`): the listener's half of the HMAC challenge (see `secret.rs`): the nonce goes
 //!   out as the connection is accepted, the answer is collected and checked, the proof goes back.
 //!
 //! No thread is spent on a connection that has not authenticated. At most `max_pending` of them
@@ -18,13 +18,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::TransportError;
-use crate::tcp::{self, Secret};
+use crate::secret::{self, Secret};
+use crate::socket::{self, Deadline, os_error, set_nonblocking};
 
 /// Connections turned away before they were set up: strangers, peers without the secret,
 /// peers too slow to finish their handshake, or connections dropped to make room.
@@ -58,111 +59,6 @@ impl RefusalLog {
     pub(crate) fn get(&self) -> Refusals {
         self.0.lock().map(|r| r.clone()).unwrap_or_default()
     }
-}
-
-/// A point in time by which a handshake must be done, and how long it was given.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
-    at: Instant,
-    total: Duration,
-}
-
-impl Deadline {
-    pub(crate) fn after(total: Duration) -> Self {
-        Self { at: Instant::now() + total, total }
-    }
-
-    /// Time left, or [`TransportError::Timeout`] once it is up.
-    pub(crate) fn remaining(&self) -> Result<Duration, TransportError> {
-        match self.at.checked_duration_since(Instant::now()) {
-            Some(left) if !left.is_zero() => Ok(left.max(Duration::from_millis(1))),
-            _ => Err(TransportError::Timeout(self.total)),
-        }
-    }
-
-    /// Makes every blocking read and write on `socket` give up when the deadline passes.
-    pub(crate) fn arm(&self, socket: &impl AsFd) -> Result<(), TransportError> {
-        set_timeouts(socket, Some(self.remaining()?))
-    }
-
-    /// Turns a socket timeout inside `error` into [`TransportError::Timeout`] of this deadline.
-    pub(crate) fn explain(&self, error: TransportError) -> TransportError {
-        match error {
-            TransportError::Io { error, .. } if is_timeout(&error) => TransportError::Timeout(self.total),
-            other => other,
-        }
-    }
-}
-
-/// Whether a socket error is a timeout set with `SO_RCVTIMEO`/`SO_SNDTIMEO` running out.
-pub(crate) fn is_timeout(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-fn timeval(d: Option<Duration>) -> libc::timeval {
-    match d {
-        // A zero timeval means "wait for ever" to the kernel; the shortest wait is a microsecond.
-        Some(d) => libc::timeval {
-            tv_sec: libc::time_t::try_from(d.as_secs()).unwrap_or(libc::time_t::MAX / 4),
-            tv_usec: if d.as_secs() == 0 { d.subsec_micros().max(1) } else { d.subsec_micros() } as _,
-        },
-        None => libc::timeval { tv_sec: 0, tv_usec: 0 },
-    }
-}
-
-/// Sets `SO_RCVTIMEO` and `SO_SNDTIMEO` (`None`: block for ever).
-pub(crate) fn set_timeouts(socket: &impl AsFd, d: Option<Duration>) -> Result<(), TransportError> {
-    let tv = timeval(d);
-    for option in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: a valid timeval of the size given, on an open socket.
-        let r = unsafe {
-            libc::setsockopt(
-                socket.as_fd().as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(TransportError::Io { call: "setsockopt SO_RCVTIMEO", error: io::Error::last_os_error() });
-        }
-    }
-    Ok(())
-}
-
-/// The user a connected Unix socket's peer runs as (`SO_PEERCRED`).
-pub(crate) fn peer_uid(socket: BorrowedFd<'_>) -> Result<u32, TransportError> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: out-pointer of the right size for SO_PEERCRED.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(TransportError::io("getsockopt SO_PEERCRED")(io::Error::last_os_error()));
-    }
-    Ok(cred.uid)
-}
-
-/// The peer of a local connection must run as `me`.
-pub(crate) fn check_user(peer: u32, me: u32) -> Result<(), TransportError> {
-    if peer != me {
-        return Err(TransportError::Authentication(format!("the peer runs as user {peer}, not {me}")));
-    }
-    Ok(())
-}
-
-/// This process's real user.
-pub(crate) fn my_uid() -> u32 {
-    // SAFETY: getuid cannot fail.
-    unsafe { libc::getuid() }
 }
 
 /// The pre-authentication step a gate runs.
@@ -203,25 +99,6 @@ impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Gate").field("running", &self.thread.is_some()).finish()
     }
-}
-
-fn os_error(call: &'static str) -> TransportError {
-    TransportError::Io { call, error: io::Error::last_os_error() }
-}
-
-fn set_nonblocking(fd: RawFd, on: bool) -> Result<(), TransportError> {
-    // SAFETY: plain fcntl calls on an open descriptor.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return Err(os_error("fcntl F_GETFL"));
-        }
-        let flags = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
-        if libc::fcntl(fd, libc::F_SETFL, flags) != 0 {
-            return Err(os_error("fcntl F_SETFL"));
-        }
-    }
-    Ok(())
 }
 
 impl Gate {
@@ -276,10 +153,10 @@ impl Drop for Gate {
 struct Pending {
     socket: OwnedFd,
     deadline: Instant,
-    buf: [u8; tcp::ANSWER_BYTES],
+    buf: [u8; secret::ANSWER_BYTES],
     have: usize,
     need: usize,
-    nonce: [u8; tcp::NONCE],
+    nonce: [u8; secret::NONCE],
 }
 
 enum Step {
@@ -385,7 +262,7 @@ impl<F: FnMut(Admitted)> Reactor<F> {
         }
         match &self.check {
             Check::Local => Step::Done,
-            Check::Tcp(secret) => match tcp::check_answer(secret, &p.nonce, &p.buf[..p.need]) {
+            Check::Tcp(secret) => match secret::check_answer(secret, &p.nonce, &p.buf[..p.need]) {
                 Ok(proof) if send_all_now(fd, &proof) => Step::Done,
                 Ok(_) => Step::Refuse("a peer's connection could not take our proof".into()),
                 Err(e) => Step::Refuse(format!("a TCP peer was refused: {e}")),
@@ -402,7 +279,7 @@ impl<F: FnMut(Admitted)> Reactor<F> {
         if matches!(self.check, Check::Local) {
             hello.copy_from_slice(&p.buf[..HELLO_BYTES]);
         }
-        let deadline = Deadline { at: p.deadline, total: self.limits.timeout };
+        let deadline = Deadline::at(p.deadline, self.limits.timeout);
         (self.admit)(Admitted { socket: p.socket, deadline, hello });
     }
 
@@ -458,22 +335,24 @@ impl<F: FnMut(Admitted)> Reactor<F> {
         let mut p = Pending {
             socket,
             deadline,
-            buf: [0; tcp::ANSWER_BYTES],
+            buf: [0; secret::ANSWER_BYTES],
             have: 0,
             need: HELLO_BYTES,
-            nonce: [0; tcp::NONCE],
+            nonce: [0; secret::NONCE],
         };
         match &self.check {
             Check::Local => {
-                let uid = peer_uid(p.socket.as_fd()).map_err(|e| format!("a local connection was refused: {e}"))?;
-                check_user(uid, my_uid()).map_err(|e| format!("a local connection was refused: {e}"))?;
+                let uid =
+                    socket::peer_uid(p.socket.as_fd()).map_err(|e| format!("a local connection was refused: {e}"))?;
+                socket::check_user(uid, socket::my_uid())
+                    .map_err(|e| format!("a local connection was refused: {e}"))?;
             }
             Check::Tcp(_) => {
-                p.nonce = tcp::random_bytes().map_err(|e| format!("a TCP connection was refused: {e}"))?;
+                p.nonce = secret::random_bytes().map_err(|e| format!("a TCP connection was refused: {e}"))?;
                 if !send_all_now(p.socket.as_raw_fd(), &p.nonce) {
                     return Err("a TCP peer's connection could not take our challenge".into());
                 }
-                p.need = tcp::ANSWER_BYTES;
+                p.need = secret::ANSWER_BYTES;
             }
         }
         Ok(p)
@@ -621,16 +500,6 @@ fn work(shared: Arc<WorkShared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn another_user_is_refused() {
-        // The refusal logic without a second user: the integration tests run a real peer as
-        // another user where they can (as root).
-        assert!(check_user(1000, 1000).is_ok());
-        let err = check_user(65534, 1000).expect_err("another user");
-        assert!(matches!(err, TransportError::Authentication(_)), "{err}");
-        assert!(err.to_string().contains("user 65534, not 1000"), "{err}");
-    }
 
     #[test]
     fn workers_are_bounded_and_close_promptly() {

@@ -34,14 +34,16 @@ mod path;
 pub mod peer;
 pub mod rendezvous;
 mod ring;
+mod secret;
 mod secret_file;
 pub mod shm;
+mod socket;
 mod tcp;
 
 pub use conn::{Address, Connection, Listener, Options, connect, connect_blocking};
 pub use error::TransportError;
 pub use gate::Refusals;
 pub use path::{Endpoint, PathChoice, PathRule, TransferPath, UnknownPath, choose_path};
-pub use ring::{COPY_ENGINE_MIN, EAGER_MAX, Received};
+pub use ring::{COPY_ENGINE_MIN, EAGER_MAX, Received, RingGeometry};
+pub use secret::{ANSWER_LEN, NONCE_BYTES, PROOF_BYTES, SECRET_ENV, Secret};
 pub use secret_file::{SECRET_FILE_ENV, default_secret_file};
-pub use tcp::{ANSWER_LEN, NONCE_BYTES, PROOF_BYTES, SECRET_ENV, Secret};

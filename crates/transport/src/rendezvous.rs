@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{self, Admitted, Check, Deadline, Gate, RefusalLog, Refusals, Workers};
-use crate::tcp::{Secret, authenticate_client};
+use crate::gate::{self, Admitted, Check, Gate, RefusalLog, Refusals, Workers};
+use crate::secret::{Secret, authenticate_client};
+use crate::socket::{self, Deadline};
 use crate::{Address, TransportError};
 
 /// What every worker learns once all have joined.
@@ -243,8 +244,8 @@ fn read_line(
         let available = match reader.fill_buf() {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) if gate::is_timeout(&e) && idle && line.is_empty() => continue,
-            Err(e) if gate::is_timeout(&e) => return Err(TransportError::Timeout(stall)),
+            Err(e) if socket::is_timeout(&e) && idle && line.is_empty() => continue,
+            Err(e) if socket::is_timeout(&e) => return Err(TransportError::Timeout(stall)),
             Err(e) => return Err(TransportError::io("read a line")(e)),
         };
         if available.is_empty() {
@@ -287,7 +288,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, deadline: Deadline) -> Result<(
         .ok_or_else(|| TransportError::PeerGone("a worker closed its connection before joining".into()))?;
     let join: Join =
         serde_json::from_str(&line).map_err(|e| TransportError::Protocol(format!("bad join line: {e}")))?;
-    gate::set_timeouts(&stream, Some(limits.stall_timeout))?;
+    socket::set_timeouts(&stream, Some(limits.stall_timeout))?;
     let (reply, refused) = {
         let mut s = lock(&shared.state)?;
         let world = s.addresses.len();
@@ -413,7 +414,7 @@ impl Rendezvous {
             serde_json::from_str(&reply).map_err(|e| TransportError::Protocol(format!("bad table: {e}")))?;
         match reply {
             Reply::Table(table) => {
-                gate::set_timeouts(&stream, Some(REPORT_TIMEOUT))?;
+                socket::set_timeouts(&stream, Some(REPORT_TIMEOUT))?;
                 Ok((Self { stream }, table))
             }
             Reply::Aborted(reason) => Err(TransportError::Aborted(reason)),
@@ -429,7 +430,7 @@ impl Rendezvous {
         let mut line = value.to_string();
         line.push('\n');
         self.stream.write_all(line.as_bytes()).map_err(|e| {
-            if gate::is_timeout(&e) {
+            if socket::is_timeout(&e) {
                 TransportError::Timeout(REPORT_TIMEOUT)
             } else {
                 TransportError::io("send report")(e)

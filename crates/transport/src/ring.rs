@@ -44,8 +44,6 @@ use crate::shm::Segment;
 
 /// Bytes of each direction's control area: header and descriptors.
 const CONTROL_BYTES: usize = 16 * 1024;
-/// Most slots a ring may have (descriptors must fit the control area).
-pub(crate) const MAX_SLOTS: usize = 64;
 const DESC_BYTES: usize = 192;
 const HEADER_BYTES: usize = 256;
 
@@ -91,14 +89,68 @@ struct Descriptor {
     handle: [u8; 64],
 }
 
-/// Geometry of a ring pair, agreed at setup.
+/// The shape of a ring pair: how many slots each direction has and how many bytes each slot
+/// holds. The one rule of what may be asked for (`Options::slots` and `Options::chunk`, a front
+/// end's flags) and of what a peer may propose at setup: a
+/// value of this type is always a ring that can be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Geometry {
-    pub(crate) slots: usize,
-    pub(crate) chunk: usize,
+pub struct RingGeometry {
+    slots: usize,
+    chunk: usize,
 }
 
-impl Geometry {
+impl RingGeometry {
+    /// Fewest slots: one in flight while the other is filled.
+    pub const MIN_SLOTS: usize = 2;
+    /// Most slots (every slot's descriptor must fit the control area).
+    pub const MAX_SLOTS: usize = 64;
+    /// A slot is a whole number of these (pages: the slots are pinned page by page).
+    pub const CHUNK_UNIT: usize = 4096;
+    /// Largest slot (the segment is mapped whole).
+    pub const MAX_CHUNK: usize = 1 << 30;
+
+    /// Whether a ring may have `slots` slots per direction.
+    pub fn slots_allowed(slots: usize) -> bool {
+        (Self::MIN_SLOTS..=Self::MAX_SLOTS).contains(&slots)
+    }
+
+    /// Whether a slot may hold `chunk` bytes.
+    pub fn chunk_allowed(chunk: usize) -> bool {
+        (Self::CHUNK_UNIT..=Self::MAX_CHUNK).contains(&chunk) && chunk.is_multiple_of(Self::CHUNK_UNIT)
+    }
+
+    /// A ring of `slots` slots of `chunk` bytes each, per direction.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidArgument`] where either is out of range.
+    pub fn new(slots: usize, chunk: usize) -> Result<Self, TransportError> {
+        if !Self::slots_allowed(slots) || chunk < Self::CHUNK_UNIT || !chunk.is_multiple_of(Self::CHUNK_UNIT) {
+            return Err(TransportError::InvalidArgument(format!(
+                "a ring needs {} to {} slots of a multiple of {} bytes (asked: {slots} slots of {chunk} bytes)",
+                Self::MIN_SLOTS,
+                Self::MAX_SLOTS,
+                Self::CHUNK_UNIT,
+            )));
+        }
+        if !Self::chunk_allowed(chunk) {
+            return Err(TransportError::InvalidArgument(format!(
+                "a ring slot holds at most {} bytes",
+                Self::MAX_CHUNK
+            )));
+        }
+        Ok(Self { slots, chunk })
+    }
+
+    /// Slots per direction.
+    pub fn slots(self) -> usize {
+        self.slots
+    }
+
+    /// Bytes per slot.
+    pub fn chunk(self) -> usize {
+        self.chunk
+    }
+
     pub(crate) fn segment_bytes(self) -> usize {
         2 * CONTROL_BYTES + 2 * self.slots * self.chunk
     }
@@ -116,7 +168,7 @@ impl Geometry {
 #[derive(Debug, Clone)]
 struct Ring {
     segment: Arc<Segment>,
-    geometry: Geometry,
+    geometry: RingGeometry,
     direction: usize,
 }
 
@@ -141,7 +193,7 @@ impl Ring {
 
     fn descriptor_ptr(&self, seq: u64) -> *mut Descriptor {
         let slot = (seq % self.geometry.slots as u64) as usize;
-        // SAFETY: within the control area (checked at setup: slots <= MAX_SLOTS).
+        // SAFETY: within the control area (a `RingGeometry` has at most `MAX_SLOTS` slots).
         unsafe { self.base().add(self.geometry.control(self.direction) + HEADER_BYTES + slot * DESC_BYTES).cast() }
     }
 
@@ -162,7 +214,7 @@ impl Ring {
     }
 }
 
-const _: () = assert!(HEADER_BYTES + MAX_SLOTS * DESC_BYTES <= CONTROL_BYTES);
+const _: () = assert!(HEADER_BYTES + RingGeometry::MAX_SLOTS * DESC_BYTES <= CONTROL_BYTES);
 const _: () = assert!(std::mem::size_of::<Descriptor>() <= DESC_BYTES);
 
 /// Watches the control socket: once set up, the peer never writes to it, so any readiness
@@ -268,7 +320,7 @@ pub(crate) struct Receiver {
 /// Both halves of a ring pair for one side; `direction` is the one this side sends on.
 pub(crate) fn halves(
     segment: Arc<Segment>,
-    geometry: Geometry,
+    geometry: RingGeometry,
     send_direction: usize,
     device: &Arc<dyn Device>,
     live: &Liveness,
@@ -628,7 +680,7 @@ mod tests {
     /// could write.
     fn pair() -> (Arc<dyn Device>, Sender, Receiver, Ring, UnixStream) {
         let device: Arc<dyn Device> = Arc::new(SimDevice::new());
-        let geometry = Geometry { slots: 4, chunk: 4096 };
+        let geometry = RingGeometry { slots: 4, chunk: 4096 };
         let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
         let (a, b) = UnixStream::pair().expect("pair");
         let live = Liveness::new(Arc::new(a));
@@ -672,7 +724,7 @@ mod tests {
     #[test]
     fn a_padded_copy_delivers_the_message_and_stays_inside_the_buffer() {
         let device: Arc<dyn Device> = Arc::new(SimDevice::new());
-        let geometry = Geometry { slots: 4, chunk: 64 << 10 };
+        let geometry = RingGeometry { slots: 4, chunk: 64 << 10 };
         let segment = Arc::new(Segment::create("test-ring", geometry.segment_bytes()).expect("segment"));
         let (a, _b) = UnixStream::pair().expect("pair");
         let live = Liveness::new(Arc::new(a));
@@ -693,14 +745,44 @@ mod tests {
     }
 
     #[test]
+    fn a_ring_geometry_is_one_that_can_be_built() {
+        for (slots, chunk) in [(2, 4096), (64, 1 << 30), (4, 4 << 20)] {
+            let g = RingGeometry::new(slots, chunk).expect("allowed");
+            assert_eq!((g.slots(), g.chunk()), (slots, chunk));
+            assert!(RingGeometry::slots_allowed(slots) && RingGeometry::chunk_allowed(chunk));
+        }
+        for (slots, chunk) in [(1, 4096), (65, 4096), (0, 4096), (4, 0), (4, 4095), (4, 5000), (4, (1 << 30) + 4096)] {
+            let err = RingGeometry::new(slots, chunk).expect_err("refused");
+            assert!(matches!(err, TransportError::InvalidArgument(_)), "{err}");
+            assert!(!(RingGeometry::slots_allowed(slots) && RingGeometry::chunk_allowed(chunk)), "{slots} x {chunk}");
+        }
+        let err = RingGeometry::new(4, 2 << 30).expect_err("too large");
+        assert_eq!(err.to_string(), "a ring slot holds at most 1073741824 bytes");
+        let err = RingGeometry::new(1, 4096).expect_err("one slot");
+        assert_eq!(
+            err.to_string(),
+            "a ring needs 2 to 64 slots of a multiple of 4096 bytes (asked: 1 slots of 4096 bytes)"
+        );
+    }
+
+    #[test]
     fn the_rings_still_carry_messages() {
         let (device, mut sender, mut receiver, _, _peer) = pair();
         let out = DeviceBuffer::new(&device, 10_000).expect("buffer");
         let back = DeviceBuffer::new(&device, 10_000).expect("buffer");
-        out.write(&[9u8; 10_000]).expect("write");
-        // Two chunks fit the four slots, so the send completes before the receive starts.
-        sender.send_staged(5, out.ptr(), 8192).expect("send");
-        assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag: 5, len: 8192 });
+        // Two messages with different bytes, the second one wrapping round the four slots: a
+        // ring that delivered stale slots, or chunks out of order, would fail the comparison.
+        for (tag, len, seed) in [(5, 8192, 3u8), (6, 10_000, 7)] {
+            let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 ^ seed).collect();
+            out.write(&data).expect("write");
+            back.write(&[0u8; 10_000]).expect("clear");
+            // At most three chunks fit the four slots, so the send completes before the receive.
+            sender.send_staged(tag, out.ptr(), len).expect("send");
+            assert_eq!(receiver.recv(back.ptr(), back.len(), None).expect("recv"), Received { tag, len });
+            let mut got = vec![0u8; len];
+            back.read(&mut got).expect("read");
+            assert!(got == data[..len], "message {tag} arrived changed");
+        }
     }
 
     #[test]

@@ -216,3 +216,15 @@ fn a_local_listener_refuses_bad_ring_geometry() {
     let err = Listener::bind(&Address::Local(unique_name("geometry")), device, options).expect_err("1 slot");
     assert!(err.to_string().contains("2 to 64 slots"), "{err}");
 }
+
+#[test]
+fn callers_can_tell_their_own_mistakes_from_a_peer_breaking_the_protocol() {
+    let e = "nonsense".parse::<Address>().expect_err("not an address");
+    assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+    let e = "gpu".parse::<device::WorkerDevice>().expect_err("not a device");
+    assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+    let dev = device::open(DeviceKind::Simulated).expect("simulated device");
+    let e = Listener::bind_local("test", dev, Options { slots: 1, ..Options::default() }).expect_err("one slot");
+    assert!(matches!(e, TransportError::InvalidArgument(_)), "{e:?}");
+    assert!(e.to_string().starts_with("a ring needs"), "the message says what is wrong, unprefixed: {e}");
+}
