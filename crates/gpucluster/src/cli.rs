@@ -418,7 +418,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
                 Ok(report) => report,
                 Err(signal) => {
                     tracing::warn!("bench interrupted ({})", launcher::signal_name(signal));
-                    return Ok(128u8.saturating_add(signal as u8));
+                    return Ok(launcher::exit_status_after(signal));
                 }
             }
         }

@@ -155,11 +155,12 @@ impl std::fmt::Display for Stop {
 }
 
 impl Stop {
-    /// The exit status the launcher should end with after this stop: 128 + the signal for a
-    /// signal (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP), as shells report them.
+    /// The exit status the launcher should end with after this stop: for a signal,
+    /// [`exit_status_after`](crate::exit_status_after) it (130 for SIGINT, 143 for SIGTERM, 129
+    /// for SIGHUP), as shells report them.
     pub fn exit_status(&self) -> Option<u8> {
         match self {
-            Stop::Signal(s) => Some(128u8.saturating_add(*s as u8)),
+            Stop::Signal(s) => Some(crate::exit_status_after(*s)),
             _ => None,
         }
     }

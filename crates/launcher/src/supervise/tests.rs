@@ -245,4 +245,5 @@ fn signal_stops_exit_as_shells_report_them() {
     assert_eq!(Stop::Signal(libc::SIGTERM).exit_status(), Some(143));
     assert_eq!(Stop::Signal(libc::SIGHUP).exit_status(), Some(129));
     assert_eq!(Stop::NoneLeft.exit_status(), None);
+    assert_eq!(crate::exit_status_after(libc::SIGPIPE), 141, "as `set -o pipefail` reports `gpucluster list | head`");
 }
