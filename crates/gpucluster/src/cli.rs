@@ -349,8 +349,8 @@ async fn measure(spec: &TopologySpec, args: &BenchArgs) -> anyhow::Result<Result
     // The benchmark stands for two workers sharing this machine's first compute device (as
     // `up --workers-per-device 2` places them): the paths they may use come from the path choice.
     let first = snapshot.hosts.first().and_then(|h| {
-        let gpu = h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty())?;
-        Some(transport::Endpoint { host: h, gpu, mig: gpu.mig_instances.first() })
+        let (gpu, mig) = h.compute_devices().next()?;
+        Some(transport::Endpoint { host: h, gpu, mig })
     });
     let local = first.map(|e| transport::choose_path(e, e));
     let first_mig = first.is_some_and(|e| e.mig.is_some());

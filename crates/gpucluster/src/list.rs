@@ -61,10 +61,12 @@ pub(crate) fn table(snapshot: &Snapshot, spec: &TopologySpec, out: &mut dyn Writ
 }
 
 fn compute_device(gpu: &PhysicalGpu) -> String {
-    match (gpu.mig_enabled, gpu.mig_instances.len()) {
-        (false, _) => "yes".into(),
-        (true, 0) => "no: MIG enabled with no instances".into(),
-        (true, n) => format!("no: MIG enabled, its {n} instance(s) are the compute devices"),
+    if gpu.is_compute_device() {
+        return "yes".into();
+    }
+    match gpu.compute_devices().count() {
+        0 => "no: MIG enabled with no instances".into(),
+        n => format!("no: MIG enabled, its {n} instance(s) are the compute devices"),
     }
 }
 
