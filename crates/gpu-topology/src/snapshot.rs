@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::text::{control_char, printable};
+use crate::units::gib;
 use crate::{DeviceId, Limit, TopologyError, limits, products};
 
 /// One or more hosts, each with its GPUs, MIG instances and peer links.
@@ -434,10 +435,6 @@ impl PhysicalGpu {
 
 fn opt(id: Option<u32>) -> String {
     id.map_or_else(|| "-".to_owned(), |i| i.to_string())
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// A host name must name a host: not empty, printable, no longer than a DNS name.
