@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tests::process::processes_with;
+
 /// The Python with Dask, or `None` (the test then returns, and says it skipped).
 fn python() -> Option<PathBuf> {
     tests::dask_env::python()
@@ -34,9 +36,10 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The built binary with `args`, through the tests' one command builder.
 fn gpucluster(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gpucluster"));
-    c.args(args).env_remove("CUDA_VISIBLE_DEVICES").env_remove("GPUCLUSTER_TOPOLOGY");
+    let mut c = tests::process::gpucluster(env!("CARGO_BIN_EXE_gpucluster"));
+    c.args(args);
     c
 }
 
@@ -99,20 +102,6 @@ fn scheduler_file_in(log: &Path, timeout: Duration) -> PathBuf {
     found.expect("the scheduler file")
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle).then_some(pid)
-        })
-        .collect()
-}
-
 const HOST_A: &str = "hostname = \"node-a\"\n[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"3x2g.20gb\"]\n";
 const HOST_B: &str = "hostname = \"node-b\"\n[[gpu]]\nproduct = \"A100-80GB\"\nmig = [\"2x3g.40gb\"]\n";
 
@@ -166,9 +155,9 @@ fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
     // Kill one worker: the launcher starts it again and it rejoins.
     let victims = processes_with("--name node-b-gpu0-mig1");
     assert!(!victims.is_empty());
-    for pid in &victims {
+    for victim in &victims {
         // SAFETY: killing a worker process this test started (through its launcher).
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
+        unsafe { libc::kill(victim.pid, libc::SIGKILL) };
     }
     wait_until("the killed worker to be restarted", Duration::from_secs(30), || {
         processes_with("--name node-b-gpu0-mig1").iter().any(|p| !victims.contains(p))
@@ -363,11 +352,9 @@ fn dask_local_speaks_gpucluster_where_it_is_installed_and_only_to_holders_of_the
     assert!(address.starts_with("gpucluster://"), "{address}");
     // Workers of another launcher of ours join by the address, as Dask's CLI takes it; they hold
     // the secret, so nothing warns that the scheduler is open.
-    let joined = Command::new(env!("CARGO_BIN_EXE_gpucluster"))
-        .args(["--topology", "sim:rapids-a100-pcie", "dask", "worker", &address, "--python"])
+    let joined = gpucluster(&["--topology", "sim:rapids-a100-pcie", "dask", "worker", &address, "--python"])
         .arg(&python)
         .env("XDG_CONFIG_HOME", &config)
-        .env_remove("CUDA_VISIBLE_DEVICES")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
