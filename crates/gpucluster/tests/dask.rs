@@ -43,15 +43,19 @@ fn gpucluster(args: &[&str]) -> Command {
     c
 }
 
-/// The plan's worker names and device UUIDs for a topology, from `plan --json`.
-fn planned(topology: &str) -> Vec<(String, String)> {
+/// The plan's worker names, device UUIDs and device memory limits for a topology, from
+/// `plan --json`.
+fn planned(topology: &str) -> Vec<(String, String, Option<u64>)> {
     let out = gpucluster(&["--topology", topology, "plan", "--json"]).output().expect("plan");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
     v["workers"]
         .as_array()
         .expect("workers")
         .iter()
-        .map(|w| (w["name"].as_str().unwrap_or("").to_owned(), w["device_uuid"].as_str().unwrap_or("").to_owned()))
+        .map(|w| {
+            let name = w["name"].as_str().unwrap_or("").to_owned();
+            (name, w["device_uuid"].as_str().unwrap_or("").to_owned(), w["device_memory_limit_bytes"].as_u64())
+        })
         .collect()
 }
 
@@ -135,15 +139,28 @@ fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
     let plan_a = planned(&format!("file:{}", a.display()));
     let plan_b = planned(&format!("file:{}", b.display()));
     assert_eq!(workers.as_object().map(|o| o.len()), Some(5));
-    for (name, uuid) in plan_a.iter().chain(&plan_b) {
+    // This machine's memory, which the launchers share out between their workers.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    let total_kb = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix(" kB")?.parse().ok());
+    let host_memory: u64 = total_kb.map(|kb: u64| kb << 10).expect("MemTotal");
+    for (name, uuid, device_limit) in plan_a.iter().chain(&plan_b) {
         let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
         assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str(), "{name} sees exactly its own MIG device");
         assert_eq!(w["env"]["UCX_TLS"], "^cuda_ipc");
         assert_eq!(w["resources"]["GPU"], 1.0);
         let expected_host = if name.starts_with("node-a") { "127.0.0.2" } else { "127.0.0.3" };
         assert_eq!(w["host"], expected_host);
-        assert!(w["memory_limit"].as_u64().is_some_and(|m| m > 0));
-        assert!(w["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"].as_str().is_some_and(|m| m.parse::<u64>().is_ok()));
+        // Limits, not placeholders: 0 (which Dask and dask-cuda read as "no limit") fails.
+        let memory_limit = w["memory_limit"].as_u64();
+        assert!(
+            memory_limit.is_some_and(|m| (64 << 20..=host_memory).contains(&m)),
+            "{name}: host memory limit {memory_limit:?}, not at least 64 MiB and at most this machine's {host_memory}"
+        );
+        let limit: Option<u64> = w["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"].as_str().and_then(|m| m.parse().ok());
+        assert!(
+            limit.is_some_and(|m| m > 0) && limit == *device_limit,
+            "{name}: device memory limit {limit:?}, not the plan's positive {device_limit:?}"
+        );
     }
     // The 3g.40gb worker's limit is 80 % of its own 39.25 GiB, not of the parent GPU.
     let big = workers.as_object().expect("map").values().find(|w| w["name"] == "node-b-gpu0-mig0").expect("3g.40gb");
@@ -205,7 +222,7 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     let file = scheduler_file_in(&log, Duration::from_secs(30));
     let workers = check(&python, &file, 4);
     let planned = planned("sim:a30");
-    for (name, uuid) in &planned {
+    for (name, uuid, _) in &planned {
         let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
         assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str());
     }
