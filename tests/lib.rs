@@ -1,5 +1,8 @@
 //! Cross-crate tests live in `it/`; the library holds what other crates' tests and xtask share:
-//! the golden-scenario runner (`scenarios`) and the Dask tests' interpreter (`dask_env`).
+//! the golden-scenario runner (`scenarios`), the Dask tests' interpreter (`dask_env`), and the
+//! command that runs the built binary with the processes it leaves, found through `/proc`
+//! (`process`).
 
 pub mod dask_env;
+pub mod process;
 pub mod scenarios;

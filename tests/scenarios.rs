@@ -9,11 +9,6 @@
 //! test of `crates/gpucluster` (`cargo test`, with `UPDATE_EXPECT=1` to rewrite the files).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Variables that change gpucluster's behaviour; removed unless a scenario sets them.
-const CONTROLLED_ENV: &[&str] =
-    &["CUDA_VISIBLE_DEVICES", "GPUCLUSTER_TOPOLOGY", "UCX_TLS", "NCCL_MULTI_RANK_GPU_ENABLE"];
 
 /// The scenarios folder of this checkout, `tests/scenarios`.
 pub fn dir() -> PathBuf {
@@ -80,11 +75,9 @@ fn run_scenario(binary: &Path, folder: &Path) -> Result<String, String> {
         let Some((&"gpucluster", args)) = args.split_first() else {
             return Err(format!("{}: each line of cmd must run `gpucluster ...`: {line}", folder.display()));
         };
-        let mut command = Command::new(binary);
+        // Without the variables that change gpucluster's behaviour, unless the scenario sets them.
+        let mut command = crate::process::gpucluster(binary);
         command.args(args).current_dir(folder);
-        for var in CONTROLLED_ENV {
-            command.env_remove(var);
-        }
         command.env("NO_COLOR", "1").env("COLUMNS", "100");
         for (k, v) in &settings {
             command.env(k, v);

@@ -22,6 +22,9 @@
 // xtask is a command-line tool: printing is its job.
 #![allow(clippy::print_stdout)]
 
+// The import graphs the tidy tests check.
+#[cfg(test)]
+mod imports;
 mod tidy;
 
 use std::path::{Path, PathBuf};

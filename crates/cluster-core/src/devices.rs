@@ -84,7 +84,7 @@ pub(crate) fn compute_devices(snapshot: &Snapshot) -> (Vec<DeviceRef>, Vec<Exclu
     let mut excluded = Vec::new();
     for (h, host) in snapshot.hosts.iter().enumerate() {
         for (g, gpu) in host.gpus.iter().enumerate() {
-            if !gpu.mig_enabled {
+            if gpu.is_compute_device() {
                 selected.push(DeviceRef { host: h, gpu: g, mig: None });
                 continue;
             }

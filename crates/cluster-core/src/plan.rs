@@ -315,10 +315,6 @@ pub enum PlanError {
     Tolerance(f64),
 }
 
-fn gib(bytes: Option<u64>) -> String {
-    bytes.map_or_else(|| "unknown memory".to_owned(), |b| format!("{:.2} GiB", b as f64 / f64::from(1u32 << 30)))
-}
-
 fn first_few(items: &[String]) -> String {
     const SHOWN: usize = 3;
     if items.len() <= SHOWN {
@@ -345,7 +341,7 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
             "  class {}: {} device(s), {}, {} SMs, {} on {}: {}",
             c.name,
             c.devices.len(),
-            gib(c.memory_bytes),
+            c.memory_bytes.map_or_else(|| "unknown memory".to_owned(), gpu_topology::units::gib),
             c.sm_count.map_or("unknown".to_owned(), |s| s.to_string()),
             first_few(&c.profiles),
             first_few(&c.hosts),

@@ -138,6 +138,8 @@ fn empty_slots_and_gaps_are_skipped() {
     let host = discover(&mock(vec![mig_gpu(GPU0, &[(0, 7), (2, 9), (5, 12)])])).expect("discover");
     let g = &host.gpus[0];
     assert!(g.mig_enabled && !g.is_compute_device());
+    let instances: Vec<_> = g.compute_devices().map(|m| m.map(|m| m.slot)).collect();
+    assert_eq!(instances, vec![Some(Some(0)), Some(Some(2)), Some(Some(5))], "its instances, not the GPU itself");
     let slots: Vec<_> = g.mig_instances.iter().map(|m| (m.slot, m.gpu_instance_id)).collect();
     assert_eq!(slots, vec![(Some(0), Some(7)), (Some(2), Some(9)), (Some(5), Some(12))]);
     let m = &g.mig_instances[1];
@@ -153,6 +155,9 @@ fn mig_enabled_with_no_instances_is_reported_not_rejected() {
     assert!(host.gpus[0].mig_enabled);
     assert!(host.gpus[0].mig_instances.is_empty());
     assert!(host.gpus[1].is_compute_device());
+    assert_eq!(host.gpus[0].compute_devices().count(), 0, "a MIG-enabled GPU without instances offers none");
+    let devices: Vec<_> = host.compute_devices().map(|(g, m)| (g.uuid.to_string(), m.is_some())).collect();
+    assert_eq!(devices, vec![(GPU1.to_owned(), false)], "the whole GPU, once");
 }
 
 #[test]

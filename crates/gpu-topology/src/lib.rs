@@ -52,6 +52,7 @@ pub mod smi;
 mod snapshot;
 mod source;
 pub mod text;
+pub mod units;
 
 use async_trait::async_trait;
 

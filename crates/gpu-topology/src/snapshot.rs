@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::text::{control_char, printable};
+use crate::units::gib;
 use crate::{DeviceId, Limit, TopologyError, limits, products};
 
 /// One or more hosts, each with its GPUs, MIG instances and peer links.
@@ -175,9 +176,25 @@ impl PhysicalGpu {
     pub fn is_compute_device(&self) -> bool {
         !self.mig_enabled
     }
+
+    /// The compute devices this GPU offers, in order: the GPU itself (`None`) when MIG is
+    /// disabled, else each of its MIG instances (`Some`), so none for a MIG-enabled GPU without
+    /// instances. This is the one definition of a compute device; selection, listing and the
+    /// benchmarks count through it.
+    pub fn compute_devices(&self) -> impl Iterator<Item = Option<&MigInstance>> {
+        let whole = self.is_compute_device();
+        let instances = self.mig_instances.iter().filter(move |_| !whole).map(Some);
+        whole.then_some(None).into_iter().chain(instances)
+    }
 }
 
 impl HostTopology {
+    /// Every compute device of this host, in GPU order, with its GPU: each GPU with MIG
+    /// disabled (`None`) and each MIG instance of the others (see [`PhysicalGpu::compute_devices`]).
+    pub fn compute_devices(&self) -> impl Iterator<Item = (&PhysicalGpu, Option<&MigInstance>)> {
+        self.gpus.iter().flat_map(|gpu| gpu.compute_devices().map(move |mig| (gpu, mig)))
+    }
+
     /// The link from GPU `from` to GPU `to`, if the source reported one.
     ///
     /// Links are kept in `(from, to)` order, as every source writes them and [`Self::validate`]
@@ -418,10 +435,6 @@ impl PhysicalGpu {
 
 fn opt(id: Option<u32>) -> String {
     id.map_or_else(|| "-".to_owned(), |i| i.to_string())
-}
-
-fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
 }
 
 /// A host name must name a host: not empty, printable, no longer than a DNS name.

@@ -132,7 +132,7 @@ impl From<RestartArg> for launcher::RestartFlag {
 pub(crate) struct SizeList(pub(crate) Vec<usize>);
 
 pub(crate) fn size_list(s: &str) -> Result<SizeList, String> {
-    crate::bench::parse_sizes(s).map(SizeList)
+    parse_sizes(s).map(SizeList)
 }
 
 /// A whole number from `low` to `high`. Flags that take one accept a leading `-`
@@ -175,4 +175,28 @@ fn tolerance(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{pct} is out of range: give a percentage from 0 to 100"))
     }
+}
+
+/// The largest message: 64 GiB, under the largest GPU's memory, with room for the buffers.
+const MAX_SIZE: usize = 64 << 30;
+
+/// Parses `8,64,1K,16M,1G`: each a binary size ([`cluster_core::parse_binary_size`], so `1G` is
+/// 2^30 bytes), from 1 byte to [`MAX_SIZE`].
+pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
+    text.split(',')
+        .map(|s| {
+            let s = s.trim();
+            let too_large =
+                || format!("`{s}` is larger than {} GiB, the largest message bench transport sends", MAX_SIZE >> 30);
+            let bytes = match cluster_core::parse_binary_size(s) {
+                Ok(bytes) => usize::try_from(bytes).ok().filter(|&b| b <= MAX_SIZE).ok_or_else(too_large)?,
+                Err(cluster_core::SizeError::Overflow { .. }) => return Err(too_large()),
+                Err(e) => return Err(e.to_string()),
+            };
+            if bytes == 0 {
+                return Err(format!("`{s}` is not a size: give at least 1 byte"));
+            }
+            Ok(bytes)
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@
 //! `launcher::transport_bench`, which tells [`ProgressLine`] how it goes; this module draws what
 //! it is told and prints the [`BenchReport`] it returns (or one saved earlier with `--json`).
 
+use gpu_topology::units::human_size;
 use std::cell::OnceCell;
 use std::io::Write;
 
@@ -40,12 +41,12 @@ impl Progress for ProgressLine {
     fn step(&self, step: BenchStep) {
         let Some(bar) = self.bar.get() else { return };
         bar.set_message(match step {
-            BenchStep::CeilingD2d { bytes } => format!("ceiling d2d {}", human(bytes)),
-            BenchStep::CeilingStaged { bytes } => format!("ceiling staged {}", human(bytes)),
+            BenchStep::CeilingD2d { bytes } => format!("ceiling d2d {}", human_size(bytes as u64)),
+            BenchStep::CeilingStaged { bytes } => format!("ceiling staged {}", human_size(bytes as u64)),
             BenchStep::Bandwidth { path, bytes, run, runs } => {
-                format!("{} {}: bandwidth {run}/{runs}", path.name(), human(bytes))
+                format!("{} {}: bandwidth {run}/{runs}", path.name(), human_size(bytes as u64))
             }
-            BenchStep::Latency { path, bytes } => format!("{} {}: latency", path.name(), human(bytes)),
+            BenchStep::Latency { path, bytes } => format!("{} {}: latency", path.name(), human_size(bytes as u64)),
         });
     }
 
@@ -62,15 +63,6 @@ impl Progress for ProgressLine {
     }
 }
 
-pub(crate) fn human(bytes: usize) -> String {
-    match bytes {
-        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
-        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
-        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
-        b => format!("{b} B"),
-    }
-}
-
 /// The report as a table, with the ratios the quality bars name.
 pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
@@ -79,7 +71,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
         report.device,
         if report.peer_thread { "peer in a thread of this process (one CUDA context)" } else { "two processes" },
         report.slots,
-        human(report.chunk_bytes)
+        human_size(report.chunk_bytes as u64)
     )?;
     if report.device.starts_with("simulated") {
         writeln!(out, "(simulated device memory: the figures measure the protocol and this host's memory, not a GPU)")?;
@@ -99,7 +91,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
     sizes.sort_unstable();
     sizes.dedup();
     for &bytes in &sizes {
-        let mut row = vec![human(bytes)];
+        let mut row = vec![human_size(bytes as u64)];
         for &p in &paths {
             match report.results.iter().find(|m| m.path == p && m.bytes == bytes) {
                 Some(m) => {
@@ -128,7 +120,7 @@ pub(crate) fn table(report: &BenchReport, out: &mut dyn Write) -> std::io::Resul
             .filter(|m| m.path == p && m.bytes >= 16 << 20)
             .filter_map(|m| {
                 let c = report.ceilings.iter().find(|c| c.name == ceiling && c.bytes == m.bytes)?;
-                Some(format!("{} {:.0}%", human(m.bytes), 100.0 * m.gbps / c.gbps))
+                Some(format!("{} {:.0}%", human_size(m.bytes as u64), 100.0 * m.gbps / c.gbps))
             })
             .collect();
         if !ratios.is_empty() {
@@ -211,7 +203,7 @@ where
     let lo = sizes.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = sizes.iter().copied().fold(0.0, f64::max);
     let (lo, hi) = if lo.is_finite() { (lo, hi * 1.5) } else { (1.0, 2.0) };
-    // Ticks at the measured sizes, labelled as the table labels them (`human`: binary units).
+    // Ticks at the measured sizes, labelled as the table labels them (`human_size`: binary units).
     let mut keys = sizes.clone();
     keys.sort_by(f64::total_cmp);
     keys.dedup();
@@ -226,7 +218,7 @@ where
         .configure_mesh()
         .x_desc(x_desc)
         .y_desc("GB/s")
-        .x_label_formatter(&|v| human(v.round() as usize))
+        .x_label_formatter(&|v| human_size(v.round() as u64))
         .draw()
         .map_err(draw)?;
     let colours = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
@@ -249,28 +241,4 @@ where
         .draw()
         .map_err(draw)?;
     Ok(())
-}
-
-/// The largest message: 64 GiB, under the largest GPU's memory, with room for the buffers.
-const MAX_SIZE: usize = 64 << 30;
-
-/// Parses `8,64,1K,16M,1G`: each a binary size ([`cluster_core::parse_binary_size`], so `1G` is
-/// 2^30 bytes), from 1 byte to [`MAX_SIZE`].
-pub(crate) fn parse_sizes(text: &str) -> Result<Vec<usize>, String> {
-    text.split(',')
-        .map(|s| {
-            let s = s.trim();
-            let too_large =
-                || format!("`{s}` is larger than {} GiB, the largest message bench transport sends", MAX_SIZE >> 30);
-            let bytes = match cluster_core::parse_binary_size(s) {
-                Ok(bytes) => usize::try_from(bytes).ok().filter(|&b| b <= MAX_SIZE).ok_or_else(too_large)?,
-                Err(cluster_core::SizeError::Overflow { .. }) => return Err(too_large()),
-                Err(e) => return Err(e.to_string()),
-            };
-            if bytes == 0 {
-                return Err(format!("`{s}` is not a size: give at least 1 byte"));
-            }
-            Ok(bytes)
-        })
-        .collect()
 }

@@ -1,6 +1,7 @@
 //! `gpucluster bench dask`: device arrays between two Dask workers, over each comm protocol;
 //! the measuring is `launcher::dask_bench`'s, the table, JSON and plot are here.
 
+use gpu_topology::units::human_size;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -72,14 +73,10 @@ pub(crate) async fn run(
     let probe = args.python.clone();
     let python = match signals.or_blocking(move |cancel| dask::python::probe_python(&probe, cancel)).await {
         Ok(python) => python?,
-        Err(signal) => return Ok(128u8.saturating_add(signal as u8)),
+        Err(signal) => return Ok(launcher::exit_status_after(signal)),
     };
     let snapshot = crate::args::load(spec).await?;
-    let devices: usize = snapshot
-        .hosts
-        .first()
-        .map(|h| h.gpus.iter().map(|g| if g.mig_enabled { g.mig_instances.len() } else { 1 }).sum())
-        .unwrap_or(0);
+    let devices: usize = snapshot.hosts.first().map(|h| h.compute_devices().count()).unwrap_or(0);
     let real = spec.is_real();
     let names: Vec<String> = if args.variants.is_empty() {
         let mut v = vec!["gpucluster-host-staged".to_owned(), "gpucluster".to_owned(), "tcp".to_owned()];
@@ -143,7 +140,7 @@ pub(crate) async fn run(
                     launcher::signal_name(signal),
                     crate::table::escape(&variant.name)
                 );
-                return Ok(128u8.saturating_add(signal as u8));
+                return Ok(launcher::exit_status_after(signal));
             }
         }
     }
@@ -196,7 +193,7 @@ fn table(report: &DaskReport, out: &mut dyn Write) -> std::io::Result<()> {
     sizes.sort_unstable();
     sizes.dedup();
     for bytes in sizes {
-        let mut row = vec![crate::bench::human(bytes as usize)];
+        let mut row = vec![human_size(bytes)];
         for v in &report.variants {
             row.push(match v.results.iter().find(|m| m.bytes == bytes) {
                 Some(m) => {

@@ -158,7 +158,7 @@ struct BenchArgs {
 }
 
 fn parse_one_size(s: &str) -> Result<usize, String> {
-    let sizes = crate::bench::parse_sizes(s)?;
+    let sizes = crate::args::parse_sizes(s)?;
     sizes.first().copied().filter(|_| sizes.len() == 1).ok_or_else(|| format!("`{s}` is not one size"))
 }
 
@@ -422,7 +422,7 @@ async fn bench_transport(spec: &TopologySpec, args: BenchArgs, out: &mut dyn Wri
                 Ok(report) => report,
                 Err(signal) => {
                     tracing::warn!("bench interrupted ({})", launcher::signal_name(signal));
-                    return Ok(128u8.saturating_add(signal as u8));
+                    return Ok(launcher::exit_status_after(signal));
                 }
             }
         }

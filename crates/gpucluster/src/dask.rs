@@ -262,7 +262,7 @@ async fn run(
     let mut signals = Signals::install()?;
     let interrupted = |signal: i32| {
         tracing::warn!("interrupted ({}) while setting up", launcher::signal_name(signal));
-        Ok(128u8.saturating_add(signal as u8))
+        Ok(launcher::exit_status_after(signal))
     };
     let started = Instant::now();
     let mut supervision = Supervision::from_flags(args.grace, args.restart.into(), args.max_restarts)?;

@@ -73,14 +73,14 @@ where
     match result {
         Ok(status) => status,
         // The reader went away (`gpucluster list | head`): nothing left to say to anyone, and
-        // the status a program killed by SIGPIPE has (128 + 13), as `set -o pipefail` expects:
+        // the status a program killed by SIGPIPE has (141), as `set -o pipefail` expects:
         // `up | true` never ran its job, and must not look as if it had.
         Err(e)
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
             }) =>
         {
-            141
+            launcher::exit_status_after(libc::SIGPIPE)
         }
         Err(e) => {
             // Messages quote input (names, addresses, file contents): whatever escaped the

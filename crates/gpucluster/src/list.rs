@@ -3,20 +3,10 @@
 use std::io::{self, Write};
 
 use gpu_topology::sim::PRESETS;
+use gpu_topology::units::gib;
 use gpu_topology::{HostTopology, PhysicalGpu, Snapshot, TopologySpec};
 
 use crate::table::{Table, escape};
-
-/// Bytes as GiB with two decimals, the precision MIG memory differs at.
-/// Amounts under 0.01 GiB (a limit of a few bytes is legal, if odd) are shown in MiB or bytes,
-/// so they do not read as zero.
-pub(crate) fn gib(bytes: u64) -> String {
-    match bytes {
-        0..1024 => format!("{bytes} B"),
-        1024..10_737_418 => format!("{:.2} MiB", bytes as f64 / f64::from(1u32 << 20)),
-        _ => format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30)),
-    }
-}
 
 fn opt<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
@@ -61,10 +51,12 @@ pub(crate) fn table(snapshot: &Snapshot, spec: &TopologySpec, out: &mut dyn Writ
 }
 
 fn compute_device(gpu: &PhysicalGpu) -> String {
-    match (gpu.mig_enabled, gpu.mig_instances.len()) {
-        (false, _) => "yes".into(),
-        (true, 0) => "no: MIG enabled with no instances".into(),
-        (true, n) => format!("no: MIG enabled, its {n} instance(s) are the compute devices"),
+    if gpu.is_compute_device() {
+        return "yes".into();
+    }
+    match gpu.compute_devices().count() {
+        0 => "no: MIG enabled with no instances".into(),
+        n => format!("no: MIG enabled, its {n} instance(s) are the compute devices"),
     }
 }
 

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use cluster_core::PlanRequest;
+use gpu_topology::units::gib;
 pub(crate) use launcher::plan_paths::{PathEntry, PlanOutput};
 use serde::Serialize;
 use transport::{PathRule, TransferPath};
 
-use crate::list::gib;
 use crate::table::{Table, escape};
 
 /// `value` as pretty JSON and a newline, through a buffer: standard output flushes at every

@@ -143,7 +143,7 @@ fn summary(
                 w.device_uuid,
                 w.profile.as_deref().map_or(String::new(), |p| format!(" ({p})")),
                 c.device,
-                crate::bench::human(c.bytes)
+                gpu_topology::units::human_size(c.bytes as u64)
             )?;
         }
     }

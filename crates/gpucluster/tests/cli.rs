@@ -3,14 +3,9 @@
 
 use std::process::{Command, Output};
 
+/// The built binary with `args`, through the tests' one command builder, run to its end.
 fn gpucluster(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_gpucluster"))
-        .args(args)
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .env_remove("GPUCLUSTER_TOPOLOGY")
-        .env_remove("UCX_TLS")
-        .output()
-        .expect("run gpucluster")
+    tests::process::gpucluster(env!("CARGO_BIN_EXE_gpucluster")).args(args).output().expect("run gpucluster")
 }
 
 fn stdout(out: &Output) -> String {

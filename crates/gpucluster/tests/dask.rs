@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tests::process::processes_with;
+
 /// The Python with Dask, or `None` (the test then returns, and says it skipped).
 fn python() -> Option<PathBuf> {
     tests::dask_env::python()
@@ -34,21 +36,26 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The built binary with `args`, through the tests' one command builder.
 fn gpucluster(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gpucluster"));
-    c.args(args).env_remove("CUDA_VISIBLE_DEVICES").env_remove("GPUCLUSTER_TOPOLOGY");
+    let mut c = tests::process::gpucluster(env!("CARGO_BIN_EXE_gpucluster"));
+    c.args(args);
     c
 }
 
-/// The plan's worker names and device UUIDs for a topology, from `plan --json`.
-fn planned(topology: &str) -> Vec<(String, String)> {
+/// The plan's worker names, device UUIDs and device memory limits for a topology, from
+/// `plan --json`.
+fn planned(topology: &str) -> Vec<(String, String, Option<u64>)> {
     let out = gpucluster(&["--topology", topology, "plan", "--json"]).output().expect("plan");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan json");
     v["workers"]
         .as_array()
         .expect("workers")
         .iter()
-        .map(|w| (w["name"].as_str().unwrap_or("").to_owned(), w["device_uuid"].as_str().unwrap_or("").to_owned()))
+        .map(|w| {
+            let name = w["name"].as_str().unwrap_or("").to_owned();
+            (name, w["device_uuid"].as_str().unwrap_or("").to_owned(), w["device_memory_limit_bytes"].as_u64())
+        })
         .collect()
 }
 
@@ -99,20 +106,6 @@ fn scheduler_file_in(log: &Path, timeout: Duration) -> PathBuf {
     found.expect("the scheduler file")
 }
 
-/// Processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(needle).then_some(pid)
-        })
-        .collect()
-}
-
 const HOST_A: &str = "hostname = \"node-a\"\n[[gpu]]\nproduct = \"H100-80GB\"\nmig = [\"3x2g.20gb\"]\n";
 const HOST_B: &str = "hostname = \"node-b\"\n[[gpu]]\nproduct = \"A100-80GB\"\nmig = [\"2x3g.40gb\"]\n";
 
@@ -146,15 +139,28 @@ fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
     let plan_a = planned(&format!("file:{}", a.display()));
     let plan_b = planned(&format!("file:{}", b.display()));
     assert_eq!(workers.as_object().map(|o| o.len()), Some(5));
-    for (name, uuid) in plan_a.iter().chain(&plan_b) {
+    // This machine's memory, which the launchers share out between their workers.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("meminfo");
+    let total_kb = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix(" kB")?.parse().ok());
+    let host_memory: u64 = total_kb.map(|kb: u64| kb << 10).expect("MemTotal");
+    for (name, uuid, device_limit) in plan_a.iter().chain(&plan_b) {
         let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
         assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str(), "{name} sees exactly its own MIG device");
         assert_eq!(w["env"]["UCX_TLS"], "^cuda_ipc");
         assert_eq!(w["resources"]["GPU"], 1.0);
         let expected_host = if name.starts_with("node-a") { "127.0.0.2" } else { "127.0.0.3" };
         assert_eq!(w["host"], expected_host);
-        assert!(w["memory_limit"].as_u64().is_some_and(|m| m > 0));
-        assert!(w["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"].as_str().is_some_and(|m| m.parse::<u64>().is_ok()));
+        // Limits, not placeholders: 0 (which Dask and dask-cuda read as "no limit") fails.
+        let memory_limit = w["memory_limit"].as_u64();
+        assert!(
+            memory_limit.is_some_and(|m| (64 << 20..=host_memory).contains(&m)),
+            "{name}: host memory limit {memory_limit:?}, not at least 64 MiB and at most this machine's {host_memory}"
+        );
+        let limit: Option<u64> = w["env"]["GPUCLUSTER_DEVICE_MEMORY_LIMIT"].as_str().and_then(|m| m.parse().ok());
+        assert!(
+            limit.is_some_and(|m| m > 0) && limit == *device_limit,
+            "{name}: device memory limit {limit:?}, not the plan's positive {device_limit:?}"
+        );
     }
     // The 3g.40gb worker's limit is 80 % of its own 39.25 GiB, not of the parent GPU.
     let big = workers.as_object().expect("map").values().find(|w| w["name"] == "node-b-gpu0-mig0").expect("3g.40gb");
@@ -166,9 +172,9 @@ fn two_hosts_join_one_scheduler_and_each_worker_sees_only_its_device() {
     // Kill one worker: the launcher starts it again and it rejoins.
     let victims = processes_with("--name node-b-gpu0-mig1");
     assert!(!victims.is_empty());
-    for pid in &victims {
+    for victim in &victims {
         // SAFETY: killing a worker process this test started (through its launcher).
-        unsafe { libc::kill(*pid, libc::SIGKILL) };
+        unsafe { libc::kill(victim.pid, libc::SIGKILL) };
     }
     wait_until("the killed worker to be restarted", Duration::from_secs(30), || {
         processes_with("--name node-b-gpu0-mig1").iter().any(|p| !victims.contains(p))
@@ -216,7 +222,7 @@ fn dask_local_runs_a_scheduler_and_a_worker_per_device() {
     let file = scheduler_file_in(&log, Duration::from_secs(30));
     let workers = check(&python, &file, 4);
     let planned = planned("sim:a30");
-    for (name, uuid) in &planned {
+    for (name, uuid, _) in &planned {
         let w = workers.as_object().expect("map").values().find(|w| w["name"] == name.as_str()).expect(name);
         assert_eq!(w["env"]["CUDA_VISIBLE_DEVICES"], uuid.as_str());
     }
@@ -363,11 +369,9 @@ fn dask_local_speaks_gpucluster_where_it_is_installed_and_only_to_holders_of_the
     assert!(address.starts_with("gpucluster://"), "{address}");
     // Workers of another launcher of ours join by the address, as Dask's CLI takes it; they hold
     // the secret, so nothing warns that the scheduler is open.
-    let joined = Command::new(env!("CARGO_BIN_EXE_gpucluster"))
-        .args(["--topology", "sim:rapids-a100-pcie", "dask", "worker", &address, "--python"])
+    let joined = gpucluster(&["--topology", "sim:rapids-a100-pcie", "dask", "worker", &address, "--python"])
         .arg(&python)
         .env("XDG_CONFIG_HOME", &config)
-        .env_remove("CUDA_VISIBLE_DEVICES")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -5,8 +5,10 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
+
+use tests::process::{children_of, processes_running, processes_with};
 
 /// A command running on the slave side of a fresh pseudo-terminal, as the session leader with
 /// that terminal as its controlling terminal; everything it writes collects in `output`.
@@ -25,8 +27,8 @@ impl Terminal {
         assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
         // SAFETY: openpty returned two descriptors that we now own.
         let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        let mut c = Command::new(env!("CARGO_BIN_EXE_gpucluster"));
-        c.args(args).env_remove("CUDA_VISIBLE_DEVICES").env_remove("GPUCLUSTER_TOPOLOGY");
+        let mut c = tests::process::gpucluster(env!("CARGO_BIN_EXE_gpucluster"));
+        c.args(args);
         let stdio = |fd: &OwnedFd| Stdio::from(fd.try_clone().expect("dup"));
         c.stdin(stdio(&slave)).stdout(stdio(&slave)).stderr(stdio(&slave));
         // SAFETY: setsid and ioctl(TIOCSCTTY) are async-signal-safe; fd 0 is the slave.
@@ -94,40 +96,6 @@ impl Terminal {
     }
 }
 
-/// Processes whose command line starts with `marker`.
-fn processes_with(marker: &str) -> usize {
-    processes_where(|cmdline| cmdline.starts_with(marker))
-}
-
-/// Processes whose command line (arguments joined by spaces) satisfies `test`.
-fn processes_where(test: impl Fn(&str) -> bool) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| test(&String::from_utf8_lossy(&c).replace('\0', " ")))
-        })
-        .count()
-}
-
-/// A closure listing the current children of `parent`.
-fn children_of(parent: u32) -> impl Fn() -> Vec<u32> {
-    move || {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-                let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-                let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-                (ppid == parent).then_some(pid)
-            })
-            .collect()
-    }
-}
-
 #[test]
 fn bench_transport_finishes_in_a_terminal() {
     let mut t = Terminal::run(&["--topology", "sim:rapids-a100-pcie", "bench", "transport", "--sizes", "8,64K"]);
@@ -165,7 +133,7 @@ fn up_in_a_terminal_finishes_and_ctrl_c_stops_everything() {
     ]);
     t.expect("running", Duration::from_secs(10));
     let start = Instant::now();
-    while processes_with(&marker) < 8 {
+    while processes_running(&marker).len() < 8 {
         assert!(start.elapsed() < Duration::from_secs(10), "workers did not start:\n{}", t.text());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -173,7 +141,7 @@ fn up_in_a_terminal_finishes_and_ctrl_c_stops_everything() {
     let status = t.wait(Duration::from_secs(10)).expect("Ctrl-C did not stop up");
     assert_eq!(status.code(), Some(130), "Ctrl-C ends with 130:\n{}", t.text());
     let start = Instant::now();
-    while processes_with(&marker) > 0 {
+    while !processes_running(&marker).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(3), "background jobs outlived Ctrl-C");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -182,7 +150,8 @@ fn up_in_a_terminal_finishes_and_ctrl_c_stops_everything() {
 #[test]
 fn ctrl_c_stops_bench_with_130_and_its_peer_with_it() {
     let mut t = Terminal::run(&["--topology", "sim:h100", "bench", "transport", "--sizes", "16M", "--repeats", "1000"]);
-    let peers = children_of(t.child.id());
+    let bench = t.child.id() as i32;
+    let peers = move || children_of(bench);
     let start = Instant::now();
     while peers().is_empty() {
         assert!(start.elapsed() < Duration::from_secs(20), "no peer started:\n{}", t.text());
@@ -205,7 +174,8 @@ fn sigterm_or_sigkill_of_bench_alone_takes_its_peer_with_it() {
     for (signal, code) in [(libc::SIGTERM, Some(143)), (libc::SIGKILL, None)] {
         let mut t =
             Terminal::run(&["--topology", "sim:h100", "bench", "transport", "--sizes", "16M", "--repeats", "1000"]);
-        let peers = children_of(t.child.id());
+        let bench = t.child.id() as i32;
+        let peers = move || children_of(bench);
         let start = Instant::now();
         while peers().is_empty() {
             assert!(start.elapsed() < Duration::from_secs(20), "no peer started:\n{}", t.text());
@@ -247,7 +217,7 @@ fn dask_local_in_a_terminal_warns_when_insecure_and_ctrl_c_stops_it() {
     let status = t.wait(Duration::from_secs(20)).expect("Ctrl-C did not stop dask local");
     assert_eq!(status.code(), Some(130), "{}", t.text());
     let start = Instant::now();
-    while processes_where(|cmdline| cmdline.contains(&scheduler)) > 0 {
+    while !processes_with(&scheduler).is_empty() {
         assert!(start.elapsed() < Duration::from_secs(5), "a Dask process outlived dask local");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -4,24 +4,11 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn gpucluster() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gpucluster"));
-    c.env_remove("CUDA_VISIBLE_DEVICES").env_remove("GPUCLUSTER_TOPOLOGY");
-    c
-}
+use tests::process::{parent_of, processes_running};
 
-/// Processes whose command line starts with `marker` (the launcher's own line only contains it).
-fn processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.starts_with(marker) {
-                found.push(format!("{}: {text}", entry.file_name().to_string_lossy()));
-            }
-        }
-    }
-    found
+/// The built binary, through the tests' one command builder.
+fn gpucluster() -> Command {
+    tests::process::gpucluster(env!("CARGO_BIN_EXE_gpucluster"))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -140,7 +127,7 @@ fn start_up(script: &str, marker: &str, count: usize, grace: &str) -> std::proce
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for(&format!("{count} x {marker}"), Duration::from_secs(10), || processes_with(marker).len() >= count);
+    wait_for(&format!("{count} x {marker}"), Duration::from_secs(10), || processes_running(marker).len() >= count);
     launcher
 }
 
@@ -157,7 +144,7 @@ fn signals_stop_every_worker_and_exit_as_shells_report_them() {
         signal(&launcher, sig);
         let status = launcher.wait().expect("wait");
         assert_eq!(status.code(), Some(code), "signal {sig}");
-        wait_for("the workers to stop", Duration::from_secs(2), || processes_with(&marker).is_empty());
+        wait_for("the workers to stop", Duration::from_secs(2), || processes_running(&marker).is_empty());
     }
 }
 
@@ -169,7 +156,7 @@ fn nothing_a_worker_started_outlives_a_killed_launcher() {
     let mut launcher = start_up(&format!("{marker} & {marker}; true"), &marker, 8, "10");
     launcher.kill().expect("SIGKILL the launcher");
     launcher.wait().expect("wait");
-    wait_for("everything to die with the launcher", Duration::from_secs(3), || processes_with(&marker).is_empty());
+    wait_for("everything to die with the launcher", Duration::from_secs(3), || processes_running(&marker).is_empty());
 }
 
 #[test]
@@ -181,7 +168,7 @@ fn what_a_worker_leaves_behind_is_stopped_with_it() {
     let out = gpucluster().args(["--topology", "sim:a30", "up", "--grace", "1", "--", "sh", "-c", &script]).output();
     assert!(out.expect("run").status.success());
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(processes_with(&marker).is_empty(), "left behind: {:?}", processes_with(&marker));
+    assert!(processes_running(&marker).is_empty(), "left behind: {:?}", processes_running(&marker));
 }
 
 #[test]
@@ -190,9 +177,7 @@ fn a_killed_worker_stops_the_job_within_a_second() {
         gpucluster().args(["--topology", "sim:dgx-a100", "up"]).stdout(Stdio::piped()).spawn().expect("spawn");
     let worker = format!("{} worker", env!("CARGO_BIN_EXE_gpucluster"));
     // The worker process itself, not its guard (whose command line ends with the worker's).
-    let workers = || -> Vec<i32> {
-        processes_with(&worker).iter().filter_map(|p| p.split(':').next().and_then(|p| p.parse().ok())).collect()
-    };
+    let workers = || -> Vec<i32> { processes_running(&worker).iter().map(|p| p.pid).collect() };
     wait_for("56 workers", Duration::from_secs(10), || workers().len() >= 56);
     let victim = workers()[20];
     // Stopped first, so the job cannot finish before the kill lands: its peers wait for it.
@@ -234,7 +219,7 @@ fn a_launcher_killed_as_it_starts_leaves_nothing_even_under_a_subreaper() {
         // Reap what was reparented to us.
         // SAFETY: reaping any exited child of this test process, without blocking.
         while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
-        processes_with(&marker).is_empty()
+        processes_running(&marker).is_empty()
     });
 }
 
@@ -292,7 +277,7 @@ fn a_stopped_worker_cannot_hold_the_built_in_test_past_its_time_limit() {
         .spawn()
         .expect("spawn");
     let worker = format!("{} worker", env!("CARGO_BIN_EXE_gpucluster"));
-    let first = || -> Option<i32> { processes_with(&worker).first()?.split(':').next()?.parse().ok() };
+    let first = || -> Option<i32> { processes_running(&worker).first().map(|p| p.pid) };
     wait_for("a worker", Duration::from_secs(10), || first().is_some());
     let victim = first().expect("pid");
     // SAFETY: stopping a worker this test started (through its launcher).
@@ -302,7 +287,7 @@ fn a_stopped_worker_cannot_hold_the_built_in_test_past_its_time_limit() {
     let text = String::from_utf8_lossy(&output.stdout);
     // However far the worker had got, the job ends in bounded time and leaves nothing.
     assert!(stopped.elapsed() < Duration::from_secs(6), "took {:?}:\n{text}", stopped.elapsed());
-    assert!(processes_with(&worker).is_empty(), "no worker is left");
+    assert!(processes_running(&worker).is_empty(), "no worker is left");
 }
 
 #[test]
@@ -317,7 +302,7 @@ fn a_job_past_its_time_limit_is_stopped_and_says_so() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("stopped: the job did not end within its time limit of 1 s"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
-    assert!(processes_with(&marker).is_empty());
+    assert!(processes_running(&marker).is_empty());
 }
 
 #[test]
@@ -329,28 +314,23 @@ fn a_killed_guard_takes_its_workers_children_with_it_at_once() {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn");
-    wait_for("8 sleeps", Duration::from_secs(10), || processes_with(&marker).len() >= 8);
+    wait_for("8 sleeps", Duration::from_secs(10), || processes_running(&marker).len() >= 8);
     // One of this test's guards (other tests run guards too).
     let guard = format!("{} guard", env!("CARGO_BIN_EXE_gpucluster"));
-    let ours = processes_with(&guard).into_iter().find(|p| p.contains(&marker)).expect("a guard of ours");
-    let victim: i32 = ours.split(':').next().and_then(|p| p.parse().ok()).expect("guard");
+    let ours = processes_running(&guard).into_iter().find(|p| p.command_line.contains(&marker));
+    let victim = ours.expect("a guard of ours").pid;
     // SAFETY: killing a guard this test started (through its launcher).
     unsafe { libc::kill(victim, libc::SIGKILL) };
     // Its worker dies with it (parent-death signal) and the worker's two sleeps come to the
     // launcher, which kills them at once rather than when the job ends; the worker is restarted.
-    let launcher_pid = launcher.id().to_string();
-    let parent_of = |p: &String| -> Option<String> {
-        let pid = p.split(':').next()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.to_owned())
-    };
+    let launcher_pid = launcher.id() as i32;
     wait_for("the orphans to go and the restart to come", Duration::from_secs(5), || {
-        let sleeps = processes_with(&marker);
-        sleeps.len() == 8 && sleeps.iter().all(|p| parent_of(p).is_some_and(|pp| pp != launcher_pid))
+        let sleeps = processes_running(&marker);
+        sleeps.len() == 8 && sleeps.iter().all(|p| parent_of(p.pid).is_some_and(|parent| parent != launcher_pid))
     });
     signal(&launcher, libc::SIGTERM);
     assert_eq!(launcher.wait().expect("wait").code(), Some(143));
-    wait_for("nothing left", Duration::from_secs(3), || processes_with(&marker).is_empty());
+    wait_for("nothing left", Duration::from_secs(3), || processes_running(&marker).is_empty());
 }
 
 #[test]
@@ -363,7 +343,7 @@ fn late_orphans_are_asked_to_stop_too() {
     let out = gpucluster().args(["--topology", "sim:a30", "up", "--grace", "10", "--", "sh", "-c", &script]).output();
     assert!(out.expect("run").status.success());
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}: waited out the grace", started.elapsed());
-    assert!(processes_with(&marker).is_empty());
+    assert!(processes_running(&marker).is_empty());
 }
 
 #[test]
@@ -377,11 +357,11 @@ fn a_reader_that_does_not_read_cannot_hold_a_signal() {
         .stdout(writer)
         .spawn()
         .expect("spawn");
-    wait_for("the workers", Duration::from_secs(10), || processes_with(&marker).len() == 4);
+    wait_for("the workers", Duration::from_secs(10), || processes_running(&marker).len() == 4);
     // Long enough for every pipe between the workers and the reader to fill.
     std::thread::sleep(Duration::from_millis(500));
     signal(&launcher, libc::SIGTERM);
-    wait_for("the workers to stop", Duration::from_secs(4), || processes_with(&marker).is_empty());
+    wait_for("the workers to stop", Duration::from_secs(4), || processes_running(&marker).is_empty());
     drop(reader);
     assert_eq!(launcher.wait().expect("wait").code(), Some(143));
 }

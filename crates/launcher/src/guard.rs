@@ -292,7 +292,7 @@ fn finish(raw: i32) -> u8 {
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &only, std::ptr::null_mut());
         libc::kill(libc::getpid(), signal);
     }
-    128u8.saturating_add(signal as u8)
+    crate::exit_status_after(signal)
 }
 
 #[cfg(test)]

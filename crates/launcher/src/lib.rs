@@ -30,6 +30,18 @@ pub use supervise::{
 };
 pub use up::{BUILTIN_TIME_LIMIT, Job, UpReport, pairs_to_measure, up};
 
+/// The exit status of a program that ends because of signal `signal`: 128 + the signal, as
+/// shells report a process that a signal ended (130 after SIGINT, 141 after SIGPIPE, 143 after
+/// SIGTERM), saturating at 255.
+///
+/// gpucluster's exit statuses are 0 for success, 1 for a failure, 2 for a bad command line, and
+/// this, 128 + N, after signal N: a launcher stopped by it (which passed it on to its workers), a
+/// command it interrupted, a guard whose worker it ended. Defined here, below every module, so
+/// that the launcher, its guard and the binary all compute it one way.
+pub fn exit_status_after(signal: i32) -> u8 {
+    128u8.saturating_add(signal as u8)
+}
+
 /// What can go wrong launching workers.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

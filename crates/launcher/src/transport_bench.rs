@@ -185,8 +185,8 @@ impl LocalPaths {
     /// instance of one with instances.
     pub fn of(snapshot: &Snapshot) -> Self {
         let first = snapshot.hosts.first().and_then(|h| {
-            let gpu = h.gpus.iter().find(|g| !g.mig_enabled || !g.mig_instances.is_empty())?;
-            Some(Endpoint { host: h, gpu, mig: gpu.mig_instances.first() })
+            let (gpu, mig) = h.compute_devices().next()?;
+            Some(Endpoint { host: h, gpu, mig })
         });
         Self { choice: first.map(|e| transport::choose_path(e, e)), mig: first.is_some_and(|e| e.mig.is_some()) }
     }
