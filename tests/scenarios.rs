@@ -96,7 +96,7 @@ fn run_scenario(binary: &Path, folder: &Path) -> Result<String, String> {
 }
 
 #[allow(clippy::print_stdout)] // Part of run_all's report.
-fn print_diff(expected: &str, actual: &str) {
+pub(crate) fn print_diff(expected: &str, actual: &str) {
     let (e, a): (Vec<&str>, Vec<&str>) = (expected.lines().collect(), actual.lines().collect());
     let first = e.iter().zip(&a).position(|(x, y)| x != y).unwrap_or(e.len().min(a.len()));
     println!("  first difference at line {}:", first + 1);

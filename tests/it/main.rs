@@ -1,6 +1,7 @@
 //! Cross-crate tests: the command line driven in process, over every simulated machine.
 //! One binary, one module per area (see `docs/ARCHITECTURE.md`, testing).
 
+mod dask_spec;
 mod list;
 mod plan;
 mod regression;

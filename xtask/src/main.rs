@@ -98,8 +98,10 @@ fn build_binary() -> anyhow::Result<PathBuf> {
 
 fn simulate(bless: bool, only: &[&str]) -> anyhow::Result<()> {
     let binary = build_binary()?;
-    let failed =
+    let mut failed =
         tests::scenarios::run_all(&binary, &tests::scenarios::dir(), bless, only).map_err(anyhow::Error::msg)?;
+    // The Dask spec's cases are golden too: the same names select them, the same --bless refreshes.
+    failed.extend(tests::dask_specs::run_all(&tests::dask_specs::dir(), bless, only).map_err(anyhow::Error::msg)?);
     if !failed.is_empty() {
         bail!(
             "scenarios differ from their golden output: {} (run `cargo xtask simulate --bless` if the change is intended)",

@@ -48,30 +48,30 @@ pub trait Terms {
     fn setting(&self, setting: Setting, value: Option<&str>) -> String;
 }
 
-/// The words of the crate's own `Display`: settings by their plain names (`the protocol "ucx"`),
-/// for logs and for callers that have no terms of their own.
+/// The words of the crate's own `Display`: settings by their plain names (`protocol=ucx`,
+/// `insecure`), for logs and for callers that have no terms of their own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PlainTerms;
 
 impl Terms for PlainTerms {
     fn setting(&self, setting: Setting, value: Option<&str>) -> String {
         let name = match setting {
-            Setting::Protocol => "the protocol",
-            Setting::Insecure => "declaring the cluster insecure",
-            Setting::Credentials => "TLS credentials",
-            Setting::Host => "the host",
-            Setting::Dashboard => "the dashboard address",
-            Setting::MemoryLimit => "the memory limit",
-            Setting::Threads => "the threads per worker",
-            Setting::Workers => "the number of workers",
-            Setting::WorkersPerDevice => "the workers per device",
-            Setting::RmmPoolSize => "the RMM pool size",
-            Setting::DeviceMemoryLimit => "the device memory limit",
-            Setting::Python => "the Python interpreter",
-            Setting::Grace => "the grace period",
+            Setting::Protocol => "protocol",
+            Setting::Insecure => "insecure",
+            Setting::Credentials => "credentials",
+            Setting::Host => "host",
+            Setting::Dashboard => "dashboard",
+            Setting::MemoryLimit => "memory-limit",
+            Setting::Threads => "threads",
+            Setting::Workers => "workers",
+            Setting::WorkersPerDevice => "workers-per-device",
+            Setting::RmmPoolSize => "rmm-pool-size",
+            Setting::DeviceMemoryLimit => "device-memory-limit",
+            Setting::Python => "python",
+            Setting::Grace => "grace",
         };
         match value {
-            Some(v) => format!("{name} {v:?}"),
+            Some(v) => format!("{name}={v}"),
             None => name.to_owned(),
         }
     }
@@ -163,7 +163,7 @@ mod tests {
             .then(" to accept that");
         assert_eq!(words.render(&Flags), "--protocol ucx: it cannot authenticate peers; add --insecure to accept that");
         assert_eq!(words.settings().collect::<Vec<_>>(), [Setting::Protocol, Setting::Insecure]);
-        assert!(words.to_string().starts_with("the protocol \"ucx\": "), "{words}");
+        assert!(words.to_string().starts_with("protocol=ucx: "), "{words}");
         assert!(!words.to_string().contains("--"), "no flag in the plain words: {words}");
     }
 }

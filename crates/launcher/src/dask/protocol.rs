@@ -164,7 +164,7 @@ pub enum ProtocolRefusal {
         /// The protocol.
         protocol: ProtocolRequest,
         /// What to install, and how.
-        install: &'static str,
+        install: String,
     },
     /// It lets in whoever reaches it: only for a cluster declared insecure.
     Open {
@@ -241,7 +241,6 @@ impl fmt::Display for ProtocolRefusal {
     }
 }
 
-const UCX_INSTALL: &str = "pip install distributed-ucxx-cu13, or -cu12";
 const GPUCLUSTER_INSTALL: &str =
     "install the gpucluster wheel into it: see the user guide, \"Dask\"; `cargo xtask dask-env` makes one";
 
@@ -265,10 +264,11 @@ pub fn choose_protocol(
     use ProtocolRequest as R;
     let can_tls = facts.credentials != Credentials::Absent;
     let tls_reason = |why: &str| match facts.credentials {
-        Credentials::CanGenerate => format!("{why}, with fresh TLS credentials only this user can read"),
-        _ => format!("{why}, with the TLS credentials given"),
+        Credentials::CanGenerate => format!("{why}; over TLS, with fresh credentials only this user can read"),
+        _ => format!("{why}; over TLS, with the credentials given"),
     };
     let unencrypted = "the scheduler speaks TLS and Dask then refuses every connection that is not encrypted";
+    let ucx_install = format!("{} (or -cu12)", python.pip_install("distributed-ucxx-cu13"));
     match request {
         R::Inproc => Err(ProtocolRefusal::InProcess),
         R::Ws => Err(ProtocolRefusal::EveryInterface),
@@ -282,11 +282,11 @@ pub fn choose_protocol(
         R::Tls | R::Wss if !can_tls => Err(ProtocolRefusal::NoCredentials { protocol: request }),
         R::Tls => Ok((Protocol::Tls, tls_reason("asked for"))),
         R::Wss => Ok((Protocol::Wss, tls_reason("asked for"))),
-        R::Ucx if !python.ucxx => Err(ProtocolRefusal::NotInstalled { protocol: request, install: UCX_INSTALL }),
+        R::Ucx if !python.ucxx => Err(ProtocolRefusal::NotInstalled { protocol: request, install: ucx_install }),
         R::Ucx if facts.secure => Err(ProtocolRefusal::Open { protocol: request }),
         R::Ucx => Ok((Protocol::Ucx, "asked for, on a cluster declared insecure".into())),
         R::Gpucluster if !python.gpucluster => {
-            Err(ProtocolRefusal::NotInstalled { protocol: request, install: GPUCLUSTER_INSTALL })
+            Err(ProtocolRefusal::NotInstalled { protocol: request, install: GPUCLUSTER_INSTALL.to_owned() })
         }
         R::Gpucluster => Ok((Protocol::Gpucluster, "asked for".into())),
         R::Auto if python.gpucluster => Ok((
@@ -318,7 +318,7 @@ pub fn choose_protocol(
                         .into(),
                 )),
                 (true, false) => tcp(format!(
-                    "the GPUs are NVLinked, but distributed-ucxx is not installed ({UCX_INSTALL}, for UCX)"
+                    "the GPUs are NVLinked, but distributed-ucxx is not installed ({ucx_install}, for UCX)"
                 )),
                 (false, _) => {
                     tcp("the gpucluster package is not installed for this Python (its comm would move device frames \
