@@ -1,4 +1,4 @@
-"""Type stubs of gpucluster._native, the Rust transport (crates/gpucluster-py/src/lib.rs)."""
+"""Type stubs of gpucluster._native, the Rust bindings (crates/gpucluster-py/src/: comm, planning, dask, exceptions)."""
 
 TOKEN_BYTES: int
 
