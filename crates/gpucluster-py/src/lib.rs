@@ -11,13 +11,15 @@
 //!
 //! **Layout** (as pydantic-core lays out its bindings): this file holds only the module; `comm`
 //! binds the transport (`Engine`, `Channel`, `DeviceBuffer`, `ClusterSecret`, the facts about this
-//! process), `planning` the topology and the planner, `dask` the launcher's Dask rules, and
-//! `exceptions` the exceptions every binding raises.
+//! process), `planning` the topology and the planner, `dask` the launcher's Dask rules,
+//! `exceptions` the exceptions every binding raises, and `terms` the Python words in which the
+//! core crates' messages are rendered (keyword arguments where the command line has flags).
 
 mod comm;
 mod dask;
 mod exceptions;
 mod planning;
+mod terms;
 
 /// gpucluster's native module: the transport, the planner and the launcher's Dask rules, as
 /// the `gpucluster` package uses them.
@@ -33,7 +35,7 @@ mod _native {
     #[pymodule_export]
     use crate::exceptions::{AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError};
     #[pymodule_export]
-    use crate::planning::{in_python_terms_py, plan_json, presets, topology_json};
+    use crate::planning::{plan, presets, topology_json};
 
     /// Bytes of a channel's token: the first message on every channel, naming it to the acceptor.
     #[pymodule_export]
