@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
+use cluster_core::wording::CommandLine;
 use launcher::dask::{Credentials, HostFacts, PythonFacts, Request, SchedulerRequest};
-use launcher::words::PlainTerms;
 use serde::Deserialize;
 
 /// The cases' folder of this checkout, `tests/dask-specs`.
@@ -192,7 +192,7 @@ fn run_case(dir: &Path, name: &str) -> Result<String, String> {
                 cpus: gpu_topology::cpulist::parse_lenient(&case.host.cpus),
             };
             match launcher::dask::cluster_spec(&output, &request, &case.python, &host) {
-                Ok(spec) => spec.to_json(&PlainTerms),
+                Ok(spec) => spec.to_json(&CommandLine),
                 Err(e) => serde_json::json!({ "refused": e.to_string() }),
             }
         }

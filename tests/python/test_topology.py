@@ -234,36 +234,55 @@ def test_errors_name_keyword_arguments_not_flags(monkeypatch, call, error, says)
     assert not FLAG.search(message) and "gpucluster list" not in message, message
 
 
-@pytest.mark.parametrize(
-    "cli_text, python_text",
-    [
-        ("pass --policy warn to go on", 'pass policy="warn" to go on'),
-        ("(`--policy grouped` lists them all)", '(`policy="grouped"` lists them all)'),
-        ("bad (in --devices)", "bad (in devices=...)"),
-        ("use --devices 0,1 instead", 'use devices="0,1" instead'),
-        ("  --devices MIG-1a2b3c4d,MIG-5e6f7a8b,... (40 devices", '  devices="MIG-1a2b3c4d,MIG-5e6f7a8b,..." (40 devices'),
-        ("lower --workers-per-device or select fewer", "lower workers_per_device=... or select fewer"),
-        ("--workers-per-device 0 is out of range", "workers_per_device=0 is out of range"),
-        ("--device-memory-limit: `x` is not a size", "device_memory_limit: `x` is not a size"),
-        ("--device-memory-limit 10GB leaves", 'device_memory_limit="10GB" leaves'),
-        ("--device-memory-limit 0.001 leaves", "device_memory_limit=0.001 leaves"),
-        # Columns stay where they were.
-        (
-            "  --policy warn            keep all\n  --memory-tolerance 13    count memory",
-            '  policy="warn"            keep all\n  memory_tolerance=13      count memory',
-        ),
-        ("pass --topology sim:NAME, file:PATH", 'pass topology="sim:NAME", file:PATH'),
-        ("see `gpucluster list --presets`", "see `gpucluster.presets()`"),
-        ("`gpucluster list` shows the names", "`gpucluster.topology()` shows the names"),
-        # Flags Python has no keyword for, and dashes that are no flags, stay.
-        ("run `gpucluster plan --json` -- or not", "run `gpucluster plan --json` -- or not"),
-        ("--devicesx and --policy", "--devicesx and policy=..."),
-    ],
-)
-def test_the_command_lines_words_become_pythons(cli_text, python_text):
-    from gpucluster import _native
+def test_a_refusals_choices_are_keyword_arguments_in_two_columns(tmp_path, monkeypatch):
+    # The core names settings as data, and the binding says them in Python's words: the same
+    # choices as the command line's, in the same two columns.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    hosts = [gpucluster.topology(f"sim:{p}")["hosts"][0] for p in ("a100-80gb-2x7", "dgx-a100")]
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({"hosts": hosts}))
+    with pytest.raises(gpucluster.PlanError) as raised:
+        gpucluster.plan(f"file:{both}")
+    said = cli("--topology", f"file:{both}", "plan")
+    assert said.returncode != 0
+    head = "to go on, choose one of:\n"
+    cli_choices = said.stderr.split(head)[1].splitlines()
+    devices = cli_choices[3].split()[1]
+    assert cli_choices[3].startswith(f"  --devices {devices} (56 devices: ")
+    assert str(raised.value).split(head)[1].splitlines() == [
+        '  policy="largest-group"   keep class B (56 devices) and leave the others out',
+        '  policy="grouped"         keep all; each class gets its own Dask resource (9.62GiB-14SM, 4.75GiB-14SM)',
+        '  policy="warn"            keep all as they are',
+        f'  devices="{devices}" (56 devices: `policy="largest-group"` keeps the same ones)',
+        "                           use class B only",
+        "  memory_tolerance=51      count memory within 51% as alike",
+    ]
 
-    assert _native.in_python_terms(cli_text) == python_text
+
+def test_every_setting_a_message_names_is_a_keyword_argument(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    # Eleven classes of instance memory: the refusal shows eight and says how to see them all.
+    machine = gpucluster.topology("sim:dgx-a100")
+    instances = [m for g in machine["hosts"][0]["gpus"] for m in g["mig_instances"]]
+    for i, m in enumerate(instances):
+        m["memory_bytes"] -= (i % 11) * (1 << 26)
+    uneven = tmp_path / "uneven.json"
+    uneven.write_text(json.dumps(machine))
+    with pytest.raises(gpucluster.PlanError, match=r"and 3 more classes \(`policy=\"grouped\"` lists them all\)"):
+        gpucluster.plan(f"file:{uneven}", memory_tolerance=0)
+    # More workers than one host may run: a setting to lower, named without a value.
+    huge = tmp_path / "huge.toml"
+    huge.write_text('hostname = "huge"\n[[gpu]]\nproduct = "H100-80GB"\ncount = 256\nmig = ["7x1g.10gb"]\n')
+    with pytest.raises(gpucluster.PlanError, match=r"; lower workers_per_device=\.\.\. or select fewer devices"):
+        gpucluster.plan(f"file:{huge}", workers_per_device=2)
+    # A size is a string, a number a number.
+    with pytest.warns(gpucluster.PlanWarning, match='^device_memory_limit="10KB" leaves 4 device'):
+        gpucluster.plan("sim:a30", device_memory_limit="10KB")
+    # A snapshot file with nothing in it: what a snapshot is, in Python's words.
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    with pytest.raises(gpucluster.TopologyError, match=r"a snapshot is the JSON of `gpucluster\.topology\(\)`$"):
+        gpucluster.topology(f"file:{empty}")
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@
 use gpu_topology::{DeviceId, MigInstance, PhysicalGpu, Snapshot};
 use serde::Serialize;
 
+use crate::wording::Message;
+
 /// A device of a snapshot: a whole GPU, or one MIG instance of it (positions, not ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct DeviceRef {
@@ -73,8 +75,8 @@ pub struct Excluded {
     pub uuid: DeviceId,
     /// Its host.
     pub host: String,
-    /// Why it is not a worker.
-    pub reason: String,
+    /// Why it is not a worker (as JSON, in the command line's words).
+    pub reason: Message,
 }
 
 /// The default selection: every compute device (the MIG instances of MIG-enabled GPUs, whole
@@ -101,7 +103,7 @@ pub(crate) fn compute_devices(snapshot: &Snapshot) -> (Vec<DeviceRef>, Vec<Exclu
                     gpu.mig_instances.len()
                 )
             };
-            excluded.push(Excluded { uuid: gpu.uuid.clone(), host: host.hostname.clone(), reason });
+            excluded.push(Excluded { uuid: gpu.uuid.clone(), host: host.hostname.clone(), reason: reason.into() });
             selected.extend((0..gpu.mig_instances.len()).map(|m| DeviceRef { host: h, gpu: g, mig: Some(m) }));
         }
     }

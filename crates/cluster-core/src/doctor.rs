@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use gpu_topology::{DeviceId, Snapshot};
 
 use crate::plan::{PlanRequest, SpecSource, WorkerKind, plan};
+use crate::wording::{Call, Message};
 use crate::{DeviceSpec, Finding, Severity, spec};
 
 /// The environment variables doctor judges, read by the caller (this crate reads none).
@@ -26,8 +27,8 @@ pub fn doctor(snapshot: &Snapshot, request: &PlanRequest, env: &Environment) -> 
             Severity::Error,
             "plan",
             "no cluster can be planned with these settings",
-            e.to_string(),
-            "change the settings as the message above says, then check with `gpucluster plan`",
+            e.message(),
+            Message::from("change the settings as the message above says, then check with ").call(Call::Plan),
         )),
         Ok(p) => {
             findings.extend(p.findings.iter().cloned());
@@ -186,7 +187,11 @@ fn visible_devices_findings(snapshot: &Snapshot, text: &str, findings: &mut Vec<
             "one CUDA process enumerates only one MIG device on drivers before R570 (the first it can use), and at \
              most one compute instance per GPU instance from R570 on; a program started with this list silently \
              uses fewer devices than it names",
-            "give each process exactly one MIG device: `gpucluster up` and `gpucluster dask` do this for every worker",
+            Message::from("give each process exactly one MIG device: ")
+                .call(Call::Up)
+                .text(" and ")
+                .call(Call::Dask)
+                .text(" do this for every worker"),
         ));
     }
 }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::wording::Message;
+
 /// How serious a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -14,7 +16,8 @@ pub enum Severity {
     Error,
 }
 
-/// One finding.
+/// One finding. Its texts are [`Message`]s, which name settings for each front end to say in its
+/// own words; as JSON they are the command line's text.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Finding {
     /// How serious it is.
@@ -22,20 +25,20 @@ pub struct Finding {
     /// A stable identifier, e.g. `mixed-classes`.
     pub code: String,
     /// What was found.
-    pub message: String,
+    pub message: Message,
     /// Why it matters.
-    pub explanation: String,
+    pub explanation: Message,
     /// What to do about it.
-    pub fix: String,
+    pub fix: Message,
 }
 
 impl Finding {
     pub(crate) fn new(
         severity: Severity,
         code: &str,
-        message: impl Into<String>,
-        explanation: impl Into<String>,
-        fix: impl Into<String>,
+        message: impl Into<Message>,
+        explanation: impl Into<Message>,
+        fix: impl Into<Message>,
     ) -> Self {
         Self {
             severity,

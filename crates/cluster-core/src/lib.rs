@@ -6,6 +6,10 @@
 //! [`Plan`] as plain data, or a [`PlanError`] that says what to change; [`doctor`] turns a
 //! snapshot, a request and the relevant environment into [`Finding`]s.
 //!
+//! Refusals and findings name the settings they ask to change as data ([`wording`]: a
+//! [`wording::Setting`] with its value, a [`wording::Remedy`]), never in a front end's words: the
+//! binary says `--policy warn`, the Python package `policy="warn"`.
+//!
 //! **Architecture invariant:** everything here is a pure function: no IO, no NVML, no clock, no
 //! environment reads (callers pass `CUDA_VISIBLE_DEVICES` and friends in). It depends on
 //! `gpu-topology` only, never on `transport` or `launcher`.
@@ -30,6 +34,7 @@ pub mod memory;
 mod plan;
 mod size;
 pub mod spec;
+pub mod wording;
 
 pub use classes::DeviceClass;
 pub use devices::Excluded;

@@ -13,13 +13,14 @@ use crate::classes::{DeviceClass, classify};
 use crate::devices::{DeviceRef, Excluded, compute_devices};
 use crate::memory::{self, MemoryError};
 use crate::spec::{self, DeviceSpec, SpecError};
+use crate::wording::{Message, Remedy, Setting};
 use crate::{Finding, Severity};
 
 /// What to do when the selected devices are not alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
-    /// Refuse a mix, explaining each class and the flags that would make it work.
+    /// Refuse a mix, explaining each class and the settings that would make it work.
     #[default]
     Strict,
     /// Go on with every device, reporting the mix as a warning.
@@ -252,12 +253,15 @@ pub struct Plan {
 }
 
 /// Why no plan could be made.
+///
+/// Each refusal says what to change as a [`Message`] ([`PlanError::message`]): the settings it
+/// names are [`Setting`]s, which each front end says in its own words. `Display` says it in the
+/// command line's.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
     /// The device spec is wrong.
     // Not a `source`: the message already says it, and error chains would print it twice.
-    #[error("{error} (in {})", match .from { SpecSource::Flag => "--devices", SpecSource::Environment => "CUDA_VISIBLE_DEVICES" })]
     Spec {
         /// What is wrong.
         error: SpecError,
@@ -265,13 +269,11 @@ pub enum PlanError {
         from: SpecSource,
     },
     /// Nothing to run on.
-    #[error("no compute device was selected: {reason}")]
     NoDevices {
         /// Why.
         reason: String,
     },
     /// `strict` found devices that are not alike.
-    #[error("{}", mixed_message(.classes, *.tolerance_pct))]
     Mixed {
         /// The classes found.
         classes: Vec<DeviceClass>,
@@ -279,29 +281,17 @@ pub enum PlanError {
         tolerance_pct: f64,
     },
     /// `strict` found MIG instances beside whole GPUs that were not named explicitly.
-    #[error(
-        "the selection mixes {mig} MIG instance(s) with {whole} whole GPU(s), which differ in memory, speed and \
-         transport (no CUDA IPC to or from a MIG instance); name the devices to use with --devices (or \
-         CUDA_VISIBLE_DEVICES), or pass --policy warn to go on with both"
-    )]
     MixedMigAndWhole {
         /// MIG instances selected.
         mig: usize,
         /// Whole GPUs selected.
         whole: usize,
     },
-    /// `--device-memory-limit` cannot be applied.
-    #[error("--device-memory-limit: {0}")]
+    /// The device memory limit cannot be applied.
     MemoryLimit(MemoryError),
-    /// `--workers-per-device` out of range.
-    #[error("--workers-per-device {0} is out of range: give 1 to 64")]
+    /// Workers per device out of range ([`WORKERS_PER_DEVICE`]).
     WorkersPerDevice(u32),
     /// More workers on one host than `limits::MAX_WORKERS_PER_HOST`.
-    #[error(
-        "host `{}` would run {workers} workers, over gpucluster's limit of {limit} workers on one host, which no \
-         real host needs; lower --workers-per-device or select fewer devices",
-        printable(.host)
-    )]
     TooManyWorkers {
         /// The host.
         host: String,
@@ -310,9 +300,58 @@ pub enum PlanError {
         /// The limit.
         limit: usize,
     },
-    /// `--memory-tolerance` out of range.
-    #[error("--memory-tolerance {0} is out of range: give a percentage from 0 to 100 (2 by default)")]
+    /// The memory tolerance out of range ([`MEMORY_TOLERANCE_PCT`]).
     Tolerance(f64),
+}
+
+impl PlanError {
+    /// What is wrong and what to change, naming settings as [`Setting`]s.
+    pub fn message(&self) -> Message {
+        match self {
+            PlanError::Spec { error, from } => {
+                let within = Message::from(" (in ");
+                let within = match from {
+                    SpecSource::Flag => within.setting(Setting::Devices),
+                    SpecSource::Environment => within.text("CUDA_VISIBLE_DEVICES"),
+                };
+                error.message().append(within).text(")")
+            }
+            PlanError::NoDevices { reason } => format!("no compute device was selected: {reason}").into(),
+            PlanError::Mixed { classes, tolerance_pct } => mixed_message(classes, *tolerance_pct),
+            PlanError::MixedMigAndWhole { mig, whole } => Message::from(format!(
+                "the selection mixes {mig} MIG instance(s) with {whole} whole GPU(s), which differ in memory, speed \
+                 and transport (no CUDA IPC to or from a MIG instance); name the devices to use with "
+            ))
+            .setting(Setting::Devices)
+            .text(" (or CUDA_VISIBLE_DEVICES), or pass ")
+            .setting_to(Setting::Policy, "warn")
+            .text(" to go on with both"),
+            PlanError::MemoryLimit(e) => Message::new().name(Setting::DeviceMemoryLimit).text(format!(": {e}")),
+            PlanError::WorkersPerDevice(n) => Message::new()
+                .setting_to(Setting::WorkersPerDevice, n.to_string())
+                .text(format!(" is out of range: give {} to {}", WORKERS_PER_DEVICE.start(), WORKERS_PER_DEVICE.end())),
+            PlanError::TooManyWorkers { host, workers, limit } => Message::from(format!(
+                "host `{}` would run {workers} workers, over gpucluster's limit of {limit} workers on one host, \
+                 which no real host needs; lower ",
+                printable(host)
+            ))
+            .setting(Setting::WorkersPerDevice)
+            .text(" or select fewer devices"),
+            PlanError::Tolerance(pct) => {
+                Message::new().setting_to(Setting::MemoryTolerance, pct.to_string()).text(format!(
+                    " is out of range: give a percentage from {} to {} ({DEFAULT_MEMORY_TOLERANCE_PCT} by default)",
+                    MEMORY_TOLERANCE_PCT.start(),
+                    MEMORY_TOLERANCE_PCT.end()
+                ))
+            }
+        }
+    }
+}
+
+impl fmt::Display for PlanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.message().fmt(f)
+    }
 }
 
 fn first_few(items: &[String]) -> String {
@@ -324,7 +363,7 @@ fn first_few(items: &[String]) -> String {
     }
 }
 
-fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
+fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> Message {
     use std::fmt::Write;
     let mut m = format!(
         "the selected devices are not alike (policy strict, memory tolerance {tolerance_pct}%):\n\
@@ -332,8 +371,8 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
         classes.len()
     );
     const CLASSES_SHOWN: usize = 8;
-    // Unique prefixes of the UUIDs (which --devices takes), so that the lines fit a terminal;
-    // `plan --json` has them whole.
+    // Unique prefixes of the UUIDs (which a device list takes), so that the lines fit a
+    // terminal; `plan --json` has them whole.
     let all: Vec<&str> = classes.iter().flat_map(|c| c.devices.iter().map(String::as_str)).collect();
     for c in classes.iter().take(CLASSES_SHOWN) {
         let _ = writeln!(
@@ -348,44 +387,51 @@ fn mixed_message(classes: &[DeviceClass], tolerance_pct: f64) -> String {
             first_few(&c.devices.iter().map(|d| unique_prefix(d, &all).to_owned()).collect::<Vec<_>>())
         );
     }
+    let mut message = Message::from(m);
     if classes.len() > CLASSES_SHOWN {
-        let _ = writeln!(m, "  and {} more classes (`--policy grouped` lists them all)", classes.len() - CLASSES_SHOWN);
+        message = message
+            .text(format!("  and {} more classes (`", classes.len() - CLASSES_SHOWN))
+            .setting_to(Setting::Policy, "grouped")
+            .text("` lists them all)\n");
     }
-    let largest = largest_class(classes);
-    let _ = writeln!(m, "to go on, choose one of:");
-    let _ = writeln!(
-        m,
-        "  --policy largest-group   keep class {} ({} devices) and leave the others out",
-        classes[largest].name,
-        classes[largest].devices.len()
-    );
+    let largest = &classes[largest_class(classes)];
     let resources: Vec<String> = classes.iter().map(|c| c.resource.clone()).collect();
-    let _ = writeln!(
-        m,
-        "  --policy grouped         keep all; each class gets its own Dask resource ({})",
-        first_few(&resources)
-    );
-    let _ = writeln!(m, "  --policy warn            keep all as they are");
-    let devices: Vec<&str> = classes[largest].devices.iter().map(|d| unique_prefix(d, &all)).collect();
-    if devices.len() <= 16 {
-        let _ = writeln!(m, "  --devices {}", devices.join(","));
+    let mut remedies = vec![
+        Remedy::new(
+            Setting::Policy,
+            "largest-group",
+            format!("keep class {} ({} devices) and leave the others out", largest.name, largest.devices.len()),
+        ),
+        Remedy::new(
+            Setting::Policy,
+            "grouped",
+            format!("keep all; each class gets its own Dask resource ({})", first_few(&resources)),
+        ),
+        Remedy::new(Setting::Policy, "warn", "keep all as they are"),
+    ];
+    let devices: Vec<&str> = largest.devices.iter().map(|d| unique_prefix(d, &all)).collect();
+    let use_largest = format!("use class {} only", largest.name);
+    remedies.push(if devices.len() <= 16 {
+        Remedy::new(Setting::Devices, devices.join(","), use_largest)
     } else {
-        let _ = writeln!(
-            m,
-            "  --devices {},... ({} devices: `--policy largest-group` keeps the same ones)",
-            devices[..3].join(","),
-            devices.len()
-        );
-    }
-    let _ = writeln!(m, "                           use class {} only", classes[largest].name);
+        Remedy::new(Setting::Devices, format!("{},...", devices[..3].join(",")), use_largest).with_aside(
+            Message::from(format!("({} devices: `", devices.len()))
+                .setting_to(Setting::Policy, "largest-group")
+                .text("` keeps the same ones)"),
+        )
+    });
     let same_sms = classes.windows(2).all(|w| w[0].sm_count == w[1].sm_count);
     let (lo, hi) =
         (classes.iter().filter_map(|c| c.memory_bytes).min(), classes.iter().filter_map(|c| c.memory_bytes_max).max());
     if let (true, Some(lo), Some(hi)) = (same_sms, lo, hi) {
         let needed = ((hi - lo) as f64 / hi as f64 * 100.0).ceil();
-        let _ = writeln!(m, "  --memory-tolerance {needed}    count memory within {needed}% as alike");
+        remedies.push(Remedy::new(
+            Setting::MemoryTolerance,
+            needed.to_string(),
+            format!("count memory within {needed}% as alike"),
+        ));
     }
-    m.trim_end().to_owned()
+    message.text("to go on, choose one of:\n").remedies(remedies)
 }
 
 /// The class `largest-group` keeps: most devices, then more memory, then more SMs, then first.
@@ -438,11 +484,11 @@ pub fn plan(snapshot: &Snapshot, request: &PlanRequest) -> Result<Plan, PlanErro
 
 /// The request's own numbers, before any device is looked at.
 fn check_request(request: &PlanRequest) -> Result<(), PlanError> {
-    if !(0.0..=100.0).contains(&request.memory_tolerance_pct) {
+    if !MEMORY_TOLERANCE_PCT.contains(&request.memory_tolerance_pct) {
         return Err(PlanError::Tolerance(request.memory_tolerance_pct));
     }
     memory::validate(&request.device_memory_limit).map_err(PlanError::MemoryLimit)?;
-    if !(1..=64).contains(&request.workers_per_device) {
+    if !WORKERS_PER_DEVICE.contains(&request.workers_per_device) {
         return Err(PlanError::WorkersPerDevice(request.workers_per_device));
     }
     Ok(())
@@ -462,14 +508,14 @@ fn select_devices(
             let spec: DeviceSpec = text.parse().map_err(err)?;
             let chosen = spec::resolve(&spec, snapshot).map_err(err)?;
             let reason = match from {
-                SpecSource::Flag => "not named in --devices",
-                SpecSource::Environment => "not named in CUDA_VISIBLE_DEVICES",
+                SpecSource::Flag => Message::from("not named in ").setting(Setting::Devices),
+                SpecSource::Environment => Message::from("not named in CUDA_VISIBLE_DEVICES"),
             };
             for d in defaults.iter().filter(|d| !chosen.contains(d)) {
                 excluded.push(Excluded {
                     uuid: d.ids(snapshot).0.clone(),
                     host: snapshot.hosts[d.host].hostname.clone(),
-                    reason: reason.to_owned(),
+                    reason: reason.clone(),
                 });
             }
             (chosen, true)
@@ -502,7 +548,7 @@ fn mig_and_whole(selected: &[DeviceRef], policy: Policy, explicit: bool) -> Resu
         "mig-and-whole-gpus",
         format!("the workers mix {mig} MIG instance(s) with {whole} whole GPU(s)"),
         "MIG instances and whole GPUs differ in memory and speed, and data between them goes through host memory",
-        "name only one kind with --devices, unless the mix is intended",
+        Message::from("name only one kind with ").setting(Setting::Devices).text(", unless the mix is intended"),
     )))
 }
 
@@ -529,7 +575,11 @@ fn apply_class_policy(
             "mixed-classes",
             format!("the workers fall into {} classes of memory and SMs (policy warn)", classes.len()),
             "Dask balances work as if every worker were alike; the smaller devices run out of memory first",
-            "use --policy grouped to route work by size, or --policy largest-group to keep one class",
+            Message::from("use ")
+                .setting_to(Setting::Policy, "grouped")
+                .text(" to route work by size, or ")
+                .setting_to(Setting::Policy, "largest-group")
+                .text(" to keep one class"),
         )),
         Policy::LargestGroup => {
             let kept = largest_class(classes);
@@ -544,7 +594,8 @@ fn apply_class_policy(
                             classes[kept].name,
                             classes[kept].devices.len(),
                             classes[class_of[i]].name
-                        ),
+                        )
+                        .into(),
                     });
                 }
             }
@@ -557,7 +608,7 @@ fn apply_class_policy(
                     keep.iter().filter(|k| !**k).count()
                 ),
                 "the classes differ in memory or SMs; see `classes` and `excluded`",
-                "use --policy grouped to keep them all",
+                Message::from("use ").setting_to(Setting::Policy, "grouped").text(" to keep them all"),
             ));
         }
     }
@@ -636,10 +687,9 @@ fn small_limit_finding(request: &PlanRequest, small_limits: usize) -> Finding {
     Finding::new(
         Severity::Warning,
         "device-memory-limit-small",
-        format!(
-            "--device-memory-limit {} leaves {small_limits} device(s) a limit under 1 % of their memory",
-            printable(&request.device_memory_limit)
-        ),
+        Message::new()
+            .setting_to(Setting::DeviceMemoryLimit, printable(&request.device_memory_limit))
+            .text(format!(" leaves {small_limits} device(s) a limit under 1 % of their memory")),
         "the limit is where a Dask-CUDA worker starts spilling device memory to the host: this low, every array \
          spills at once, and the device is all but unused",
         "give a fraction (0.8 is the default) or a size with units (10GB); bytes without units are bytes",

@@ -13,6 +13,7 @@ use gpu_topology::text::printable;
 use gpu_topology::{DeviceId, Snapshot};
 
 use crate::devices::DeviceRef;
+use crate::wording::{Call, Message};
 
 /// A parsed device spec.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +81,7 @@ pub enum SpecError {
         reason: String,
     },
     /// No device has this name.
-    #[error("no device is named `{entry}`{}; `gpucluster list` shows the names", on_hosts(.hosts))]
+    #[error("{}", unknown_message(.entry, .hosts))]
     Unknown {
         /// The entry.
         entry: String,
@@ -147,6 +148,23 @@ pub enum SpecError {
         /// The GPU's index.
         index: u32,
     },
+}
+
+impl SpecError {
+    /// What is wrong, naming the command that shows more as a [`Call`]: `Display` says it in the
+    /// command line's words, a front end with other words renders this.
+    pub fn message(&self) -> Message {
+        match self {
+            SpecError::Unknown { entry, hosts } => unknown_message(entry, hosts),
+            other => other.to_string().into(),
+        }
+    }
+}
+
+fn unknown_message(entry: &str, hosts: &[String]) -> Message {
+    Message::from(format!("no device is named `{entry}`{}; ", on_hosts(hosts)))
+        .call(Call::List)
+        .text(" shows the names")
 }
 
 fn on_hosts(hosts: &[String]) -> String {

@@ -61,7 +61,7 @@ mod dask_cuda_conformance {
         let firsts: Vec<u32> = p.workers.iter().map(|w| w.gpu_index).collect();
         assert_eq!(firsts, vec![0, 3, 6, 7]);
         assert_eq!(p.excluded.len(), 4);
-        assert!(p.excluded.iter().all(|e| e.reason == "not named in --devices"));
+        assert!(p.excluded.iter().all(|e| e.reason.to_string() == "not named in --devices"));
     }
 
     /// `test_available_mig_workers`, fixed: one worker per MIG instance, and each sees exactly
@@ -190,7 +190,7 @@ fn the_other_policies_on_a_mix() {
     let largest = plan(&m, &request(None, Policy::LargestGroup)).expect("largest");
     assert_eq!(largest.workers.len(), 7);
     assert!(largest.workers.iter().all(|w| w.profile.as_deref() == Some("1g.10gb")));
-    assert_eq!(largest.excluded.iter().filter(|e| e.reason.contains("largest-group")).count(), 3);
+    assert_eq!(largest.excluded.iter().filter(|e| e.reason.to_string().contains("largest-group")).count(), 3);
 
     let grouped = plan(&m, &request(None, Policy::Grouped)).expect("grouped");
     assert_eq!(grouped.workers.len(), 10);
@@ -362,8 +362,8 @@ fn doctor_finds_what_is_wrong() {
     let r = PlanRequest { devices: Some(("0".into(), SpecSource::Environment)), ..PlanRequest::default() };
     let f = doctor(&dgx, &r, &env);
     let plan_error = f.iter().find(|f| f.code == "plan").expect("plan error");
-    assert!(plan_error.explanation.contains("CUDA_VISIBLE_DEVICES"), "{plan_error:?}");
-    assert!(plan_error.explanation.contains("name its instances instead"), "{plan_error:?}");
+    assert!(plan_error.explanation.to_string().contains("CUDA_VISIBLE_DEVICES"), "{plan_error:?}");
+    assert!(plan_error.explanation.to_string().contains("name its instances instead"), "{plan_error:?}");
 
     let clean = doctor(&machine("hgx-h100"), &PlanRequest::default(), &Environment::default());
     assert!(clean.is_empty(), "{clean:?}");
@@ -402,7 +402,7 @@ fn device_memory_limits_that_cannot_be_meant() {
     let tiny = with("1000000").expect("a legal, if odd, limit");
     let warning = tiny.findings.iter().find(|f| f.code == "device-memory-limit-small").expect("a warning");
     assert_eq!(warning.severity, Severity::Warning);
-    assert!(warning.message.contains("14 device(s)"), "{warning:?}");
+    assert!(warning.message.to_string().contains("14 device(s)"), "{warning:?}");
     assert!(with("1e9").expect("1e9 is bytes").findings.iter().all(|f| f.code != "device-memory-limit-small"));
     let shared =
         plan(&m, &PlanRequest { device_memory_limit: "1".into(), workers_per_device: 2, ..PlanRequest::default() });
@@ -503,4 +503,157 @@ fn thousands_of_classes_stay_cheap_and_the_refusal_short() {
     let text = plan(&s, &exact(Policy::Strict)).expect_err("strict").to_string();
     assert!(text.contains("and 1112 more classes"), "{text}");
     assert!(text.len() < 5000, "{} characters", text.len());
+}
+
+/// Refusals and findings name settings and commands only as pieces, which each front end says in
+/// its own words; the command line's words are exactly those the binary has always printed.
+mod wording {
+    use super::*;
+    use crate::wording::{Call, CommandLine, Message, Remedy, Setting, Terms, topology_remedy};
+
+    /// Words no front end uses, so that whatever a message says of its own shows through.
+    struct Marked;
+
+    impl Terms for Marked {
+        fn setting(&self, setting: Setting, value: Option<&str>) -> String {
+            format!("<{setting:?}={}>", value.unwrap_or("?"))
+        }
+
+        fn name(&self, setting: Setting) -> String {
+            format!("<{setting:?}>")
+        }
+
+        fn call(&self, call: Call) -> String {
+            format!("<{call:?}()>")
+        }
+    }
+
+    /// A message in marked words that names no flag and no command of the binary's.
+    fn check(text: &str) {
+        assert!(!text.contains("--") && !text.contains("`gpucluster "), "front-end words in:\n{text}");
+    }
+
+    #[test]
+    fn every_refusal_names_settings_only_through_the_front_ends_terms() {
+        let fixture_of = |text: &str| fixture(text);
+        let mixed = merge_inventories(vec![machine("a100-80gb-2x7"), machine("dgx-a100")]).expect("join");
+        let huge =
+            fixture_of("hostname = \"huge\"\n[[gpu]]\nproduct = \"H100-80GB\"\ncount = 256\nmig = [\"7x1g.10gb\"]\n");
+        let cases: Vec<(Snapshot, PlanRequest)> = vec![
+            (machine("a30"), request(Some("Foo"), Policy::Strict)),
+            (machine("a30"), request(Some("MIG-ffffffff"), Policy::Strict)),
+            (
+                machine("a30"),
+                PlanRequest { devices: Some(("9".into(), SpecSource::Environment)), ..PlanRequest::default() },
+            ),
+            (
+                fixture_of("hostname = \"e\"\n[[gpu]]\nproduct = \"H100-80GB\"\nmig_enabled = true\nmig = []\n"),
+                PlanRequest::default(),
+            ),
+            (machine("a100-80gb-mixed"), PlanRequest::default()),
+            (mixed, PlanRequest::default()),
+            (machine("h100-mixed"), PlanRequest::default()),
+            (machine("a30"), PlanRequest { device_memory_limit: "lots".into(), ..PlanRequest::default() }),
+            (machine("a30"), PlanRequest { workers_per_device: 0, ..PlanRequest::default() }),
+            (huge, PlanRequest { workers_per_device: 2, ..PlanRequest::default() }),
+            (machine("a30"), PlanRequest { memory_tolerance_pct: -1.0, ..PlanRequest::default() }),
+        ];
+        for (snapshot, request) in &cases {
+            let err = plan(snapshot, request).expect_err("refused");
+            let marked = err.message().render(&Marked);
+            check(&marked);
+            // The command line's words are the error's own text.
+            assert_eq!(err.message().render(&CommandLine), err.to_string());
+        }
+        let mixed = plan(&machine("a100-80gb-mixed"), &PlanRequest::default()).expect_err("mixed").message();
+        let marked = mixed.render(&Marked);
+        assert!(marked.contains("<Policy=largest-group>") && marked.contains("<Devices=MIG-"), "{marked}");
+    }
+
+    #[test]
+    fn every_finding_names_settings_only_through_the_front_ends_terms() {
+        let m = machine("h100-mixed");
+        let mig = m.hosts[0].gpus[0].mig_instances[0].uuid.to_string();
+        let mut findings = Vec::new();
+        for (snapshot, request) in [
+            (m.clone(), request(Some(&format!("{mig},2")), Policy::Warn)),
+            (machine("a100-80gb-mixed"), request(None, Policy::Warn)),
+            (machine("a100-80gb-mixed"), request(None, Policy::LargestGroup)),
+            (machine("a30"), PlanRequest { device_memory_limit: "1".into(), ..PlanRequest::default() }),
+        ] {
+            let p = plan(&snapshot, &request).expect("plan");
+            findings.extend(p.findings);
+            for e in &p.excluded {
+                check(&e.reason.render(&Marked));
+            }
+        }
+        let dgx = machine("dgx-a100");
+        let two: Vec<String> = dgx.hosts[0].gpus[0].mig_instances[..2].iter().map(|i| i.uuid.to_string()).collect();
+        let env = Environment { cuda_visible_devices: Some(two.join(",")), ucx_tls: Some("all".into()) };
+        for snapshot in [machine("h100-mig-empty"), machine("legacy-r460"), dgx] {
+            let request =
+                PlanRequest { devices: Some(("0".into(), SpecSource::Environment)), ..PlanRequest::default() };
+            findings.extend(doctor(&snapshot, &request, &env));
+            findings.extend(doctor(&snapshot, &PlanRequest::default(), &env));
+        }
+        let codes: std::collections::BTreeSet<&str> = findings.iter().map(|f| f.code.as_str()).collect();
+        for code in ["mig-and-whole-gpus", "mixed-classes", "largest-group", "device-memory-limit-small", "plan"] {
+            assert!(codes.contains(code), "{code} not among {codes:?}");
+        }
+        for f in &findings {
+            for text in [&f.message, &f.explanation, &f.fix] {
+                check(&text.render(&Marked));
+            }
+        }
+    }
+
+    #[test]
+    fn the_command_line_lays_remedies_out_in_two_columns() {
+        let choices = Message::from("to go on, choose one of:\n").remedies(vec![
+            Remedy::new(Setting::Policy, "largest-group", "keep class A"),
+            Remedy::new(Setting::Policy, "warn", "keep all as they are"),
+            Remedy::new(Setting::Devices, "0,1", "use class A only"),
+            Remedy::new(Setting::Devices, "MIG-a,MIG-b,...", "use class B only")
+                .with_aside(Message::from("(9 devices: `").setting_to(Setting::Policy, "largest-group").text("`)")),
+            Remedy::new(Setting::MemoryTolerance, "5", "count memory within 5% as alike"),
+            Remedy::new(Setting::MemoryTolerance, "51", "count memory within 51% as alike"),
+            Remedy::new(Setting::WorkersPerDevice, "a value far too long to fit", "on the next line"),
+        ]);
+        let want = "to go on, choose one of:
+  --policy largest-group   keep class A
+  --policy warn            keep all as they are
+  --devices 0,1
+                           use class A only
+  --devices MIG-a,MIG-b,... (9 devices: `--policy largest-group`)
+                           use class B only
+  --memory-tolerance 5     count memory within 5% as alike
+  --memory-tolerance 51    count memory within 51% as alike
+  --workers-per-device a value far too long to fit
+                           on the next line";
+        assert_eq!(choices.to_string(), want);
+        assert_eq!(serde_json::to_string(&choices).expect("json"), serde_json::to_string(want).expect("json"));
+    }
+
+    #[test]
+    fn topology_errors_get_their_remedy_after_their_own_text() {
+        let unavailable = gpu_topology::TopologyError::BackendUnavailable {
+            library: "libnvidia-ml.so.1".into(),
+            reason: "gone".into(),
+        };
+        let remedy = topology_remedy(&unavailable).expect("a remedy");
+        assert_eq!(
+            format!("{unavailable}{remedy}"),
+            "cannot use NVML (libnvidia-ml.so.1): gone; is the NVIDIA driver installed? To work without one, pass \
+             --topology sim:NAME (see `gpucluster list --presets`), file:PATH or smi:PATH"
+        );
+        check(&remedy.render(&Marked).replace("<ListPresets()>", ""));
+        let empty = gpu_topology::TopologyError::EmptyFile { path: "m.json".into() };
+        assert_eq!(
+            format!("{empty}{}", topology_remedy(&empty).expect("a remedy")),
+            "m.json: the file is empty; a fixture names at least its `hostname`, and a snapshot is the JSON \
+             `gpucluster list --json` prints"
+        );
+        let unknown = gpu_topology::TopologyError::UnknownPreset { name: "x".into(), available: Vec::new() };
+        assert!(topology_remedy(&unknown).is_none());
+    }
 }

@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use crate::text::printable;
 
 /// What went wrong while reading a machine's topology.
+///
+/// The messages say what this crate saw, never which setting to change: a remedy that names one
+/// (another source of the description, say) is the front end's to add, in its own words, by
+/// matching the variant.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TopologyError {
     /// The NVIDIA management library could not be loaded or initialised.
-    #[error(
-        "cannot use NVML ({library}): {reason}; is the NVIDIA driver installed? \
-         To work without one, pass --topology sim:NAME (see `gpucluster list --presets`), \
-         file:PATH or smi:PATH"
-    )]
+    #[error("cannot use NVML ({library}): {reason}; is the NVIDIA driver installed?")]
     BackendUnavailable {
         /// The library that was looked for.
         library: String,
@@ -22,10 +22,7 @@ pub enum TopologyError {
         reason: String,
     },
     /// This build has no NVML backend.
-    #[error(
-        "this gpucluster was built without the `nvml` feature; pass --topology sim:NAME, \
-         file:PATH or smi:PATH, or rebuild with default features"
-    )]
+    #[error("this gpucluster was built without the `nvml` feature")]
     NvmlNotCompiled,
     /// An NVML call failed in a way that leaves the topology unknown.
     #[error("NVML call {call} failed on {device}: {failure}{}", hint(*.failure))]
@@ -37,7 +34,7 @@ pub enum TopologyError {
         /// NVML's answer.
         failure: NvmlFailure,
     },
-    /// `--topology` names no known source.
+    /// The topology source names no known kind of source.
     #[error("unknown topology source `{}`: {reason}", printable(.spec))]
     InvalidSource {
         /// What was given.
@@ -60,6 +57,12 @@ pub enum TopologyError {
         path: PathBuf,
         /// Why. (Not a `source`: the message already says it, and error chains would repeat it.)
         error: std::io::Error,
+    },
+    /// A fixture or snapshot file that holds nothing but white space.
+    #[error("{}: the file is empty; a fixture names at least its `hostname`", shown(.path))]
+    EmptyFile {
+        /// The file.
+        path: PathBuf,
     },
     /// A fixture or snapshot file is malformed.
     #[error("{}{}: {message}", shown(.path), location(*.line, *.column))]

@@ -34,14 +34,7 @@ impl TopologySource for FileSource {
     async fn snapshot(&self) -> Result<Snapshot, TopologyError> {
         let text = read_text(&self.path, limits::MAX_INPUT_BYTES)?;
         if text.trim().is_empty() {
-            return Err(TopologyError::Fixture {
-                path: self.path.clone(),
-                line: None,
-                column: None,
-                message: "the file is empty; a fixture names at least its `hostname`, and a snapshot is the JSON \
-                          `gpucluster list --json` prints"
-                    .to_owned(),
-            });
+            return Err(TopologyError::EmptyFile { path: self.path.clone() });
         }
         if text.trim_start().starts_with('{') {
             snapshot_from_json(&text, &self.path)

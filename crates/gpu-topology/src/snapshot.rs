@@ -254,7 +254,7 @@ impl HostTopology {
                 }
                 if (before.from, before.to) > (link.from, link.to) {
                     return Err(bad(format!(
-                        "peer links must be in (from, to) order, as `gpucluster list --json` writes them; \
+                        "peer links must be in (from, to) order, as gpucluster writes them; \
                          the link from GPU {} to GPU {} comes after the one from GPU {} to GPU {}",
                         link.from, link.to, before.from, before.to
                     )));

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use cluster_core::wording::CommandLine;
 use gpu_topology::TopologySpec;
 use launcher::dask::spec::TlsPlan;
 use launcher::dask::{self, ClusterSpec, HostFacts, SchedulerRequest, TlsFiles, command, python, scheduler_file};
@@ -15,7 +16,6 @@ use launcher::workdir::PrivateDir;
 use launcher::{Signals, Stop, StopWhen, Supervision};
 
 use crate::args::{RestartArg, SelectionArgs};
-use crate::terms::Flags;
 
 #[derive(Debug, Args)]
 pub(crate) struct DaskArgs {
@@ -337,7 +337,7 @@ async fn run(
     let cluster = dask::cluster_spec(&output, &request, facts, &HostFacts::of_this_process())?;
     let Some(dir) = dir else {
         // A dry run: the spec is the answer, and nothing was started or made.
-        serde_json::to_writer_pretty(&mut *out, &cluster.to_json(&Flags))?;
+        serde_json::to_writer_pretty(&mut *out, &cluster.to_json(&CommandLine))?;
         writeln!(out)?;
         return Ok(0);
     };
@@ -440,7 +440,7 @@ fn header(
         }
     }
     for note in &cluster.notes {
-        let text = note.0.render(&Flags);
+        let text = note.0.to_string();
         writeln!(out, "warning: {text}")?;
         tracing::warn!("{text}");
     }

@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 
+use cluster_core::wording::{Call, Message, Setting};
 use cluster_core::{Finding, Severity};
 use gpu_topology::TopologyError;
 use serde::Serialize;
@@ -29,11 +30,11 @@ fn label(s: Severity) -> &'static str {
 
 pub(crate) fn write_findings(findings: &[Finding], out: &mut dyn Write) -> io::Result<()> {
     for f in findings {
-        writeln!(out, "{:<8}{}: {}", label(f.severity), f.code, escape(&f.message))?;
-        for (i, line) in f.explanation.lines().enumerate() {
+        writeln!(out, "{:<8}{}: {}", label(f.severity), f.code, escape(&f.message.to_string()))?;
+        for (i, line) in f.explanation.to_string().lines().enumerate() {
             writeln!(out, "        {}{}", if i == 0 { "why: " } else { "     " }, escape(line))?;
         }
-        writeln!(out, "        fix: {}", escape(&f.fix))?;
+        writeln!(out, "        fix: {}", escape(&f.fix.to_string()))?;
     }
     Ok(())
 }
@@ -43,40 +44,46 @@ pub(crate) fn write_findings(findings: &[Finding], out: &mut dyn Write) -> io::R
 /// (`file:`, `smi:`, `--inventory`) that does not parse, which stop doctor as they stop any
 /// command.
 pub(crate) fn unusable_nvml(error: &anyhow::Error) -> Option<Finding> {
-    let finding = |code: &str, message: String, explanation: &str, fix: &str| Finding {
+    let finding = |code: &str, message: String, explanation: &'static str, fix: Message| Finding {
         severity: Severity::Error,
         code: code.to_owned(),
-        message,
-        explanation: explanation.to_owned(),
-        fix: fix.to_owned(),
+        message: message.into(),
+        explanation: explanation.into(),
+        fix,
     };
-    let elsewhere = "to plan for another machine instead, pass --topology sim:NAME (`gpucluster list --presets`), \
-                     file:PATH or smi:PATH";
+    let elsewhere = Message::from("to plan for another machine instead, pass ")
+        .setting_to(Setting::Topology, "sim:NAME")
+        .text(" (")
+        .call(Call::ListPresets)
+        .text("), file:PATH or smi:PATH");
     match error.chain().find_map(|c| c.downcast_ref::<TopologyError>())? {
         TopologyError::BackendUnavailable { library, reason } => Some(finding(
             "nvml-unavailable",
             format!("cannot use NVML ({library}): {reason}"),
             "NVML, the NVIDIA driver's management library, is how gpucluster sees this machine's GPUs and MIG \
              instances: without it nothing else can be checked",
-            &format!(
+            Message::from(format!(
                 "install the NVIDIA driver (it provides {library}) and check that `nvidia-smi` works; in a \
-                 container, start it with the GPUs (`--gpus all` with the NVIDIA Container Toolkit); {elsewhere}"
-            ),
+                 container, start it with the GPUs (`--gpus all` with the NVIDIA Container Toolkit); "
+            ))
+            .append(elsewhere),
         )),
         TopologyError::NvmlNotCompiled => Some(finding(
             "nvml-not-compiled",
             "this gpucluster was built without the `nvml` feature".to_owned(),
             "a build without NVML cannot read a real machine, only descriptions of one",
-            &format!(
-                "install a build with default features (`cargo install --locked --path crates/gpucluster`); {elsewhere}"
-            ),
+            Message::from(
+                "install a build with default features (`cargo install --locked --path crates/gpucluster`); ",
+            )
+            .append(elsewhere),
         )),
         e @ TopologyError::Nvml { .. } => Some(finding(
             "nvml-failed",
             e.to_string(),
             "NVML answered, but not well enough to know this machine's devices",
             "check the GPUs' state with `nvidia-smi -q`; a GPU that fell off the bus, or a driver updated without \
-             a reboot, needs a reset or a reboot",
+             a reboot, needs a reset or a reboot"
+                .into(),
         )),
         _ => None,
     }

@@ -16,13 +16,13 @@ mod list;
 mod logging;
 mod plan;
 mod table;
-mod terms;
 mod up;
 
 use std::ffi::OsString;
 use std::io::Write;
 
 use clap::Parser;
+use cluster_core::wording::topology_remedy;
 
 pub use cli::Cli;
 
@@ -85,7 +85,10 @@ where
         Err(e) => {
             // Messages quote input (names, addresses, file contents): whatever escaped the
             // escaping at its source is escaped here, keeping only the message's own line breaks.
-            let text = terms::error_text(&e);
+            // A topology error says what was seen; what to pass instead comes after it, in the
+            // command line's words. It is a root cause (it has no source), so the last in the chain.
+            let remedy = e.root_cause().downcast_ref::<gpu_topology::TopologyError>().and_then(topology_remedy);
+            let text = format!("{e:#}{}", remedy.map(|r| r.to_string()).unwrap_or_default());
             let safe: String =
                 text.split('\n').map(|line| table::escape(line).into_owned()).collect::<Vec<_>>().join("\n");
             let _ = writeln!(err, "error: {safe}");

@@ -51,7 +51,7 @@ pub(crate) fn log(output: &PlanOutput<'_>) {
         );
     }
     for e in &plan.excluded {
-        tracing::debug!("left out: {} of host {}: {}", e.uuid, escape(&e.host), escape(&e.reason));
+        tracing::debug!("left out: {} of host {}: {}", e.uuid, escape(&e.host), escape(&e.reason.to_string()));
     }
 }
 
@@ -60,9 +60,9 @@ pub(crate) fn log(output: &PlanOutput<'_>) {
 fn excluded(excluded: &[cluster_core::Excluded], out: &mut dyn Write) -> io::Result<()> {
     /// UUIDs named per group before "and N more".
     const NAMED: usize = 3;
-    let mut groups: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    let mut groups: Vec<(&str, &cluster_core::wording::Message, Vec<String>)> = Vec::new();
     for e in excluded {
-        match groups.iter_mut().find(|(host, reason, _)| *host == e.host && *reason == e.reason) {
+        match groups.iter_mut().find(|(host, reason, _)| *host == e.host && **reason == e.reason) {
             Some(group) => group.2.push(e.uuid.to_string()),
             None => groups.push((&e.host, &e.reason, vec![e.uuid.to_string()])),
         }
@@ -70,7 +70,8 @@ fn excluded(excluded: &[cluster_core::Excluded], out: &mut dyn Write) -> io::Res
     let more = if groups.len() < excluded.len() { "; each one in --json" } else { "" };
     writeln!(out, "\nexcluded ({} device(s){more}):", excluded.len())?;
     for (host, reason, uuids) in groups {
-        let (host, reason) = (escape(host), escape(reason));
+        let reason = reason.to_string();
+        let (host, reason) = (escape(host), escape(&reason));
         match uuids.as_slice() {
             [one] => writeln!(out, "  {one} on {host}: {reason}")?,
             many => {

@@ -20,10 +20,10 @@ pub mod plan_paths;
 mod supervise;
 pub mod transport_bench;
 mod up;
-pub mod words;
 pub mod workdir;
 pub mod worker_env;
 
+use cluster_core::wording::{Message, Setting};
 pub use supervise::{
     Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Supervised, Supervision,
     parse_cpus, signal_name, supervise,
@@ -60,7 +60,7 @@ pub enum LauncherError {
         /// What went wrong.
         detail: String,
         /// How to fix it.
-        how: words::Words,
+        how: Message,
     },
     /// A scheduler file that cannot be used.
     #[error("the scheduler file {} {problem}", file.display())]
@@ -95,7 +95,7 @@ pub enum LauncherError {
     Protocol(dask::ProtocolRefusal),
     /// A setting of a Dask request that cannot be met: the words name it, and the fix.
     #[error("{0}")]
-    Request(words::Words),
+    Request(Message),
     /// TLS credentials that someone else could have changed.
     #[error("the TLS credentials cannot be trusted: {0}")]
     UntrustedCredentials(String),
@@ -130,32 +130,30 @@ pub enum LauncherError {
     TransportBenchPeer(String),
 }
 
-fn tls_needed(address: &str) -> words::Words {
-    words::Words::text(format!("the Dask scheduler at {address} speaks TLS: give "))
-        .set(words::Setting::Credentials, None)
-        .then(" (`gpucluster dask local` writes them beside its scheduler file)")
+fn tls_needed(address: &str) -> Message {
+    Message::from(format!("the Dask scheduler at {address} speaks TLS: give "))
+        .setting(Setting::TlsCredentials)
+        .text(" (`gpucluster dask local` writes them beside its scheduler file)")
 }
 
-fn grace_words(grace: f64) -> words::Words {
-    words::Words::default()
-        .set(words::Setting::Grace, Some(&grace.to_string()))
-        .then(" is out of range: give 0 to 3600 seconds")
+fn grace_words(grace: f64) -> Message {
+    Message::default().setting_to(Setting::Grace, grace.to_string()).text(" is out of range: give 0 to 3600 seconds")
 }
 
 impl LauncherError {
-    /// The message with the settings it names, for a front end to spell in its own terms
-    /// ([`words::Words::render`]); its `Display` spells them plainly.
-    pub fn words(&self) -> words::Words {
+    /// The message with the settings it names, for a front end to say in its own words
+    /// ([`Message::render`]); its `Display` says it in the command line's.
+    pub fn message(&self) -> Message {
         match self {
             LauncherError::NoDask { python, detail, how } => {
-                words::Words::text(format!("cannot use `{}` for Dask: {detail}; ", python.to_string_lossy()))
-                    .and(how.clone())
+                Message::from(format!("cannot use `{}` for Dask: {detail}; ", python.to_string_lossy()))
+                    .append(how.clone())
             }
             LauncherError::TlsNeeded { address } => tls_needed(address),
             LauncherError::Grace(grace) => grace_words(*grace),
-            LauncherError::Protocol(refusal) => refusal.words(),
+            LauncherError::Protocol(refusal) => refusal.message(),
             LauncherError::Request(words) => words.clone(),
-            other => words::Words::text(other.to_string()),
+            other => Message::from(other.to_string()),
         }
     }
 }

@@ -292,7 +292,9 @@ mod tests {
         let err = source.init().expect_err("no such library");
         let text = err.to_string();
         assert!(text.contains("/nonexistent/libnvidia-ml.so.1"), "{text}");
-        assert!(text.contains("--topology sim:NAME"), "{text}");
+        assert!(text.contains("is the NVIDIA driver installed?"), "{text}");
+        // What to pass instead is the front end's to say, in its own words.
+        assert!(!text.contains("--") && !text.contains("sim:"), "{text}");
     }
 
     #[test]

@@ -12,8 +12,9 @@ simulated preset, a fixture or saved snapshot, or ``nvidia-smi -L`` text) and re
 ``gpucluster plan --json`` prints: one worker per compute device with its environment, limits
 and resources, the homogeneity policy applied, and the path between every pair of workers;
 its warnings are also issued as :class:`PlanWarning`. :func:`presets` names the simulated
-machines (``"sim:NAME"``) that both take, for trying gpucluster without a GPU. Errors say the
-command line's messages in Python terms (keyword arguments rather than flags).
+machines (``"sim:NAME"``) that both take, for trying gpucluster without a GPU. Errors and
+warnings say the command line's messages in Python's words (keyword arguments rather than
+flags, functions rather than commands).
 
 Modules: :mod:`gpucluster.dask` (``LocalCluster``: one Dask worker per compute device, planned
 as above, speaking the comm), :mod:`gpucluster.comm` (the comm backend), :mod:`gpucluster.sim` (device arrays on
@@ -30,8 +31,7 @@ from importlib import metadata as _metadata
 from typing import Any
 
 from gpucluster._native import AuthenticationError, PeerGone, PlanError, Timeout, TopologyError, TransportError
-from gpucluster._native import in_python_terms as _in_python_terms
-from gpucluster._native import plan_json as _plan_json
+from gpucluster._native import plan as _plan
 from gpucluster._native import presets as _presets
 from gpucluster._native import topology_json as _topology_json
 
@@ -145,19 +145,17 @@ def plan(
     # reach it is refused here.
     if isinstance(workers_per_device, bool) or not isinstance(workers_per_device, int) or not 0 <= workers_per_device < 1 << 31:
         raise ValueError(f"workers_per_device: a whole number from 1 to 64, not {workers_per_device!r}")
-    planned = json.loads(
-        _plan_json(
-            source,
-            devices=None if devices is None else str(devices),
-            policy=str(policy),
-            memory_tolerance=memory_tolerance,
-            device_memory_limit=str(device_memory_limit),
-            workers_per_device=workers_per_device,
-        )
+    # The JSON is the command line's (findings' text included); the warnings are the same
+    # findings, said in Python's words by the native module.
+    planned, warned = _plan(
+        source,
+        devices=None if devices is None else str(devices),
+        policy=str(policy),
+        memory_tolerance=memory_tolerance,
+        device_memory_limit=str(device_memory_limit),
+        workers_per_device=workers_per_device,
     )
-    for finding in planned["findings"]:
-        if finding["severity"] in ("warning", "error"):
-            text = _in_python_terms(f"{finding['message']}; {finding['fix']}")
-            # 1 is warn's own frame (this function); _stacklevel counts from plan's caller.
-            warnings.warn(PlanWarning(text), stacklevel=1 + max(1, int(_stacklevel)))
-    return planned
+    for text in warned:
+        # 1 is warn's own frame (this function); _stacklevel counts from plan's caller.
+        warnings.warn(PlanWarning(text), stacklevel=1 + max(1, int(_stacklevel)))
+    return json.loads(planned)

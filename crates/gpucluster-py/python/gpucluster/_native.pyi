@@ -1,4 +1,4 @@
-"""Type stubs of gpucluster._native, the Rust transport (crates/gpucluster-py/src/lib.rs)."""
+"""Type stubs of gpucluster._native, the Rust bindings (crates/gpucluster-py/src/: comm, planning, dask, exceptions)."""
 
 TOKEN_BYTES: int
 
@@ -85,19 +85,18 @@ def uid() -> int: ...
 def cuda_available() -> bool: ...
 def topology_json(source: str = "nvml") -> str:
     """The snapshot ``gpucluster --topology SOURCE list --json`` prints (use ``gpucluster.topology``)."""
-def plan_json(
+def plan(
     source: str = "nvml",
     devices: str | None = None,
     policy: str = "strict",
     memory_tolerance: float = 2.0,
     device_memory_limit: str = "default",
     workers_per_device: int = 1,
-) -> str:
-    """What ``gpucluster plan --json`` prints (use ``gpucluster.plan``)."""
+) -> tuple[str, list[str]]:
+    """What ``gpucluster plan --json`` prints, and each warning (or error) finding as
+    ``"message; fix"`` in Python's words (use ``gpucluster.plan``)."""
 def presets() -> list[tuple[str, str]]:
     """Each simulated machine's name and one-line description (use ``gpucluster.presets``)."""
-def in_python_terms(text: str) -> str:
-    """A core crate's message in Python terms: keyword arguments for flags, functions for commands."""
 def cluster_spec(
     source: str,
     *,

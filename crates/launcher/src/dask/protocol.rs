@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Serialize, Serializer};
 
 use super::facts::PythonFacts;
-use crate::words::{Setting, Words};
+use cluster_core::wording::{Message, Setting};
 
 /// A Dask comm protocol (the scheme of its addresses).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,55 +189,55 @@ pub enum ProtocolRefusal {
 
 impl ProtocolRefusal {
     /// The refusal, with the settings that would make it work.
-    pub fn words(&self) -> Words {
-        let asked = |p: ProtocolRequest| Words::default().set(Setting::Protocol, Some(p.name()));
+    pub fn message(&self) -> Message {
+        let asked = |p: ProtocolRequest| Message::new().setting_to(Setting::Protocol, p.name());
         let secured = "every connection proves your secret";
         match self {
-            ProtocolRefusal::Unknown(name) => Words::default().set(Setting::Protocol, Some(name)).then(format!(
+            ProtocolRefusal::Unknown(name) => Message::new().setting_to(Setting::Protocol, name).text(format!(
                 ": no such Dask comm; use gpucluster (the default where its package is installed: {secured}, device \
                  frames over gpucluster's transport), tls or wss with TLS credentials, or tcp or ucx on a cluster \
                  declared insecure"
             )),
             ProtocolRefusal::NotInstalled { protocol, install } => {
-                asked(*protocol).then(format!(": not installed for this Python ({install})"))
+                asked(*protocol).text(format!(": not installed for this Python ({install})"))
             }
             ProtocolRefusal::Open { protocol } => asked(*protocol)
-                .then(format!(
+                .text(format!(
                     ": {} lets every user of this host (and of any host that reaches it) connect and run code as \
                      you; keep ",
                     if *protocol == ProtocolRequest::Ucx { "UCX cannot authenticate peers, so it" } else { "it" }
                 ))
-                .set(Setting::Protocol, Some("gpucluster"))
-                .then(format!(" ({secured}), give "))
-                .set(Setting::Credentials, None)
-                .then(" for TLS, or add ")
-                .set(Setting::Insecure, None)
-                .then(" on a machine nobody else uses"),
+                .setting_to(Setting::Protocol, "gpucluster")
+                .text(format!(" ({secured}), give "))
+                .setting(Setting::TlsCredentials)
+                .text(" for TLS, or add ")
+                .setting(Setting::Insecure)
+                .text(" on a machine nobody else uses"),
             ProtocolRefusal::NoCredentials { protocol } => {
-                asked(*protocol).then(": speaks TLS and needs its certificates: give ").set(Setting::Credentials, None)
+                asked(*protocol).text(": speaks TLS and needs its certificates: give ").setting(Setting::TlsCredentials)
             }
             ProtocolRefusal::Unencrypted { protocol } => asked(*protocol)
-                .then(
+                .text(
                     ": the scheduler speaks TLS and Dask then refuses every connection that is not encrypted; \
                      gpucluster's comm authenticates but does not encrypt (use ",
                 )
-                .set(Setting::Protocol, Some("tcp"))
-                .then(", or start the cluster with `gpucluster dask local`, which speaks gpucluster throughout)"),
-            ProtocolRefusal::EveryInterface => Words::default().set(Setting::Protocol, Some("ws")).then(
+                .setting_to(Setting::Protocol, "tcp")
+                .text(", or start the cluster with `gpucluster dask local`, which speaks gpucluster throughout)"),
+            ProtocolRefusal::EveryInterface => Message::new().setting_to(Setting::Protocol, "ws").text(
                 ": distributed's websocket listener binds every interface of this host, whatever the host to \
                  listen on says; use gpucluster, tls or wss with TLS credentials, or tcp on a cluster declared \
                  insecure",
             ),
-            ProtocolRefusal::InProcess => Words::default()
-                .set(Setting::Protocol, Some("inproc"))
-                .then(": connects only within one process, and a cluster's workers are processes"),
+            ProtocolRefusal::InProcess => Message::new()
+                .setting_to(Setting::Protocol, "inproc")
+                .text(": connects only within one process, and a cluster's workers are processes"),
         }
     }
 }
 
 impl fmt::Display for ProtocolRefusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.words().fmt(f)
+        self.message().fmt(f)
     }
 }
 
@@ -332,7 +332,14 @@ pub fn choose_protocol(
 
 #[cfg(test)]
 mod tests {
+    use cluster_core::wording::Piece;
+
     use super::*;
+
+    /// Whether the refusal names `setting`, for the user to change.
+    fn names(refusal: &ProtocolRefusal, setting: Setting) -> bool {
+        refusal.message().pieces().iter().any(|p| matches!(p, Piece::Setting { setting: s, .. } if *s == setting))
+    }
 
     fn python(gpucluster: bool, ucxx: bool) -> PythonFacts {
         PythonFacts { gpucluster, ucxx, ..PythonFacts::default() }
@@ -366,12 +373,12 @@ mod tests {
         let tls_scheduler = ProtocolFacts { encrypted: true, credentials: Credentials::Given, ..facts(false, 8, true) };
         assert_eq!(auto(tls_scheduler, &ours), Protocol::Tls);
         let err = choose_protocol(Gpucluster, tls_scheduler, &ours).expect_err("not encrypted");
-        assert!(err.words().settings().any(|s| s == Setting::Protocol), "{err}");
+        assert!(names(&err, Setting::Protocol), "{err}");
         // Requests: met where they can be, refused with the reason where they cannot.
         assert_eq!(choose_protocol(Tcp, facts(false, 8, true), &ours).expect("tcp").0, Protocol::Tls);
         assert_eq!(choose_protocol(Tcp, facts(false, 8, false), &ours).expect("tcp").0, Protocol::Tcp);
         let err = choose_protocol(Ucx, facts(false, 8, true), &ours).expect_err("insecure");
-        assert!(err.words().settings().any(|s| s == Setting::Insecure), "{err}");
+        assert!(names(&err, Setting::Insecure), "{err}");
         assert_eq!(choose_protocol(Ucx, facts(false, 8, false), &ours).expect("ucx").0, Protocol::Ucx);
         let none = python(false, false);
         assert!(choose_protocol(Gpucluster, facts(false, 8, true), &none).is_err());

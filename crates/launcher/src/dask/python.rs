@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::facts::PythonFacts;
 use super::tls::TlsFiles;
 use crate::LauncherError;
-use crate::words::{Setting, Words};
+use cluster_core::wording::{Message, Setting};
 
 /// The start of every `python -c` of ours. `-c` puts the working directory first on
 /// `sys.path`, so a `dask.py` that another user left in a shared directory we were started from
@@ -152,19 +152,19 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<Interprete
     } else {
         python.clone()
     };
-    let install = Words::text(format!(
+    let install = Message::from(format!(
         "install it with `{} -m pip install \"dask[distributed]\"` (and `dask-cuda` for GPU workers), or pass ",
         python.to_string_lossy()
     ))
-    .set(Setting::Python, None)
-    .then(" an interpreter that has it");
+    .setting(Setting::Python)
+    .text(" (or GPUCLUSTER_PYTHON) an interpreter that has it");
     let fail = |detail: String| LauncherError::NoDask { python: python.clone(), detail, how: install.clone() };
     let run = run_python(python, FACTS_SCRIPT, &[], PYTHON_TIMEOUT, cancel).map_err(|detail| {
         // An interpreter that cannot be run at all cannot install anything: say what to give.
         if detail.starts_with(CANNOT_RUN) {
-            let how = Words::text("pass ")
-                .set(Setting::Python, None)
-                .then(" an interpreter that exists and has Dask, such as python3");
+            let how = Message::from("pass ")
+                .setting(Setting::Python)
+                .text(" (or GPUCLUSTER_PYTHON) an interpreter that exists and has Dask, such as python3");
             LauncherError::NoDask { python: python.clone(), detail, how }
         } else {
             fail(detail)

@@ -23,8 +23,8 @@ use super::facts::{HostFacts, PythonFacts};
 use super::protocol::{Credentials, Protocol, ProtocolFacts, ProtocolRequest, choose_protocol};
 use crate::LauncherError;
 use crate::plan_paths::PlanOutput;
-use crate::words::{Setting, Terms, Words};
 use crate::worker_env;
+use cluster_core::wording::{Message, Setting, Terms};
 
 /// The most threads a worker may be asked for: a typing slip such as `10**6` would otherwise
 /// start the worker and fail there, far from the line that asked.
@@ -215,11 +215,12 @@ pub struct WorkerSpec {
 }
 
 /// Something both front ends tell the user about the cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note(pub Words);
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note(pub Message);
 
 impl Serialize for Note {
-    /// In plain words: a front end writes its own with [`ClusterSpec::to_json`].
+    /// In the command line's words (as every [`Message`] is shown): a front end with other
+    /// words writes them with [`ClusterSpec::to_json`].
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0.to_string())
     }
@@ -280,7 +281,7 @@ pub fn is_simulated(topology: &TopologySpec, inventories: bool) -> bool {
 }
 
 fn refused(setting: Setting, rest: impl Into<String>) -> LauncherError {
-    LauncherError::Request(Words::default().set(setting, None).then(rest))
+    LauncherError::Request(Message::new().name(setting).text(rest.into()))
 }
 
 /// The cluster `request` asks for, on `output`'s plan, with what `python` and `host` offer.
@@ -299,13 +300,13 @@ pub fn cluster_spec(
         Some(0) => return Err(refused(Setting::Workers, ": a whole number, at least 1")),
         Some(n) if n > planned.len() => {
             return Err(LauncherError::Request(
-                Words::default()
-                    .set(Setting::Workers, Some(&n.to_string()))
-                    .then(format!(
+                Message::new()
+                    .setting_to(Setting::Workers, n.to_string())
+                    .text(format!(
                         ": the plan has {} worker(s); ask for at most that many, or for more per device with ",
                         planned.len()
                     ))
-                    .set(Setting::WorkersPerDevice, None),
+                    .name(Setting::WorkersPerDevice),
             ));
         }
         Some(n) => &planned[..n],
@@ -408,7 +409,7 @@ pub fn cluster_spec(
     let mut notes = Vec::new();
     let limited = workers.iter().any(|w| w.device_memory_limit_bytes.is_some_and(|b| b > 0));
     if !simulated && !python.dask_cuda && request.device_memory_limit_asked && limited {
-        notes.push(Note(Words::default().set(Setting::DeviceMemoryLimit, None).then(format!(
+        notes.push(Note(Message::new().name(Setting::DeviceMemoryLimit).text(format!(
             " is enforced by dask-cuda's device spilling, which this Python does not have: workers only get \
                      it as {}; install dask-cuda (`{}`), or ask for no device memory limit",
             worker_env::DEVICE_MEMORY_LIMIT,
@@ -417,15 +418,15 @@ pub fn cluster_spec(
     }
     if protocol.is_some_and(|p| !p.authenticates()) && local {
         notes.push(Note(
-            Words::default()
-                .set(Setting::Insecure, None)
-                .then(": no TLS; any user who can reach the scheduler or a worker can run code as you"),
+            Message::new()
+                .setting(Setting::Insecure)
+                .text(": no TLS; any user who can reach the scheduler or a worker can run code as you"),
         ));
     }
     if let SchedulerRequest::Join { address } = &request.scheduler {
         let authenticated = tls != TlsPlan::None || address.starts_with("gpucluster://");
         if !authenticated {
-            notes.push(Note(Words::text(format!(
+            notes.push(Note(Message::from(format!(
                 "the scheduler at {address} does not authenticate its peers: anyone who can reach it can run code \
                  on these workers, as you; secure it with TLS (`gpucluster dask local` does)"
             ))));
@@ -582,13 +583,13 @@ fn dashboard(address: &str, host: Option<&str>, python: &PythonFacts) -> Result<
     }
     if !python.bokeh {
         return Err(LauncherError::Request(
-            Words::default()
-                .set(Setting::Dashboard, None)
-                .then(format!(
+            Message::new()
+                .name(Setting::Dashboard)
+                .text(format!(
                     ": Dask's dashboard needs bokeh, which this Python does not have; install it with `{}`, or leave out ",
                     python.pip_install("bokeh")
                 ))
-                .set(Setting::Dashboard, None),
+                .name(Setting::Dashboard),
         ));
     }
     Ok(dashboard_address(address, host))
