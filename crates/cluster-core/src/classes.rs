@@ -148,3 +148,12 @@ fn resource_label(class: &DeviceClass) -> String {
         None => memory,
     }
 }
+
+pub(crate) fn largest_class(classes: &[DeviceClass]) -> usize {
+    (0..classes.len())
+        .max_by(|&a, &b| {
+            let key = |c: &DeviceClass| (c.devices.len(), c.memory_bytes, c.sm_count);
+            key(&classes[a]).cmp(&key(&classes[b])).then(b.cmp(&a))
+        })
+        .unwrap_or(0)
+}

@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use gpu_topology::{DeviceId, Snapshot};
 
-use crate::plan::{PlanRequest, SpecSource, WorkerKind, plan};
+use crate::plan::{WorkerKind, plan};
+use crate::request::{PlanRequest, SpecSource};
 use crate::wording::{Call, Message};
 use crate::{DeviceSpec, Finding, Severity, spec};
 

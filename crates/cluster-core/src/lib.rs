@@ -32,6 +32,8 @@ mod finding;
 mod inventory;
 pub mod memory;
 mod plan;
+mod plan_error;
+mod request;
 mod size;
 pub mod spec;
 pub mod wording;
@@ -41,9 +43,10 @@ pub use devices::Excluded;
 pub use doctor::{Environment, doctor};
 pub use finding::{Finding, Severity};
 pub use inventory::{InventoryError, merge_inventories};
-pub use plan::{
-    DEFAULT_MEMORY_TOLERANCE_PCT, MEMORY_TOLERANCE_PCT, Plan, PlanError, PlanRequest, Policy, SpecSource,
-    WORKERS_PER_DEVICE, WorkerKind, WorkerPlan, plan,
+pub use plan::{DEVICE_UUID_ENV, Plan, WORKER_NAME_ENV, WorkerKind, WorkerPlan, plan};
+pub use plan_error::PlanError;
+pub use request::{
+    DEFAULT_MEMORY_TOLERANCE_PCT, MEMORY_TOLERANCE_PCT, PlanRequest, Policy, SpecSource, WORKERS_PER_DEVICE,
 };
 pub use size::{SizeError, parse_binary_size, parse_dask_size};
 pub use spec::{DeviceSpec, SpecEntry, SpecError};

@@ -53,12 +53,7 @@ pub(crate) struct DaskReport {
     pub(crate) variants: Vec<VariantResult>,
 }
 
-pub(crate) async fn run(
-    spec: &TopologySpec,
-    topology: &str,
-    args: BenchDaskArgs,
-    out: &mut dyn Write,
-) -> anyhow::Result<u8> {
+pub(crate) async fn run(spec: &TopologySpec, args: BenchDaskArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     if let Some(file) = &args.report {
         // Bounded, as `bench transport --report` reads: a report is a few kilobytes.
         let text = gpu_topology::text::read_text(file, 16 << 20)?;
@@ -88,27 +83,29 @@ pub(crate) async fn run(
         args.variants.clone()
     };
     let variants = names.iter().map(|n| Variant::named(n)).collect::<Result<Vec<_>, _>>()?;
-    if variants.iter().any(|v| v.protocol == "gpucluster") && !python.facts.gpucluster {
+    if variants.iter().any(|v| v.protocol == dask::ProtocolRequest::Gpucluster) && !python.facts.gpucluster {
         anyhow::bail!(
             "the gpucluster package is not installed for `{}`: install its wheel (`cargo xtask dask-env` makes one), \
              or measure --variants tcp",
             python.program.to_string_lossy()
         );
     }
+    let dask_cuda = python.facts.dask_cuda;
     let sizes = args
         .sizes
         .as_ref()
         .map(|s| s.0.clone())
         .unwrap_or_else(|| if real { vec![16 << 20, 256 << 20, 1 << 30] } else { vec![16 << 20, 64 << 20] });
     let bench = DaskBench {
-        program: std::env::current_exe().context("finding this program")?.into(),
-        global_args: vec!["--topology".into(), topology.into()],
-        python: python.program.clone(),
+        topology: spec.clone(),
+        snapshot,
+        guard: std::env::current_exe().context("finding this program to start the workers")?.into(),
+        python,
         sizes: sizes.iter().map(|&s| s as u64).collect(),
         repeats: args.repeats as u32,
         array: if real { "cupy" } else { "sim" },
         workers_per_device: if devices == 1 { 2 } else { 1 },
-        transpose_sum: !args.no_transpose_sum && python.facts.dask_cuda && real,
+        transpose_sum: !args.no_transpose_sum && dask_cuda && real,
     };
     let mut report = DaskReport {
         memory: if real { "GPU memory (CuPy)".into() } else { "simulated device memory".into() },
@@ -119,8 +116,7 @@ pub(crate) async fn run(
     for variant in variants {
         // Progress on stderr, also with --json: a variant takes tens of seconds.
         tracing::info!(target: crate::logging::PROGRESS, "bench dask: {} ...", variant.name);
-        let (b, v) = (bench.clone(), variant.clone());
-        match signals.or_blocking(move |_| launcher::dask_bench::run_variant(&b, &v)).await {
+        match launcher::dask_bench::run_variant(&bench, &variant, &mut signals).await {
             Ok(Ok(result)) => report.variants.push(result),
             // One variant that cannot run (a protocol whose cluster never comes up, say) costs
             // neither the figures of the others nor the report: it is a note, and the exit is 1.

@@ -289,9 +289,7 @@ pub(crate) async fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<u8>
         Command::Doctor(args) => doctor_command(&spec, args, out).await,
         Command::Completions { .. } => unreachable!("run before the topology is checked"),
         Command::Bench(BenchCommand::Transport(args)) => bench_transport(&spec, args, out).await,
-        Command::Bench(BenchCommand::Dask(args)) => {
-            crate::bench_dask::run(&spec, &cli.global.topology, args, out).await
-        }
+        Command::Bench(BenchCommand::Dask(args)) => crate::bench_dask::run(&spec, args, out).await,
         Command::Up(args) => {
             crate::up::run(
                 &spec,

@@ -10,8 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use cluster_core::wording::CommandLine;
 use gpu_topology::TopologySpec;
-use launcher::dask::spec::TlsPlan;
-use launcher::dask::{self, ClusterSpec, HostFacts, SchedulerRequest, TlsFiles, command, python, scheduler_file};
+use launcher::dask::{self, ClusterSpec, HostFacts, SchedulerRequest, TlsFiles, python, scheduler_file, session};
 use launcher::workdir::PrivateDir;
 use launcher::{Signals, Stop, StopWhen, Supervision};
 
@@ -121,17 +120,15 @@ pub(crate) struct DaskWorkerArgs {
     common: DaskArgs,
 }
 
-/// Writes workers' output through, and says once when every worker has registered.
-struct ReadyWatch {
+/// The cluster's output as the user sees it: Dask's INFO lines left out unless asked for, and no
+/// line claiming a dashboard that is not served.
+struct Shown {
     out: std::io::Stdout,
-    started: Instant,
-    expected: usize,
-    registered: usize,
     /// Whether Dask's INFO lines are shown (the global `-v`); by default they are left out
     /// (warnings, errors and tracebacks always pass), so that the lines that matter are not buried.
     dask_info: bool,
-    /// The scheduler file of a cluster serving a dashboard: its URL is said once workers are ready.
-    dashboard: Option<std::path::PathBuf>,
+    /// Whether the scheduler serves a dashboard.
+    dashboard: bool,
 }
 
 /// Whether a line of Dask's output is one of its INFO log lines (`... - distributed.x - INFO - ...`).
@@ -139,33 +136,13 @@ fn dask_info(line: &[u8]) -> bool {
     line.windows(8).any(|w| w == b" - INFO ")
 }
 
-impl Write for ReadyWatch {
+impl Write for Shown {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let registered = String::from_utf8_lossy(buf).matches("Registered to:").count();
         for line in buf.split_inclusive(|b| *b == b'\n') {
             // Without a dashboard, no line may claim one (Dask names its HTTP server's port so).
-            let false_claim = self.dashboard.is_none() && line.windows(13).any(|w| w == b"dashboard at:");
+            let false_claim = !self.dashboard && line.windows(13).any(|w| w == b"dashboard at:");
             if (self.dask_info || !dask_info(line)) && !false_claim {
                 self.out.write_all(line)?;
-            }
-        }
-        if registered > 0 && self.registered < self.expected {
-            self.registered += registered;
-            tracing::debug!("{} of {} Dask worker(s) registered", self.registered.min(self.expected), self.expected);
-            if self.registered >= self.expected {
-                tracing::info!("ready: every Dask worker registered with the scheduler");
-                writeln!(
-                    self.out,
-                    "all {} Dask worker(s) registered after {:.2} s",
-                    self.expected,
-                    self.started.elapsed().as_secs_f64()
-                )?;
-                if let Some(file) = &self.dashboard {
-                    match scheduler_file::dashboard_url(file) {
-                        Some(url) => writeln!(self.out, "dashboard: {url}")?,
-                        None => writeln!(self.out, "dashboard: the scheduler did not say where it serves it")?,
-                    }
-                }
             }
         }
         Ok(buf.len())
@@ -343,39 +320,16 @@ async fn run(
     };
     // Should this launcher be killed (SIGKILL), its guards remove the directory.
     supervision.private_dir = Some(dir.path().to_owned());
-    let tls = match &cluster.tls {
-        TlsPlan::Generate { hosts } => Some(TlsFiles::generate(&dir, hosts)?),
-        TlsPlan::Given => tls,
-        TlsPlan::None => None,
-    };
-    let scheduler_file = dir.path().join("scheduler.json");
-    // The scheduler's plugins, from the package where its Python has it, else from a file.
-    let plugins = match &cluster.scheduler {
-        Some(_) if !facts.gpucluster => {
-            Some(dir.write(command::SCHEDULER_PLUGINS_FILE, command::SCHEDULER_PLUGINS_SOURCE.as_bytes())?)
-        }
-        _ => None,
-    };
-    let specs = command::processes(
-        &cluster,
-        &command::Processes {
-            python: &python.program,
-            facts,
-            scheduler_file: &scheduler_file,
-            local_directory: dir.path(),
-            tls: tls.as_ref(),
-            scheduler_plugins_file: plugins.as_deref(),
-            worker_options: &args.worker_args,
-        },
-    );
+    let session = session::prepare(&cluster, &python, &dir, tls, &args.worker_args)?;
     // On a stop the scheduler goes first and closes its workers itself (cleanly: no worker is
     // cut off mid-heartbeat); what it leaves running is signalled after it.
     supervision.essentials_first = cluster.scheduler.is_some();
-    header(out, &cluster, &python, tls.as_ref(), cluster.scheduler.as_ref().map(|_| scheduler_file.as_path()))?;
+    header(out, &cluster, &python, session.tls.as_ref(), session.scheduler_file.as_deref())?;
     out.flush()?;
     if let Some(protocol) = cluster.protocol {
         tracing::info!("protocol {}: {}", protocol.scheme(), cluster.protocol_reason);
     }
+    let specs = session.processes;
     tracing::info!(
         "starting {} process(es): {}",
         specs.len(),
@@ -384,15 +338,21 @@ async fn run(
     for s in &specs {
         tracing::debug!("{}: {:?} {:?}", s.name, s.program, s.args);
     }
-    let serves_dashboard = cluster.scheduler.as_ref().is_some_and(|s| s.dashboard.is_some());
-    let sink: launcher::Sink = Arc::new(Mutex::new(ReadyWatch {
-        out: std::io::stdout(),
-        started,
-        expected: cluster.workers.len(),
-        registered: 0,
-        dask_info,
-        dashboard: serves_dashboard.then(|| scheduler_file.clone()),
-    }));
+    let dashboard = cluster.scheduler.as_ref().and_then(|s| s.dashboard.as_ref()).and(session.scheduler_file);
+    let expected = cluster.workers.len();
+    let shown = Shown { out: std::io::stdout(), dask_info, dashboard: dashboard.is_some() };
+    let ready: session::OnReady = Box::new(move |out| {
+        tracing::info!("ready: every Dask worker registered with the scheduler");
+        writeln!(out, "all {expected} Dask worker(s) registered after {:.2} s", started.elapsed().as_secs_f64())?;
+        if let Some(file) = &dashboard {
+            match scheduler_file::dashboard_url(file) {
+                Some(url) => writeln!(out, "dashboard: {url}")?,
+                None => writeln!(out, "dashboard: the scheduler did not say where it serves it")?,
+            }
+        }
+        Ok(())
+    });
+    let sink: launcher::Sink = Arc::new(Mutex::new(session::Registrations::new(shown, expected, ready)));
     let supervised = launcher::supervise(specs, &supervision, sink, &mut signals).await;
     // The scheduler file, the credentials and the workers' files go with the cluster.
     drop(dir);

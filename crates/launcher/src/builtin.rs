@@ -13,6 +13,8 @@ use transport::device::{self, Device, DeviceBuffer};
 use transport::rendezvous::Rendezvous;
 use transport::{Address, Connection, Listener, Options, Secret, TransferPath, TransportError};
 
+use crate::worker_env;
+
 /// What the launcher attaches to the rendezvous table for the built-in workers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assignment {
@@ -130,7 +132,7 @@ fn measure(conn: &Connection, device: &Arc<dyn Device>, a: &Assignment) -> Resul
 
 /// Runs the built-in worker from its environment; returns its exit status.
 pub fn run() -> u8 {
-    let rank = match number("GPUCLUSTER_RANK") {
+    let rank = match number(worker_env::RANK) {
         Ok(rank) => rank,
         Err(e) => {
             eprintln!("gpucluster worker: {e}");
@@ -147,10 +149,10 @@ pub fn run() -> u8 {
 }
 
 fn run_inner(rank: usize) -> Result<(), TransportError> {
-    let world = number("GPUCLUSTER_WORLD_SIZE")?;
-    let secret = Secret::from_hex(&var("GPUCLUSTER_SECRET")?)?;
-    let server = var("GPUCLUSTER_RENDEZVOUS")?;
-    let job = var("GPUCLUSTER_JOB")?;
+    let world = number(worker_env::WORLD_SIZE)?;
+    let secret = Secret::from_hex(&var(worker_env::SECRET)?)?;
+    let server = var(worker_env::RENDEZVOUS)?;
+    let job = var(worker_env::JOB)?;
     let device = device_from_env()?;
     let simulated = !device.describe().starts_with("CUDA");
     let check = check_device(&device, rank, if simulated { 1 << 20 } else { 64 << 20 });

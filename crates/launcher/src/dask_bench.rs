@@ -1,24 +1,31 @@
 //! `bench dask`: the same question as `bench transport`, asked inside Dask: how fast does a
 //! device array move from one worker to another, over each comm protocol.
 //!
-//! For each variant (a protocol, and how it is set up), this starts a real cluster with
-//! `gpucluster dask local` (the launcher users run), waits until its workers have registered, runs
-//! `python -m gpucluster.bench` as a client of it (an array made on one worker and taken by a
-//! task on another; one warm-up, then the median of the repeats, from the receiving worker's
-//! transfer log and from wall time), optionally dask-cuda's `local_cupy transpose_sum` benchmark
-//! against the same cluster, and stops the cluster with SIGINT. The variants run one after the
-//! other, never at once.
+//! For each variant (a protocol, and how it is set up), this starts a real cluster as
+//! `gpucluster dask local` starts one: the cluster spec of the variant's request
+//! ([`crate::dask::cluster_spec`]), brought up with [`crate::dask::session`] and supervised with
+//! [`crate::supervise`]. Once its workers have registered it runs `python -m gpucluster.bench` as
+//! a client of it (an array made on one worker and taken by a task on another; one warm-up, then
+//! the median of the repeats, from the receiving worker's transfer log and from wall time),
+//! optionally dask-cuda's `local_cupy transpose_sum` benchmark against the same cluster, and stops
+//! the cluster as SIGINT would. The variants run one after the other, never at once.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{BufRead, BufReader};
+use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::LauncherError;
+use crate::dask::python::Interpreter;
+use crate::dask::{Credentials, HostFacts, ProtocolRequest, Request, SchedulerRequest, session};
+use crate::workdir::PrivateDir;
+use crate::{LauncherError, RestartFlag, Signals, Stop, StopWhen, Supervision};
 
 /// One way to run the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,9 +33,9 @@ pub struct Variant {
     /// Its name in reports: `gpucluster`, `gpucluster-host-staged`, `tcp`, `tls`, `ucx`,
     /// `ucx-no-ipc`.
     pub name: String,
-    /// `--protocol` of `dask local`.
-    pub protocol: String,
-    /// `--insecure` (plain TCP and UCX cannot be secured).
+    /// The protocol asked for.
+    pub protocol: ProtocolRequest,
+    /// Whether the cluster is declared insecure (plain TCP and UCX cannot be secured).
     pub insecure: bool,
     /// Extra environment of the cluster's processes.
     pub env: Vec<(String, String)>,
@@ -40,9 +47,9 @@ impl Variant {
     /// # Errors
     /// [`LauncherError::Bench`] naming the variants there are.
     pub fn named(name: &str) -> Result<Self, LauncherError> {
-        let v = |protocol: &str, insecure: bool, env: &[(&str, &str)]| Variant {
+        let v = |protocol: ProtocolRequest, insecure: bool, env: &[(&str, &str)]| Variant {
             name: name.to_owned(),
-            protocol: protocol.to_owned(),
+            protocol,
             insecure,
             env: env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
         };
@@ -56,13 +63,15 @@ impl Variant {
             variant
         };
         Ok(match name {
-            "gpucluster" => v("gpucluster", false, &[]),
+            "gpucluster" => v(ProtocolRequest::Gpucluster, false, &[]),
             // What MIG instances get, forced between two workers of one whole GPU.
-            "gpucluster-host-staged" => v("gpucluster", false, &[("GPUCLUSTER_COMM_PATH", "host-staged")]),
-            "tcp" => v("tcp", true, &[]),
-            "tls" => v("tcp", false, &[]),
-            "ucx" => with_context(v("ucx", true, &[])),
-            "ucx-no-ipc" => with_context(v("ucx", true, &[("UCX_TLS", "^cuda_ipc")])),
+            "gpucluster-host-staged" => {
+                v(ProtocolRequest::Gpucluster, false, &[(crate::worker_env::COMM_PATH, "host-staged")])
+            }
+            "tcp" => v(ProtocolRequest::Tcp, true, &[]),
+            "tls" => v(ProtocolRequest::Tcp, false, &[]),
+            "ucx" => with_context(v(ProtocolRequest::Ucx, true, &[])),
+            "ucx-no-ipc" => with_context(v(ProtocolRequest::Ucx, true, &[("UCX_TLS", "^cuda_ipc")])),
             other => {
                 return Err(LauncherError::Bench(format!(
                     "unknown variant `{}`: gpucluster, gpucluster-host-staged, tcp, tls, ucx or ucx-no-ipc",
@@ -102,19 +111,21 @@ pub struct VariantResult {
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct DaskBench {
-    /// The gpucluster program (to start `dask local`).
-    pub program: OsString,
-    /// Arguments before `dask local` (`--topology ...`).
-    pub global_args: Vec<OsString>,
-    /// The Python with Dask and the gpucluster package.
-    pub python: OsString,
+    /// The machine the plan describes (`nvml`: this one, real devices).
+    pub topology: gpu_topology::TopologySpec,
+    /// Its snapshot.
+    pub snapshot: gpu_topology::Snapshot,
+    /// The Python with Dask and the gpucluster package, and what it has.
+    pub python: Interpreter,
+    /// The program that runs the guard between the launcher and each process (`gpucluster`).
+    pub guard: OsString,
     /// Sizes in bytes.
     pub sizes: Vec<u64>,
     /// Timed runs per size.
     pub repeats: u32,
     /// `cupy` on GPUs, `sim` on simulated devices.
     pub array: &'static str,
-    /// `--workers-per-device` (2 where there is one device).
+    /// Workers per device (2 where there is one device).
     pub workers_per_device: u32,
     /// Also run dask-cuda's `transpose_sum` benchmark.
     pub transpose_sum: bool,
@@ -122,133 +133,164 @@ pub struct DaskBench {
 
 /// How long a cluster may take to come up.
 const READY: Duration = Duration::from_secs(180);
+/// Lines of the cluster's output kept to say why it could not start.
+const LAST_LINES: usize = 20;
 
-/// The cluster of one variant, stopped (SIGINT, then SIGKILL) when dropped.
-struct Cluster {
-    child: Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
+/// The cluster's output, of which only the last lines are kept (the reason a cluster could not
+/// start is in them); nothing reaches the terminal.
+#[derive(Debug, Clone, Default)]
+struct LastLines(Arc<Mutex<VecDeque<String>>>);
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child (the launcher, which stops its workers).
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Cluster {
-    fn start(bench: &DaskBench, variant: &Variant) -> Result<Self, LauncherError> {
-        let mut command = Command::new(&bench.program);
-        command.args(&bench.global_args).args(["dask", "local", "--protocol", &variant.protocol]);
-        command.arg("--python").arg(&bench.python).args(["--restart", "never"]);
-        command.args(["--workers-per-device", &bench.workers_per_device.to_string()]);
-        if variant.insecure {
-            command.arg("--insecure");
-        }
-        command.envs(variant.env.iter().map(|(k, v)| (k, v)));
-        // Both streams are read: the reason a cluster could not start is on its stderr.
-        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe; the cluster dies with this process.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().map_err(|e| LauncherError::Bench(format!("cannot start dask local: {e}")))?;
-        let (tx, lines) = std::sync::mpsc::channel();
-        let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
-        ];
-        for stream in streams.into_iter().flatten() {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
+impl std::io::Write for LastLines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut lines) = self.0.lock() {
+            for line in String::from_utf8_lossy(buf).lines().filter(|l| !l.trim().is_empty()) {
+                if lines.len() == LAST_LINES {
+                    lines.pop_front();
                 }
-            });
-        }
-        Ok(Self { child, lines })
-    }
-
-    /// Waits for the scheduler file and every worker; returns the file.
-    fn ready(&mut self) -> Result<PathBuf, LauncherError> {
-        let deadline = Instant::now() + READY;
-        let mut file = None;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(path) = line.strip_prefix("scheduler file: ") {
-                        file = path.split(' ').next().map(PathBuf::from);
-                    }
-                    if line.contains("Dask worker(s) registered after") {
-                        return file.ok_or_else(|| LauncherError::Bench("no scheduler file was printed".into()));
-                    }
-                    if seen.len() == 20 {
-                        seen.remove(0);
-                    }
-                    seen.push(line);
-                }
-                Err(e) => {
-                    // Disconnected: the launcher closed its output, so it ended before its
-                    // workers were ready (it said why in its last lines).
-                    let what = if matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected) {
-                        "the cluster ended before its workers were ready".to_owned()
-                    } else {
-                        format!("the cluster was not ready within {} s", READY.as_secs())
-                    };
-                    return Err(LauncherError::Bench(format!("{what}; its last lines:\n{}", seen.join("\n"))));
-                }
+                lines.push_back(line.to_owned());
             }
         }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
-fn client(bench: &DaskBench, variant: &Variant, file: &std::path::Path) -> Command {
-    let mut command = Command::new(&bench.python);
-    command.envs(variant.env.iter().map(|(k, v)| (k, v)));
-    command.arg("-m").arg("gpucluster.bench").arg("--scheduler-file").arg(file);
-    // A TLS cluster's credentials lie beside its scheduler file.
-    if let Some(dir) = file.parent().filter(|d| d.join("ca.pem").is_file()) {
-        command.arg("--security").arg(dir);
+impl LastLines {
+    fn text(&self) -> String {
+        self.0.lock().map(|l| l.iter().cloned().collect::<Vec<_>>().join("\n")).unwrap_or_default()
     }
-    let sizes: Vec<String> = bench.sizes.iter().map(u64::to_string).collect();
-    command.args(["--sizes", &sizes.join(","), "--repeats", &bench.repeats.to_string(), "--array", bench.array]);
-    command.current_dir("/").stdin(Stdio::null());
-    command
 }
 
-/// Runs one variant to the end.
+/// Runs one variant to the end: `Err(signal)` where a stop signal came first (the cluster and
+/// the client are stopped, and nothing is reported).
 ///
 /// # Errors
-/// [`LauncherError::Bench`] with what failed (the cluster, or the client's own message).
-pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult, LauncherError> {
-    let mut cluster = Cluster::start(bench, variant)?;
-    let file = cluster.ready()?;
-    let output = client(bench, variant, &file)
-        .output()
+/// [`LauncherError::Bench`] with what failed (the cluster, with its last lines, or the client's
+/// own message); the spec's refusals as they are.
+pub async fn run_variant(
+    bench: &DaskBench,
+    variant: &Variant,
+    signals: &mut Signals,
+) -> Result<Result<VariantResult, LauncherError>, i32> {
+    let prepared = match prepare(bench, variant) {
+        Ok(prepared) => prepared,
+        Err(e) => return Ok(Err(e)),
+    };
+    let (dir, session, supervision, expected) = prepared;
+    let Some(file) = session.scheduler_file.clone() else {
+        return Ok(Err(LauncherError::Bench("the cluster has no scheduler of its own".into())));
+    };
+    let tls = session.tls.as_ref().map(|_| dir.path().to_owned());
+    let output = LastLines::default();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink: crate::Sink = Arc::new(Mutex::new(session::Registrations::new(
+        output.clone(),
+        expected,
+        Box::new(move |_| {
+            let _ = ready_tx.send(());
+            Ok(())
+        }),
+    )));
+    let stopper = signals.stopper();
+    let (cancel, requested) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let supervising = {
+        let cancel = cancel.clone();
+        async move {
+            let supervised = crate::supervise(session.processes, &supervision, sink, signals).await;
+            // The cluster is gone: a client still waiting on it is stopped too.
+            cancel.store(true, Ordering::SeqCst);
+            supervised
+        }
+    };
+    let measuring = {
+        let (cancel, requested) = (cancel.clone(), requested.clone());
+        let (bench, variant) = (bench.clone(), variant.clone());
+        let output = output.clone();
+        async move {
+            let measured = match tokio::time::timeout(READY, ready_rx).await {
+                Ok(Ok(())) => {
+                    tokio::task::spawn_blocking(move || measure(&bench, &variant, &file, tls.as_deref(), &cancel))
+                        .await
+                        .unwrap_or_else(|e| Err(LauncherError::Bench(format!("the benchmark client failed: {e}"))))
+                }
+                // The sink went with the cluster: it ended before its workers were ready (and said
+                // why in its last lines).
+                Ok(Err(_)) => Err(LauncherError::Bench(format!(
+                    "the cluster ended before its workers were ready; its last lines:\n{}",
+                    output.text()
+                ))),
+                Err(_) => Err(LauncherError::Bench(format!(
+                    "the cluster was not ready within {} s; its last lines:\n{}",
+                    READY.as_secs(),
+                    output.text()
+                ))),
+            };
+            requested.store(true, Ordering::SeqCst);
+            stopper.stop();
+            measured
+        }
+    };
+    let (supervised, measured) = tokio::join!(supervising, measuring);
+    drop(dir);
+    if let Ok(supervised) = &supervised
+        && let Some(Stop::Signal(signal)) = supervised.stop
+        && !requested.load(Ordering::SeqCst)
+    {
+        return Err(signal);
+    }
+    Ok(measured)
+}
+
+/// The variant's cluster, ready to start: its private directory, its processes (with the
+/// variant's environment), their supervision and how many workers will register.
+fn prepare(
+    bench: &DaskBench,
+    variant: &Variant,
+) -> Result<(PrivateDir, session::Session, Supervision, usize), LauncherError> {
+    let request = cluster_core::PlanRequest { workers_per_device: bench.workers_per_device, ..Default::default() };
+    let plan = cluster_core::plan(&bench.snapshot, &request).map_err(|e| LauncherError::Bench(e.to_string()))?;
+    let output = crate::plan_paths::PlanOutput::new(&bench.snapshot, &plan);
+    let dir = PrivateDir::create("gpucluster-dask")?;
+    let request = Request {
+        protocol: variant.protocol,
+        insecure: variant.insecure,
+        credentials: Credentials::CanGenerate,
+        ..Request::new(bench.topology.clone(), SchedulerRequest::Local, dir.path().display().to_string())
+    };
+    let spec = crate::dask::cluster_spec(&output, &request, &bench.python.facts, &HostFacts::of_this_process())?;
+    let mut session = session::prepare(&spec, &bench.python, &dir, None, &[])?;
+    for process in &mut session.processes {
+        process.env.extend(variant.env.iter().cloned());
+    }
+    let mut supervision = Supervision::from_flags(10.0, RestartFlag::Never, 0)?;
+    supervision.stop_when = StopWhen::EssentialEndsOrNoneLeft;
+    supervision.guard = Some(bench.guard.clone());
+    supervision.private_dir = Some(dir.path().to_owned());
+    supervision.essentials_first = true;
+    Ok((dir, session, supervision, spec.workers.len()))
+}
+
+/// The client's figures, then dask-cuda's `transpose_sum` where asked for, against the cluster
+/// of `file` (whose TLS credentials lie in `tls`, if it speaks TLS); stops when `cancel` is set.
+fn measure(
+    bench: &DaskBench,
+    variant: &Variant,
+    file: &Path,
+    tls: Option<&Path>,
+    cancel: &AtomicBool,
+) -> Result<VariantResult, LauncherError> {
+    let output = run_until(client(bench, variant, file, tls), cancel)
         .map_err(|e| LauncherError::Bench(format!("cannot run the benchmark client: {e}")))?;
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        let last: Vec<&str> = err.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
+    if !output.success {
+        let last: Vec<&str> = output.stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
         return Err(LauncherError::Bench(format!("{}: the client failed:\n{}", variant.name, last.join("\n"))));
     }
     let mut results = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines().filter(|l| l.starts_with('{')) {
+    for line in output.stdout.lines().filter(|l| l.starts_with('{')) {
         let m: DaskMeasurement = serde_json::from_str(line)
             .map_err(|e| LauncherError::Bench(format!("{}: an unreadable result ({e}): {line}", variant.name)))?;
         results.push(m);
@@ -256,35 +298,98 @@ pub fn run_variant(bench: &DaskBench, variant: &Variant) -> Result<VariantResult
     let mut notes = Vec::new();
     let mut transpose_sum = Vec::new();
     if bench.transpose_sum {
-        match run_transpose_sum(bench, variant, &file) {
+        match run_transpose_sum(bench, variant, file, tls, cancel) {
             Ok(lines) => transpose_sum = lines,
             Err(why) => notes.push(format!("transpose_sum: {why}")),
         }
     }
-    drop(cluster);
     Ok(VariantResult { variant: variant.clone(), results, transpose_sum, notes })
 }
 
+fn client(bench: &DaskBench, variant: &Variant, file: &Path, tls: Option<&Path>) -> Command {
+    let mut command = Command::new(&bench.python.program);
+    command.envs(variant.env.iter().map(|(k, v)| (k, v)));
+    command.arg("-m").arg("gpucluster.bench").arg("--scheduler-file").arg(file);
+    if let Some(dir) = tls {
+        command.arg("--security").arg(dir);
+    }
+    let sizes: Vec<String> = bench.sizes.iter().map(u64::to_string).collect();
+    command.args(["--sizes", &sizes.join(","), "--repeats", &bench.repeats.to_string(), "--array", bench.array]);
+    command
+}
+
+/// What a client printed, and whether it succeeded.
+struct ClientOutput {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` from `/` to its end, or until `cancel` is set (then it is killed); it dies
+/// with this process.
+fn run_until(mut command: Command, cancel: &AtomicBool) -> std::io::Result<ClientOutput> {
+    command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; the client dies with this process.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let reader = |stream: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut stream) = stream {
+                let _ = stream.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = reader(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let stderr = reader(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if cancel.load(Ordering::SeqCst) {
+            let _ = child.kill();
+            break child.wait()?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(ClientOutput {
+        success: status.success(),
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// dask-cuda's `local_cupy transpose_sum` against the running cluster; its summary lines.
-fn run_transpose_sum(bench: &DaskBench, variant: &Variant, file: &std::path::Path) -> Result<Vec<String>, String> {
-    let mut command = Command::new(&bench.python);
+fn run_transpose_sum(
+    bench: &DaskBench,
+    variant: &Variant,
+    file: &Path,
+    tls: Option<&Path>,
+    cancel: &AtomicBool,
+) -> Result<Vec<String>, String> {
+    let mut command = Command::new(&bench.python.program);
     command.envs(variant.env.iter().map(|(k, v)| (k, v)));
     command.args(["-m", "dask_cuda.benchmarks.local_cupy", "--operation", "transpose_sum", "-s", "20000"]);
     // Chunks of 4000 x 4000 float64 (128 MB), as dask-cuda counts them: elements per side.
     command.args(["-c", "4000", "--runs", "3", "--scheduler-file"]).arg(file);
-    if let Some(dir) = file.parent().filter(|d| d.join("ca.pem").is_file()) {
+    if let Some(dir) = tls {
         command.arg("--tls-ca-file").arg(dir.join("ca.pem"));
         command.arg("--tls-cert").arg(dir.join("cert.pem"));
         command.arg("--tls-key").arg(dir.join("key.pem"));
     }
-    let output = command.current_dir("/").output().map_err(|e| format!("cannot run it: {e}"))?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        let err = String::from_utf8_lossy(&output.stderr);
-        return Err(err.lines().last().unwrap_or("it failed").to_owned());
+    let output = run_until(command, cancel).map_err(|e| format!("cannot run it: {e}"))?;
+    if !output.success {
+        return Err(output.stderr.lines().last().unwrap_or("it failed").to_owned());
     }
     // The lines worth keeping: wall clock and the point-to-point summary.
-    Ok(text
+    Ok(output
+        .stdout
         .lines()
         .filter(|l| {
             l.contains("Wall clock") || l.contains("Bandwidth") || l.contains("Data processed") || l.contains("|")
@@ -301,7 +406,7 @@ mod tests {
     #[test]
     fn variants_are_named_and_unknown_ones_listed() {
         let v = Variant::named("gpucluster-host-staged").expect("variant");
-        assert_eq!((v.protocol.as_str(), v.insecure), ("gpucluster", false));
+        assert_eq!((v.protocol, v.insecure), (ProtocolRequest::Gpucluster, false));
         assert_eq!(v.env, [("GPUCLUSTER_COMM_PATH".to_owned(), "host-staged".to_owned())]);
         assert!(Variant::named("tcp").expect("tcp").insecure, "plain TCP, as Dask's anchors measure it");
         let err = Variant::named("carrier-pigeon").expect_err("unknown");

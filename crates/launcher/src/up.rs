@@ -10,6 +10,7 @@ use transport::TransferPath;
 use transport::rendezvous::RendezvousServer;
 
 use crate::builtin::{Assignment, DeviceCheck, PairResult, Report};
+use crate::worker_env;
 use std::sync::Arc;
 
 use crate::{LauncherError, Outcome, ProcessSpec, Signals, Sink, Stop, StopHook, StopWhen, Supervision, supervise};
@@ -172,17 +173,17 @@ fn worker_specs(job: &Job, rendezvous: &str, secret: &transport::Secret) -> Vec<
         .enumerate()
         .map(|(rank, w)| {
             let mut env: BTreeMap<String, String> = w.env();
-            env.insert("GPUCLUSTER_RANK".into(), rank.to_string());
-            env.insert("GPUCLUSTER_WORLD_SIZE".into(), world.to_string());
-            env.insert("GPUCLUSTER_RENDEZVOUS".into(), rendezvous.to_owned());
-            env.insert("GPUCLUSTER_SECRET".into(), secret.to_hex());
-            env.insert("GPUCLUSTER_JOB".into(), job_id.clone());
+            env.insert(worker_env::RANK.into(), rank.to_string());
+            env.insert(worker_env::WORLD_SIZE.into(), world.to_string());
+            env.insert(worker_env::RENDEZVOUS.into(), rendezvous.to_owned());
+            env.insert(worker_env::SECRET.into(), secret.to_hex());
+            env.insert(worker_env::JOB.into(), job_id.clone());
             env.insert(
-                "GPUCLUSTER_DEVICE_MEMORY_LIMIT".into(),
+                worker_env::DEVICE_MEMORY_LIMIT.into(),
                 w.device_memory_limit_bytes.map(|b| b.to_string()).unwrap_or_default(),
             );
             let device = transport::device::WorkerDevice::of(job.memory, w.kind == WorkerKind::Mig);
-            env.insert(transport::device::WorkerDevice::ENV.into(), device.name().into());
+            env.insert(worker_env::DEVICE.into(), device.name().into());
             let (program, args) = match &job.command {
                 Some(cmd) => (cmd[0].clone(), cmd[1..].to_vec()),
                 None => (job.program.clone(), vec![OsString::from("worker")]),

@@ -24,9 +24,13 @@ pub const WORLD_SIZE: &str = "GPUCLUSTER_WORLD_SIZE";
 pub const RENDEZVOUS: &str = "GPUCLUSTER_RENDEZVOUS";
 /// The id of an `up` job.
 pub const JOB: &str = "GPUCLUSTER_JOB";
+/// The worker's name, from its plan (the planner's, which puts it in the plan's environment).
+pub const WORKER_NAME: &str = cluster_core::WORKER_NAME_ENV;
+/// The worker's device (`GPU-...` or `MIG-...`), from its plan.
+pub const DEVICE_UUID: &str = cluster_core::DEVICE_UUID_ENV;
 
 /// Every name, with its constant's name, as the Python package gets them (`_native.ENV`).
-pub const ALL: [(&str, &str); 9] = [
+pub const ALL: [(&str, &str); 11] = [
     ("DEVICE", DEVICE),
     ("SECRET", SECRET),
     ("COMM_PATH", COMM_PATH),
@@ -36,4 +40,6 @@ pub const ALL: [(&str, &str); 9] = [
     ("WORLD_SIZE", WORLD_SIZE),
     ("RENDEZVOUS", RENDEZVOUS),
     ("JOB", JOB),
+    ("WORKER_NAME", WORKER_NAME),
+    ("DEVICE_UUID", DEVICE_UUID),
 ];

@@ -7,14 +7,18 @@
 //! processes ([`command`]); `gpucluster.dask.LocalCluster` as `distributed` Nannies. The modules:
 //!
 //! - [`spec`]: the request, the spec and the function between them (every decision);
+//! - [`settings`]: the grammars of the request's settings (memory limits, dashboard addresses);
 //! - [`protocol`]: the comm protocol and why (part of the spec's decision);
 //! - [`facts`]: what the Python and the host offer, as plain data;
 //! - [`python`]: running Python: probing an interpreter for its facts, Dask's handshake;
 //! - [`scheduler_file`]: reading and trusting scheduler files, addresses, reaching a scheduler;
 //! - [`tls`]: the cluster's TLS credentials;
-//! - [`command`]: a spec as the processes the supervisor runs.
+//! - [`command`]: a spec as the processes the supervisor runs;
+//! - [`session`]: a spec brought up on this host (credentials, files, processes) and the sink
+//!   that says when its workers have registered.
 //!
-//! Its refusals name the settings they are about ([`crate::words`]), for each front end to spell.
+//! Its refusals name the settings they are about (`cluster_core::wording`), for each front end to
+//! say in its own words.
 //!
 //! Security: a Dask worker runs whatever a connected peer asks, so a local cluster is closed by
 //! default (gpucluster's comm, whose every connection proves the cluster's secret, or TLS with
@@ -27,6 +31,8 @@ pub mod facts;
 pub mod protocol;
 pub mod python;
 pub mod scheduler_file;
+pub mod session;
+pub mod settings;
 pub mod spec;
 pub mod tls;
 

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::facts::PythonFacts;
 use cluster_core::wording::{Message, Setting};
@@ -97,6 +97,18 @@ impl ProtocolRequest {
             ProtocolRequest::Gpucluster => "gpucluster",
             ProtocolRequest::Inproc => "inproc",
         }
+    }
+}
+
+impl Serialize for ProtocolRequest {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for ProtocolRequest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -37,6 +37,6 @@ mod tests;
 pub use config::{Restart, RestartFlag, StopHook, StopWhen, Supervision};
 pub use job::supervise;
 pub use output::Sink;
-pub use signals::{Signals, signal_name};
+pub use signals::{Signals, Stopper, signal_name};
 pub use spawn::parse_cpus;
 pub use spec::{Exit, Outcome, ProcessSpec, Stop, Supervised};

@@ -32,12 +32,27 @@ pub fn signal_name(signal: i32) -> &'static str {
 /// watched from the moment this is made. Make it first, before any set-up that leaves something
 /// behind (a private directory, a child process): a signal that arrives during set-up is then not
 /// lost, nor does it kill the launcher mid-way; it stops the job as soon as the launcher looks.
+///
+/// A [`Stopper`] taken from it stops the job as SIGINT would, from within the program (a
+/// benchmark stopping the cluster it measured).
 #[derive(Debug)]
 pub struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
+    requested: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+}
+
+/// Stops the job of the [`Signals`] it came from as SIGINT would.
+#[derive(Debug, Clone)]
+pub struct Stopper(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Stopper {
+    /// Asks the job to stop (once is enough; a job already gone ignores it).
+    pub fn stop(&self) {
+        let _ = self.0.send(());
+    }
 }
 
 impl Signals {
@@ -51,16 +66,36 @@ impl Signals {
             terminate: signal(SignalKind::terminate()).map_err(LauncherError::Signals)?,
             hangup: signal(SignalKind::hangup()).map_err(LauncherError::Signals)?,
             quit: signal(SignalKind::quit()).map_err(LauncherError::Signals)?,
+            requested: None,
         })
+    }
+
+    /// A handle that stops the job as SIGINT would; a new one replaces the last.
+    pub fn stopper(&mut self) -> Stopper {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.requested = Some(rx);
+        Stopper(tx)
     }
 
     /// The next stop signal (at once if one arrived since the last call).
     pub async fn recv(&mut self) -> i32 {
+        let Self { interrupt, terminate, hangup, quit, requested } = self;
+        let requested = async {
+            match requested.as_mut() {
+                // A stopper dropped unused asks for nothing.
+                Some(rx) => match rx.recv().await {
+                    Some(()) => {}
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = self.interrupt.recv() => libc::SIGINT,
-            _ = self.terminate.recv() => libc::SIGTERM,
-            _ = self.hangup.recv() => libc::SIGHUP,
-            _ = self.quit.recv() => libc::SIGQUIT,
+            _ = interrupt.recv() => libc::SIGINT,
+            _ = terminate.recv() => libc::SIGTERM,
+            _ = hangup.recv() => libc::SIGHUP,
+            _ = quit.recv() => libc::SIGQUIT,
+            () = requested => libc::SIGINT,
         }
     }
 

@@ -1,0 +1,153 @@
+//! A cluster spec brought up on this host: its TLS credentials made where the spec says so, the
+//! scheduler's plugins written where its Python lacks the package, its processes rendered
+//! ([`super::command`]) with their files in a private directory ([`prepare`]), and a sink that
+//! says when every worker has registered with the scheduler ([`Registrations`]).
+//!
+//! `gpucluster dask local|worker` and `bench dask` start their clusters through it and run the
+//! processes with [`crate::supervise`]. It decides nothing about the cluster (the spec has) and
+//! prints nothing itself.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::command::{self, Processes};
+use super::python::Interpreter;
+use super::spec::{ClusterSpec, TlsPlan};
+use super::tls::TlsFiles;
+use crate::workdir::PrivateDir;
+use crate::{LauncherError, ProcessSpec};
+
+/// A cluster ready to start.
+#[derive(Debug)]
+pub struct Session {
+    /// Its processes, the scheduler (if the spec has one) first.
+    pub processes: Vec<ProcessSpec>,
+    /// The scheduler file the local scheduler writes (in the private directory); `None` for
+    /// workers that join someone else's scheduler.
+    pub scheduler_file: Option<PathBuf>,
+    /// The TLS credentials its processes present, if it speaks TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The name of the scheduler file in the private directory.
+pub const SCHEDULER_FILE: &str = "scheduler.json";
+
+/// Makes what `spec` needs in `dir` (fresh TLS credentials where the spec says to make them,
+/// the scheduler's plugins where its Python lacks the package) and renders its processes, with
+/// `given` as the credentials where the spec uses the user's and `worker_options` after every
+/// worker's own.
+///
+/// # Errors
+/// [`LauncherError::Tls`] or [`LauncherError::PrivateDir`] if the credentials or the plugins'
+/// file cannot be made.
+pub fn prepare(
+    spec: &ClusterSpec,
+    python: &Interpreter,
+    dir: &PrivateDir,
+    given: Option<TlsFiles>,
+    worker_options: &[OsString],
+) -> Result<Session, LauncherError> {
+    let tls = match &spec.tls {
+        TlsPlan::Generate { hosts } => Some(TlsFiles::generate(dir, hosts)?),
+        TlsPlan::Given => given,
+        TlsPlan::None => None,
+    };
+    let scheduler_file = dir.path().join(SCHEDULER_FILE);
+    // The scheduler's plugins, from the package where its Python has it, else from a file.
+    let plugins = match &spec.scheduler {
+        Some(_) if !python.facts.gpucluster => {
+            Some(dir.write(command::SCHEDULER_PLUGINS_FILE, command::SCHEDULER_PLUGINS_SOURCE.as_bytes())?)
+        }
+        _ => None,
+    };
+    let processes = command::processes(
+        spec,
+        &Processes {
+            python: &python.program,
+            facts: &python.facts,
+            scheduler_file: &scheduler_file,
+            local_directory: dir.path(),
+            tls: tls.as_ref(),
+            scheduler_plugins_file: plugins.as_deref(),
+            worker_options,
+        },
+    );
+    Ok(Session { processes, scheduler_file: spec.scheduler.as_ref().map(|_| scheduler_file), tls })
+}
+
+/// What to do once every worker has registered: given the sink's writer, to say so.
+pub type OnReady = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send>;
+
+/// A sink for the cluster's output that counts the workers registering with the scheduler (Dask
+/// says `Registered to:` once for each) and calls [`OnReady`] once all `expected` have, before
+/// passing everything on to `inner`.
+pub struct Registrations<W> {
+    inner: W,
+    expected: usize,
+    registered: usize,
+    on_ready: Option<OnReady>,
+}
+
+impl<W> std::fmt::Debug for Registrations<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrations").field("expected", &self.expected).field("registered", &self.registered).finish()
+    }
+}
+
+impl<W: Write> Registrations<W> {
+    /// Counts towards `expected` workers, then calls `on_ready`.
+    pub fn new(inner: W, expected: usize, on_ready: OnReady) -> Self {
+        Self { inner, expected, registered: 0, on_ready: Some(on_ready) }
+    }
+}
+
+impl<W: Write> Write for Registrations<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Counted before `inner` sees the bytes: it may leave Dask's INFO lines out.
+        let registered = buf.windows(14).filter(|w| *w == b"Registered to:").count();
+        self.inner.write_all(buf)?;
+        if registered > 0 && self.registered < self.expected {
+            self.registered += registered;
+            if self.registered >= self.expected
+                && let Some(on_ready) = self.on_ready.take()
+            {
+                on_ready(&mut self.inner)?;
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn ready_is_said_once_when_the_last_worker_registers() {
+        let said = Arc::new(AtomicBool::new(false));
+        let flag = said.clone();
+        let mut sink = Registrations::new(
+            Vec::new(),
+            2,
+            Box::new(move |out| {
+                flag.store(true, Ordering::SeqCst);
+                writeln!(out, "ready")
+            }),
+        );
+        sink.write_all(b"... - INFO - Registered to: tcp://x\n").expect("write");
+        assert!(!said.load(Ordering::SeqCst), "one of two");
+        sink.write_all(b"... - INFO - Registered to: tcp://x\nRegistered to: again\n").expect("write");
+        assert!(said.load(Ordering::SeqCst));
+        let text = String::from_utf8(sink.inner).expect("utf-8");
+        assert_eq!(text.matches("ready").count(), 1, "{text}");
+        assert!(text.ends_with("again\nready\n"), "said after the line that completed it: {text}");
+    }
+}
