@@ -314,8 +314,9 @@ async fn run(
     let cluster = dask::cluster_spec(&output, &request, facts, &HostFacts::of_this_process())?;
     let Some(dir) = dir else {
         // A dry run: the spec is the answer, and nothing was started or made.
-        serde_json::to_writer_pretty(&mut *out, &cluster.to_json(&CommandLine))?;
-        writeln!(out)?;
+        // Written as text: a reader that goes away (`| head`) is then an I/O error, which ends
+        // the program quietly, as for every command.
+        writeln!(out, "{}", serde_json::to_string_pretty(&cluster.to_json(&CommandLine))?)?;
         return Ok(0);
     };
     // Should this launcher be killed (SIGKILL), its guards remove the directory.

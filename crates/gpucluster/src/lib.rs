@@ -78,6 +78,9 @@ where
         Err(e)
             if e.chain().any(|c| {
                 c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+                    // JSON written straight to the reader fails as serde_json's error.
+                    || c.downcast_ref::<serde_json::Error>()
+                        .is_some_and(|e| e.io_error_kind() == Some(std::io::ErrorKind::BrokenPipe))
             }) =>
         {
             launcher::exit_status_after(libc::SIGPIPE)

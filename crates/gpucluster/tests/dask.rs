@@ -699,3 +699,49 @@ fn bench_dask_measures_each_protocol_and_a_failing_one_costs_nothing_else() {
     assert!(std::fs::read_to_string(&plot).is_ok_and(|svg| svg.starts_with("<svg")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The spec `gpucluster.dask.LocalCluster` runs for `sim:a30` with a 2 GiB host memory limit.
+const LOCAL_CLUSTER_SPEC: &str = r#"
+import json
+from gpucluster.dask import LocalCluster
+if __name__ == "__main__":
+    cluster = LocalCluster(topology="sim:a30", memory_limit="2GiB")
+    try:
+        print(json.dumps(cluster.gpucluster_spec))
+    finally:
+        cluster.close()
+"#;
+
+#[test]
+fn both_front_ends_run_one_cluster_spec() {
+    let Some(python) = python() else { return };
+    let out = gpucluster(&["--topology", "sim:a30", "dask", "local", "--dry-run", "--memory-limit", "2GiB", "--python"])
+        .arg(&python)
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .output()
+        .expect("dry run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the spec as JSON");
+    let out = Command::new(&python)
+        .args(["-c", LOCAL_CLUSTER_SPEC])
+        .env_remove("CUDA_VISIBLE_DEVICES")
+        .current_dir("/")
+        .output()
+        .expect("LocalCluster");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().rfind(|l| l.starts_with('{')).expect("the spec's line");
+    let mut python_spec: serde_json::Value = serde_json::from_str(line).expect("the spec as JSON");
+    // Where each keeps its files is its own private directory; everything else is one value.
+    for spec in [&mut cli, &mut python_spec] {
+        let directory = spec["scheduler"]["dask_config"]["temporary-directory"].take();
+        assert!(directory.is_string(), "{spec}");
+        for worker in spec["workers"].as_array_mut().expect("workers") {
+            assert_eq!(worker["dask_config"]["temporary-directory"].take(), directory, "one directory a cluster");
+        }
+    }
+    assert_eq!(cli, python_spec, "the command line and LocalCluster disagree");
+    assert_eq!(cli["protocol"], "gpucluster");
+    assert_eq!(cli["workers"].as_array().map(Vec::len), Some(4));
+    assert!(cli["workers"].as_array().expect("workers").iter().all(|w| w["memory_limit_bytes"] == 2u64 << 30));
+}
