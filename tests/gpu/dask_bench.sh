@@ -23,6 +23,23 @@ export PYTHONPATH=/tmp/site
 log machine; nvidia-smi -L; python3 -c 'import cupy, gpucluster; print("cupy", cupy.__version__)'
 python3 -m pip list 2>/dev/null | grep -iE '^(cuda|nvidia|numba|numpy|rmm|ucx|pynvml)' | tr '\n' ' '; echo
 
+log "the cluster spec dask local would start on this machine (--dry-run), and LocalCluster's for the same"
+$B dask local --dry-run --python python3 > "$OUT/dry-run.json"; echo "exit $?"
+python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["protocol"], s["dask_cuda"], s["simulated"], [(w["name"], w["env"].get("GPUCLUSTER_DEVICE"), w["device_memory_limit_bytes"], w["memory_limit_bytes"], w["cpus"][:2]) for w in s["workers"]])' "$OUT/dry-run.json"
+(cd /tmp && timeout 120 python3 -c 'import json
+from gpucluster.dask import LocalCluster
+if __name__ == "__main__":
+    c = LocalCluster(); print(json.dumps(c.gpucluster_spec)); c.close()' 2>/dev/null | tail -1 > "$OUT/local-cluster-spec.json"); echo "exit $?"
+python3 - "$OUT/dry-run.json" "$OUT/local-cluster-spec.json" <<'PY'
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+for s in (a, b):
+    s["scheduler"]["dask_config"].pop("temporary-directory", None)
+    for w in s["workers"]:
+        w["dask_config"].pop("temporary-directory", None)
+print("dask local --dry-run and LocalCluster agree" if a == b else f"DIFFER:\n{a}\n{b}")
+PY
+
 if [ -n "${LOCAL_CLUSTER_ROUNDS:-}" ]; then
   log "gpucluster.dask.LocalCluster() against dask-cuda's LocalCUDACluster, each from a fresh process"
   (cd /tmp && timeout ${LOCAL_CLUSTER_TIMEOUT:-200} python3 "$OLDPWD/tests/gpu/local_cluster_check.py" "$LOCAL_CLUSTER_ROUNDS" \

@@ -67,7 +67,7 @@ def spec_of(
     arguments = dict(
         devices=None, policy="strict", memory_tolerance=2.0, device_memory_limit=device_memory_limit,
         workers_per_device=1, protocol="auto", insecure=False, credentials_given=False, host="127.0.0.1",
-        dashboard=None, memory_limit=None, threads=1, workers=None, rmm_pool_size=None, local_directory="/d",
+        dashboard=None, memory_limit=None, threads="1", workers=None, rmm_pool_size=None, local_directory="/d",
     )
     arguments.update(request)
     return json.loads(gpucluster._native.cluster_spec(topology, **arguments, facts=json.dumps(facts)))
@@ -334,12 +334,18 @@ BAD_ARGUMENTS = [
     ({"protocol": "tcp"}, ValueError, "lets every user of this host"),
     ({"security": 5}, TypeError, "security: a distributed.Security"),
     ({"host": ""}, ValueError, "host: an address"),
-    ({"host": "nope.invalid"}, ValueError, "host='nope.invalid': cannot be resolved"),
+    ({"host": "nope.invalid"}, ValueError, 'host="nope.invalid": cannot be resolved'),
+    ({"host": "::1 "}, ValueError, "host: an address has no spaces"),
+    ({"n_workers": 2**70}, ValueError, "n_workers: a whole number from 1 to"),
     ({"dashboard_address": ""}, ValueError, "dashboard_address"),
     ({"local_directory": ""}, ValueError, "local_directory"),
     # Found by the second attack round.
     ({"protocol": "ws", "insecure": True}, ValueError, 'protocol="ws": distributed\'s websocket listener binds every interface'),
-    ({"protocol": "tcp", "security": Security(require_encryption=True)}, ValueError, "lets every user of this host"),
+    ({"protocol": "tcp", "security": Security(require_encryption=True)}, ValueError, "security: a distributed.Security with the cluster's certificates"),
+    ({"security": Security(require_encryption=True)}, ValueError, "without them it closes nothing"),
+    ({"dashboard_address": "[::1]:8787"}, ValueError, "dashboard_address: Dask's dashboard listens on IPv4 only"),
+    ({"memory_limit": ""}, ValueError, "memory_limit: host memory per worker in Dask's grammar"),
+    ({"memory_limit": 1e-11}, ValueError, "is too little to run one"),
     ({"protocol": "tcp", "insecure": "no"}, TypeError, "insecure: True or False"),
     ({"dashboard_address": ":"}, ValueError, "dashboard_address: HOST:PORT or :PORT"),
     ({"dashboard_address": ":abc"}, ValueError, "dashboard_address: HOST:PORT or :PORT"),
@@ -370,7 +376,8 @@ def test_nothing_listens_beyond_this_host_and_the_dashboard_port_is_the_schedule
         "sim:a30", dask_cuda=False, dashboard=address, host=host, facts_bokeh=True
     )["scheduler"]["dashboard"]
     assert dashboard(":8787", "127.0.0.1") == "127.0.0.1:8787"
-    assert dashboard("8787", "::1") == "[::1]:8787"
+    with pytest.raises(ValueError, match="listens on IPv4 only"):  # Dask's dashboard takes no IPv6
+        dashboard("8787", "::1")
     assert dashboard("10.0.0.1:8787", "127.0.0.1") == "10.0.0.1:8787"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     # Where the dashboard's HTTP server listens is distributed's, with or without bokeh (which

@@ -42,7 +42,8 @@ pub enum SizeError {
 /// byte are dropped. `None` for anything else, a negative size, or one past `u64`.
 pub fn parse_dask_size(text: &str) -> Option<u64> {
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
-    let split = compact.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(compact.len());
+    // The unit is the letters at the end, as Dask finds it: so `1e9B` is 10^9 bytes.
+    let split = compact.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
     let (number, unit) = compact.split_at(split);
     let number: f64 = if number.is_empty() { 1.0 } else { number.parse().ok()? };
     let multiplier: f64 = match unit {
@@ -101,6 +102,9 @@ mod tests {
     fn dask_sizes() {
         assert_eq!(parse_dask_size("10GB"), Some(10_000_000_000));
         assert_eq!(parse_dask_size("1.5 GiB"), Some(3 << 29));
+        assert_eq!(parse_dask_size("1e9B"), Some(1_000_000_000), "as dask.utils.parse_bytes reads it");
+        assert_eq!(parse_dask_size("1e9"), Some(1_000_000_000));
+        assert_eq!(parse_dask_size("nan"), None);
         assert_eq!(parse_dask_size("5000M"), Some(5_000_000_000));
         assert_eq!(parse_dask_size("kb"), Some(1000));
         assert_eq!(parse_dask_size("12"), Some(12));

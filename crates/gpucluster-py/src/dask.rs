@@ -6,8 +6,10 @@
 //! Python's arguments into the launcher's `Request`, the spec into JSON, and the launcher's
 //! refusals into Python's words (`crate::terms::PythonTerms`: `protocol="ucx"`, `insecure=True`).
 
+use cluster_core::wording::Setting;
 use launcher::LauncherError;
-use launcher::dask::{self, Credentials, HostFacts, PythonFacts, Request, SchedulerRequest};
+use launcher::dask::spec::MAX_THREADS_PER_WORKER;
+use launcher::dask::{self, Credentials, HostFacts, PythonFacts, Request, SchedulerRequest, settings};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -53,11 +55,6 @@ impl PrivateDirectory {
     }
 }
 
-/// Threads, workers: a count Python passed (`-1` for what is no count at all), as the request's.
-fn count(n: i64) -> u32 {
-    u32::try_from(n).unwrap_or(0)
-}
-
 /// The spec of `LocalCluster` on `source`'s plan (planned with the same arguments as
 /// `gpucluster.plan`), as JSON: the protocol and why, the scheduler, one spec per worker, and the
 /// notes to show. `facts` is `gpucluster._facts.python_facts()` as JSON.
@@ -80,8 +77,8 @@ pub(crate) fn cluster_spec(
     host: Option<String>,
     dashboard: Option<String>,
     memory_limit: Option<String>,
-    threads: i64,
-    workers: Option<i64>,
+    threads: &str,
+    workers: Option<&str>,
     rmm_pool_size: Option<String>,
     local_directory: String,
     facts: &str,
@@ -104,8 +101,17 @@ pub(crate) fn cluster_spec(
         host,
         dashboard,
         memory_limit,
-        threads: count(threads),
-        workers: workers.map(|n| usize::try_from(n).unwrap_or(0)),
+        threads: u32::try_from(
+            settings::whole(Setting::Threads, threads, 1, MAX_THREADS_PER_WORKER.into()).map_err(|e| refused(&e))?,
+        )
+        .unwrap_or(MAX_THREADS_PER_WORKER),
+        workers: match workers {
+            Some(text) => Some(
+                usize::try_from(settings::whole(Setting::Workers, text, 1, u64::MAX).map_err(|e| refused(&e))?)
+                    .unwrap_or(usize::MAX),
+            ),
+            None => None,
+        },
         rmm_pool_size,
         device_memory_limit_asked: plan_request.device_memory_limit
             != cluster_core::PlanRequest::default().device_memory_limit,
@@ -119,6 +125,7 @@ pub(crate) fn cluster_spec(
         let output = launcher::plan_paths::PlanOutput::new(&snapshot, &plan);
         let spec =
             dask::cluster_spec(&output, &request, &python, &HostFacts::of_this_process()).map_err(|e| refused(&e))?;
+        dask::session::check_addresses(&spec).map_err(|e| refused(&e))?;
         Ok(spec.to_json(&PythonTerms).to_string())
     })
 }

@@ -85,8 +85,8 @@ pub(crate) async fn run(spec: &TopologySpec, args: BenchDaskArgs, out: &mut dyn 
     let variants = names.iter().map(|n| Variant::named(n)).collect::<Result<Vec<_>, _>>()?;
     if variants.iter().any(|v| v.protocol == dask::ProtocolRequest::Gpucluster) && !python.facts.gpucluster {
         anyhow::bail!(
-            "the gpucluster package is not installed for `{}`: install its wheel (`cargo xtask dask-env` makes one), \
-             or measure --variants tcp",
+            "the gpucluster package is not installed for `{}`: install its wheel (`cargo xtask dask-env` makes one); \
+             the benchmark's client needs it for every variant",
             python.program.to_string_lossy()
         );
     }
@@ -151,6 +151,7 @@ fn summary(text: &str) -> String {
     let first = lines.next().unwrap_or_default();
     let first = first.strip_prefix("bench dask: ").unwrap_or(first);
     let first = first.strip_suffix("; its last lines:").unwrap_or(first);
+    let first = first.strip_suffix(':').unwrap_or(first);
     match lines.next_back() {
         Some(last) => format!("{first}: {}", last.strip_prefix("error: ").unwrap_or(last)),
         None => first.to_owned(),

@@ -208,7 +208,10 @@ fn join_target(at: JoinAt, tls: Option<TlsFiles>) -> anyhow::Result<(String, Opt
         JoinAt::File(file) => (scheduler_file::scheduler_address(&file)?, Some(file)),
         JoinAt::Address(address) => {
             scheduler_file::parse_address(&address).map_err(|why| {
-                anyhow::anyhow!("the scheduler address {} {why}", crate::table::escape(&format!("{address:?}")))
+                // Shortened: an address is at most a few hundred characters, and the message says why.
+                let shown: String = address.chars().take(120).collect();
+                let more = if shown.len() < address.len() { "..." } else { "" };
+                anyhow::anyhow!("the scheduler address {}{more} {why}", crate::table::escape(&format!("{shown:?}")))
             })?;
             (address, None)
         }
@@ -259,23 +262,9 @@ async fn run(
         if facts.ucxx { ", distributed-ucxx" } else { "" },
         if facts.gpucluster { ", the gpucluster package" } else { "" }
     );
-    // A scheduler that does not answer is said at once, not after minutes of retries.
     let (target, dashboard, insecure, tls) = match scheduler {
         Scheduler::Join { at, tls } => {
             let (address, tls) = join_target(at, tls)?;
-            if !args.dry_run {
-                let (check, program, tls_check) = (address.clone(), python.program.clone(), tls.clone());
-                let answered = signals.or_blocking(move |cancel| {
-                    scheduler_file::check_scheduler(&check)
-                        .and_then(|()| python::check_handshake(&program, &check, tls_check.as_ref(), cancel))
-                });
-                match answered.await {
-                    Ok(answer) => answer?,
-                    Err(signal) => return interrupted(signal),
-                }
-                tracing::info!("the scheduler at {address} answered the Dask handshake");
-                writeln!(out, "joining the Dask scheduler at {address}")?;
-            }
             (SchedulerRequest::Join { address }, None, false, tls)
         }
         Scheduler::Local { insecure, dashboard } => (SchedulerRequest::Local, dashboard, insecure, None),
@@ -312,6 +301,7 @@ async fn run(
         ..dask::Request::new(topology.clone(), target, directory.display().to_string())
     };
     let cluster = dask::cluster_spec(&output, &request, facts, &HostFacts::of_this_process())?;
+    session::check_addresses(&cluster)?;
     let Some(dir) = dir else {
         // A dry run: the spec is the answer, and nothing was started or made.
         // Written as text: a reader that goes away (`| head`) is then an I/O error, which ends
@@ -319,6 +309,21 @@ async fn run(
         writeln!(out, "{}", serde_json::to_string_pretty(&cluster.to_json(&CommandLine))?)?;
         return Ok(0);
     };
+    // A scheduler that does not answer is said at once, not after minutes of retries; asked
+    // only once the spec is made, so that what the spec refuses is said without asking it.
+    if let Some(address) = &cluster.join {
+        let (check, program, tls_check) = (address.clone(), python.program.clone(), tls.clone());
+        let answered = signals.or_blocking(move |cancel| {
+            scheduler_file::check_scheduler(&check)
+                .and_then(|()| python::check_handshake(&program, &check, tls_check.as_ref(), cancel))
+        });
+        match answered.await {
+            Ok(answer) => answer?,
+            Err(signal) => return interrupted(signal),
+        }
+        tracing::info!("the scheduler at {address} answered the Dask handshake");
+        writeln!(out, "joining the Dask scheduler at {address}")?;
+    }
     // Should this launcher be killed (SIGKILL), its guards remove the directory.
     supervision.private_dir = Some(dir.path().to_owned());
     let session = session::prepare(&cluster, &python, &dir, tls, &args.worker_args)?;

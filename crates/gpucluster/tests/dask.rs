@@ -715,11 +715,12 @@ if __name__ == "__main__":
 #[test]
 fn both_front_ends_run_one_cluster_spec() {
     let Some(python) = python() else { return };
-    let out = gpucluster(&["--topology", "sim:a30", "dask", "local", "--dry-run", "--memory-limit", "2GiB", "--python"])
-        .arg(&python)
-        .env_remove("CUDA_VISIBLE_DEVICES")
-        .output()
-        .expect("dry run");
+    let out =
+        gpucluster(&["--topology", "sim:a30", "dask", "local", "--dry-run", "--memory-limit", "2GiB", "--python"])
+            .arg(&python)
+            .env_remove("CUDA_VISIBLE_DEVICES")
+            .output()
+            .expect("dry run");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the spec as JSON");
     let out = Command::new(&python)

@@ -180,7 +180,7 @@ pub async fn run_variant(
         Ok(prepared) => prepared,
         Err(e) => return Ok(Err(e)),
     };
-    let (dir, session, supervision, expected) = prepared;
+    let Prepared { dir, session, supervision, expected, notes } = prepared;
     let Some(file) = session.scheduler_file.clone() else {
         return Ok(Err(LauncherError::Bench("the cluster has no scheduler of its own".into())));
     };
@@ -196,18 +196,19 @@ pub async fn run_variant(
         }),
     )));
     let stopper = signals.stopper();
-    let (cancel, requested) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let cancel = Arc::new(AtomicBool::new(false));
     let supervising = {
         let cancel = cancel.clone();
+        let watched = &mut *signals;
         async move {
-            let supervised = crate::supervise(session.processes, &supervision, sink, signals).await;
+            let supervised = crate::supervise(session.processes, &supervision, sink, watched).await;
             // The cluster is gone: a client still waiting on it is stopped too.
             cancel.store(true, Ordering::SeqCst);
             supervised
         }
     };
     let measuring = {
-        let (cancel, requested) = (cancel.clone(), requested.clone());
+        let cancel = cancel.clone();
         let (bench, variant) = (bench.clone(), variant.clone());
         let output = output.clone();
         async move {
@@ -229,28 +230,42 @@ pub async fn run_variant(
                     output.text()
                 ))),
             };
-            requested.store(true, Ordering::SeqCst);
             stopper.stop();
             measured
         }
     };
     let (supervised, measured) = tokio::join!(supervising, measuring);
     drop(dir);
+    // A stop signal (not the measuring's own stop) ends the bench: what the client saw of a
+    // cluster going away is no result.
     if let Ok(supervised) = &supervised
         && let Some(Stop::Signal(signal)) = supervised.stop
-        && !requested.load(Ordering::SeqCst)
+        && !signals.stopped_by_stopper()
     {
         return Err(signal);
     }
-    Ok(measured)
+    Ok(measured.map(|mut result| {
+        result.notes.extend(notes);
+        result
+    }))
 }
 
-/// The variant's cluster, ready to start: its private directory, its processes (with the
-/// variant's environment), their supervision and how many workers will register.
-fn prepare(
-    bench: &DaskBench,
-    variant: &Variant,
-) -> Result<(PrivateDir, session::Session, Supervision, usize), LauncherError> {
+/// A variant's cluster, ready to start.
+struct Prepared {
+    /// Its private directory.
+    dir: PrivateDir,
+    /// Its processes, with the variant's environment.
+    session: session::Session,
+    /// Their supervision.
+    supervision: Supervision,
+    /// How many workers will register.
+    expected: usize,
+    /// What its spec says of it (a protocol open to every user of the host, say).
+    notes: Vec<String>,
+}
+
+/// The variant's cluster, ready to start.
+fn prepare(bench: &DaskBench, variant: &Variant) -> Result<Prepared, LauncherError> {
     let request = cluster_core::PlanRequest { workers_per_device: bench.workers_per_device, ..Default::default() };
     let plan = cluster_core::plan(&bench.snapshot, &request).map_err(|e| LauncherError::Bench(e.to_string()))?;
     let output = crate::plan_paths::PlanOutput::new(&bench.snapshot, &plan);
@@ -271,7 +286,10 @@ fn prepare(
     supervision.guard = Some(bench.guard.clone());
     supervision.private_dir = Some(dir.path().to_owned());
     supervision.essentials_first = true;
-    Ok((dir, session, supervision, spec.workers.len()))
+    // What the spec says of the cluster (a protocol open to every user of the host, say) goes
+    // with the variant's figures.
+    let notes = spec.notes.iter().map(|n| n.0.to_string()).collect();
+    Ok(Prepared { dir, session, supervision, expected: spec.workers.len(), notes })
 }
 
 /// The client's figures, then dask-cuda's `transpose_sum` where asked for, against the cluster
@@ -329,9 +347,12 @@ struct ClientOutput {
 /// with this process.
 fn run_until(mut command: Command, cancel: &AtomicBool) -> std::io::Result<ClientOutput> {
     command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe; the client dies with this process.
+    // SAFETY: setpgid and prctl are async-signal-safe. A process group of its own: a Ctrl-C
+    // typed into the terminal stops the bench, which stops the client (`cancel`), rather than
+    // reaching the client first as its own KeyboardInterrupt; and it dies with this process.
     unsafe {
         command.pre_exec(|| {
+            libc::setpgid(0, 0);
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });

@@ -53,7 +53,7 @@ pub enum LauncherError {
     #[error("{}", grace_words(*.0))]
     Grace(f64),
     /// The Python interpreter cannot run Dask.
-    #[error("cannot use `{}` for Dask: {detail}; {how}", python.to_string_lossy())]
+    #[error("cannot use `{}` for Dask: {detail}; {how}", gpu_topology::text::printable(&python.to_string_lossy()))]
     NoDask {
         /// The interpreter.
         python: std::ffi::OsString,
@@ -145,10 +145,11 @@ impl LauncherError {
     /// ([`Message::render`]); its `Display` says it in the command line's.
     pub fn message(&self) -> Message {
         match self {
-            LauncherError::NoDask { python, detail, how } => {
-                Message::from(format!("cannot use `{}` for Dask: {detail}; ", python.to_string_lossy()))
-                    .append(how.clone())
-            }
+            LauncherError::NoDask { python, detail, how } => Message::from(format!(
+                "cannot use `{}` for Dask: {detail}; ",
+                gpu_topology::text::printable(&python.to_string_lossy())
+            ))
+            .append(how.clone()),
             LauncherError::TlsNeeded { address } => tls_needed(address),
             LauncherError::Grace(grace) => grace_words(*grace),
             LauncherError::Protocol(refusal) => refusal.message(),

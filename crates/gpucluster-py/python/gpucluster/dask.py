@@ -39,7 +39,6 @@ import copy
 import json
 import logging
 import os
-import socket
 import warnings
 from typing import Any
 
@@ -59,14 +58,6 @@ DEFAULT_HOST = "127.0.0.1"
 logger = logging.getLogger(__name__)
 
 
-def _count(value: Any) -> int:
-    """A whole number for the spec to check (its range is the spec's), or -1 for anything that
-    is no whole number (``2.5``, ``True``, ``"2"``), which the spec refuses by name."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return -1
-    return max(-1, min(value, 1 << 40))
-
-
 def _text(value: Any) -> str | None:
     """A setting the spec reads as text (Dask's grammars): numbers as Python writes them; anything
     else by its repr, which the spec refuses by name."""
@@ -80,13 +71,9 @@ def _text(value: Any) -> str | None:
 
 
 def _host(host: Any) -> str:
-    """The address to listen on, resolved before anything starts."""
-    if not isinstance(host, str) or not host:
+    """The address to listen on: text, whose grammar and resolution the spec checks."""
+    if not isinstance(host, str):
         raise ValueError(f"host: an address such as '127.0.0.1' (the default: this host only), not {host!r}")
-    try:
-        socket.getaddrinfo(host, None)
-    except (OSError, UnicodeError) as e:
-        raise ValueError(f"host={host!r}: cannot be resolved ({e}); give an address or a name of this host") from None
     return host
 
 
@@ -299,6 +286,15 @@ class LocalCluster(SpecCluster):
         # Types here; values by the spec, which the command line shares.
         if security is not None and not isinstance(security, Security):
             raise TypeError(f"security: a distributed.Security (TLS certificates), not {type(security).__name__}")
+        # Certificates, not a Security alone: `require_encryption=True` without them lets a
+        # websocket comm accept anyone, and stops every other comm from starting at all.
+        credentials_given = security is not None and bool(getattr(security, "tls_ca_file", None))
+        if security is not None and not credentials_given:
+            raise ValueError(
+                "security: a distributed.Security with the cluster's certificates (tls_ca_file, tls_scheduler_cert, "
+                "tls_worker_cert, ...); without them it closes nothing, so leave it out: the default protocol "
+                "'gpucluster' proves your secret on every connection"
+            )
         if not isinstance(insecure, bool):
             raise TypeError(f"insecure: True or False, not {insecure!r}")
         if protocol is not None and not isinstance(protocol, str):
@@ -341,14 +337,13 @@ class LocalCluster(SpecCluster):
                     workers_per_device=workers_per_device,
                     protocol="auto" if protocol is None else protocol,
                     insecure=insecure,
-                    # Certificates, not a Security alone: `require_encryption=True` without them
-                    # lets a websocket comm accept anyone.
-                    credentials_given=security is not None and bool(getattr(security, "tls_ca_file", None)),
+                    credentials_given=credentials_given,
                     host=host,
                     dashboard=_text(dashboard_address),
                     memory_limit=_text(memory_limit),
-                    threads=_count(threads_per_worker),
-                    workers=None if n_workers is None else _count(n_workers),
+                    # Counts by their repr: the spec reads `4`, and refuses `2.5`, `True` or `'2'`.
+                    threads=repr(threads_per_worker),
+                    workers=None if n_workers is None else repr(n_workers),
                     rmm_pool_size=_text(rmm_pool_size),
                     local_directory=local_directory,
                     facts=json.dumps(python_facts()),
@@ -385,7 +380,13 @@ class LocalCluster(SpecCluster):
                 "local_directory": local_directory,
             },
         }
-        super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
+        try:
+            super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
+        except BaseException:
+            # A cluster that could not start (or was interrupted starting) leaves no directory.
+            if self._private_directory is not None:
+                self._private_directory.remove()
+            raise
 
     async def _close(self) -> None:
         await super()._close()

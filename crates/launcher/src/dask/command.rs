@@ -20,13 +20,6 @@ use crate::ProcessSpec;
 /// How long a worker waits for an unreachable scheduler before it gives up (`--death-timeout`).
 pub const DEATH_TIMEOUT_SECONDS: u32 = 30;
 
-/// The scheduler plugins of the package (`gpucluster/scheduler.py`), for a scheduler whose
-/// Python lacks the package: written into the private directory as
-/// [`SCHEDULER_PLUGINS_FILE`] and preloaded from there.
-pub const SCHEDULER_PLUGINS_SOURCE: &str = include_str!("../../../gpucluster-py/python/gpucluster/scheduler.py");
-/// The name of [`SCHEDULER_PLUGINS_SOURCE`]'s file in the private directory.
-pub const SCHEDULER_PLUGINS_FILE: &str = "gpucluster_scheduler.py";
-
 /// What turning a spec into processes needs beyond the spec.
 #[derive(Debug, Clone, Copy)]
 pub struct Processes<'a> {
@@ -40,8 +33,6 @@ pub struct Processes<'a> {
     pub local_directory: &'a Path,
     /// The TLS credentials, where the spec speaks TLS.
     pub tls: Option<&'a TlsFiles>,
-    /// [`SCHEDULER_PLUGINS_SOURCE`] written out, where the Python lacks the package.
-    pub scheduler_plugins_file: Option<&'a Path>,
     /// Further options for every worker (after `--` on the command line): appended after ours,
     /// so that where Dask's CLI takes an option's last value, the user's wins.
     pub worker_options: &'a [OsString],
@@ -61,13 +52,8 @@ pub fn processes(spec: &ClusterSpec, with: &Processes<'_>) -> Vec<ProcessSpec> {
         if let Some(tls) = with.tls {
             args.extend(tls.args());
         }
-        for module in &scheduler.preload {
-            // By name where the package is installed; else from the file of the same source.
-            let preload = match with.scheduler_plugins_file {
-                Some(file) if !with.facts.gpucluster => file.as_os_str().to_owned(),
-                _ => module.into(),
-            };
-            args.extend(["--preload".into(), preload]);
+        for preload in &scheduler.preload {
+            args.extend(["--preload".into(), preload.into()]);
         }
         all.push(ProcessSpec {
             name: "scheduler".into(),
@@ -197,7 +183,6 @@ mod tests {
             scheduler_file: Path::new("/private/dir/scheduler.json"),
             local_directory: Path::new("/private/dir"),
             tls: None,
-            scheduler_plugins_file: Some(Path::new("/private/dir/gpucluster_scheduler.py")),
             worker_options: &[],
         };
         let all = processes(&spec, &with);
@@ -244,7 +229,6 @@ mod tests {
             scheduler_file: Path::new("/d/s.json"),
             local_directory: Path::new("/d"),
             tls: None,
-            scheduler_plugins_file: None,
             worker_options: &options,
         };
         for worker in &processes(&spec, &with)[1..] {

@@ -171,7 +171,9 @@ pub fn probe_python(python: &OsString, cancel: &AtomicBool) -> Result<Interprete
         }
     })?;
     if !run.success {
-        return Err(fail(format!("Dask is not installed for it ({})", last_line(&run.stderr))));
+        let said = last_line(&run.stderr);
+        let said = if said.is_empty() { "it printed nothing".to_owned() } else { said };
+        return Err(fail(format!("Dask is not installed for it ({said})")));
     }
     let line = run.stdout.lines().map(str::trim).rfind(|l| l.starts_with('{')).unwrap_or("");
     let facts: PythonFacts = serde_json::from_str(line)

@@ -103,8 +103,11 @@ pub fn parse_address(address: &str) -> Result<SchedulerAddress, String> {
     let (host, port) = rest.rsplit_once(':').ok_or("has no port")?;
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     let port: u16 = port.parse().map_err(|_| format!("has no valid port ({port:?})"))?;
-    if host.is_empty() || port == 0 {
-        return Err("has no host or port".into());
+    if host.is_empty() {
+        return Err("has no host".into());
+    }
+    if port == 0 {
+        return Err("has port 0, which is no scheduler's".into());
     }
     Ok(SchedulerAddress { scheme: scheme.to_owned(), host: host.to_owned(), port })
 }

@@ -11,9 +11,11 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
 
+use cluster_core::wording::{Message, Setting};
+
 use super::command::{self, Processes};
 use super::python::Interpreter;
-use super::spec::{ClusterSpec, TlsPlan};
+use super::spec::{ClusterSpec, SCHEDULER_PLUGINS_FILE, TlsPlan};
 use super::tls::TlsFiles;
 use crate::workdir::PrivateDir;
 use crate::{LauncherError, ProcessSpec};
@@ -29,6 +31,11 @@ pub struct Session {
     /// The TLS credentials its processes present, if it speaks TLS.
     pub tls: Option<TlsFiles>,
 }
+
+/// The scheduler plugins of the package (`gpucluster/scheduler.py`), for a scheduler whose
+/// Python lacks the package: written into the private directory as [`SCHEDULER_PLUGINS_FILE`]
+/// and preloaded from there.
+pub const SCHEDULER_PLUGINS_SOURCE: &str = include_str!("../../../gpucluster-py/python/gpucluster/scheduler.py");
 
 /// The name of the scheduler file in the private directory.
 pub const SCHEDULER_FILE: &str = "scheduler.json";
@@ -54,13 +61,12 @@ pub fn prepare(
         TlsPlan::None => None,
     };
     let scheduler_file = dir.path().join(SCHEDULER_FILE);
-    // The scheduler's plugins, from the package where its Python has it, else from a file.
-    let plugins = match &spec.scheduler {
-        Some(_) if !python.facts.gpucluster => {
-            Some(dir.write(command::SCHEDULER_PLUGINS_FILE, command::SCHEDULER_PLUGINS_SOURCE.as_bytes())?)
-        }
-        _ => None,
-    };
+    // The scheduler's plugins, where the spec preloads them from a file (its Python lacks the
+    // package): the package's own text.
+    let from_file = spec.scheduler.iter().flat_map(|s| &s.preload).any(|p| p.ends_with(SCHEDULER_PLUGINS_FILE));
+    if from_file {
+        dir.write(SCHEDULER_PLUGINS_FILE, SCHEDULER_PLUGINS_SOURCE.as_bytes())?;
+    }
     let processes = command::processes(
         spec,
         &Processes {
@@ -69,11 +75,47 @@ pub fn prepare(
             scheduler_file: &scheduler_file,
             local_directory: dir.path(),
             tls: tls.as_ref(),
-            scheduler_plugins_file: plugins.as_deref(),
             worker_options,
         },
     );
     Ok(Session { processes, scheduler_file: spec.scheduler.as_ref().map(|_| scheduler_file), tls })
+}
+
+/// Checks that the addresses `spec`'s processes listen on resolve on this machine (the host,
+/// and the dashboard's), so that a name that does not is said before anything starts, in the
+/// setting's words, rather than in a scheduler's traceback.
+///
+/// # Errors
+/// [`LauncherError::Request`] naming the setting and the address.
+pub fn check_addresses(spec: &ClusterSpec) -> Result<(), LauncherError> {
+    use std::net::ToSocketAddrs;
+    let resolves = |setting: Setting, host: &str| {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        match (bare, 0).to_socket_addrs().map(|mut found| found.next().is_some()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("it resolves to no address".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+        .map_err(|why| {
+            LauncherError::Request(
+                Message::new()
+                    .setting_to(setting, host)
+                    .text(format!(": cannot be resolved ({why}); give an address or a name of this host")),
+            )
+        })
+    };
+    let hosts =
+        spec.scheduler.iter().map(|s| s.host.as_str()).chain(spec.workers.iter().filter_map(|w| w.host.as_deref()));
+    let mut seen = std::collections::BTreeSet::new();
+    for host in hosts.filter(|h| seen.insert(h.to_owned())) {
+        resolves(Setting::Host, host)?;
+    }
+    if let Some(dashboard) = spec.scheduler.as_ref().and_then(|s| s.dashboard.as_deref())
+        && let Some((host, _)) = dashboard.rsplit_once(':')
+    {
+        resolves(Setting::Dashboard, host)?;
+    }
+    Ok(())
 }
 
 /// What to do once every worker has registered: given the sink's writer, to say so.
@@ -129,6 +171,39 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+
+    #[test]
+    fn names_that_do_not_resolve_are_said_before_anything_starts() {
+        let spec = |host: &str| ClusterSpec {
+            protocol: None,
+            protocol_reason: String::new(),
+            tls: TlsPlan::None,
+            simulated: true,
+            dask_cuda: false,
+            scheduler: None,
+            join: Some("tcp://10.0.0.1:8786".into()),
+            workers: vec![super::super::spec::WorkerSpec {
+                name: "w".into(),
+                host: Some(host.into()),
+                env: Default::default(),
+                dask_config: Default::default(),
+                resources: Default::default(),
+                threads: 1,
+                memory_limit_bytes: None,
+                device_memory_limit_bytes: None,
+                spills_device_memory: false,
+                rmm_pool_bytes: None,
+                cpus: Vec::new(),
+                http_address: "127.0.0.1:0".into(),
+            }],
+            notes: Vec::new(),
+        };
+        check_addresses(&spec("127.0.0.1")).expect("an address");
+        check_addresses(&spec("[::1]")).expect("an IPv6 address in brackets");
+        check_addresses(&spec("localhost")).expect("a name of this host");
+        let err = check_addresses(&spec("nope.invalid")).expect_err("no such name");
+        assert!(err.to_string().contains("--host nope.invalid: cannot be resolved"), "{err}");
+    }
 
     #[test]
     fn ready_is_said_once_when_the_last_worker_registers() {

@@ -7,8 +7,62 @@
 use cluster_core::wording::{Message, Setting};
 
 use super::facts::{HostFacts, PythonFacts};
-use super::spec::{DEFAULT_HOST, MIN_HOST_MEMORY, refused};
 use crate::LauncherError;
+
+/// Where the scheduler and a local cluster's workers listen unless told otherwise: this host only.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+/// The least host memory a worker may be limited to (Dask reads `1.5` as 1.5 bytes: a worker
+/// that pauses at once).
+pub const MIN_HOST_MEMORY: u64 = 64 << 20;
+
+/// A refusal of `setting`: its name, then `rest`.
+pub(super) fn refused(setting: Setting, rest: impl Into<String>) -> LauncherError {
+    LauncherError::Request(Message::new().name(setting).text(rest.into()))
+}
+
+/// A whole number from `least` to `most` for `setting`, from its text (a Python caller's repr:
+/// `4`, `2.5`, `True`, `'2'`), refused as such where it is none.
+pub fn whole(setting: Setting, text: &str, least: u64, most: u64) -> Result<u64, LauncherError> {
+    text.trim().parse::<u64>().ok().filter(|n| (least..=most).contains(n)).ok_or_else(|| {
+        let shown = gpu_topology::text::printable(&text.chars().take(40).collect::<String>()).into_owned();
+        refused(setting, format!(": a whole number from {least} to {most}, not {shown}"))
+    })
+}
+
+/// The longest address a setting may give (a DNS name is at most 253 characters).
+const MAX_ADDRESS: usize = 253;
+
+/// A host to listen on (`--host`, `host=`), as Dask takes it: a name or an IPv4 address as
+/// given, an IPv6 address in brackets (`::1` and `[::1]` alike become `[::1]`, which is the only
+/// form Dask's address parser reads). Whether the name resolves is asked of the machine before
+/// anything starts ([`super::session::check_addresses`]).
+pub fn listen_host(host: &str) -> Result<String, LauncherError> {
+    let shown = || gpu_topology::text::printable(&host.chars().take(80).collect::<String>()).into_owned();
+    let bad = |why: &str| refused(Setting::Host, format!(": {why}, not {:?}", shown()));
+    if host.trim().is_empty() {
+        return Err(refused(
+            Setting::Host,
+            ": an address such as 127.0.0.1 (this host only), 0.0.0.0 (every interface) or a name of this host",
+        ));
+    }
+    if host.len() > MAX_ADDRESS || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("an address has no spaces or control characters and at most 253 characters"));
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if let Ok(v6) = bare.parse::<std::net::Ipv6Addr>() {
+        return Ok(format!("[{v6}]"));
+    }
+    if bare.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(bare.to_owned());
+    }
+    let label = |l: &str| {
+        !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if bare != host || !bare.split('.').all(label) {
+        return Err(bad("an IPv4 address, an IPv6 address or a host name"));
+    }
+    Ok(bare.to_owned())
+}
 
 /// Where the dashboard listens: a bare port (`8787`, `:8787`, as Dask users write it) on the
 /// scheduler's host (127.0.0.1 unless asked otherwise), not on every interface, which is what
@@ -16,26 +70,36 @@ use crate::LauncherError;
 pub fn dashboard_address(address: &str, host: Option<&str>) -> String {
     let port = address.strip_prefix(':').unwrap_or(address);
     if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
-        let host = host.unwrap_or(DEFAULT_HOST);
-        if host.contains(':') && !host.starts_with('[') {
-            return format!("[{host}]:{port}");
-        }
-        return format!("{host}:{port}");
+        return format!("{}:{port}", host.unwrap_or(DEFAULT_HOST));
     }
     address.to_owned()
 }
 
+/// Where the dashboard listens, checked: `HOST:PORT` or a bare port (on `host`, the scheduler's,
+/// already as [`listen_host`] gives it). Dask's dashboard listens on IPv4 only and takes no
+/// scheme; bokeh draws it.
 pub(super) fn dashboard(address: &str, host: Option<&str>, python: &PythonFacts) -> Result<String, LauncherError> {
-    let port = address.rsplit(':').next().unwrap_or_default();
+    let shown = || gpu_topology::text::printable(&address.chars().take(80).collect::<String>()).into_owned();
     if address.trim().is_empty() {
-        return Err(refused(Setting::Dashboard, ": an address such as 127.0.0.1:8787 or :8787 (this host), or none"));
+        return Err(refused(
+            Setting::Dashboard,
+            ": an address such as 127.0.0.1:8787 or :8787 (on the scheduler's host), or leave it out for none",
+        ));
     }
+    let (at, port) = address.rsplit_once(':').unwrap_or(("", address));
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
         return Err(refused(
             Setting::Dashboard,
+            format!(": HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {:?}", shown()),
+        ));
+    }
+    let listens_on = if at.is_empty() { host.unwrap_or(DEFAULT_HOST).to_owned() } else { listen_host(at)? };
+    if listens_on.starts_with('[') {
+        return Err(refused(
+            Setting::Dashboard,
             format!(
-                ": HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {:?}",
-                gpu_topology::text::printable(address)
+                ": Dask's dashboard listens on IPv4 only, not on {listens_on}; give an IPv4 address such as \
+                 127.0.0.1:{port}"
             ),
         ));
     }
@@ -50,7 +114,7 @@ pub(super) fn dashboard(address: &str, host: Option<&str>, python: &PythonFacts)
                 .name(Setting::Dashboard),
         ));
     }
-    Ok(dashboard_address(address, host))
+    Ok(format!("{listens_on}:{port}"))
 }
 
 /// Host memory per worker, bytes (`None`: no limit), from `limit` in Dask's grammar
@@ -68,7 +132,15 @@ pub(super) fn host_memory_per_worker(
                    memory such as 0.25, auto (split between the workers) or 0 (no limit)";
     let Some(text) = limit else { return Ok(split()) };
     let trimmed = text.trim();
-    let bad = || refused(Setting::MemoryLimit, format!(": {grammar}, not {:?}", gpu_topology::text::printable(text)));
+    let shown = || gpu_topology::text::printable(&text.chars().take(80).collect::<String>()).into_owned();
+    let bad = || refused(Setting::MemoryLimit, format!(": {grammar}, not {:?}", shown()));
+    // No limit only where it is asked for: a fraction too small to be a byte is too small.
+    let none_asked = trimmed.parse::<f64>().is_ok_and(|n| n == 0.0)
+        || cluster_core::parse_dask_size(trimmed).is_some_and(|b| b == 0) && trimmed.starts_with('0');
+    if trimmed.is_empty() {
+        // Dask reads an empty limit as one byte.
+        return Err(bad());
+    }
     let bytes = if trimmed == "auto" {
         split()
     } else if let Ok(number) = trimmed.parse::<f64>() {
@@ -94,21 +166,23 @@ pub(super) fn host_memory_per_worker(
         Some(cluster_core::parse_dask_size(trimmed).ok_or_else(bad)?)
     };
     match (bytes, host.memory_bytes) {
-        (Some(0) | None, _) => Ok(None),
+        (None, _) => Ok(None),
+        (Some(0), _) if none_asked => Ok(None),
         (Some(b), Some(total)) if b > total => Err(refused(
             Setting::MemoryLimit,
             format!(
                 ": {:?} is more than this host's memory ({:.2} GiB); give at most that per worker, or 0 for no limit",
-                gpu_topology::text::printable(text),
+                shown(),
                 total as f64 / f64::from(1u32 << 30)
             ),
         )),
         (Some(b), _) if b < MIN_HOST_MEMORY => Err(refused(
             Setting::MemoryLimit,
             format!(
-                ": {b} bytes per worker is too little to run one (at least {} MiB); {grammar}, not {:?}",
+                ": {} per worker is too little to run one (at least {} MiB); {grammar}, not {:?}",
+                if b == 1 { "1 byte".to_owned() } else { format!("{b} bytes") },
                 MIN_HOST_MEMORY >> 20,
-                gpu_topology::text::printable(text)
+                shown()
             ),
         )),
         (Some(b), _) => Ok(Some(b)),
@@ -135,7 +209,12 @@ mod tests {
         assert_eq!(per("16GB").expect("size"), Some(16_000_000_000));
         assert_eq!(per("2147483648").expect("bytes"), Some(2 << 30));
         assert_eq!(per("0").expect("no limit"), None);
-        for bad in ["-5", "-5GB", "", "lots", "nan", "inf", "[1]", "True"] {
+        assert_eq!(per("1e9B").expect("Dask's parse_bytes reads it"), Some(1_000_000_000));
+        assert_eq!(per("0GB").expect("no limit, asked for"), None);
+        for tiny in ["1e-11", "5e-324", "0.0000001"] {
+            assert!(per(tiny).expect_err(tiny).to_string().contains("too little"), "{tiny}");
+        }
+        for bad in ["-5", "-5GB", "", " ", "lots", "nan", "inf", "[1]", "True"] {
             let err = per(bad).expect_err(bad);
             assert!(err.to_string().contains("Dask's grammar"), "{bad}: {err}");
         }
@@ -152,13 +231,33 @@ mod tests {
     fn dashboards_are_on_the_schedulers_host_and_need_bokeh() {
         let bokeh = PythonFacts { bokeh: true, ..PythonFacts::default() };
         assert_eq!(dashboard(":8787", None, &bokeh).expect("port"), "127.0.0.1:8787");
-        assert_eq!(dashboard("8787", Some("::1"), &bokeh).expect("v6"), "[::1]:8787");
+        assert_eq!(dashboard("8787", Some("10.0.0.5"), &bokeh).expect("on the host"), "10.0.0.5:8787");
         assert_eq!(dashboard("10.0.0.1:8787", None, &bokeh).expect("given"), "10.0.0.1:8787");
+        assert_eq!(dashboard("localhost:0", None, &bokeh).expect("a name"), "localhost:0");
         assert_eq!(dashboard_address("0.0.0.0:8787", None), "0.0.0.0:8787");
-        for bad in ["", " ", ":", ":abc", "70000", "-1"] {
+        // Dask's dashboard listens on IPv4 only, and takes no scheme.
+        let v6 = dashboard("8787", Some("[::1]"), &bokeh).expect_err("v6");
+        assert!(v6.to_string().contains("IPv4 only"), "{v6}");
+        for bad in ["", " ", ":", ":abc", "70000", "-1", "::1", "[::1]:8787", "http://127.0.0.1:8787", "a\nb:80"] {
             assert!(dashboard(bad, None, &bokeh).is_err(), "{bad:?}");
         }
         let err = dashboard(":8787", None, &PythonFacts::default()).expect_err("no bokeh");
         assert!(err.to_string().contains("bokeh"), "{err}");
+    }
+
+    #[test]
+    fn hosts_read_as_dask_reads_them() {
+        assert_eq!(listen_host("127.0.0.1").expect("v4"), "127.0.0.1");
+        assert_eq!(listen_host("::1").expect("v6"), "[::1]", "Dask reads IPv6 in brackets only");
+        assert_eq!(listen_host("[::1]").expect("v6"), "[::1]");
+        assert_eq!(listen_host("node-7.cluster").expect("a name"), "node-7.cluster");
+        for bad in ["", " ", "-bad", "127.0.0.1\n", "a b", "[node]", "http://x", "x:80", &"a".repeat(300)] {
+            let err = listen_host(bad).expect_err(bad);
+            assert!(
+                err.message().pieces().iter().any(|p| matches!(p, cluster_core::wording::Piece::Name(Setting::Host))),
+                "{err}"
+            );
+            assert!(!err.to_string().contains('\n'), "{err:?}");
+        }
     }
 }

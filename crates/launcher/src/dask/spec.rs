@@ -21,7 +21,7 @@ use transport::{PathRule, TransferPath};
 
 use super::facts::{HostFacts, PythonFacts};
 use super::protocol::{Credentials, Protocol, ProtocolFacts, ProtocolRequest, choose_protocol};
-use super::settings;
+use super::settings::{self, DEFAULT_HOST, refused};
 use crate::LauncherError;
 use crate::plan_paths::PlanOutput;
 use crate::worker_env;
@@ -30,15 +30,13 @@ use cluster_core::wording::{Message, Setting, Terms};
 /// The most threads a worker may be asked for: a typing slip such as `10**6` would otherwise
 /// start the worker and fail there, far from the line that asked.
 pub const MAX_THREADS_PER_WORKER: u32 = 4096;
-/// The least host memory a worker may be limited to (Dask reads `1.5` as 1.5 bytes: a worker
-/// that pauses at once).
-pub const MIN_HOST_MEMORY: u64 = 64 << 20;
-/// Where the scheduler and a local cluster's workers listen unless told otherwise: this host only.
-pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Where the Dask HTTP servers that serve nothing listen: loopback, a free port.
 pub const QUIET_HTTP_ADDRESS: &str = "127.0.0.1:0";
 /// The scheduler plugins of the gpucluster package (`gpucluster/scheduler.py`), by module name.
 pub const SCHEDULER_PRELOAD: &str = "gpucluster.scheduler";
+/// The file of the same text in the private directory, for a scheduler whose Python lacks the
+/// package.
+pub const SCHEDULER_PLUGINS_FILE: &str = "gpucluster_scheduler.py";
 
 /// Where the workers' scheduler is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,7 +178,7 @@ pub struct SchedulerSpec {
     pub http_address: String,
     /// Its Dask settings.
     pub dask_config: DaskConfig,
-    /// Modules it preloads.
+    /// What it preloads: modules by name, or files by path.
     pub preload: Vec<String>,
 }
 
@@ -281,10 +279,6 @@ pub fn is_simulated(topology: &TopologySpec, inventories: bool) -> bool {
     !topology.is_real() || inventories
 }
 
-pub(super) fn refused(setting: Setting, rest: impl Into<String>) -> LauncherError {
-    LauncherError::Request(Message::new().name(setting).text(rest.into()))
-}
-
 /// The cluster `request` asks for, on `output`'s plan, with what `python` and `host` offer.
 ///
 /// # Errors
@@ -298,7 +292,7 @@ pub fn cluster_spec(
 ) -> Result<ClusterSpec, LauncherError> {
     let planned = &output.plan().workers;
     let workers: &[WorkerPlan] = match request.workers {
-        Some(0) => return Err(refused(Setting::Workers, ": a whole number, at least 1")),
+        Some(0) => return Err(refused(Setting::Workers, ": a whole number, at least 1, not 0")),
         Some(n) if n > planned.len() => {
             return Err(LauncherError::Request(
                 Message::new()
@@ -313,15 +307,9 @@ pub fn cluster_spec(
         Some(n) => &planned[..n],
         None => planned,
     };
-    if !(1..=MAX_THREADS_PER_WORKER).contains(&request.threads) {
-        return Err(refused(Setting::Threads, format!(": a whole number from 1 to {MAX_THREADS_PER_WORKER}")));
-    }
-    if request.host.as_deref().is_some_and(|h| h.trim().is_empty()) {
-        return Err(refused(
-            Setting::Host,
-            ": an address such as 127.0.0.1 (this host only) or 0.0.0.0 (every interface)",
-        ));
-    }
+    settings::whole(Setting::Threads, &request.threads.to_string(), 1, MAX_THREADS_PER_WORKER.into())?;
+    // As Dask takes it (an IPv6 address in brackets), checked.
+    let listen = request.host.as_deref().map(settings::listen_host).transpose()?;
     let simulated = is_simulated(&request.topology, request.inventories);
     let names: std::collections::HashSet<&str> = workers.iter().map(|w| w.name.as_str()).collect();
     let pairs: Vec<_> =
@@ -357,7 +345,9 @@ pub fn cluster_spec(
     let tls = match protocol {
         Some(p) if p.uses_tls() && request.credentials == Credentials::CanGenerate => {
             let mut hosts = vec![DEFAULT_HOST.to_owned(), "localhost".to_owned()];
-            hosts.extend(request.host.clone().filter(|h| h != DEFAULT_HOST && h != "localhost"));
+            // A certificate names an IPv6 address without its brackets.
+            let named = listen.as_deref().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned());
+            hosts.extend(named.filter(|h| h != DEFAULT_HOST && h != "localhost"));
             TlsPlan::Generate { hosts }
         }
         Some(p) if p.uses_tls() => TlsPlan::Given,
@@ -375,7 +365,7 @@ pub fn cluster_spec(
         Some(_) if !local => {
             return Err(refused(Setting::Dashboard, ": only a scheduler this launcher starts serves one"));
         }
-        Some(address) => Some(settings::dashboard(address, request.host.as_deref(), python)?),
+        Some(address) => Some(settings::dashboard(address, listen.as_deref(), python)?),
     };
     let memory_limit = settings::host_memory_per_worker(request.memory_limit.as_deref(), workers.len(), host)?;
     let rmm_pool_bytes = match &request.rmm_pool_size {
@@ -448,21 +438,24 @@ pub fn cluster_spec(
                 dask_config.extend(ucx_cuda_context());
             }
             Some(SchedulerSpec {
-                host: request.host.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned()),
+                host: listen.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned()),
                 protocol,
                 http_address: dashboard.clone().unwrap_or_else(|| QUIET_HTTP_ADDRESS.to_owned()),
                 dashboard,
                 dask_config,
-                preload: vec![SCHEDULER_PRELOAD.to_owned()],
+                // By name where the package is installed, else from the file of the same text in
+                // the private directory (`session::prepare` writes it).
+                preload: vec![if python.gpucluster {
+                    SCHEDULER_PRELOAD.to_owned()
+                } else {
+                    format!("{}/{SCHEDULER_PLUGINS_FILE}", request.local_directory)
+                }],
             })
         }
     };
     // A local cluster's workers listen where its scheduler does: this host only, unless asked.
-    let worker_host = if local {
-        Some(request.host.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned()))
-    } else {
-        request.host.clone()
-    };
+    let worker_host =
+        if local { Some(listen.clone().unwrap_or_else(|| DEFAULT_HOST.to_owned())) } else { listen.clone() };
     let workers = workers
         .iter()
         .map(|w| {

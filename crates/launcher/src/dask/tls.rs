@@ -83,6 +83,16 @@ impl TlsFiles {
                 ))
             })?;
         }
+        // Whoever can read the key can connect as the cluster's own processes do.
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&self.key).map(|m| m.mode() & 0o777).unwrap_or(0);
+        if mode & 0o077 != 0 {
+            return Err(LauncherError::UntrustedCredentials(format!(
+                "{} can be read by other users (mode {mode:o}): whoever reads the key can connect to the cluster as \
+                 you; `chmod 600` it",
+                self.key.display()
+            )));
+        }
         Ok(())
     }
 
@@ -143,6 +153,10 @@ mod tests {
         }
         let tls = TlsFiles::generate(&dir, &["127.0.0.1".into()]).expect("generate");
         tls.check().expect("ours");
+        std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = tls.check().expect_err("a key others can read");
+        assert!(err.to_string().contains("can be read by other users (mode 644)"), "{err}");
+        std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::set_permissions(&tls.ca, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         assert!(matches!(tls.check(), Err(LauncherError::UntrustedCredentials(_))));
     }

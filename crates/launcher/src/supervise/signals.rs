@@ -42,6 +42,9 @@ pub struct Signals {
     hangup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     requested: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
+    /// Where the first stop since the last [`Signals::stopper`] came from: `Some(true)` for the
+    /// stopper, `Some(false)` for a signal.
+    first_stop: Option<bool>,
 }
 
 /// Stops the job of the [`Signals`] it came from as SIGINT would.
@@ -67,6 +70,7 @@ impl Signals {
             hangup: signal(SignalKind::hangup()).map_err(LauncherError::Signals)?,
             quit: signal(SignalKind::quit()).map_err(LauncherError::Signals)?,
             requested: None,
+            first_stop: None,
         })
     }
 
@@ -74,12 +78,13 @@ impl Signals {
     pub fn stopper(&mut self) -> Stopper {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.requested = Some(rx);
+        self.first_stop = None;
         Stopper(tx)
     }
 
     /// The next stop signal (at once if one arrived since the last call).
     pub async fn recv(&mut self) -> i32 {
-        let Self { interrupt, terminate, hangup, quit, requested } = self;
+        let Self { interrupt, terminate, hangup, quit, requested, first_stop } = self;
         let requested = async {
             match requested.as_mut() {
                 // A stopper dropped unused asks for nothing.
@@ -90,13 +95,21 @@ impl Signals {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = interrupt.recv() => libc::SIGINT,
-            _ = terminate.recv() => libc::SIGTERM,
-            _ = hangup.recv() => libc::SIGHUP,
-            _ = quit.recv() => libc::SIGQUIT,
-            () = requested => libc::SIGINT,
-        }
+        let (signal, by_stopper) = tokio::select! {
+            _ = interrupt.recv() => (libc::SIGINT, false),
+            _ = terminate.recv() => (libc::SIGTERM, false),
+            _ = hangup.recv() => (libc::SIGHUP, false),
+            _ = quit.recv() => (libc::SIGQUIT, false),
+            () = requested => (libc::SIGINT, true),
+        };
+        first_stop.get_or_insert(by_stopper);
+        signal
+    }
+
+    /// Whether the first stop since the last [`Signals::stopper`] was the stopper's, not a
+    /// signal's (a job stopped by its stopper may still see a signal as it stops).
+    pub fn stopped_by_stopper(&self) -> bool {
+        self.first_stop == Some(true)
     }
 
     /// Runs `work` on a blocking thread; `Err(signal)` if a stop signal comes first. Then the
