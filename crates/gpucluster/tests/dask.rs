@@ -658,6 +658,48 @@ fn a_killed_dask_local_leaves_no_process_and_no_private_directory() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bench dask` stopped by a signal while its client measures: the variant's cluster and its
+/// client go, the private directory goes, nothing is reported, and the exit says which signal.
+#[test]
+fn an_interrupted_bench_dask_stops_at_once_and_leaves_nothing() {
+    let Some(python) = python() else { return };
+    let dir = scratch("bench-interrupted");
+    let mut c = gpucluster(&["--topology", "sim:a30", "bench", "dask", "--variants", "gpucluster,tcp"]);
+    c.args(["--sizes", "64M", "--repeats", "1000", "--python"]).arg(&python);
+    c.env("TMPDIR", &dir).env_remove("XDG_RUNTIME_DIR").stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut bench = Proc(c.spawn().expect("bench dask"));
+    // The private directory of the first variant's cluster, once its client is measuring.
+    let mut private = None;
+    wait_until("the benchmark's client to measure", Duration::from_secs(90), || {
+        let found = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gpucluster-dask-")));
+        private = found.clone();
+        found.is_some_and(|p| {
+            processes_with(&p.display().to_string()).iter().any(|p| p.command_line.contains("gpucluster.bench"))
+        })
+    });
+    let private = private.expect("the cluster's private directory");
+    let started = std::time::Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(bench.0.id() as i32, libc::SIGINT) };
+    let status = bench.0.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "128 + SIGINT");
+    assert!(started.elapsed() < Duration::from_secs(20), "stopped within the grace: {:?}", started.elapsed());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut bench.0.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(err.contains("bench dask interrupted (SIGINT) during gpucluster; nothing reported"), "{err}");
+    assert!(!err.contains("bench dask: tcp"), "no variant after the signal: {err}");
+    wait_until("every process of the cluster to go", Duration::from_secs(10), || {
+        processes_with(&private.display().to_string()).is_empty()
+    });
+    assert!(!private.exists(), "{} is left", private.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `bench dask` on simulated device memory: each variant's cluster comes up, device arrays move
 /// and are measured; a variant that cannot run (UCX without distributed-ucxx) is a note and exit
 /// 1, never the loss of the other variants' figures; the saved report prints and plots again.
