@@ -102,12 +102,13 @@ pub(crate) fn cluster_spec(
         dashboard,
         memory_limit,
         threads: u32::try_from(
-            settings::whole(Setting::Threads, threads, 1, MAX_THREADS_PER_WORKER.into()).map_err(|e| refused(&e))?,
+            settings::whole(Setting::Threads, threads, 1, Some(MAX_THREADS_PER_WORKER.into()))
+                .map_err(|e| refused(&e))?,
         )
         .unwrap_or(MAX_THREADS_PER_WORKER),
         workers: match workers {
             Some(text) => Some(
-                usize::try_from(settings::whole(Setting::Workers, text, 1, u64::MAX).map_err(|e| refused(&e))?)
+                usize::try_from(settings::whole(Setting::Workers, text, 1, None).map_err(|e| refused(&e))?)
                     .unwrap_or(usize::MAX),
             ),
             None => None,

@@ -22,7 +22,7 @@ pub(crate) fn write_json(value: &impl Serialize, out: &mut dyn Write) -> io::Res
 }
 
 /// The plan a launcher chose, as events: a line at info (`-v`), each worker and each device left
-/// out at debug (`-vv`; a plan may have thousands).
+/// out at debug (`-vv`; a plan may have thousands), and its warnings as warnings.
 pub(crate) fn log(output: &PlanOutput<'_>) {
     let plan = output.plan();
     let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
@@ -52,6 +52,11 @@ pub(crate) fn log(output: &PlanOutput<'_>) {
     }
     for e in &plan.excluded {
         tracing::debug!("left out: {} of host {}: {}", e.uuid, escape(&e.host), escape(&e.reason.to_string()));
+    }
+    // What `plan` shows as warnings, `up` and `dask` say too: a mix kept by `--policy warn`,
+    // limits so small every array spills.
+    for f in plan.findings.iter().filter(|f| f.severity >= cluster_core::Severity::Warning) {
+        tracing::warn!("{}; {}", escape(&f.message.to_string()), escape(&f.fix.to_string()));
     }
 }
 

@@ -181,6 +181,7 @@ pub async fn run_variant(
         Err(e) => return Ok(Err(e)),
     };
     let Prepared { dir, session, supervision, expected, notes } = prepared;
+    let spared = supervision.spared.clone();
     let Some(file) = session.scheduler_file.clone() else {
         return Ok(Err(LauncherError::Bench("the cluster has no scheduler of its own".into())));
     };
@@ -211,13 +212,14 @@ pub async fn run_variant(
         let cancel = cancel.clone();
         let (bench, variant) = (bench.clone(), variant.clone());
         let output = output.clone();
+        let spared = spared.clone();
         async move {
             let measured = match tokio::time::timeout(READY, ready_rx).await {
-                Ok(Ok(())) => {
-                    tokio::task::spawn_blocking(move || measure(&bench, &variant, &file, tls.as_deref(), &cancel))
-                        .await
-                        .unwrap_or_else(|e| Err(LauncherError::Bench(format!("the benchmark client failed: {e}"))))
-                }
+                Ok(Ok(())) => tokio::task::spawn_blocking(move || {
+                    measure(&bench, &variant, &file, tls.as_deref(), &Client { cancel: &cancel, spared: &spared })
+                })
+                .await
+                .unwrap_or_else(|e| Err(LauncherError::Bench(format!("the benchmark client failed: {e}")))),
                 // The sink went with the cluster: it ended before its workers were ready (and said
                 // why in its last lines).
                 Ok(Err(_)) => Err(LauncherError::Bench(format!(
@@ -236,14 +238,24 @@ pub async fn run_variant(
     };
     let (supervised, measured) = tokio::join!(supervising, measuring);
     drop(dir);
-    // A stop signal (not the measuring's own stop) ends the bench: what the client saw of a
-    // cluster going away is no result.
-    if let Ok(supervised) = &supervised
-        && let Some(Stop::Signal(signal)) = supervised.stop
-        && !signals.stopped_by_stopper()
-    {
+    // A stop signal (not the measuring's own stop), whenever it came, ends the bench: what the
+    // client saw of a cluster going away is no result.
+    if let Some(signal) = signals.signalled() {
         return Err(signal);
     }
+    let supervised = match supervised {
+        Ok(supervised) => supervised,
+        Err(e) => return Ok(Err(e)),
+    };
+    // A cluster that stopped by itself (its scheduler ended, no worker could run) is what went
+    // wrong, rather than what its client then saw.
+    let measured = match (measured, &supervised.stop) {
+        (Err(_), Some(stop)) if !matches!(stop, Stop::Signal(_)) => Err(LauncherError::Bench(format!(
+            "the cluster stopped ({stop}) before the client was done; its last lines:\n{}",
+            output.text()
+        ))),
+        (measured, _) => measured,
+    };
     Ok(measured.map(|mut result| {
         result.notes.extend(notes);
         result
@@ -299,9 +311,9 @@ fn measure(
     variant: &Variant,
     file: &Path,
     tls: Option<&Path>,
-    cancel: &AtomicBool,
+    how: &Client<'_>,
 ) -> Result<VariantResult, LauncherError> {
-    let output = run_until(client(bench, variant, file, tls), cancel)
+    let output = run_until(client(bench, variant, file, tls), how)
         .map_err(|e| LauncherError::Bench(format!("cannot run the benchmark client: {e}")))?;
     if !output.success {
         let last: Vec<&str> = output.stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
@@ -316,7 +328,7 @@ fn measure(
     let mut notes = Vec::new();
     let mut transpose_sum = Vec::new();
     if bench.transpose_sum {
-        match run_transpose_sum(bench, variant, file, tls, cancel) {
+        match run_transpose_sum(bench, variant, file, tls, how) {
             Ok(lines) => transpose_sum = lines,
             Err(why) => notes.push(format!("transpose_sum: {why}")),
         }
@@ -343,9 +355,17 @@ struct ClientOutput {
     stderr: String,
 }
 
-/// Runs `command` from `/` to its end, or until `cancel` is set (then it is killed); it dies
-/// with this process.
-fn run_until(mut command: Command, cancel: &AtomicBool) -> std::io::Result<ClientOutput> {
+/// How the bench's clients run beside the cluster.
+struct Client<'a> {
+    /// Set once the cluster is gone: a client still running is killed.
+    cancel: &'a AtomicBool,
+    /// Where a running client's pid is kept, so that the supervisor's clean-up spares it.
+    spared: &'a crate::SparedChildren,
+}
+
+/// Runs `command` from `/` to its end, or until the cluster is gone (then it is killed); it
+/// dies with this process.
+fn run_until(mut command: Command, how: &Client<'_>) -> std::io::Result<ClientOutput> {
     command.current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // SAFETY: setpgid and prctl are async-signal-safe. A process group of its own: a Ctrl-C
     // typed into the terminal stops the bench, which stops the client (`cancel`), rather than
@@ -358,6 +378,19 @@ fn run_until(mut command: Command, cancel: &AtomicBool) -> std::io::Result<Clien
         });
     }
     let mut child = command.spawn()?;
+    let pid = child.id() as i32;
+    if let Ok(mut spared) = how.spared.lock() {
+        spared.push(pid);
+    }
+    let output = wait_for_client(&mut child, how.cancel);
+    if let Ok(mut spared) = how.spared.lock() {
+        spared.retain(|p| *p != pid);
+    }
+    output
+}
+
+/// The client's output, once it ended or was killed because `cancel` was set.
+fn wait_for_client(child: &mut std::process::Child, cancel: &AtomicBool) -> std::io::Result<ClientOutput> {
     let reader = |stream: Option<Box<dyn Read + Send>>| {
         std::thread::spawn(move || {
             let mut text = Vec::new();
@@ -392,7 +425,7 @@ fn run_transpose_sum(
     variant: &Variant,
     file: &Path,
     tls: Option<&Path>,
-    cancel: &AtomicBool,
+    how: &Client<'_>,
 ) -> Result<Vec<String>, String> {
     let mut command = Command::new(&bench.python.program);
     command.envs(variant.env.iter().map(|(k, v)| (k, v)));
@@ -404,7 +437,7 @@ fn run_transpose_sum(
         command.arg("--tls-cert").arg(dir.join("cert.pem"));
         command.arg("--tls-key").arg(dir.join("key.pem"));
     }
-    let output = run_until(command, cancel).map_err(|e| format!("cannot run it: {e}"))?;
+    let output = run_until(command, how).map_err(|e| format!("cannot run it: {e}"))?;
     if !output.success {
         return Err(output.stderr.lines().last().unwrap_or("it failed").to_owned());
     }

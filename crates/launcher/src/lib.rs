@@ -25,8 +25,8 @@ pub mod worker_env;
 
 use cluster_core::wording::{Message, Setting};
 pub use supervise::{
-    Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, Stop, StopHook, StopWhen, Stopper, Supervised,
-    Supervision, parse_cpus, signal_name, supervise,
+    Exit, Outcome, ProcessSpec, Restart, RestartFlag, Signals, Sink, SparedChildren, Stop, StopHook, StopWhen, Stopper,
+    Supervised, Supervision, parse_cpus, signal_name, supervise,
 };
 pub use up::{BUILTIN_TIME_LIMIT, Job, UpReport, pairs_to_measure, up};
 

@@ -287,14 +287,23 @@ class LocalCluster(SpecCluster):
         if security is not None and not isinstance(security, Security):
             raise TypeError(f"security: a distributed.Security (TLS certificates), not {type(security).__name__}")
         # Certificates, not a Security alone: `require_encryption=True` without them lets a
-        # websocket comm accept anyone, and stops every other comm from starting at all.
-        credentials_given = security is not None and bool(getattr(security, "tls_ca_file", None))
-        if security is not None and not credentials_given:
-            raise ValueError(
-                "security: a distributed.Security with the cluster's certificates (tls_ca_file, tls_scheduler_cert, "
-                "tls_worker_cert, ...); without them it closes nothing, so leave it out: the default protocol "
-                "'gpucluster' proves your secret on every connection"
-            )
+        # websocket comm accept anyone, and stops every other comm from starting at all; and the
+        # scheduler, the workers and this client each present one.
+        credentials_given = security is not None
+        if security is not None:
+            needed = ("tls_ca_file", "tls_scheduler_cert", "tls_worker_cert", "tls_client_cert")
+            missing = [name for name in needed if not getattr(security, name, None)]
+            if len(missing) == len(needed):
+                raise ValueError(
+                    "security: a distributed.Security with the cluster's certificates (tls_ca_file, "
+                    "tls_scheduler_cert, tls_worker_cert, tls_client_cert and their keys); without them it closes "
+                    "nothing, so leave it out: the default protocol 'gpucluster' proves your secret on every connection"
+                )
+            if missing:
+                raise ValueError(
+                    f"security: the scheduler, the workers and this client each present a certificate; this "
+                    f"distributed.Security lacks {', '.join(missing)}"
+                )
         if not isinstance(insecure, bool):
             raise TypeError(f"insecure: True or False, not {insecure!r}")
         if protocol is not None and not isinstance(protocol, str):
@@ -383,7 +392,12 @@ class LocalCluster(SpecCluster):
         try:
             super().__init__(workers=workers, scheduler=scheduler, security=security, **kwargs)
         except BaseException:
-            # A cluster that could not start (or was interrupted starting) leaves no directory.
+            # A cluster that could not start (or was interrupted starting) leaves no directory:
+            # its nannies stopped first, so that no worker still starting makes its files again.
+            try:
+                self.close(timeout=10)
+            except BaseException:  # a cluster half made may not close; its directory goes anyway
+                pass
             if self._private_directory is not None:
                 self._private_directory.remove()
             raise

@@ -229,10 +229,15 @@ impl ProtocolRefusal {
                 asked(*protocol).text(": speaks TLS and needs its certificates: give ").setting(Setting::TlsCredentials)
             }
             ProtocolRefusal::Unencrypted { protocol } => asked(*protocol)
-                .text(
-                    ": the scheduler speaks TLS and Dask then refuses every connection that is not encrypted; \
-                     gpucluster's comm authenticates but does not encrypt (use ",
-                )
+                .text(format!(
+                    ": the scheduler speaks TLS and Dask then refuses every connection that is not encrypted; {} \
+                     (use ",
+                    if *protocol == ProtocolRequest::Ucx {
+                        "UCX does not encrypt"
+                    } else {
+                        "gpucluster's comm authenticates but does not encrypt"
+                    }
+                ))
                 .setting_to(Setting::Protocol, "tcp")
                 .text(", or start the cluster with `gpucluster dask local`, which speaks gpucluster throughout)"),
             ProtocolRefusal::EveryInterface => Message::new().setting_to(Setting::Protocol, "ws").text(
@@ -253,7 +258,7 @@ impl fmt::Display for ProtocolRefusal {
     }
 }
 
-const GPUCLUSTER_INSTALL: &str =
+pub(super) const GPUCLUSTER_INSTALL: &str =
     "install the gpucluster wheel into it: see the user guide, \"Dask\"; `cargo xtask dask-env` makes one";
 
 /// The comm protocol for a cluster's processes, and why; pure.
@@ -284,7 +289,7 @@ pub fn choose_protocol(
     match request {
         R::Inproc => Err(ProtocolRefusal::InProcess),
         R::Ws => Err(ProtocolRefusal::EveryInterface),
-        R::Ucx | R::Gpucluster | R::Wss if facts.encrypted => Err(ProtocolRefusal::Unencrypted { protocol: request }),
+        R::Ucx | R::Gpucluster if facts.encrypted => Err(ProtocolRefusal::Unencrypted { protocol: request }),
         R::Auto | R::Tcp | R::Tls if facts.encrypted => {
             Ok((Protocol::Tls, format!("{unencrypted}, so workers speak TLS")))
         }

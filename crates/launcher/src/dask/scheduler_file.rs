@@ -45,10 +45,11 @@ pub fn scheduler_address(file: &Path) -> Result<String, LauncherError> {
     Ok(address)
 }
 
-/// Checks that only this user can change what `path` holds: the file (and a link to it) is ours
-/// and closed to other writers, and its directory is ours or root's and either closed to other
-/// writers or sticky (so nobody else can replace our file in it). The error says what is wrong,
-/// to follow the file's name.
+/// Checks that only this user can change what `path` holds: the file (and a link to it) is ours,
+/// a regular file and closed to other writers, and every directory on the way to it (the link's
+/// and the file's, up to `/`) is ours or root's and either closed to other writers or sticky, so
+/// that nobody else can replace the file, the link, or a directory above them. The error says
+/// what is wrong, to follow the file's name.
 pub fn only_ours(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: getuid cannot fail.
@@ -58,14 +59,29 @@ pub fn only_ours(path: &Path) -> Result<(), String> {
         return Err(format!("is a link that belongs to user {}, not to you (user {me})", link.uid()));
     }
     let meta = std::fs::metadata(path).map_err(|e| format!("cannot be read ({e})"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
     if meta.uid() != me {
         return Err(format!("belongs to user {}, not to you (user {me})", meta.uid()));
     }
     if meta.mode() & 0o022 != 0 {
         return Err(format!("can be written by other users (mode {:o}; `chmod go-w` it)", meta.mode() & 0o777));
     }
-    let dir = std::fs::canonicalize(path).ok().and_then(|p| p.parent().map(Path::to_path_buf));
-    if let Some(dir) = dir {
+    // The directories of the path as given (where a link lies) and of the file it names, each
+    // up to the root, each as the file system resolves it.
+    let given = std::path::absolute(path).ok();
+    let target = std::fs::canonicalize(path).ok();
+    let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+    for start in [given, target].into_iter().flatten() {
+        for dir in start.ancestors().skip(1) {
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    for dir in dirs {
         let d = std::fs::metadata(&dir).map_err(|e| format!("is in {} which cannot be read ({e})", dir.display()))?;
         let sticky = d.mode() & 0o1000 != 0;
         if (d.uid() != me && d.uid() != 0) || (d.mode() & 0o022 != 0 && !sticky) {
@@ -105,6 +121,10 @@ pub fn parse_address(address: &str) -> Result<SchedulerAddress, String> {
     let port: u16 = port.parse().map_err(|_| format!("has no valid port ({port:?})"))?;
     if host.is_empty() {
         return Err("has no host".into());
+    }
+    // Brackets go around an IPv6 address, once, and nowhere else.
+    if host.contains(['[', ']']) {
+        return Err("has a malformed host (brackets go around an IPv6 address only)".into());
     }
     if port == 0 {
         return Err("has port 0, which is no scheduler's".into());

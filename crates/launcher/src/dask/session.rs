@@ -81,41 +81,58 @@ pub fn prepare(
     Ok(Session { processes, scheduler_file: spec.scheduler.as_ref().map(|_| scheduler_file), tls })
 }
 
-/// Checks that the addresses `spec`'s processes listen on resolve on this machine (the host,
-/// and the dashboard's), so that a name that does not is said before anything starts, in the
-/// setting's words, rather than in a scheduler's traceback.
+/// Checks that the addresses `spec`'s processes listen on are this machine's (the host, and the
+/// dashboard's): each resolves, names no multicast or broadcast address, and can be bound here,
+/// so that an address the processes could not listen on is said before anything starts, in the
+/// setting's words, rather than in a scheduler's traceback or as workers that never connect.
 ///
 /// # Errors
 /// [`LauncherError::Request`] naming the setting and the address.
 pub fn check_addresses(spec: &ClusterSpec) -> Result<(), LauncherError> {
-    use std::net::ToSocketAddrs;
-    let resolves = |setting: Setting, host: &str| {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        match (bare, 0).to_socket_addrs().map(|mut found| found.next().is_some()) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err("it resolves to no address".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-        .map_err(|why| {
-            LauncherError::Request(
-                Message::new()
-                    .setting_to(setting, host)
-                    .text(format!(": cannot be resolved ({why}); give an address or a name of this host")),
-            )
-        })
-    };
     let hosts =
         spec.scheduler.iter().map(|s| s.host.as_str()).chain(spec.workers.iter().filter_map(|w| w.host.as_deref()));
     let mut seen = std::collections::BTreeSet::new();
     for host in hosts.filter(|h| seen.insert(h.to_owned())) {
-        resolves(Setting::Host, host)?;
+        listens_here(host).map_err(|why| refusal(Setting::Host, host, &why))?;
     }
     if let Some(dashboard) = spec.scheduler.as_ref().and_then(|s| s.dashboard.as_deref())
         && let Some((host, _)) = dashboard.rsplit_once(':')
     {
-        resolves(Setting::Dashboard, host)?;
+        listens_here(host).map_err(|why| refusal(Setting::Dashboard, dashboard, &why))?;
     }
     Ok(())
+}
+
+fn refusal(setting: Setting, value: &str, why: &str) -> LauncherError {
+    LauncherError::Request(Message::new().setting_to(setting, value).text(format!(": {why}")))
+}
+
+/// Whether a process of this machine can listen on `host` (a name, an IPv4 address, or an IPv6
+/// one in brackets); the error says why not, and what to give instead.
+fn listens_here(host: &str) -> Result<(), String> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let fix = "give an address or a name of this host";
+    let addresses: Vec<IpAddr> =
+        (bare, 0).to_socket_addrs().map_err(|e| format!("cannot be resolved ({e}); {fix}"))?.map(|a| a.ip()).collect();
+    let Some(&first) = addresses.first() else { return Err(format!("resolves to no address; {fix}")) };
+    for ip in &addresses {
+        let v4 = match ip {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(v6) => v6.to_ipv4_mapped(),
+        };
+        if ip.is_multicast() || v4.is_some_and(|v4| v4.is_multicast() || v4.is_broadcast()) {
+            return Err(format!("{ip} is a multicast or broadcast address, on which no worker can connect; {fix}"));
+        }
+        if let (IpAddr::V6(_), Some(v4)) = (ip, v4) {
+            // Dask listens with IPV6_V6ONLY, on which a mapped address cannot be bound.
+            return Err(format!("{ip} is an IPv4 address written as IPv6, which Dask cannot listen on; give {v4}"));
+        }
+    }
+    // Listening is what the processes will do: an address of another machine fails here too.
+    std::net::TcpListener::bind((first, 0))
+        .map(drop)
+        .map_err(|e| format!("this machine cannot listen on {first} ({e}); {fix}"))
 }
 
 /// What to do once every worker has registered: given the sink's writer, to say so.
@@ -203,6 +220,15 @@ mod tests {
         check_addresses(&spec("localhost")).expect("a name of this host");
         let err = check_addresses(&spec("nope.invalid")).expect_err("no such name");
         assert!(err.to_string().contains("--host nope.invalid: cannot be resolved"), "{err}");
+        for (elsewhere, why) in [
+            ("8.8.8.8", "this machine cannot listen on 8.8.8.8"),
+            ("224.0.0.1", "multicast or broadcast"),
+            ("255.255.255.255", "multicast or broadcast"),
+            ("[::ffff:127.0.0.1]", "give 127.0.0.1"),
+        ] {
+            let err = check_addresses(&spec(elsewhere)).expect_err(elsewhere);
+            assert!(err.to_string().contains(why), "{elsewhere}: {err}");
+        }
     }
 
     #[test]

@@ -22,10 +22,15 @@ pub(super) fn refused(setting: Setting, rest: impl Into<String>) -> LauncherErro
 
 /// A whole number from `least` to `most` for `setting`, from its text (a Python caller's repr:
 /// `4`, `2.5`, `True`, `'2'`), refused as such where it is none.
-pub fn whole(setting: Setting, text: &str, least: u64, most: u64) -> Result<u64, LauncherError> {
-    text.trim().parse::<u64>().ok().filter(|n| (least..=most).contains(n)).ok_or_else(|| {
+pub fn whole(setting: Setting, text: &str, least: u64, most: Option<u64>) -> Result<u64, LauncherError> {
+    let within = |n: &u64| *n >= least && most.is_none_or(|most| *n <= most);
+    text.trim().parse::<u64>().ok().filter(within).ok_or_else(|| {
         let shown = gpu_topology::text::printable(&text.chars().take(40).collect::<String>()).into_owned();
-        refused(setting, format!(": a whole number from {least} to {most}, not {shown}"))
+        let range = match most {
+            Some(most) => format!("from {least} to {most}"),
+            None => format!("at least {least}"),
+        };
+        refused(setting, format!(": a whole number {range}, not {shown}"))
     })
 }
 
@@ -38,14 +43,14 @@ const MAX_ADDRESS: usize = 253;
 /// anything starts ([`super::session::check_addresses`]).
 pub fn listen_host(host: &str) -> Result<String, LauncherError> {
     let shown = || gpu_topology::text::printable(&host.chars().take(80).collect::<String>()).into_owned();
-    let bad = |why: &str| refused(Setting::Host, format!(": {why}, not {:?}", shown()));
+    let bad = |why: &str| refused(Setting::Host, format!(": {why}, not \"{}\"", shown()));
     if host.trim().is_empty() {
         return Err(refused(
             Setting::Host,
             ": an address such as 127.0.0.1 (this host only), 0.0.0.0 (every interface) or a name of this host",
         ));
     }
-    if host.len() > MAX_ADDRESS || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if host.chars().count() > MAX_ADDRESS || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("an address has no spaces or control characters and at most 253 characters"));
     }
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
@@ -58,7 +63,8 @@ pub fn listen_host(host: &str) -> Result<String, LauncherError> {
     let label = |l: &str| {
         !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
-    if bare != host || !bare.split('.').all(label) {
+    // A fully qualified name may end in a dot (`localhost.`).
+    if bare != host || !bare.strip_suffix('.').unwrap_or(bare).split('.').all(label) {
         return Err(bad("an IPv4 address, an IPv6 address or a host name"));
     }
     Ok(bare.to_owned())
@@ -90,10 +96,19 @@ pub(super) fn dashboard(address: &str, host: Option<&str>, python: &PythonFacts)
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err() {
         return Err(refused(
             Setting::Dashboard,
-            format!(": HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not {:?}", shown()),
+            format!(": HOST:PORT or :PORT with a port from 0 (any free one) to 65535, not \"{}\"", shown()),
         ));
     }
-    let listens_on = if at.is_empty() { host.unwrap_or(DEFAULT_HOST).to_owned() } else { listen_host(at)? };
+    let listens_on = if at.is_empty() {
+        host.unwrap_or(DEFAULT_HOST).to_owned()
+    } else {
+        listen_host(at).map_err(|_| {
+            refused(
+                Setting::Dashboard,
+                format!(": HOST:PORT with an address or a name of this host, not \"{}\"", shown()),
+            )
+        })?
+    };
     if listens_on.starts_with('[') {
         return Err(refused(
             Setting::Dashboard,
@@ -133,7 +148,7 @@ pub(super) fn host_memory_per_worker(
     let Some(text) = limit else { return Ok(split()) };
     let trimmed = text.trim();
     let shown = || gpu_topology::text::printable(&text.chars().take(80).collect::<String>()).into_owned();
-    let bad = || refused(Setting::MemoryLimit, format!(": {grammar}, not {:?}", shown()));
+    let bad = || refused(Setting::MemoryLimit, format!(": {grammar}, not \"{}\"", shown()));
     // No limit only where it is asked for: a fraction too small to be a byte is too small.
     let none_asked = trimmed.parse::<f64>().is_ok_and(|n| n == 0.0)
         || cluster_core::parse_dask_size(trimmed).is_some_and(|b| b == 0) && trimmed.starts_with('0');
@@ -171,7 +186,7 @@ pub(super) fn host_memory_per_worker(
         (Some(b), Some(total)) if b > total => Err(refused(
             Setting::MemoryLimit,
             format!(
-                ": {:?} is more than this host's memory ({:.2} GiB); give at most that per worker, or 0 for no limit",
+                ": \"{}\" is more than this host's memory ({:.2} GiB); give at most that per worker, or 0 for no limit",
                 shown(),
                 total as f64 / f64::from(1u32 << 30)
             ),
@@ -179,7 +194,7 @@ pub(super) fn host_memory_per_worker(
         (Some(b), _) if b < MIN_HOST_MEMORY => Err(refused(
             Setting::MemoryLimit,
             format!(
-                ": {} per worker is too little to run one (at least {} MiB); {grammar}, not {:?}",
+                ": {} per worker is too little to run one (at least {} MiB); {grammar}, not \"{}\"",
                 if b == 1 { "1 byte".to_owned() } else { format!("{b} bytes") },
                 MIN_HOST_MEMORY >> 20,
                 shown()

@@ -20,7 +20,7 @@ use transport::device::{DeviceKind, WorkerDevice};
 use transport::{PathRule, TransferPath};
 
 use super::facts::{HostFacts, PythonFacts};
-use super::protocol::{Credentials, Protocol, ProtocolFacts, ProtocolRequest, choose_protocol};
+use super::protocol::{Credentials, Protocol, ProtocolFacts, ProtocolRefusal, ProtocolRequest, choose_protocol};
 use super::settings::{self, DEFAULT_HOST, refused};
 use crate::LauncherError;
 use crate::plan_paths::PlanOutput;
@@ -307,7 +307,7 @@ pub fn cluster_spec(
         Some(n) => &planned[..n],
         None => planned,
     };
-    settings::whole(Setting::Threads, &request.threads.to_string(), 1, MAX_THREADS_PER_WORKER.into())?;
+    settings::whole(Setting::Threads, &request.threads.to_string(), 1, Some(MAX_THREADS_PER_WORKER.into()))?;
     // As Dask takes it (an IPv6 address in brackets), checked.
     let listen = request.host.as_deref().map(settings::listen_host).transpose()?;
     let simulated = is_simulated(&request.topology, request.inventories);
@@ -328,6 +328,28 @@ pub fn cluster_spec(
         encrypted: joining_tls,
         credentials: request.credentials,
     };
+    // Workers that join speak as the scheduler does unless told otherwise: its scheme must be a
+    // comm this Python has, and one they may listen on.
+    if let SchedulerRequest::Join { address } = &request.scheduler {
+        let scheme = address.split_once("://").map_or("", |(s, _)| s);
+        let refusal = match scheme.parse::<ProtocolRequest>() {
+            Err(e) => Some(ProtocolRefusal::Unknown(e.0)),
+            Ok(ProtocolRequest::Ucx) if !python.ucxx => Some(ProtocolRefusal::NotInstalled {
+                protocol: ProtocolRequest::Ucx,
+                install: format!("{} (or -cu12)", python.pip_install("distributed-ucxx-cu13")),
+            }),
+            Ok(ProtocolRequest::Gpucluster) if !python.gpucluster => Some(ProtocolRefusal::NotInstalled {
+                protocol: ProtocolRequest::Gpucluster,
+                install: super::protocol::GPUCLUSTER_INSTALL.to_owned(),
+            }),
+            Ok(ProtocolRequest::Ws) => Some(ProtocolRefusal::EveryInterface),
+            Ok(ProtocolRequest::Inproc) => Some(ProtocolRefusal::InProcess),
+            Ok(_) => None,
+        };
+        if let Some(refusal) = refusal.filter(|_| request.protocol == ProtocolRequest::Auto) {
+            return Err(LauncherError::Protocol(refusal));
+        }
+    }
     let (protocol, protocol_reason) = match &request.scheduler {
         // Workers that join listen as the scheduler speaks, unless gpucluster's comm can move
         // their device frames (two workers or more here), or another protocol was asked for.
@@ -338,7 +360,13 @@ pub fn cluster_spec(
             (None, String::new())
         }
         _ => {
-            let (p, why) = choose_protocol(request.protocol, facts, python).map_err(LauncherError::Protocol)?;
+            // A local cluster given TLS credentials (`LocalCluster(security=...)`) speaks TLS
+            // unless told otherwise: the credentials are what the user asked for.
+            let asked = match request.protocol {
+                ProtocolRequest::Auto if local && request.credentials == Credentials::Given => ProtocolRequest::Tls,
+                asked => asked,
+            };
+            let (p, why) = choose_protocol(asked, facts, python).map_err(LauncherError::Protocol)?;
             (Some(p), why)
         }
     };
@@ -389,7 +417,7 @@ pub fn cluster_spec(
                 return Err(refused(
                     Setting::RmmPoolSize,
                     format!(
-                        ": a size such as 10GB or a number of bytes, not {:?}",
+                        ": a size such as 10GB or a number of bytes, not \"{}\"",
                         gpu_topology::text::printable(size)
                     ),
                 ));

@@ -83,15 +83,24 @@ impl TlsFiles {
                 ))
             })?;
         }
-        // Whoever can read the key can connect as the cluster's own processes do.
+        // Whoever can read a key (the key file, or a certificate file that holds one too) can
+        // connect as the cluster's own processes do.
         use std::os::unix::fs::MetadataExt;
-        let mode = std::fs::metadata(&self.key).map(|m| m.mode() & 0o777).unwrap_or(0);
-        if mode & 0o077 != 0 {
-            return Err(LauncherError::UntrustedCredentials(format!(
-                "{} can be read by other users (mode {mode:o}): whoever reads the key can connect to the cluster as \
-                 you; `chmod 600` it",
-                self.key.display()
-            )));
+        for file in [&self.key, &self.cert] {
+            let mode = std::fs::metadata(file).map(|m| m.mode() & 0o777).unwrap_or(0);
+            let holds_a_key = file == &self.key || {
+                let mut head = Vec::new();
+                let read = std::fs::File::open(file)
+                    .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 1 << 20), &mut head));
+                read.is_ok() && head.windows(11).any(|w| w == b"PRIVATE KEY")
+            };
+            if holds_a_key && mode & 0o077 != 0 {
+                return Err(LauncherError::UntrustedCredentials(format!(
+                    "{} holds a private key that other users can read (mode {mode:o}): whoever reads it can connect \
+                     to the cluster as you; `chmod 600` it",
+                    file.display()
+                )));
+            }
         }
         Ok(())
     }
@@ -140,6 +149,18 @@ mod tests {
         // Without the sticky bit, they could.
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         assert!(only_ours(&shared.join("f")).expect_err("replaceable").contains("another user can change"));
+        // A link of ours to a good file, but in that open directory: someone else could swap the
+        // link; and a private directory inside the open one: someone else could swap the directory.
+        let link = shared.join("to-mine.pem");
+        std::os::unix::fs::symlink(&mine, &link).expect("link");
+        assert!(only_ours(&link).expect_err("the link's directory").contains("another user can change"));
+        let inner = shared.join("inner");
+        std::fs::create_dir(&inner).expect("mkdir");
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(inner.join("f"), "x").expect("write");
+        assert!(only_ours(&inner.join("f")).expect_err("a directory above").contains("another user can change"));
+        assert!(only_ours(dir.path()).expect_err("a directory").contains("not a regular file"));
+        std::fs::remove_file(&link).expect("rm");
         // SAFETY: getuid cannot fail.
         if unsafe { libc::getuid() } == 0 {
             // A link of another user's pointing at our file, and a directory of another user's.
@@ -155,7 +176,7 @@ mod tests {
         tls.check().expect("ours");
         std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let err = tls.check().expect_err("a key others can read");
-        assert!(err.to_string().contains("can be read by other users (mode 644)"), "{err}");
+        assert!(err.to_string().contains("holds a private key that other users can read (mode 644)"), "{err}");
         std::fs::set_permissions(&tls.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         std::fs::set_permissions(&tls.ca, std::fs::Permissions::from_mode(0o666)).expect("chmod");
         assert!(matches!(tls.check(), Err(LauncherError::UntrustedCredentials(_))));

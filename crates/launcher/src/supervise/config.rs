@@ -67,7 +67,13 @@ pub struct Supervision {
     /// on SIGTERM quietly, where SIGINT prints a traceback). By default the others go first and
     /// the essential ones last, with the launcher's signal.
     pub essentials_first: bool,
+    /// Processes this program runs beside the job (a benchmark's client): children of ours but
+    /// no orphans of the job's, which the clean-up after a guard killed outright spares.
+    pub spared: SparedChildren,
 }
+
+/// The pids of children a program runs beside a supervised job ([`Supervision::spared`]).
+pub type SparedChildren = Arc<std::sync::Mutex<Vec<i32>>>;
 
 impl std::fmt::Debug for Supervision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -116,6 +122,7 @@ impl Default for Supervision {
             on_stop: None,
             time_limit: None,
             essentials_first: false,
+            spared: SparedChildren::default(),
         }
     }
 }

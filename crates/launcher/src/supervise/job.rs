@@ -117,8 +117,9 @@ impl<'a> Job<'a> {
                 if self.config.guard.is_some() && status.signal().is_some() {
                     // A guard killed outright leaves its worker's children to us: they go now,
                     // not when the job ends.
-                    let guards: Vec<i32> = self.slots.iter().filter_map(|s| s.pid).collect();
-                    kill_orphans(&guards);
+                    let mut keep: Vec<i32> = self.slots.iter().filter_map(|s| s.pid).collect();
+                    keep.extend(spared(self.config));
+                    kill_orphans(&keep);
                 }
             }
             Event::Exited(..) => {}
@@ -375,7 +376,7 @@ pub async fn supervise(
         job.next_event(&mut rx, signals).await;
     }
     if config.guard.is_some() {
-        kill_orphans(&[]);
+        kill_orphans(&spared(config));
     }
     let forwarding = std::mem::take(&mut job.forwarding);
     drain_output(forwarding, job.output, writer).await;
@@ -393,9 +394,15 @@ pub async fn supervise(
     Ok(Supervised { outcomes, stop })
 }
 
+/// The children the job's program runs beside it, which are no orphans of the job's.
+fn spared(config: &Supervision) -> Vec<i32> {
+    config.spared.lock().map(|pids| pids.clone()).unwrap_or_default()
+}
+
 /// Kills and reaps whatever was reparented to the launcher, `keep` apart (the running guards):
 /// a guard that was itself killed leaves its worker's descendants to us, the subreaper. Only for
-/// a launcher process whose children are all its workers' guards.
+/// a launcher process whose children are its workers' guards and the children it spares
+/// ([`Supervision::spared`]).
 fn kill_orphans(keep: &[i32]) {
     let me = std::process::id() as i32;
     for _ in 0..100 {

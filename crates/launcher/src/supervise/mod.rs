@@ -34,7 +34,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Restart, RestartFlag, StopHook, StopWhen, Supervision};
+pub use config::{Restart, RestartFlag, SparedChildren, StopHook, StopWhen, Supervision};
 pub use job::supervise;
 pub use output::Sink;
 pub use signals::{Signals, Stopper, signal_name};

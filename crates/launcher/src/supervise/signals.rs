@@ -42,9 +42,8 @@ pub struct Signals {
     hangup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
     requested: Option<tokio::sync::mpsc::UnboundedReceiver<()>>,
-    /// Where the first stop since the last [`Signals::stopper`] came from: `Some(true)` for the
-    /// stopper, `Some(false)` for a signal.
-    first_stop: Option<bool>,
+    /// The first stop signal (not a [`Stopper`]'s stop) since the last [`Signals::stopper`].
+    signalled: Option<i32>,
 }
 
 /// Stops the job of the [`Signals`] it came from as SIGINT would.
@@ -70,7 +69,7 @@ impl Signals {
             hangup: signal(SignalKind::hangup()).map_err(LauncherError::Signals)?,
             quit: signal(SignalKind::quit()).map_err(LauncherError::Signals)?,
             requested: None,
-            first_stop: None,
+            signalled: None,
         })
     }
 
@@ -78,13 +77,13 @@ impl Signals {
     pub fn stopper(&mut self) -> Stopper {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         self.requested = Some(rx);
-        self.first_stop = None;
+        self.signalled = None;
         Stopper(tx)
     }
 
     /// The next stop signal (at once if one arrived since the last call).
     pub async fn recv(&mut self) -> i32 {
-        let Self { interrupt, terminate, hangup, quit, requested, first_stop } = self;
+        let Self { interrupt, terminate, hangup, quit, requested, signalled } = self;
         let requested = async {
             match requested.as_mut() {
                 // A stopper dropped unused asks for nothing.
@@ -102,14 +101,16 @@ impl Signals {
             _ = quit.recv() => (libc::SIGQUIT, false),
             () = requested => (libc::SIGINT, true),
         };
-        first_stop.get_or_insert(by_stopper);
+        if !by_stopper {
+            signalled.get_or_insert(signal);
+        }
         signal
     }
 
-    /// Whether the first stop since the last [`Signals::stopper`] was the stopper's, not a
-    /// signal's (a job stopped by its stopper may still see a signal as it stops).
-    pub fn stopped_by_stopper(&self) -> bool {
-        self.first_stop == Some(true)
+    /// The first stop signal received since the last [`Signals::stopper`] was made, if one was:
+    /// a job its stopper stopped may still see a signal as it stops, and that signal counts.
+    pub fn signalled(&self) -> Option<i32> {
+        self.signalled
     }
 
     /// Runs `work` on a blocking thread; `Err(signal)` if a stop signal comes first. Then the
